@@ -1,0 +1,29 @@
+"""One exception type per kind of user mistake; messages say what to do next."""
+
+
+class FxmetaError(Exception):
+    """Base class of every error fxmeta raises on purpose."""
+
+
+class UnsupportedModelError(FxmetaError):
+    """The model cannot be traced, lowered or pruned as asked."""
+
+
+class InputShapeError(FxmetaError):
+    """The example input does not fit the model."""
+
+
+class SpecError(FxmetaError):
+    """A model / data spec names nothing that can be loaded."""
+
+
+class UnsafeFileError(FxmetaError):
+    """Loading the file would run code (unpickling) and --trust was not given."""
+
+
+class OutputExistsError(FxmetaError):
+    """The output file exists and --force was not given."""
+
+
+class PruningError(FxmetaError):
+    """Pruning cannot reach the target, or its self-check failed."""
