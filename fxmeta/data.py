@@ -1,0 +1,347 @@
+"""Datasets from local files only: nothing here downloads.
+
+``load_data(spec)`` understands:
+
+- ``digits``: scikit-learn's bundled 8x8 digits (real data, always available)
+- ``cifar10:PATH`` / ``cifar100:PATH``: the python-pickle folders of the CIFAR sites
+- ``imagefolder:PATH``: ``PATH/train/<class>/*`` and ``PATH/val/<class>/*``
+- ``module.path:function``: a user function returning (train, val[, test]) datasets
+
+The validation split is always carved out of the training data, so the test split
+stays untouched until the very end.
+"""
+from __future__ import annotations
+
+import importlib
+import inspect
+import pickle
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader, Dataset, Sampler, Subset, TensorDataset
+
+from .errors import SpecError, UnsafeFileError
+
+_SPEC_HELP = "expected 'digits', 'cifar10:PATH', 'cifar100:PATH', 'imagefolder:PATH' or 'module.path:function'"
+_CIFAR_STATS = {
+    10: ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
+    100: ((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)),
+}
+_IMAGENET_STATS = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+_VAL_FRACTION = 0.1  # of the training set, for CIFAR and ImageFolder
+
+
+@dataclass
+class DataSplits:
+    """Train / validation / test datasets plus what a model needs to know about them."""
+
+    train: Dataset
+    val: Dataset
+    test: Dataset
+    num_classes: int
+    in_channels: int
+    input_shape: tuple[int, ...]
+    description: str
+
+
+@dataclass
+class Loaders:
+    """DataLoaders over the three splits; ``train`` shuffles with its own generator."""
+
+    train: DataLoader
+    val: DataLoader
+    test: DataLoader
+
+
+def load_data(spec: str, *, seed: int = 0, image_size: int | None = None) -> DataSplits:
+    """Load the datasets a spec names; raises SpecError with what was expected otherwise."""
+    name, _, arg = spec.partition(":")
+    if spec == "digits":
+        return _load_digits(seed, image_size)
+    if name in ("cifar10", "cifar100", "imagefolder") and not arg:
+        raise SpecError(f"data spec {spec!r} needs a folder: '{name}:PATH'")
+    if name in ("cifar10", "cifar100") and arg:
+        return _load_cifar(Path(arg), int(name[5:]), seed, image_size)
+    if name == "imagefolder" and arg:
+        return _load_imagefolder(Path(arg), seed, image_size or 224)
+    if re.fullmatch(r"[A-Za-z_][\w.]*:[A-Za-z_]\w*", spec):
+        return _load_user(name, arg, seed, image_size)
+    raise SpecError(f"unknown data spec {spec!r}; {_SPEC_HELP}")
+
+
+def split_indices(labels: Sequence[int], fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(keep, held_out) index arrays; stratified by label when every class allows it."""
+    from sklearn.model_selection import train_test_split
+
+    idx = np.arange(len(labels))
+    try:
+        keep, held = train_test_split(idx, test_size=fraction, random_state=seed, stratify=labels)
+    except ValueError:  # a class with one sample, or fewer held-out samples than classes
+        keep, held = train_test_split(idx, test_size=fraction, random_state=seed)
+    return np.sort(keep), np.sort(held)
+
+
+def _resize(x: torch.Tensor, size: int | None) -> torch.Tensor:
+    if size is None or x.shape[-1] == size and x.shape[-2] == size:
+        return x
+    batched = x if x.dim() == 4 else x.unsqueeze(0)
+    out = F.interpolate(batched, size=(size, size), mode="bilinear", align_corners=False)
+    return out if x.dim() == 4 else out.squeeze(0)
+
+
+# ---------------------------------------------------------------------------- digits
+
+
+def _load_digits(seed: int, image_size: int | None) -> DataSplits:
+    from sklearn.datasets import load_digits
+
+    bunch = load_digits()
+    x = torch.tensor(bunch.images, dtype=torch.float32).unsqueeze(1) / 16.0  # pixels are 0..16
+    y = torch.tensor(bunch.target, dtype=torch.long)
+    rest, test = split_indices(bunch.target, 0.2, seed)
+    train_pos, val_pos = split_indices(bunch.target[rest], 0.25, seed)
+    train, val = rest[train_pos], rest[val_pos]
+    x = _resize(x, image_size)
+    mean, std = x[train].mean(), x[train].std()  # train statistics only: no peeking at val/test
+    x = (x - mean) / std
+    parts = [TensorDataset(x[i], y[i]) for i in (train, val, test)]
+    shape = tuple(x.shape[1:])
+    return DataSplits(
+        *parts, num_classes=10, in_channels=1, input_shape=shape,
+        description=f"digits (scikit-learn, {len(train)}/{len(val)}/{len(test)} train/val/test, "
+        f"{'x'.join(map(str, shape))})",
+    )
+
+
+# ----------------------------------------------------------------------------- CIFAR
+
+
+class UInt8ImageDataset(Dataset):
+    """uint8 images (N, C, H, W) with labels: pad-4 random crop + flip if ``augment``, then
+    scale to [0, 1], normalise per channel and optionally resize."""
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, mean: Sequence[float],
+                 std: Sequence[float], augment: bool = False, size: int | None = None) -> None:
+        self.images, self.labels = images, labels
+        self.mean = torch.tensor(mean).view(-1, 1, 1)
+        self.std = torch.tensor(std).view(-1, 1, 1)
+        self.augment, self.size = augment, size
+        self.targets = labels.tolist()
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        x = self.images[i]
+        if self.augment:
+            h, w = x.shape[-2:]
+            x = F.pad(x, (4, 4, 4, 4))  # zero (black) padding before normalising, as torchvision
+            top, left = torch.randint(0, 9, (2,)).tolist()
+            x = x[:, top:top + h, left:left + w]
+            if torch.rand(()) < 0.5:
+                x = x.flip(-1)
+        x = (x.float() / 255.0 - self.mean) / self.std
+        return _resize(x, self.size), int(self.labels[i])
+
+
+_ALLOWED_GLOBALS = {
+    ("numpy", "ndarray"), ("numpy", "dtype"), ("_codecs", "encode"),
+    ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+    ("numpy.core.numeric", "_frombuffer"), ("numpy._core.numeric", "_frombuffer"),
+}
+
+
+class _ArrayUnpickler(pickle.Unpickler):
+    """Unpickles dicts of numpy arrays and plain values only: no other code can run."""
+
+    def find_class(self, module: str, name: str) -> Any:
+        if (module, name) not in _ALLOWED_GLOBALS:
+            raise UnsafeFileError(
+                f"refusing to unpickle {module}.{name}: a CIFAR batch holds only arrays and lists"
+            )
+        return super().find_class(module, name)
+
+
+def _read_cifar_file(path: Path, label_key: bytes, num_classes: int) -> tuple[torch.Tensor, torch.Tensor]:
+    expected = f"a pickled dict with b'data' (N, 3072) uint8 and b'{label_key.decode()}' (N ints < {num_classes})"
+    try:
+        with open(path, "rb") as f:
+            batch = _ArrayUnpickler(f, encoding="bytes").load()
+    except UnsafeFileError as exc:
+        raise UnsafeFileError(f"{path}: {exc}") from None
+    except Exception as exc:
+        raise SpecError(f"{path}: not a CIFAR python batch ({type(exc).__name__}); expected {expected}") from None
+    data = batch.get(b"data") if isinstance(batch, dict) else None
+    labels = batch.get(label_key) if isinstance(batch, dict) else None
+    ok = isinstance(data, np.ndarray) and data.dtype == np.uint8 and data.ndim == 2 and data.shape[1] == 3072
+    if not ok or labels is None or len(labels) != len(data):
+        raise SpecError(f"{path}: not a CIFAR-{num_classes} python batch; expected {expected}")
+    y = torch.as_tensor(np.asarray(labels, dtype=np.int64))
+    if len(y) and (y.min() < 0 or y.max() >= num_classes):
+        raise SpecError(f"{path}: labels outside 0..{num_classes - 1}; expected {expected}")
+    return torch.from_numpy(data.copy()).view(-1, 3, 32, 32), y
+
+
+def _load_cifar(root: Path, num_classes: int, seed: int, image_size: int | None) -> DataSplits:
+    if num_classes == 10:
+        train_files, test_file, label_key = [f"data_batch_{i}" for i in range(1, 6)], "test_batch", b"labels"
+    else:
+        train_files, test_file, label_key = ["train"], "test", b"fine_labels"
+    if not root.is_dir():
+        raise SpecError(f"cifar{num_classes}:{root}: no such folder; expected the unpacked "
+                        f"'CIFAR-{num_classes} python version' folder")
+    missing = [n for n in train_files + [test_file] if not (root / n).is_file()]
+    if missing:
+        raise SpecError(
+            f"cifar{num_classes}:{root}: missing {', '.join(missing)}; expected the unpacked "
+            f"'CIFAR-{num_classes} python version' folder ({', '.join(train_files)}, {test_file})"
+        )
+    parts = [_read_cifar_file(root / n, label_key, num_classes) for n in train_files]
+    x, y = torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
+    x_test, y_test = _read_cifar_file(root / test_file, label_key, num_classes)
+    keep, held = split_indices(y.tolist(), _VAL_FRACTION, seed)
+    mean, std = _CIFAR_STATS[num_classes]
+    keep_t, held_t = torch.from_numpy(keep), torch.from_numpy(held)
+    train = UInt8ImageDataset(x[keep_t], y[keep_t], mean, std, augment=True, size=image_size)
+    val = UInt8ImageDataset(x[held_t], y[held_t], mean, std, size=image_size)
+    test = UInt8ImageDataset(x_test, y_test, mean, std, size=image_size)
+    side = image_size or 32
+    return DataSplits(
+        train, val, test, num_classes=num_classes, in_channels=3, input_shape=(3, side, side),
+        description=f"CIFAR-{num_classes} from {root} ({len(train)}/{len(val)}/{len(test)} "
+        f"train/val/test, 3x{side}x{side})",
+    )
+
+
+# ----------------------------------------------------------------------- ImageFolder
+
+
+def _to_rgb(img: Any) -> Any:
+    return img.convert("RGB")  # grayscale / palette images too
+
+
+def _load_imagefolder(root: Path, seed: int, size: int) -> DataSplits:
+    from torchvision import datasets, transforms as T
+
+    for sub in ("train", "val"):
+        if not (root / sub).is_dir():
+            raise SpecError(f"imagefolder:{root}: no folder {root / sub}; expected PATH/train/<class>/* "
+                            "and PATH/val/<class>/* images")
+    norm = T.Normalize(*_IMAGENET_STATS)
+    train_tf = T.Compose([_to_rgb, T.RandomResizedCrop(size), T.RandomHorizontalFlip(), T.ToTensor(), norm])
+    eval_tf = T.Compose([_to_rgb, T.Resize(round(size / 0.875)), T.CenterCrop(size), T.ToTensor(), norm])
+    try:
+        train_all = datasets.ImageFolder(str(root / "train"), transform=train_tf)
+        eval_all = datasets.ImageFolder(str(root / "train"), transform=eval_tf)
+        test = datasets.ImageFolder(str(root / "val"), transform=eval_tf)
+    except (FileNotFoundError, OSError) as exc:
+        raise SpecError(f"imagefolder:{root}: {str(exc).splitlines()[0]}; expected class folders of images") from None
+    if test.classes != train_all.classes:
+        raise SpecError(f"imagefolder:{root}: train and val have different class folders "
+                        f"({len(train_all.classes)} vs {len(test.classes)}); make them the same")
+    keep, held = split_indices(train_all.targets, _VAL_FRACTION, seed)
+    train, val = Subset(train_all, keep.tolist()), Subset(eval_all, held.tolist())
+    return DataSplits(
+        train, val, test, num_classes=len(train_all.classes), in_channels=3, input_shape=(3, size, size),
+        description=f"ImageFolder {root} ({len(train)}/{len(val)}/{len(test)} train/val/test, "
+        f"{len(train_all.classes)} classes, 3x{size}x{size})",
+    )
+
+
+# ------------------------------------------------------------------- user functions
+
+
+def _labels(ds: Dataset) -> list[int]:
+    if isinstance(ds, Subset):
+        inner = _labels(ds.dataset)
+        return [inner[i] for i in ds.indices]
+    if isinstance(ds, TensorDataset) and len(ds.tensors) >= 2:
+        return ds.tensors[1].tolist()
+    if hasattr(ds, "targets"):
+        return [int(t) for t in ds.targets]
+    return [int(ds[i][1]) for i in range(len(ds))]
+
+
+def _load_user(module_name: str, func_name: str, seed: int, image_size: int | None) -> DataSplits:
+    where = f"{module_name}:{func_name}"
+    try:
+        fn = getattr(importlib.import_module(module_name), func_name)
+    except (ImportError, AttributeError) as exc:
+        raise SpecError(f"cannot load data function {where}: {exc}; {_SPEC_HELP}") from None
+    params = inspect.signature(fn).parameters
+    kwargs = {k: v for k, v in (("seed", seed), ("image_size", image_size)) if k in params}
+    result = fn(**kwargs)
+    if isinstance(result, DataSplits):
+        return result
+    if not isinstance(result, (tuple, list)) or len(result) not in (2, 3):
+        raise SpecError(f"{where} returned {type(result).__name__}; expected (train, val) or (train, val, test)")
+    train, val = result[0], result[1]
+    test = result[2] if len(result) == 3 else val
+    try:
+        x = train[0][0]
+    except Exception as exc:
+        raise SpecError(f"{where}: train[0] is not an (input, label) pair ({exc})") from None
+    if not isinstance(x, torch.Tensor):
+        raise SpecError(f"{where}: train[0][0] is a {type(x).__name__}; expected a tensor")
+    classes = getattr(train, "classes", None)
+    num_classes = len(classes) if classes else max(_labels(train)) + 1
+    shape = tuple(x.shape)
+    note = "" if len(result) == 3 else ", val used as test"
+    return DataSplits(
+        train, val, test, num_classes=num_classes, in_channels=shape[0], input_shape=shape,
+        description=f"{where} ({len(train)}/{len(val)}/{len(test)} train/val/test{note})",
+    )
+
+
+# ------------------------------------------------------------------------- loaders
+
+
+class ShardSampler(Sampler[int]):
+    """Every ``world``-th index from ``rank`` on: each sample is seen exactly once across
+    ranks (DistributedSampler pads with repeats, which would skew evaluation metrics)."""
+
+    def __init__(self, length: int, rank: int, world: int) -> None:
+        self.indices = range(rank, length, world)
+
+    def __iter__(self):
+        return iter(self.indices)
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+
+def make_loaders(splits: DataSplits, batch_size: int, *, num_workers: int = 0, seed: int = 0,
+                 distributed: bool = False, pin_memory: bool = False) -> Loaders:
+    """DataLoaders for the splits. The train loader reshuffles from ``loader.generator``;
+    training reseeds it per epoch so data order depends on (seed, epoch) only."""
+    from torch.utils.data.distributed import DistributedSampler
+
+    common = dict(batch_size=batch_size, num_workers=num_workers, pin_memory=pin_memory,
+                  persistent_workers=num_workers > 0)
+    rank, world = 0, 1
+    if distributed:
+        if not torch.distributed.is_initialized():
+            raise SpecError("distributed loaders need an initialised process group; launch with torchrun")
+        rank, world = torch.distributed.get_rank(), torch.distributed.get_world_size()
+    per_rank = len(splits.train) // world
+    # Drop a ragged last batch: a batch of one breaks BatchNorm on 1x1 feature maps.
+    drop_last = per_rank > batch_size
+    if distributed:
+        sampler = DistributedSampler(splits.train, num_replicas=world, rank=rank, shuffle=True, seed=seed)
+        train = DataLoader(splits.train, sampler=sampler, drop_last=drop_last,
+                           generator=torch.Generator().manual_seed(seed), **common)
+    else:
+        train = DataLoader(splits.train, shuffle=True, drop_last=drop_last,
+                           generator=torch.Generator().manual_seed(seed), **common)
+
+    def eval_loader(ds: Dataset) -> DataLoader:
+        # Own generator: iterating must not draw from the global RNG (exact resume).
+        sampler = ShardSampler(len(ds), rank, world) if distributed else None
+        return DataLoader(ds, sampler=sampler, generator=torch.Generator().manual_seed(seed), **common)
+
+    return Loaders(train, eval_loader(splits.val), eval_loader(splits.test))
