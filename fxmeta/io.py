@@ -1,0 +1,543 @@
+"""Loading user models from specs and files, and writing results safely.
+
+A model spec is one of::
+
+    torchvision:resnet50          a torchvision architecture, random init (never downloads)
+    fxmeta:resnet56               an architecture from fxmeta.models
+    my_pkg.module:factory         import a module, call factory(**kwargs)
+    path/to/file.py:factory       the same for a Python file
+    SPEC@weights.pt               an architecture spec plus a state_dict file
+    model.pt / model.pth          an fxmeta model file (see ``save``); a fully pickled
+                                  module only with trust=True
+    model.pt2                     a torch.export program, only with trust=True
+
+Loading never runs code from a file unless ``trust=True``: files are read with
+``torch.load(weights_only=True)``, and an architecture spec stored inside a file may only
+name torchvision / fxmeta architectures or other files unless the file is trusted.
+
+Writes are atomic (temp file in the same directory, then ``os.replace``) and never
+replace an existing file without ``force``, nor an input file at all.
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import enum
+import hashlib
+import importlib
+import importlib.util
+import inspect
+import numbers
+import os
+import pickle
+import re
+import secrets
+import sys
+from dataclasses import dataclass, field
+from typing import Any, BinaryIO, Sequence
+
+import torch
+from torch import nn
+
+from .errors import FxmetaError, InputShapeError, OutputExistsError, SpecError, UnsafeFileError
+from .tracing import example_from_shape
+
+FORMAT = "fxmeta.model"
+VERSION = 1
+MODEL_SUFFIXES = (".pt", ".pth", ".pt2")
+# A saved file's spec may name another file; this bounds such chains (and self-loops).
+_MAX_DEPTH = 4
+_TRUST_HINT = "Re-run with --trust (trust=True) if you trust its source"
+
+
+@dataclass
+class LoadedModel:
+    """A model built from a spec, with what is needed to rebuild it.
+
+    ``spec`` and ``spec_kwargs`` rebuild the architecture (for a saved pruned model: the
+    architecture before pruning, with ``plan`` the pruning plan applied on top).
+    """
+
+    module: nn.Module
+    spec: str
+    source: str
+    default_input_shape: tuple[int, ...] | None = None
+    spec_kwargs: dict[str, Any] = field(default_factory=dict)
+    plan: Any = None
+
+
+# ---------------------------------------------------------------------------- loading
+
+
+def resolve_model(
+    spec: str,
+    *,
+    trust: bool = False,
+    num_classes: int | None = None,
+    in_channels: int | None = None,
+) -> LoadedModel:
+    """Build the model ``spec`` names (see the module docstring), in eval mode.
+
+    A ``module:factory`` or ``file.py:factory`` spec imports that Python code and runs
+    it: that is the point of such a spec, so only type specs whose code you trust.
+    """
+    kwargs = {k: v for k, v in (("num_classes", num_classes), ("in_channels", in_channels)) if v is not None}
+    loaded = _resolve(os.fspath(spec).strip(), kwargs, trust=trust, from_file=None, depth=0)
+    _set_eval(loaded.module)
+    return loaded
+
+
+def load(path: str | os.PathLike, *, trust: bool = False) -> nn.Module:
+    """Rebuild the module saved in ``path`` (an fxmeta model file, see ``save``)."""
+    return resolve_model(os.fspath(path), trust=trust).module
+
+
+def _resolve(spec: str, kwargs: dict[str, Any], *, trust: bool, from_file: str | None, depth: int) -> LoadedModel:
+    if depth > _MAX_DEPTH:
+        raise SpecError(f"{from_file}: architecture specs refer to files {_MAX_DEPTH} levels deep (a loop?)")
+    if not spec:
+        raise SpecError("empty model spec; pass e.g. torchvision:resnet18, fxmeta:resnet56 or model.pt")
+    if os.path.isfile(spec) and not spec.endswith(".py"):
+        if kwargs:
+            flags = ", ".join(f"{k}={v}" for k, v in kwargs.items())
+            raise SpecError(f"{spec} is a saved model with its architecture fixed; drop {flags}")
+        return _load_file(spec, trust=trust, depth=depth)
+    if "@" in spec:
+        arch, weights = spec.rsplit("@", 1)
+        return _with_weights(arch, weights, kwargs, trust=trust, from_file=from_file, depth=depth)
+    prefix, _, name = spec.partition(":")
+    if prefix == "torchvision":
+        return _torchvision(name, kwargs)
+    if prefix == "fxmeta":
+        return _fxmeta(name, kwargs)
+    if spec.endswith(MODEL_SUFFIXES):
+        raise SpecError(f"no such file: {spec}")
+    target, sep, attr = spec.rpartition(":")
+    if sep and target and attr:
+        if from_file is not None and not trust:
+            raise UnsafeFileError(
+                f"{from_file} builds its architecture with {spec}, which imports and runs that code. "
+                f"{_TRUST_HINT}."
+            )
+        return _factory(target, attr, kwargs)
+    if spec.endswith(".py"):
+        raise SpecError(f"{spec} is Python source; name the function that builds the model: {spec}:factory")
+    raise SpecError(
+        f"unknown model spec {spec!r}; use torchvision:NAME, fxmeta:NAME, module.path:factory, "
+        "file.py:factory, SPEC@weights.pt, or a saved .pt / .pt2 file"
+    )
+
+
+def _torchvision(name: str, kwargs: dict[str, Any]) -> LoadedModel:
+    import torchvision
+
+    if "in_channels" in kwargs:
+        raise SpecError(f"torchvision:{name} takes 3 input channels; drop in_channels (--in-channels)")
+    for key in ("weights", "weights_backbone"):
+        if key in kwargs:
+            raise SpecError(f"torchvision:{name}: {key} is not accepted (nothing is downloaded); use SPEC@weights.pt")
+    try:
+        builder = torchvision.models.get_model_builder(name)
+    except ValueError as exc:
+        raise SpecError(f"unknown torchvision model {name!r}; see torchvision.models.list_models()") from exc
+    extra: dict[str, Any] = {"weights": None}
+    # Detection models default to a pretrained backbone, which would download.
+    if "weights_backbone" in inspect.signature(builder).parameters:
+        extra["weights_backbone"] = None
+    try:
+        module = torchvision.models.get_model(name, **extra, **kwargs)
+    except (TypeError, ValueError) as exc:
+        raise SpecError(f"torchvision:{name} does not accept {kwargs}: {_first_line(exc)}") from exc
+    return LoadedModel(module, f"torchvision:{name}", f"torchvision:{name}", _torchvision_shape(name, builder), dict(kwargs))
+
+
+def _torchvision_shape(name: str, builder: Any) -> tuple[int, ...] | None:
+    family = builder.__module__
+    if any(f".{kind}" in family for kind in ("video", "optical_flow", "detection")):
+        return None  # no single image-batch shape fits these
+    if "inception_v3" in name:
+        return (1, 3, 299, 299)
+    return (1, 3, 224, 224)
+
+
+def _fxmeta(name: str, kwargs: dict[str, Any]) -> LoadedModel:
+    try:
+        models = importlib.import_module("fxmeta.models")
+    except ModuleNotFoundError as exc:
+        if exc.name != "fxmeta.models":
+            raise
+        raise SpecError(f"fxmeta:{name} needs fxmeta.models, which this fxmeta install lacks") from exc
+    module = models.get_model(name, **kwargs)  # raises SpecError for unknown names
+    if not isinstance(module, nn.Module):
+        raise SpecError(f"fxmeta:{name} built a {type(module).__name__}, not a torch.nn.Module")
+    shape = (1, int(kwargs.get("in_channels", 3)), 32, 32)
+    return LoadedModel(module, f"fxmeta:{name}", f"fxmeta:{name}", shape, dict(kwargs))
+
+
+def _factory(target: str, attr: str, kwargs: dict[str, Any]) -> LoadedModel:
+    if target.endswith(".py"):
+        owner = _import_file(target)
+        spec = f"{os.path.abspath(target)}:{attr}"
+    else:
+        try:
+            owner = importlib.import_module(target)
+        except Exception as exc:  # noqa: BLE001 - any failure of the user's module is a bad spec
+            raise SpecError(f"cannot import {target}: {type(exc).__name__}: {_first_line(exc)}") from exc
+        spec = f"{target}:{attr}"
+    factory: Any = owner
+    for part in attr.split("."):
+        if not hasattr(factory, part):
+            raise SpecError(f"{target} has no attribute {attr!r}")
+        factory = getattr(factory, part)
+    if not callable(factory):
+        raise SpecError(f"{spec} is a {type(factory).__name__}, not a function that builds a model")
+    try:
+        module = factory(**kwargs)
+    except Exception as exc:  # noqa: BLE001 - report the user's factory failure in one line
+        raise SpecError(f"{spec}({_kwargs_text(kwargs)}) failed: {type(exc).__name__}: {_first_line(exc)}") from exc
+    if not isinstance(module, nn.Module):
+        raise SpecError(f"{spec} returned a {type(module).__name__}, not a torch.nn.Module")
+    return LoadedModel(module, spec, spec, None, dict(kwargs))
+
+
+def _import_file(path: str) -> Any:
+    """Import a Python file by path (this runs it), registered in sys.modules."""
+    if not os.path.isfile(path):
+        raise SpecError(f"no such file: {path}")
+    full = os.path.abspath(path)
+    stem = re.sub(r"\W", "_", os.path.splitext(os.path.basename(full))[0])
+    # Registered so dataclasses and pickling inside the file work; unique per path.
+    name = f"_fxmeta_file_{stem}_{hashlib.sha1(full.encode()).hexdigest()[:8]}"
+    module_spec = importlib.util.spec_from_file_location(name, full)
+    if module_spec is None or module_spec.loader is None:
+        raise SpecError(f"cannot import {path} as Python source")
+    module = importlib.util.module_from_spec(module_spec)
+    sys.modules[name] = module
+    # Like `python file.py`: the file may import modules that sit next to it.
+    folder = os.path.dirname(full)
+    sys.path.insert(0, folder)
+    try:
+        module_spec.loader.exec_module(module)
+    except Exception as exc:  # noqa: BLE001 - any failure of the user's file is a bad spec
+        sys.modules.pop(name, None)
+        raise SpecError(f"importing {path} failed: {type(exc).__name__}: {_first_line(exc)}") from exc
+    finally:
+        sys.path.remove(folder)
+    return module
+
+
+def _with_weights(
+    arch: str, weights: str, kwargs: dict[str, Any], *, trust: bool, from_file: str | None, depth: int
+) -> LoadedModel:
+    if not os.path.isfile(weights):
+        raise SpecError(f"no such weights file: {weights}")
+    base = _resolve(arch, kwargs, trust=trust, from_file=from_file, depth=depth + 1)
+    obj = _torch_load(weights, trust=trust)
+    if isinstance(obj, dict) and obj.get("format") == FORMAT:
+        if obj.get("plan") is not None:
+            raise SpecError(f"{weights} holds a pruned fxmeta model; load it alone, without {arch}@")
+        obj = obj.get("state_dict")
+    elif isinstance(obj, nn.Module):
+        obj = obj.state_dict()
+    elif isinstance(obj, dict) and not _is_state_dict(obj):
+        # Common checkpoint layouts keep the weights under one key.
+        obj = next((obj[k] for k in ("state_dict", "model") if _is_state_dict(obj.get(k))), obj)
+    if not _is_state_dict(obj):
+        raise SpecError(f"{weights} holds no state_dict (a dict of tensors) to load into {arch}")
+    _load_state(base.module, obj, weights, base.spec)
+    source = f"{base.source} with weights from {weights}"
+    return dataclasses.replace(base, source=source)
+
+
+def _load_file(path: str, *, trust: bool, depth: int) -> LoadedModel:
+    if path.endswith(".pt2"):
+        return _load_export(path, trust=trust)
+    obj = _torch_load(path, trust=trust)
+    if isinstance(obj, nn.Module):
+        return LoadedModel(obj, os.path.abspath(path), f"pickled module {path}", None)
+    if isinstance(obj, dict) and "format" in obj:
+        return _from_saved(obj, path, trust=trust, depth=depth)
+    if _is_state_dict(obj):
+        raise SpecError(
+            f"{path} holds only weights (a state_dict); name the architecture too: SPEC@{path}, "
+            f"e.g. torchvision:resnet18@{path}"
+        )
+    raise SpecError(f"{path} holds a {type(obj).__name__}, not a model, an fxmeta model file or a state_dict")
+
+
+def _torch_load(path: str, *, trust: bool) -> Any:
+    """torch.load without running code from the file; with ``trust`` a full unpickle."""
+    try:
+        return torch.load(path, weights_only=True, map_location="cpu")
+    except pickle.UnpicklingError as exc:
+        needs = _unsafe_globals(path, exc)
+        if not needs:
+            raise SpecError(f"{path} is not a file torch.load can read: {_first_line(exc)}") from exc
+        if not trust:
+            shown = ", ".join(needs[:3]) + (" ..." if len(needs) > 3 else "")
+            raise UnsafeFileError(
+                f"{path} is a pickled module or object (it needs {shown}); loading it runs code from the file. "
+                f"{_TRUST_HINT}, or save a state_dict with an architecture spec instead."
+            ) from exc
+    except (RuntimeError, EOFError, OSError, ValueError) as exc:
+        raise SpecError(f"{path} is not a file torch.load can read: {type(exc).__name__}: {_first_line(exc)}") from exc
+    try:
+        return torch.load(path, weights_only=False, map_location="cpu")
+    except Exception as exc:  # noqa: BLE001 - e.g. the pickled classes cannot be imported here
+        raise SpecError(
+            f"cannot unpickle {path}: {type(exc).__name__}: {_first_line(exc)}; "
+            "the classes it was saved with must be importable (same module path as when saved)"
+        ) from exc
+
+
+def _unsafe_globals(path: str, exc: Exception) -> list[str]:
+    """Names of the Python globals the file's pickle needs beyond plain data."""
+    try:
+        return list(torch.serialization.get_unsafe_globals_in_checkpoint(path))
+    except Exception:  # noqa: BLE001 - legacy (non-zip) files: read the loader's message instead
+        return re.findall(r"Unsupported global: GLOBAL ([\w.]+)", str(exc))
+
+
+def _from_saved(obj: dict, path: str, *, trust: bool, depth: int) -> LoadedModel:
+    if obj.get("format") != FORMAT:
+        raise SpecError(f"{path} has format {obj.get('format')!r}, not {FORMAT!r}")
+    version = obj.get("version")
+    if not isinstance(version, int) or version > VERSION:
+        raise SpecError(f"{path} is {FORMAT} version {version}; this fxmeta reads up to {VERSION}: update fxmeta")
+    spec, kwargs, state = obj.get("spec"), obj.get("spec_kwargs") or {}, obj.get("state_dict")
+    if not isinstance(spec, str) or not isinstance(kwargs, dict) or not _is_state_dict(state):
+        raise SpecError(f"{path} is a damaged {FORMAT} file (spec, spec_kwargs or state_dict missing)")
+    base = _resolve(spec, dict(kwargs), trust=trust, from_file=path, depth=depth + 1)
+    shape = tuple(int(d) for d in obj["input_shape"]) if obj.get("input_shape") else base.default_input_shape
+    module, plan = base.module, obj.get("plan")
+    if plan is not None:
+        module = _apply_plan(module, plan, shape, path)
+    _load_state(module, state, path, spec)
+    return LoadedModel(module, spec, f"fxmeta model file {path}", shape, dict(kwargs), plan)
+
+
+def _apply_plan(module: nn.Module, plan: Any, shape: tuple[int, ...] | None, path: str) -> nn.Module:
+    try:
+        from .pruner import apply_plan
+    except ImportError as exc:
+        raise FxmetaError(
+            f"{path} holds a pruned model, but this fxmeta cannot apply pruning plans "
+            f"({type(exc).__name__}: {_first_line(exc)}); install a complete fxmeta"
+        ) from exc
+    if shape is None:
+        raise SpecError(f"{path} holds a pruning plan but no input_shape to trace the model with; save it again")
+    module.eval()
+    pruned = apply_plan(module, plan, example_from_shape(shape))
+    return pruned if isinstance(pruned, nn.Module) else module
+
+
+def _load_export(path: str, *, trust: bool) -> LoadedModel:
+    if not trust:
+        # torch.export.load unpickles parts of the archive (its own docs: never load
+        # untrusted files), so a .pt2 gets the same treatment as a pickled module.
+        raise UnsafeFileError(
+            f"{path} is a torch.export program; torch.export.load unpickles parts of it, which can run code "
+            f"from the file. {_TRUST_HINT}, or save a state_dict with an architecture spec instead."
+        )
+    try:
+        program = torch.export.load(path)
+    except Exception as exc:  # noqa: BLE001 - any failure means the file is not a usable program
+        raise SpecError(f"{path} is not a torch.export program: {type(exc).__name__}: {_first_line(exc)}") from exc
+    shape = None
+    args = (program.example_inputs or ((), {}))[0]
+    if len(args) == 1 and isinstance(args[0], torch.Tensor):
+        shape = tuple(args[0].shape)
+    return LoadedModel(program.module(), os.path.abspath(path), f"torch.export program {path}", shape)
+
+
+def _load_state(module: nn.Module, state: dict[str, torch.Tensor], path: str, spec: str) -> None:
+    """Strict load_state_dict with an error that names the mismatching keys."""
+    own = module.state_dict()
+    if all(k.startswith("module.") for k in state) and not any(k.startswith("module.") for k in own):
+        state = {k[len("module."):]: v for k, v in state.items()}  # saved from a DDP wrapper
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    resized = [f"{k} {tuple(state[k].shape)} vs {tuple(v.shape)}" for k, v in own.items()
+               if k in state and tuple(state[k].shape) != tuple(v.shape)]
+    problems = [f"{len(keys)} {what} ({_few(keys)})"
+                for what, keys in (("missing keys", missing), ("unexpected keys", unexpected),
+                                   ("size mismatches, file vs model", resized)) if keys]
+    if problems:
+        raise SpecError(
+            f"{path} does not fit {spec}: {'; '.join(problems)}. Check the architecture spec and --num-classes."
+        )
+    module.load_state_dict(state, strict=True)
+
+
+def _set_eval(module: nn.Module) -> None:
+    try:
+        module.eval()
+    except NotImplementedError:
+        pass  # torch.export modules fix train/eval behaviour when exported
+
+
+def _is_state_dict(obj: Any) -> bool:
+    return isinstance(obj, dict) and all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items())
+
+
+def _few(items: Sequence[str], n: int = 3) -> str:
+    return ", ".join(items[:n]) + (", ..." if len(items) > n else "")
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def _kwargs_text(kwargs: dict[str, Any]) -> str:
+    return ", ".join(f"{k}={v!r}" for k, v in kwargs.items())
+
+
+# ---------------------------------------------------------------------------- saving
+
+
+def save(
+    path: str | os.PathLike,
+    module: nn.Module,
+    *,
+    spec: str,
+    spec_kwargs: dict[str, Any] | None = None,
+    plan: Any = None,
+    metrics: Any = None,
+    input_shape: Sequence[int] | None = None,
+    force: bool = False,
+) -> None:
+    """Write ``module`` as an fxmeta model file, loadable with ``torch.load(weights_only=True)``.
+
+    ``spec`` / ``spec_kwargs`` rebuild the architecture before pruning; ``plan`` (a pruned
+    model) is stored as plain data and handed to ``fxmeta.pruner.apply_plan`` on load.
+    """
+    if not isinstance(spec, str) or not spec:
+        raise ValueError("save() needs the architecture spec the module was built from, e.g. spec='torchvision:resnet18'")
+    if plan is not None and input_shape is None:
+        raise ValueError("save() of a pruned model (plan given) needs input_shape to trace it again on load")
+    payload: dict[str, Any] = {
+        "format": FORMAT,
+        "version": VERSION,
+        "spec": spec,
+        "spec_kwargs": plain_data(spec_kwargs or {}),
+        "state_dict": {k: v.detach().to("cpu", copy=True) for k, v in module.state_dict().items()},
+    }
+    if plan is not None:
+        payload["plan"] = plain_data(plan)
+    if metrics is not None:
+        payload["metrics"] = plain_data(metrics)
+    if input_shape is not None:
+        payload["input_shape"] = [int(d) for d in input_shape]
+    atomic_save(payload, path, force=force)
+
+
+def plain_data(obj: Any) -> Any:
+    """``obj`` as dicts, lists, numbers, strings and CPU tensors, which weights_only loading accepts.
+
+    Dataclasses become dicts, tuples become lists, objects with ``to_dict()`` use it.
+    """
+    if obj is None or isinstance(obj, (bool, str)):
+        return obj
+    if isinstance(obj, enum.Enum):
+        return plain_data(obj.value)
+    if isinstance(obj, numbers.Integral):
+        return int(obj)
+    if isinstance(obj, numbers.Real):
+        return float(obj)
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().to("cpu", copy=True)
+    if hasattr(obj, "to_dict") and callable(obj.to_dict):
+        return plain_data(obj.to_dict())
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return {f.name: plain_data(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+    if isinstance(obj, dict):
+        return {_plain_key(k): plain_data(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple, set, frozenset)):
+        items = sorted(obj, key=repr) if isinstance(obj, (set, frozenset)) else obj
+        return [plain_data(v) for v in items]
+    raise TypeError(f"cannot store a {type(obj).__name__} in an fxmeta file; give it a to_dict() or use plain data")
+
+
+def _plain_key(key: Any) -> Any:
+    key = plain_data(key) if isinstance(key, (enum.Enum, numbers.Number)) else key
+    return key if key is None or isinstance(key, (str, int, float, bool)) else str(key)
+
+
+def atomic_save(obj: Any, path: str | os.PathLike, *, force: bool = False) -> None:
+    """``torch.save`` (``torch.export.save`` for an ExportedProgram) that never leaves a partial file.
+
+    Writes a temp file next to ``path`` and renames it over ``path``; on any failure the
+    temp file is removed and ``path`` is untouched. An existing ``path`` needs ``force``.
+    """
+    path = os.fspath(path)
+    if os.path.isdir(path):
+        raise OutputExistsError(f"{path} is a directory; give a file path for the output")
+    if os.path.exists(path) and not force:
+        raise OutputExistsError(f"{path} exists; pass --force to overwrite it, or choose another output path")
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder):
+        raise FxmetaError(f"output folder {folder} does not exist; create it first")
+    tmp = os.path.join(folder, f".{os.path.basename(path)}.{secrets.token_hex(6)}.tmp")
+    # os.open with 0o666 gives the file the usual umask permissions (mkstemp would give 0600).
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            _write(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def _write(obj: Any, f: BinaryIO) -> None:
+    if isinstance(obj, torch.export.ExportedProgram):
+        torch.export.save(obj, f)
+    else:
+        torch.save(obj, f)
+
+
+def check_output_path(out: str | os.PathLike, inputs: Sequence[str], force: bool = False) -> None:
+    """Refuse an output path that is one of the inputs (even with ``force``) or exists (without)."""
+    out = os.fspath(out)
+    for spec in inputs:
+        for candidate in _spec_paths(os.fspath(spec)):
+            if _same_file(out, candidate):
+                raise OutputExistsError(f"{out} is also an input ({spec}); write the result to another path")
+    if os.path.exists(out) and not force:
+        raise OutputExistsError(f"{out} exists; pass --force to overwrite it, or choose another output path")
+
+
+def _spec_paths(spec: str) -> list[str]:
+    """The file paths a spec may name: itself, SPEC@FILE's parts, FILE.py:factory's file."""
+    paths = [spec]
+    if "@" in spec:
+        arch, weights = spec.rsplit("@", 1)
+        paths += [weights, *_spec_paths(arch)]
+    target, sep, _ = spec.rpartition(":")
+    if sep and target.endswith(".py"):
+        paths.append(target)
+    return [p for p in paths if p]
+
+
+def _same_file(a: str, b: str) -> bool:
+    if os.path.realpath(a) == os.path.realpath(b):
+        return True
+    try:
+        return os.path.samefile(a, b)  # hard links
+    except OSError:
+        return False
+
+
+def parse_input_shape(text: str) -> tuple[int, ...]:
+    """Parse a CLI shape such as ``1,3,224,224`` (also ``1x3x224x224`` or ``(1, 3, 224, 224)``)."""
+    body = text.strip().strip("()[]").strip()
+    parts = re.split(r"\s*[,x]\s*|\s+", body) if body else []
+    if not parts or not all(re.fullmatch(r"[0-9]+", p) and int(p) > 0 for p in parts):
+        raise InputShapeError(
+            f"bad input shape {text!r}: expected positive integers separated by commas, e.g. 1,3,224,224"
+        )
+    return tuple(int(p) for p in parts)
