@@ -167,7 +167,10 @@ def _fxmeta(name: str, kwargs: dict[str, Any]) -> LoadedModel:
         if exc.name != "fxmeta.models":
             raise
         raise SpecError(f"fxmeta:{name} needs fxmeta.models, which this fxmeta install lacks") from exc
-    module = models.get_model(name, **kwargs)  # raises SpecError for unknown names
+    try:
+        module = models.get_model(name, **kwargs)  # raises SpecError for unknown names
+    except TypeError as exc:
+        raise SpecError(f"fxmeta:{name} does not accept {kwargs}: {_first_line(exc)}") from exc
     if not isinstance(module, nn.Module):
         raise SpecError(f"fxmeta:{name} built a {type(module).__name__}, not a torch.nn.Module")
     shape = (1, int(kwargs.get("in_channels", 3)), 32, 32)
