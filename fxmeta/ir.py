@@ -84,6 +84,7 @@ class Slot:
     layout: str
     shape: tuple[int, ...]
     groups: int = 1
+    buffer: bool = False  # running statistics: raised detached, they are not learned
 
 
 @dataclass
@@ -129,7 +130,7 @@ class WeightGraph:
     def layer_of_node(self, ids: Tensor) -> Tensor:
         """Index of the layer that owns each node id."""
         starts = torch.tensor([layer.start for layer in self.layers])
-        return torch.searchsorted(starts, ids, right=True) - 1
+        return torch.searchsorted(starts, ids.contiguous(), right=True) - 1
 
     def with_features(self, edges: list[Tensor | None], nodes: list[Tensor | None]) -> "WeightGraph":
         """Same structure, new feature tensors (one entry per layer; None keeps no table)."""
@@ -223,7 +224,8 @@ def _tensor_from_slot(graph: WeightGraph, slot: Slot) -> Tensor:
 
 def iter_raised(graph: WeightGraph) -> Iterator[tuple[str, Tensor]]:
     for name, slot in graph.slots.items():
-        yield name, _tensor_from_slot(graph, slot)
+        value = _tensor_from_slot(graph, slot)
+        yield name, value.detach() if slot.buffer else value
     yield from graph.passthrough.items()
 
 

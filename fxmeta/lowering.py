@@ -12,7 +12,7 @@ model go to the passthrough table, untouched.
 from __future__ import annotations
 
 import operator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Callable
 
 import torch
@@ -486,6 +486,8 @@ def _finish(b: _Builder, outputs: list[Tensor]) -> WeightGraph:
             layer.node_cols = tuple(c for c, _, _ in cols)
             for col, (_, param, value) in enumerate(cols):
                 b.slots[param] = Slot(index, "node", col, "column", tuple(value.shape))
+    buffers = {name for name, _ in b.gm.named_buffers()}
+    b.slots = {name: replace(slot, buffer=name in buffers) for name, slot in b.slots.items()}
     state = b.gm.state_dict(keep_vars=True)
     seen: dict[int, str] = {}
     aliases: dict[str, str] = {}
