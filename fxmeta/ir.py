@@ -224,7 +224,9 @@ def _tensor_from_slot(graph: WeightGraph, slot: Slot) -> Tensor:
 
 def iter_raised(graph: WeightGraph) -> Iterator[tuple[str, Tensor]]:
     for name, slot in graph.slots.items():
-        value = _tensor_from_slot(graph, slot)
+        # Contiguous, as the original tensors are: kernels may round differently on
+        # strided inputs, and the functional result must equal the model's bit for bit.
+        value = _tensor_from_slot(graph, slot).contiguous()
         yield name, value.detach() if slot.buffer else value
     yield from graph.passthrough.items()
 
