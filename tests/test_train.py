@@ -54,6 +54,7 @@ def test_training_learns_digits(tmp_path, digits):
     assert val["acc"] == pytest.approx(result.best_val_acc)
     assert result.test["acc"] > 0.6 and result.seconds > 0
     assert [h["epoch"] for h in result.history] == [1, 2, 3]
+    assert result.history[0]["samples"] == 1077 // 64 * 64  # ragged last batch dropped
 
 
 def test_resnet20_on_digits(tmp_path, digits):
@@ -158,6 +159,8 @@ def test_ddp_two_cpu_ranks(tmp_path):
     assert _state_equal(r0["state"], r1["state"])
     assert _no_time(r0["history"]) == _no_time(r1["history"])  # metrics reduced across ranks
     assert r0["val_acc"] > 0.5
+    # the ranks split the data (539 each, 16 full batches of 32) instead of both taking all of it
+    assert [h["samples"] for h in r0["history"]] == [2 * 16 * 32] * 2
     lines = (tmp_path / "log.jsonl").read_text().splitlines()
     assert len(lines) == 3  # written by rank 0 only: 2 epochs + final
     assert torch.load(tmp_path / "ckpt" / "last.pt", weights_only=True)["epoch"] == 2

@@ -1,0 +1,389 @@
+"""Training and finetuning: one loop for CPU and CUDA.
+
+AMP (bf16 / fp16) and channels_last on CUDA, ``torchrun`` DDP (gloo on CPU, nccl on CUDA),
+an atomic checkpoint every epoch with exact resume, a JSON-lines metrics log and a rich
+progress bar. The best epoch is picked on the validation split; test is evaluated once,
+on the returned weights.
+
+Exact resume: every epoch's randomness (data order, augmentation, dropout) is a pure
+function of (seed, epoch, rank), and so is the learning rate. A run stopped after any
+epoch and resumed therefore ends with the same weights as an uninterrupted run, also
+under DDP, without saving per-rank RNG states. Note that training reseeds torch's global
+RNG at every epoch.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+import time
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.utils.data import DataLoader, DistributedSampler
+
+from .data import DataSplits, Loaders, ShardSampler, make_loaders
+from .errors import SpecError
+
+_CHECKPOINT = "last.pt"
+_FORMAT = 1
+
+
+@dataclass
+class TrainConfig:
+    """Hyper-parameters and run settings; defaults are the usual CIFAR recipe."""
+
+    epochs: int = 10
+    lr: float = 0.1
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    optimizer: str = "sgd"  # "sgd" | "adamw"
+    schedule: str = "cosine"  # "cosine" | "step"
+    milestones: tuple[int, ...] = ()  # step schedule; empty means 50% and 75% of epochs
+    gamma: float = 0.1
+    label_smoothing: float = 0.0
+    batch_size: int = 128
+    num_workers: int = 0
+    device: str = "auto"  # "auto" | "cpu" | "cuda" | "cuda:N"
+    amp: str = "auto"  # "auto" | "off" | "bf16" | "fp16"; auto: bf16 (or fp16) on CUDA, off on CPU
+    channels_last: bool = False  # CUDA only
+    seed: int = 0
+    checkpoint_dir: str | None = None
+    resume: bool = False
+    log_path: str | None = None
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        choices = {"optimizer": ("sgd", "adamw"), "schedule": ("cosine", "step"),
+                   "amp": ("auto", "off", "bf16", "fp16")}
+        for name, allowed in choices.items():
+            if getattr(self, name) not in allowed:
+                raise SpecError(f"{name}={getattr(self, name)!r} is not one of {', '.join(allowed)}")
+        if not (self.device in ("auto", "cpu") or self.device.startswith("cuda")):
+            raise SpecError(f"device={self.device!r}; use auto, cpu, cuda or cuda:N")
+        if self.epochs < 0 or self.batch_size < 1:
+            raise SpecError(f"need epochs >= 0 and batch_size >= 1, got {self.epochs} and {self.batch_size}")
+        self.milestones = tuple(self.milestones)
+
+
+@dataclass
+class TrainResult:
+    """The model with the best-validation weights loaded (eval mode) and how it got there."""
+
+    model: nn.Module
+    best_epoch: int  # 1-based; 0 when no epoch ran
+    best_val_acc: float
+    history: list[dict] = field(default_factory=list)
+    seconds: float = 0.0
+    test: dict | None = None  # evaluate() of the returned weights on the test split
+
+
+@dataclass
+class DistContext:
+    """Where this process sits in a torchrun job (a single process: rank 0 of 1)."""
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+@contextmanager
+def distributed_context(device: str = "auto") -> Iterator[DistContext]:
+    """Join the torchrun process group when WORLD_SIZE > 1 (nccl on CUDA, gloo on CPU).
+
+    A group that is already initialised is used as is and left open."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    if world <= 1:
+        yield DistContext()
+        return
+    if dist.is_initialized():
+        yield DistContext(dist.get_rank(), dist.get_world_size(), local_rank)
+        return
+    use_cuda = device != "cpu" and torch.cuda.is_available()
+    if use_cuda:
+        torch.cuda.set_device(local_rank)
+    dist.init_process_group("nccl" if use_cuda else "gloo")
+    try:
+        yield DistContext(dist.get_rank(), dist.get_world_size(), local_rank)
+    finally:
+        dist.destroy_process_group()
+
+
+def resolve_device(name: str, ctx: DistContext | None = None) -> torch.device:
+    """"auto" means CUDA when available; under DDP each process takes its LOCAL_RANK GPU."""
+    ctx = ctx or DistContext()
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise SpecError(f"device={name!r} but CUDA is not available; use device='cpu' or 'auto'")
+    if name == "cuda":
+        return torch.device("cuda", ctx.local_rank if ctx.distributed else torch.cuda.current_device())
+    return torch.device(name)
+
+
+def resolve_amp(amp: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype, or None for full precision."""
+    if amp == "off" or (amp == "auto" and device.type != "cuda"):
+        return None
+    if amp == "auto":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    if amp == "fp16" and device.type != "cuda":
+        raise SpecError("amp='fp16' needs CUDA; use amp='bf16' or 'off' on CPU")
+    return torch.bfloat16 if amp == "bf16" else torch.float16
+
+
+def lr_factor(epoch: int, config: TrainConfig) -> float:
+    """Learning-rate multiplier for a 0-based epoch: a pure function, so resume is exact."""
+    if config.schedule == "cosine":
+        return 0.5 * (1.0 + math.cos(math.pi * epoch / max(config.epochs, 1)))
+    milestones = set(config.milestones or (config.epochs // 2, config.epochs * 3 // 4))
+    return config.gamma ** sum(epoch >= m for m in milestones)
+
+
+def _epoch_seed(seed: int, epoch: int, rank: int) -> int:
+    return (seed * 1_000_003 + epoch) * 1_009 + rank
+
+
+def _is_sharded(loader: DataLoader) -> bool:
+    return isinstance(loader.sampler, (ShardSampler, DistributedSampler))
+
+
+def _reduce(sums: torch.Tensor, count: int, loader: DataLoader) -> list[float]:
+    """Per-sample means of ``sums`` and the sample count, over all ranks when sharded."""
+    totals = torch.cat([sums, sums.new_tensor([count])])
+    if dist.is_initialized() and _is_sharded(loader):
+        dist.all_reduce(totals)
+    *values, n = totals.tolist()
+    return [v / max(n, 1.0) for v in values] + [int(n)]
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, loader: DataLoader, device: str | torch.device = "cpu", *,
+             amp: torch.dtype | None = None) -> dict[str, float]:
+    """Accuracy and mean cross-entropy over the loader, summed across ranks when sharded."""
+    device = torch.device(device)
+    model.eval()
+    sums = torch.zeros(2, dtype=torch.float64, device=device)  # loss sum, correct
+    count = 0
+    for x, y in loader:
+        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        with torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None):
+            out = model(x)
+        loss = nn.functional.cross_entropy(out.float(), y, reduction="sum")
+        sums += torch.stack([loss.double(), (out.argmax(1) == y).sum().double()])
+        count += len(y)
+    loss_sum, correct, _ = _reduce(sums, count, loader)
+    return {"acc": correct, "loss": loss_sum}
+
+
+def _train_epoch(net: nn.Module, loader: DataLoader, optimizer: torch.optim.Optimizer,
+                 scaler: torch.amp.GradScaler, criterion: nn.Module, device: torch.device,
+                 amp: torch.dtype | None, channels_last: bool, bar: Any) -> dict[str, float]:
+    net.train()
+    sums = torch.zeros(2, dtype=torch.float64, device=device)  # loss sum, correct
+    count = 0
+    for x, y in bar:
+        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None):
+            out = net(x)
+            loss = criterion(out.float(), y)
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+        # accumulate on device: no host sync per step
+        sums += torch.stack([loss.detach().double() * len(y), (out.argmax(1) == y).sum().double()])
+        count += len(y)
+    loss_sum, correct, samples = _reduce(sums, count, loader)
+    return {"loss": loss_sum, "acc": correct, "samples": samples}
+
+
+def _average_buffers(model: nn.Module, world: int) -> None:
+    """Make BatchNorm statistics identical on every rank (each rank saw different batches)."""
+    for buf in model.buffers():
+        if buf.is_floating_point():
+            dist.all_reduce(buf)
+            buf.div_(world)
+        else:
+            dist.broadcast(buf, 0)
+
+
+def _cpu_copy(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {k: v.detach().to("cpu", copy=True) for k, v in state.items()}
+
+
+def save_atomic(obj: Any, path: Path) -> None:
+    """torch.save to a temporary file in the same folder, then rename over ``path``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+@dataclass
+class _Progress:
+    """Everything a checkpoint must restore besides model / optimizer / scaler."""
+
+    epoch: int = 0  # epochs completed
+    best_epoch: int = 0
+    best_val_acc: float = -1.0
+    best_weights: dict | None = None
+    history: list[dict] = field(default_factory=list)
+
+
+def _save_checkpoint(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer,
+                     scaler: torch.amp.GradScaler, run: _Progress, config: TrainConfig) -> None:
+    save_atomic({
+        "format": _FORMAT, "epoch": run.epoch, "model": model.state_dict(),
+        "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(),
+        # the schedule is lr_factor(epoch, config): its whole state is the epoch
+        "scheduler": {"schedule": config.schedule, "epoch": run.epoch},
+        "best": {"epoch": run.best_epoch, "val_acc": run.best_val_acc, "weights": run.best_weights},
+        "history": run.history, "config": asdict(config),
+    }, path)
+
+
+def _load_checkpoint(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer,
+                     scaler: torch.amp.GradScaler, device: torch.device) -> _Progress:
+    try:
+        ckpt = torch.load(path, map_location=device, weights_only=True)
+        model.load_state_dict(ckpt["model"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        scaler.load_state_dict(ckpt["scaler"])
+        best = ckpt["best"]
+    except Exception as exc:
+        raise SpecError(f"cannot resume from {path}: {type(exc).__name__}: {str(exc).splitlines()[0]}; "
+                        "delete it or start without resume") from None
+    weights = best["weights"] and _cpu_copy(best["weights"])
+    return _Progress(ckpt["epoch"], best["epoch"], best["val_acc"], weights, list(ckpt["history"]))
+
+
+class _JsonLog:
+    """Append-only JSON-lines metrics; a fresh run starts a fresh file."""
+
+    def __init__(self, path: str | None, append: bool) -> None:
+        self.path = Path(path) if path else None
+        if self.path:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            if not append:
+                self.path.write_text("")
+
+    def write(self, record: dict) -> None:
+        if self.path:
+            with open(self.path, "a") as f:
+                f.write(json.dumps(record) + "\n")
+
+
+def _make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
+    if config.optimizer == "adamw":
+        return torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    return torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum,
+                           weight_decay=config.weight_decay)
+
+
+def _progress_bar(enabled: bool):
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                    TimeRemainingColumn(), transient=True, disable=not enabled)
+
+
+def _tracked(bar: Any, loader: DataLoader, description: str) -> Iterator:
+    """Iterate ``loader`` with a bar that disappears when the epoch is done."""
+    task = bar.add_task(description, total=len(loader))
+    for item in loader:
+        yield item
+        bar.advance(task)
+    bar.remove_task(task)
+
+
+def train(model: nn.Module, data: DataSplits | Loaders, config: TrainConfig | None = None) -> TrainResult:
+    """Train ``model`` in place and return it with the weights of its best validation epoch."""
+    config = config or TrainConfig()
+    started = time.perf_counter()
+    with distributed_context(config.device) as ctx:
+        device = resolve_device(config.device, ctx)
+        amp = resolve_amp(config.amp, device)
+        channels_last = config.channels_last and device.type == "cuda"
+        loaders = data if isinstance(data, Loaders) else make_loaders(
+            data, config.batch_size, num_workers=config.num_workers, seed=config.seed,
+            distributed=ctx.distributed, pin_memory=device.type == "cuda")
+        model.to(device)
+        if channels_last:
+            model.to(memory_format=torch.channels_last)
+        optimizer = _make_optimizer(model, config)
+        scaler = torch.amp.GradScaler(device.type, enabled=amp is torch.float16)
+        ckpt_path = Path(config.checkpoint_dir) / _CHECKPOINT if config.checkpoint_dir else None
+        resumed = bool(config.resume and ckpt_path and ckpt_path.is_file())
+        run = _load_checkpoint(ckpt_path, model, optimizer, scaler, device) if resumed else _Progress()
+        net = model
+        if ctx.distributed:
+            ids = [device.index] if device.type == "cuda" else None
+            net = nn.parallel.DistributedDataParallel(model, device_ids=ids)
+        criterion = nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
+        log = _JsonLog(config.log_path if ctx.is_main else None, append=resumed)
+        say = print if (config.progress and ctx.is_main) else (lambda *a, **k: None)
+        if resumed:
+            say(f"resuming from {ckpt_path} after epoch {run.epoch}")
+        with _progress_bar(config.progress and ctx.is_main and sys.stderr.isatty()) as bar:
+            for epoch in range(run.epoch, config.epochs):
+                t0 = time.perf_counter()
+                lr = config.lr * lr_factor(epoch, config)
+                for group in optimizer.param_groups:
+                    group["lr"] = lr
+                torch.manual_seed(_epoch_seed(config.seed, epoch, ctx.rank))
+                if loaders.train.generator is not None:
+                    loaders.train.generator.manual_seed(config.seed + epoch)
+                if isinstance(loaders.train.sampler, DistributedSampler):
+                    loaders.train.sampler.set_epoch(epoch)
+                steps = _tracked(bar, loaders.train, f"epoch {epoch + 1}/{config.epochs}")
+                fit = _train_epoch(net, loaders.train, optimizer, scaler, criterion, device, amp,
+                                   channels_last, steps)
+                if ctx.distributed:
+                    _average_buffers(model, ctx.world_size)
+                val = evaluate(model, loaders.val, device, amp=amp)
+                run.epoch = epoch + 1
+                record = {"epoch": run.epoch, "lr": lr, "train_loss": fit["loss"], "train_acc": fit["acc"],
+                          "samples": fit["samples"], "val_loss": val["loss"], "val_acc": val["acc"],
+                          "seconds": round(time.perf_counter() - t0, 3)}
+                if val["acc"] > run.best_val_acc:
+                    run.best_epoch, run.best_val_acc = run.epoch, val["acc"]
+                    run.best_weights = _cpu_copy(model.state_dict())
+                run.history.append(record)
+                log.write(record)
+                say(f"epoch {run.epoch}/{config.epochs}  lr {lr:.4g}  train loss {fit['loss']:.4f} "
+                    f"acc {fit['acc']:.4f}  val loss {val['loss']:.4f} acc {val['acc']:.4f}  "
+                    f"({record['seconds']:.1f}s)")
+                if ckpt_path and ctx.is_main:
+                    _save_checkpoint(ckpt_path, model, optimizer, scaler, run, config)
+        if run.best_weights is not None:
+            model.load_state_dict(run.best_weights)
+        test = evaluate(model, loaders.test, device, amp=amp)
+        log.write({"final": True, "best_epoch": run.best_epoch, "best_val_acc": run.best_val_acc,
+                   "test_acc": test["acc"], "test_loss": test["loss"]})
+        say(f"best epoch {run.best_epoch}: val acc {run.best_val_acc:.4f}, test acc {test['acc']:.4f}")
+    return TrainResult(model, run.best_epoch, max(run.best_val_acc, 0.0), run.history,
+                       time.perf_counter() - started, test)
