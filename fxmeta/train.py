@@ -30,6 +30,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 
 from .data import DataSplits, Loaders, ShardSampler, make_loaders
 from .errors import SpecError
+from .io import atomic_save
 
 _CHECKPOINT = "last.pt"
 _FORMAT = 1
@@ -229,20 +230,6 @@ def _cpu_copy(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {k: v.detach().to("cpu", copy=True) for k, v in state.items()}
 
 
-def save_atomic(obj: Any, path: Path) -> None:
-    """torch.save to a temporary file in the same folder, then rename over ``path``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
 @dataclass
 class _Progress:
     """Everything a checkpoint must restore besides model / optimizer / scaler."""
@@ -256,14 +243,15 @@ class _Progress:
 
 def _save_checkpoint(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer,
                      scaler: torch.amp.GradScaler, run: _Progress, config: TrainConfig) -> None:
-    save_atomic({
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_save({
         "format": _FORMAT, "epoch": run.epoch, "model": model.state_dict(),
         "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(),
         # the schedule is lr_factor(epoch, config): its whole state is the epoch
         "scheduler": {"schedule": config.schedule, "epoch": run.epoch},
         "best": {"epoch": run.best_epoch, "val_acc": run.best_val_acc, "weights": run.best_weights},
         "history": run.history, "config": asdict(config),
-    }, path)
+    }, path, force=True)
 
 
 def _load_checkpoint(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer,
