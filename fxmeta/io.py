@@ -496,8 +496,19 @@ def atomic_save(obj: Any, path: str | os.PathLike, *, force: bool = False) -> No
         raise
 
 
+def atomic_write_text(text: str, path: str | os.PathLike, *, force: bool = False) -> None:
+    """Write ``text`` (UTF-8) to ``path`` atomically, like ``atomic_save``."""
+    atomic_save(_Text(text), path, force=force)
+
+
+class _Text(str):
+    """Marks a string to be written as UTF-8 text rather than pickled."""
+
+
 def _write(obj: Any, f: BinaryIO) -> None:
-    if isinstance(obj, torch.export.ExportedProgram):
+    if isinstance(obj, _Text):
+        f.write(obj.encode("utf-8"))
+    elif isinstance(obj, torch.export.ExportedProgram):
         torch.export.save(obj, f)
     else:
         torch.save(obj, f)

@@ -15,7 +15,8 @@ import torch
 import torch.fx as fx
 from torch import nn
 from torch.fx.graph_module import _copy_attr
-from torch.fx.passes.shape_prop import ShapeProp
+from torch.fx.node import map_aggregate
+from torch.fx.passes.shape_prop import _extract_tensor_metadata
 
 from .errors import InputShapeError, UnsupportedModelError
 
@@ -106,6 +107,35 @@ def _keep_unused_state(root: nn.Module, gm: fx.GraphModule) -> None:
             _copy_attr(root, gm, name)
 
 
+class _ShapeRecorder(fx.Interpreter):
+    """Like torch's ShapeProp (same ``tensor_meta``), but quiet and naming the failing node."""
+
+    def run_node(self, n: fx.Node) -> Any:
+        try:
+            result = super().run_node(n)
+        except Exception as exc:
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+            raise _NodeFailed(f"at {n.op} {n.target}: {type(exc).__name__}: {first}") from exc
+        found = False
+
+        def record(obj: Any) -> Any:
+            nonlocal found
+            if isinstance(obj, torch.Tensor):
+                found = True
+                return _extract_tensor_metadata(obj)
+            return obj
+
+        meta = map_aggregate(result, record)
+        if found:
+            n.meta["tensor_meta"] = meta
+        n.meta["type"] = type(result)
+        return result
+
+
+class _NodeFailed(RuntimeError):
+    pass
+
+
 def propagate_shapes(gm: fx.GraphModule, example_input: Any) -> None:
     """Run ``gm`` once in eval mode (no grad, no state change) and store shapes in node.meta."""
     args = _as_tuple(example_input)
@@ -113,12 +143,12 @@ def propagate_shapes(gm: fx.GraphModule, example_input: Any) -> None:
     gm.eval()
     try:
         with torch.no_grad():
-            ShapeProp(gm).propagate(*args)
-    except Exception as exc:
+            _ShapeRecorder(gm).run(*args)
+    except _NodeFailed as exc:
         shapes = ", ".join(str(tuple(a.shape)) if isinstance(a, torch.Tensor) else type(a).__name__ for a in args)
         raise InputShapeError(
-            f"the model does not run on an input of shape {shapes}: {type(exc).__name__}: "
-            f"{str(exc).splitlines()[0] if str(exc) else ''}. Pass a fitting --input-shape."
+            f"the model does not run on an input of shape {shapes} ({str(exc).splitlines()[0]}); "
+            "pass a fitting --input-shape"
         ) from exc
     finally:
         gm.train(was_training)

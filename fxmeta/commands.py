@@ -1,0 +1,7 @@
+"""Registry of the ``fxmeta`` subcommands beyond ``dump`` (one module per command family)."""
+from __future__ import annotations
+
+import argparse
+from typing import Callable
+
+REGISTER: list[Callable[[argparse._SubParsersAction], None]] = []
