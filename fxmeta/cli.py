@@ -9,6 +9,7 @@ import argparse
 import sys
 from typing import Callable, Sequence
 
+import torch
 from rich.console import Console
 
 from .errors import FxmetaError
@@ -36,6 +37,8 @@ def load_model_and_input(args: argparse.Namespace):
     from .io import parse_input_shape, resolve_model
     from .tracing import example_from_shape
 
+    # Architectures built from a spec get reproducible random weights (dumps diff cleanly).
+    torch.manual_seed(0)
     loaded = resolve_model(args.model, trust=args.trust, num_classes=args.num_classes,
                            in_channels=args.in_channels)
     if args.input_shape:
