@@ -1,0 +1,110 @@
+"""Measured inference latency: warm-up, then the median of timed repeats at a fixed thread count.
+
+FLOPs say how much arithmetic a model does; latency says whether a pruned model is
+actually faster on a real device (small layers, odd channel counts and Python overhead
+can eat a FLOPs reduction). Both are reported side by side.
+"""
+from __future__ import annotations
+
+import copy
+import statistics
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from .tracing import _as_tuple
+
+
+@dataclass
+class Latency:
+    """Median and spread of the timed forward passes, and the conditions they ran under."""
+
+    median_ms: float
+    p10_ms: float
+    p90_ms: float
+    repeats: int
+    warmup: int
+    batch: int
+    threads: int
+    device: str
+
+    def describe(self) -> str:
+        return f"{self.device}, batch {self.batch}, {self.threads} thread{'s' * (self.threads != 1)}"
+
+
+def _batched(x: Any, batch: int | None, device: torch.device) -> Any:
+    if not isinstance(x, torch.Tensor):
+        return x
+    if batch is not None and x.dim() > 0 and x.shape[0] != batch:
+        reps = -(-batch // x.shape[0])
+        x = x.repeat(reps, *([1] * (x.dim() - 1)))[:batch]
+    return x.to(device)
+
+
+def _params_device(model: nn.Module) -> torch.device | None:
+    for t in list(model.parameters()) + list(model.buffers()):
+        return t.device
+    return None
+
+
+def _set_mode(model: nn.Module, training: bool) -> None:
+    try:
+        model.train(training)
+    except NotImplementedError:
+        pass  # torch.export modules fix train/eval behaviour when exported
+
+
+def measure_latency(
+    model: nn.Module,
+    example_input: Any,
+    *,
+    device: str | torch.device = "cpu",
+    threads: int = 1,
+    batch: int | None = None,
+    warmup: int = 10,
+    repeats: int = 50,
+    max_seconds: float = 10.0,
+) -> Latency:
+    """Time ``model``'s forward pass in eval mode under ``torch.inference_mode``.
+
+    ``threads`` fixes torch's intra-op thread count while timing (restored afterwards),
+    so numbers are comparable across runs; ``batch`` repeats the example input along
+    dim 0. Repeats stop early after ``max_seconds`` (at least 5 are always timed). The
+    model is not changed: it is copied when it lives on another device.
+    """
+    if threads < 1 or warmup < 0 or repeats < 1:
+        raise ValueError(f"need threads >= 1, warmup >= 0, repeats >= 1; got {threads}, {warmup}, {repeats}")
+    device = torch.device(device)
+    if device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", torch.cuda.current_device())
+    if _params_device(model) not in (None, device):
+        model = copy.deepcopy(model).to(device)
+    args = tuple(_batched(a, batch, device) for a in _as_tuple(example_input))
+    first = next((a for a in args if isinstance(a, torch.Tensor) and a.dim() > 0), None)
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    was_training, old_threads = model.training, torch.get_num_threads()
+    _set_mode(model, False)
+    torch.set_num_threads(threads)
+    times: list[float] = []
+    try:
+        with torch.inference_mode():
+            for _ in range(warmup):
+                model(*args)
+            sync()
+            budget_end = time.perf_counter() + max_seconds
+            while len(times) < repeats and (len(times) < 5 or time.perf_counter() < budget_end):
+                t0 = time.perf_counter()
+                model(*args)
+                sync()
+                times.append((time.perf_counter() - t0) * 1000.0)
+    finally:
+        torch.set_num_threads(old_threads)
+        _set_mode(model, was_training)
+    deciles = statistics.quantiles(times, n=10) if len(times) > 1 else times * 9
+    return Latency(
+        median_ms=statistics.median(times), p10_ms=deciles[0], p90_ms=deciles[-1], repeats=len(times),
+        warmup=warmup, batch=int(first.shape[0]) if first is not None else 1, threads=threads, device=str(device),
+    )
