@@ -4,6 +4,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from fxmeta.ir import WeightGraph, lower, raise_graph, raise_params
+
 
 class TinyMLP(nn.Module):
     def __init__(self, d_in: int = 6, hidden: int = 5, d_out: int = 3) -> None:
@@ -39,3 +41,20 @@ def assert_same_state(a: nn.Module, b: nn.Module) -> None:
     for k in sa:
         assert sa[k].dtype == sb[k].dtype, k
         assert torch.equal(sa[k], sb[k]), k
+
+
+def roundtrip(model: nn.Module, x: torch.Tensor) -> WeightGraph:
+    """Lower, check and raise ``model``; assert the result is bit-identical and owns its tensors."""
+    model.eval()
+    graph = lower(model, x)
+    graph.check()
+    raised = raise_graph(graph)
+    assert_same_state(model, raised)
+    with torch.no_grad():
+        y = model(x)
+        assert torch.equal(y, raised(x))
+        assert torch.equal(y, torch.func.functional_call(graph.module, raise_params(graph), (x,)))
+    state = raised.state_dict()
+    for name, p in model.state_dict().items():
+        assert p.numel() == 0 or p.data_ptr() != state[name].data_ptr(), name
+    return graph

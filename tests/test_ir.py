@@ -11,21 +11,7 @@ from fxmeta import models
 from fxmeta.errors import InputShapeError, UnsupportedModelError
 from fxmeta.ir import IRError, Slot, lower, raise_graph, raise_params
 
-from helpers import TinyMLP, assert_same_state, randomize_bn
-
-
-def roundtrip(model: nn.Module, x: torch.Tensor):
-    model.eval()
-    graph = lower(model, x)
-    graph.check()
-    raised = raise_graph(graph)
-    assert_same_state(model, raised)
-    with torch.no_grad():
-        assert torch.equal(model(x), raised(x))
-    # The raised module owns its tensors.
-    for (_, p), (_, q) in zip(model.state_dict().items(), raised.state_dict().items()):
-        assert p.numel() == 0 or p.data_ptr() != q.data_ptr()
-    return graph
+from helpers import TinyMLP, randomize_bn, roundtrip
 
 
 @pytest.mark.parametrize("name,shape", [

@@ -5,9 +5,7 @@ import torch
 from hypothesis import given, settings, strategies as st
 from torch import nn
 
-from fxmeta.ir import lower, raise_graph, raise_params
-
-from helpers import assert_same_state, randomize_bn
+from helpers import randomize_bn, roundtrip
 
 
 class RandomDAG(nn.Module):
@@ -64,13 +62,7 @@ def test_random_dag_roundtrip(case):
     model, in_ch = case
     model = randomize_bn(model).eval()
     x = torch.randn(2, in_ch, 6, 6)
-    graph = lower(model, x)
-    graph.check()
-    raised = raise_graph(graph)
-    assert_same_state(model, raised)
-    with torch.no_grad():
-        assert torch.equal(model(x), raised(x))
-        assert torch.equal(torch.func.functional_call(graph.module, raise_params(graph), (x,)), model(x))
+    graph = roundtrip(model, x)
     # Every edge joins an earlier node to a later one.
     index = graph.edge_index()
     assert bool((index[0] < index[1]).all())
