@@ -9,7 +9,7 @@ from torch import nn
 import fxmeta
 from fxmeta import models
 from fxmeta.errors import InputShapeError, UnsupportedModelError
-from fxmeta.ir import IRError, Slot, lower, raise_graph, raise_params
+from fxmeta.ir import IRError, Slot, lower, raise_params
 
 from helpers import TinyMLP, randomize_bn, roundtrip
 
