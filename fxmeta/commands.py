@@ -5,3 +5,4 @@ import argparse
 from typing import Callable
 
 REGISTER: list[Callable[[argparse._SubParsersAction], None]] = []
+from .cmd_transform import register_all; REGISTER.extend(register_all)  # noqa: E402,E702

@@ -1,0 +1,314 @@
+"""The whole pipeline as one library call: measure, lower, metanetwork, raise, (adapt),
+remove channels, finetune, measure again.
+
+``transform(model, example_input, TransformConfig(...), data=splits)`` returns the
+pruned ``fx.GraphModule``, its pruning plan and before / after measurements (FLOPs,
+parameters, latency, accuracy) with the time each stage took. Without a metanetwork the
+channels are chosen by importance alone; without data there is no finetuning and no
+accuracy. Under ``torchrun`` every rank runs the same deterministic pipeline and the
+finetuning runs as DDP; only rank 0 measures latency and writes files.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import torch
+import torch.fx as fx
+from torch import nn
+
+from .data import DataSplits, Loaders, make_loaders
+from .errors import FxmetaError, InputShapeError, SpecError
+from .flops import count_flops, count_params
+from .latency import Latency, measure_latency
+from .tracing import _as_tuple
+from .train import DistContext, TrainConfig, distributed_context, evaluate, resolve_device, train
+
+_RUN_FILE = "run.json"
+
+
+@dataclass
+class TransformConfig:
+    """What to prune, how, and how to finetune.
+
+    ``metanet`` is a Metanet, the path of a saved one, or None (importance pruning
+    alone). ``finetune`` holds the training settings; ``finetune.epochs`` epochs run
+    after channel removal and ``adapt_epochs`` between the metanetwork and removal
+    (both need data). Checkpoints go to ``checkpoint_dir/adapt`` and
+    ``checkpoint_dir/finetune``; ``resume`` continues from them.
+    """
+
+    speedup: float = 2.0
+    importance: str = "l2"
+    round_to: int | None = None
+    ignore: tuple[str, ...] = ()
+    check: bool = True
+    metanet: Any = None
+    adapt_epochs: int = 0
+    finetune: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=10))
+    checkpoint_dir: str | None = None
+    resume: bool = False
+    latency_threads: int = 1
+    latency_batch: int = 1
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.speedup, (int, float)) or not math.isfinite(self.speedup) or self.speedup < 1:
+            raise SpecError(f"speed-up {self.speedup} is below 1; ask for the FLOPs ratio to reach, e.g. --speedup 2")
+        if self.adapt_epochs < 0:
+            raise SpecError(f"adapt epochs must be >= 0, got {self.adapt_epochs}")
+        if self.round_to is not None and self.round_to < 1:
+            raise SpecError(f"round_to must be >= 1, got {self.round_to}")
+        if self.latency_threads < 1 or self.latency_batch < 1:
+            raise SpecError("latency threads and batch must be >= 1")
+        if self.resume and not self.checkpoint_dir:
+            raise SpecError("resume needs a checkpoint directory (--checkpoint-dir)")
+        self.ignore = tuple(self.ignore)
+
+
+@dataclass
+class Measurement:
+    """One model's cost and quality; ``accuracy`` is on the test split (None without data)."""
+
+    flops: int
+    params: int
+    latency: Latency | None = None
+    accuracy: float | None = None
+
+
+@dataclass
+class TransformResult:
+    """The pruned module, its plan (plain data for ``fxmeta.io.save``) and how it compares."""
+
+    module: fx.GraphModule
+    plan: Any
+    before: Measurement
+    after: Measurement
+    removed_accuracy: float | None  # right after channel removal, before finetuning
+    stages: list[tuple[str, float]]
+    notes: list[str]
+    finetune_best_epoch: int | None = None
+
+    @property
+    def speedup(self) -> float:
+        """Measured FLOPs ratio, original / pruned."""
+        return self.before.flops / max(self.after.flops, 1)
+
+    @property
+    def latency_speedup(self) -> float | None:
+        if self.before.latency is None or self.after.latency is None:
+            return None
+        return self.before.latency.median_ms / max(self.after.latency.median_ms, 1e-9)
+
+    def metrics(self) -> dict[str, Any]:
+        """Plain-data summary stored in the output file and printed as a table."""
+        return {
+            "before": asdict(self.before), "after": asdict(self.after),
+            "removed_accuracy": self.removed_accuracy, "flops_speedup": self.speedup,
+            "latency_speedup": self.latency_speedup, "params_ratio": self.after.params / max(self.before.params, 1),
+            "finetune_best_epoch": self.finetune_best_epoch,
+            "stages": {name: round(sec, 3) for name, sec in self.stages}, "notes": list(self.notes),
+        }
+
+
+class StageTimer:
+    """Wall time per named stage, in order; a stage entered twice accumulates."""
+
+    def __init__(self, report: Callable[[str], None] | None = None) -> None:
+        self.seconds: dict[str, float] = {}
+        self.report = report
+
+    @contextlib.contextmanager
+    def __call__(self, name: str) -> Iterator[None]:
+        if self.report:
+            self.report(name)
+        t0 = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - t0
+
+    def items(self) -> list[tuple[str, float]]:
+        return list(self.seconds.items())
+
+
+# ------------------------------------------------------------------------- checks
+
+
+def check_model_fits(model: nn.Module, example_input: Any, data: DataSplits | None = None, *,
+                     name: str = "the model") -> None:
+    """Fail early, in one line, when the model does not run on the example input or its
+    outputs do not match the data's classes."""
+    shape = tuple(example_input.shape) if isinstance(example_input, torch.Tensor) else None
+    if data is not None and shape is not None and shape[1:] != tuple(data.input_shape):
+        raise InputShapeError(
+            f"input shape {','.join(map(str, shape))} does not fit the data's samples "
+            f"{'x'.join(map(str, data.input_shape))}; drop --input-shape or make it 1,{','.join(map(str, data.input_shape))}")
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            out = model(*_as_tuple(example_input))
+    except Exception as exc:  # noqa: BLE001 - whatever the model raises, the input does not fit
+        text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        hint = (f"build it with --in-channels {data.in_channels}" if data is not None
+                else "pass a fitting --input-shape")
+        raise InputShapeError(f"{name} does not run on an input of shape {shape} "
+                              f"({type(exc).__name__}: {text}); {hint}") from exc
+    finally:
+        model.train(was_training)
+    if data is None:
+        return
+    if not isinstance(out, torch.Tensor) or out.dim() != 2:
+        raise InputShapeError(f"{name} returns {_describe(out)}; finetuning needs (batch, classes) logits")
+    if out.shape[1] != data.num_classes:
+        raise InputShapeError(f"{name} has {out.shape[1]} outputs but the data has {data.num_classes} classes; "
+                              f"build it with --num-classes {data.num_classes}")
+
+
+def _describe(out: Any) -> str:
+    return f"a tensor of shape {tuple(out.shape)}" if isinstance(out, torch.Tensor) else f"a {type(out).__name__}"
+
+
+def _run_record(config: TransformConfig, extra: dict[str, Any]) -> dict[str, Any]:
+    """What decides the pruned network before finetuning: a resumed run must match it."""
+    metanet = config.metanet
+    return {
+        "speedup": config.speedup, "importance": config.importance, "round_to": config.round_to,
+        "ignore": list(config.ignore), "adapt_epochs": config.adapt_epochs, "seed": config.finetune.seed,
+        "metanet": os.path.abspath(os.fspath(metanet)) if isinstance(metanet, (str, os.PathLike)) else
+        (None if metanet is None else type(metanet).__name__), **extra,
+    }
+
+
+def _check_resume(folder: Path, record: dict[str, Any], resume: bool, is_main: bool) -> None:
+    path = folder / _RUN_FILE
+    if resume and path.is_file():
+        try:
+            old = json.loads(path.read_text())
+        except (OSError, ValueError) as exc:
+            raise SpecError(f"cannot read {path} ({exc}); delete {folder} or drop --resume") from None
+        diff = [f"{k}: {old.get(k)!r} then, {record.get(k)!r} now" for k in record if old.get(k) != record.get(k)]
+        if diff:
+            raise SpecError(f"the checkpoints in {folder} belong to another run ({'; '.join(diff[:3])}); "
+                            "drop --resume or use another --checkpoint-dir")
+    if is_main:
+        from .io import atomic_write_text
+
+        folder.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(json.dumps(record, indent=1, sort_keys=True), path, force=True)
+
+
+# ----------------------------------------------------------------------- pipeline
+
+
+def _measure(model: nn.Module, x: Any, loaders: Loaders | None, device: torch.device,
+             config: TransformConfig, ctx: DistContext) -> Measurement:
+    flops, params = count_flops(model, x), count_params(model)
+    latency = None
+    if ctx.is_main:
+        latency = measure_latency(model, x, device=device, threads=config.latency_threads,
+                                  batch=config.latency_batch)
+    accuracy = None
+    if loaders is not None:
+        model.to(device)
+        accuracy = evaluate(model, loaders.test, device)["acc"]
+    return Measurement(flops, params, latency, accuracy)
+
+
+def _stage_config(config: TransformConfig, stage: str, epochs: int) -> TrainConfig:
+    base = config.finetune
+    log = base.log_path
+    if log and stage != "finetune":
+        stem, ext = os.path.splitext(log)
+        log = f"{stem}.{stage}{ext or '.jsonl'}"
+    folder = os.path.join(config.checkpoint_dir, stage) if config.checkpoint_dir else None
+    return replace(base, epochs=epochs, checkpoint_dir=folder, resume=config.resume, log_path=log)
+
+
+def _rewrite_with_metanet(model: nn.Module, x: Any, metanet: Any, timer: StageTimer) -> fx.GraphModule:
+    """LowerPass → MetanetPass → RaisePass, timed one by one."""
+    from passes import LowerPass, MetanetPass, RaisePass
+
+    from .tracing import trace
+
+    with timer("lower"):
+        gm = trace(model, x)
+        gm = LowerPass(x)(gm).graph_module
+    with timer("metanet"):
+        gm = MetanetPass(metanet)(gm).graph_module
+    with timer("raise"):
+        return RaisePass()(gm).graph_module
+
+
+def transform(
+    model: nn.Module,
+    example_input: Any,
+    config: TransformConfig | None = None,
+    *,
+    data: DataSplits | None = None,
+    timer: StageTimer | None = None,
+    run_info: dict[str, Any] | None = None,
+) -> TransformResult:
+    """Prune ``model`` to ``config.speedup`` x fewer FLOPs and finetune it on ``data``.
+
+    ``timer`` collects the wall time of each stage (pass one to add your own stages
+    such as loading and saving); ``run_info`` is extra plain data that identifies the
+    run (e.g. the model spec) and must match when resuming from checkpoints.
+    """
+    from .pruner import prune
+
+    config = config or TransformConfig()
+    timer = timer or StageTimer()
+    notes: list[str] = []
+    if data is None:
+        notes.append("no data given: finetuning and accuracy skipped")
+    if config.metanet is None:
+        notes.append("no metanetwork: channels chosen by importance alone")
+    train_device = config.finetune.device
+    with distributed_context(train_device if data is not None else "cpu") as ctx:
+        device = resolve_device(train_device, ctx)
+        if config.checkpoint_dir and data is not None:
+            _check_resume(Path(config.checkpoint_dir), _run_record(config, run_info or {}), config.resume, ctx.is_main)
+        loaders = None
+        if data is not None:
+            loaders = make_loaders(data, config.finetune.batch_size, num_workers=config.finetune.num_workers,
+                                   seed=config.finetune.seed, distributed=ctx.distributed,
+                                   pin_memory=device.type == "cuda")
+        model.eval()
+        with timer("measure original"):
+            before = _measure(model, example_input, loaders, device, config, ctx)
+        model.cpu()
+        work: nn.Module = model
+        if config.metanet is not None:
+            work = _rewrite_with_metanet(model, example_input, config.metanet, timer)
+            if data is not None and config.adapt_epochs > 0:
+                with timer("adapt finetune"):
+                    work = train(work, loaders, _stage_config(config, "adapt", config.adapt_epochs)).model.cpu()
+        with timer("remove channels"):
+            pruned = prune(work.eval(), example_input, speedup=config.speedup, importance=config.importance,
+                           round_to=config.round_to, ignore=config.ignore, check=config.check)
+        module, removed_acc, best_epoch = pruned.module, None, None
+        if loaders is not None:
+            module.to(device)
+            removed_acc = evaluate(module, loaders.test, device)["acc"]
+            if config.finetune.epochs > 0:
+                with timer("finetune"):
+                    result = train(module, loaders, _stage_config(config, "finetune", config.finetune.epochs))
+                module, best_epoch = result.model, result.best_epoch
+            else:
+                notes.append("finetune epochs = 0: the pruned network is not finetuned")
+        module.eval()
+        with timer("measure pruned"):
+            after = _measure(module, _to(example_input, device), loaders, device, config, ctx)
+        module.cpu()
+    return TransformResult(module, pruned.plan, before, after, removed_acc, timer.items(), notes, best_epoch)
+
+
+def _to(x: Any, device: torch.device) -> Any:
+    return x.to(device) if isinstance(x, torch.Tensor) else x
