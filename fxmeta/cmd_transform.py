@@ -241,11 +241,13 @@ def _run(args: argparse.Namespace, *, with_training: bool) -> int:
     metanet = None
     finetune = _train_config(args) if with_training else None
     config = _transform_config(args, finetune=finetune)  # checks the numbers
+    if finetune is not None:
+        from .train import resolve_device
+
+        resolve_device(finetune.device)  # CUDA asked for but absent
     inputs = [args.model] + ([args.metanet] if getattr(args, "metanet", None) else [])
     _check_outputs(args, inputs)
     data = _load_data(args) if with_training else None
-    if with_training and data is None:
-        _note("no --data: finetuning and accuracy are skipped (pruning by the FLOPs target only)")
     if getattr(args, "metanet", None):
         from passes.metanet import load_metanet_file
 
