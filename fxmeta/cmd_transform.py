@@ -94,7 +94,9 @@ def _add_train_args(p: argparse.ArgumentParser, epochs: int) -> None:
     g.add_argument("--checkpoint-dir", metavar="DIR",
                    help="checkpoint every epoch here (default: OUT.ckpt, removed after success; a given DIR is kept)")
     g.add_argument("--resume", action="store_true", help="continue an interrupted run from its checkpoints")
-    g.add_argument("--log", metavar="FILE.jsonl", help="write per-epoch metrics as JSON lines (appended to on --resume)")
+    g.add_argument("--log", "--log-file", dest="log", metavar="FILE.jsonl",
+                   help="write per-epoch metrics as JSON lines (appended to on --resume); under torchrun spell it "
+                        "--log-file, torchrun's own parser reads --log as an abbreviation of its options")
     g.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar / per-epoch lines")
 
 
@@ -240,7 +242,10 @@ def _run(args: argparse.Namespace, *, with_training: bool) -> int:
 
     metanet = None
     finetune = _train_config(args) if with_training else None
-    config = _transform_config(args, finetune=finetune)  # checks the numbers
+    ckpt_dir = (args.checkpoint_dir or f"{args.out}.ckpt") if with_training and args.data else None
+    if with_training and args.resume and not args.data:
+        raise SpecError("--resume continues an interrupted finetune, which needs --data")
+    _transform_config(args, finetune=finetune, checkpoint_dir=ckpt_dir)  # checks the numbers
     if finetune is not None:
         from .train import resolve_device
 
@@ -256,11 +261,8 @@ def _run(args: argparse.Namespace, *, with_training: bool) -> int:
     with timer("load"):
         loaded, x = _load_model(args, data)
         check_model_fits(loaded.module, x, data, name=args.model)
-    ckpt_dir = None
-    if data is not None:
-        ckpt_dir = args.checkpoint_dir or f"{args.out}.ckpt"
-        if args.resume and not os.path.isdir(ckpt_dir):
-            _note(f"--resume: no checkpoints in {ckpt_dir}, starting from the beginning")
+    if ckpt_dir and args.resume and not os.path.isdir(ckpt_dir):
+        _note(f"--resume: no checkpoints in {ckpt_dir}, starting from the beginning")
     config = _transform_config(args, metanet=metanet, finetune=finetune, checkpoint_dir=ckpt_dir)
     run_info = {"model": args.model, "data": getattr(args, "data", None), "input_shape": list(x.shape)}
     result = transform(loaded.module, x, config, data=data, timer=timer, run_info=run_info)
@@ -412,28 +414,30 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from .train import TrainConfig
     from .transform import StageTimer, TransformConfig, transform
 
-    TransformConfig(speedup=args.speedup)  # fail on a bad --speedup before training anything
-    outs = _demo_outputs(args)
     if args.no_metanet and args.metanet:
         raise SpecError("--metanet and --no-metanet contradict each other; pick one")
+    if args.base_epochs < 0 or args.threads < 1:
+        raise SpecError("--base-epochs must be >= 0 and --threads >= 1")
+    finetune = TrainConfig(epochs=args.epochs, lr=args.lr, batch_size=args.batch_size, device=args.device,
+                           seed=args.seed, progress=args.progress)
+    config = TransformConfig(speedup=args.speedup, adapt_epochs=args.adapt_epochs, finetune=finetune,
+                             latency_batch=args.latency_batch)  # checks the numbers before training anything
+    outs = _demo_outputs(args)
     metanet_path = None if args.no_metanet else (args.metanet or (str(DEMO_METANET) if DEMO_METANET.is_file() else None))
-    metanet = None
     if metanet_path:
         from passes.metanet import load_metanet_file
 
-        metanet = load_metanet_file(metanet_path)
-    elif not args.no_metanet:
-        _note(f"no committed metanetwork ({DEMO_METANET.name} is absent): pruning by importance alone")
+        config.metanet = load_metanet_file(metanet_path)
+    else:
+        config.adapt_epochs = 0  # adapting only makes sense after a metanetwork
+        if not args.no_metanet:
+            _note(f"no committed metanetwork ({DEMO_METANET.name} is absent): pruning by importance alone")
     torch.set_num_threads(args.threads)
     timer = StageTimer()
     with timer("load data"):
         data = load_data("digits", seed=args.seed, image_size=args.image_size if args.image_size != 8 else None)
     base, base_path = _demo_base(args, data, timer)
     x = example_from_shape((1, *data.input_shape))
-    finetune = TrainConfig(epochs=args.epochs, lr=args.lr, batch_size=args.batch_size, device=args.device,
-                           seed=args.seed, progress=args.progress)
-    config = TransformConfig(speedup=args.speedup, metanet=metanet, adapt_epochs=args.adapt_epochs if metanet else 0,
-                             finetune=finetune)
     result = transform(base.module, x, config, data=data, timer=timer)
     if outs:
         with timer("save"):
@@ -447,7 +451,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
             save_program(result.module, x, outs["pruned.pt2"], force=args.force)
             atomic_write_text(json.dumps(metrics | {"stages": dict(timer.items())}, indent=1), outs["metrics.json"],
                               force=args.force)
-    how = "metanetwork" if metanet is not None else "importance"
+    how = "metanetwork" if config.metanet is not None else "importance"
     title = f"demo: {args.model} on {data.description}, {args.speedup:g}x FLOPs target ({how})"
     _print_report(title, result.metrics(), timer.items())
     if outs:
@@ -468,15 +472,18 @@ def register_demo(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--speedup", type=_number, default=2.0, metavar="X", help="FLOPs target (default: 2.0)")
     p.add_argument("--metanet", metavar="FILE", help=f"metanetwork to use (default: fxmeta/assets/{DEMO_METANET.name})")
     p.add_argument("--no-metanet", action="store_true", help="prune by importance alone")
-    p.add_argument("--base-epochs", type=int, default=30, metavar="N", help="base network training epochs (default: 30)")
-    p.add_argument("--adapt-epochs", type=int, default=3, metavar="N",
-                   help="finetune epochs between metanetwork and removal (default: 3)")
-    p.add_argument("--epochs", type=int, default=20, metavar="N", help="finetune epochs after removal (default: 20)")
+    p.add_argument("--base-epochs", type=int, default=15, metavar="N", help="base network training epochs (default: 15)")
+    p.add_argument("--adapt-epochs", type=int, default=2, metavar="N",
+                   help="finetune epochs between metanetwork and removal (default: 2)")
+    p.add_argument("--epochs", type=int, default=10, metavar="N", help="finetune epochs after removal (default: 10)")
     p.add_argument("--lr", type=float, default=0.01, help="finetune learning rate (default: 0.01)")
     p.add_argument("--batch-size", type=int, default=64, metavar="B", help="(default: 64)")
     p.add_argument("--device", default="cpu", metavar="auto|cpu|cuda", help="(default: cpu)")
     p.add_argument("--threads", type=int, default=max(1, min(os.cpu_count() or 1, 4)), metavar="N",
-                   help="torch threads for training (latency is timed on 1)")
+                   help="torch threads for training (default: the cores, at most 4; latency is timed on 1)")
+    p.add_argument("--latency-batch", type=int, default=64, metavar="N",
+                   help="batch size while timing inference (default: 64; at batch 1 a net this small "
+                        "measures Python overhead more than its convolutions)")
     p.add_argument("--seed", type=int, default=0, help="(default: 0)")
     p.add_argument("--cache-dir", metavar="DIR",
                    help="where trained base networks are kept (default: $FXMETA_CACHE or ~/.cache/fxmeta)")

@@ -28,14 +28,13 @@ R20 = ["fxmeta:resnet20", "--in-channels", "1"]
 FAST = ["--data", "digits", "--epochs", "1", "--batch-size", "64", "--no-progress", "--device", "cpu"]
 
 
-@pytest.fixture(autouse=True)
-def _fresh_command_list(monkeypatch):
-    # cli.main appends the registered commands to a module-level list on every call
-    monkeypatch.setattr(cli, "_EXTRA_COMMANDS", [])
+def main(argv: list[str]) -> int:
+    cli._EXTRA_COMMANDS.clear()  # cli.main appends the registered commands to this list on every call
+    return cli.main(argv)
 
 
 def run_main(argv: list[str], capsys) -> tuple[int, str, str]:
-    code = cli.main(argv)
+    code = main(argv)
     captured = capsys.readouterr()
     return code, captured.out, captured.err
 
@@ -119,13 +118,201 @@ def test_error_in_a_real_process_exits_non_zero_with_one_line(tmp_path):
 
 def test_help_texts_list_the_commands(capsys):
     with pytest.raises(SystemExit):
-        cli.main(["--help"])
+        main(["--help"])
     out = capsys.readouterr().out
     for command in ("transform", "prune", "demo"):
         assert command in out
-    cli._EXTRA_COMMANDS.clear()
     with pytest.raises(SystemExit):
-        cli.main(["transform", "--help"])
+        main(["transform", "--help"])
     out = capsys.readouterr().out
     for flag in ("--speedup", "--metanet", "--data", "--resume", "--log", "--export", "--force", "--trust"):
         assert flag in out
+
+
+# ------------------------------------------------------------------ round trips
+
+
+def _same_state(a: dict, b: dict) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_transform_round_trip_through_the_cli(tmp_path):
+    out, program, log = tmp_path / "pruned.pt", tmp_path / "pruned.pt2", tmp_path / "log.jsonl"
+    proc = run_cli("transform", *R20, *FAST, "--speedup", "2", "--out", str(out), "--export", str(program),
+                   "--log", str(log))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    for row in ("test accuracy", "right after removal", "FLOPs", "parameters", "latency (cpu, batch 1, 1 thr)",
+                "time per stage", "remove channels", "finetune", "save", "export", "total"):
+        assert row in proc.stdout, row
+    # the file: plain data, loadable without running code
+    saved = torch.load(out, weights_only=True)
+    assert saved["format"] == "fxmeta.model" and saved["version"] == VERSION
+    assert saved["spec"] == "fxmeta:resnet20" and saved["spec_kwargs"] == {"in_channels": 1}
+    assert saved["plan"]["groups"] and saved["input_shape"] == [1, 1, 8, 8]
+    metrics = saved["metrics"]
+    assert metrics["flops_speedup"] >= 2 and 0 <= metrics["after"]["accuracy"] <= 1
+    assert {"load", "measure original", "remove channels", "finetune", "measure pruned"} <= set(metrics["stages"])
+    # fxmeta.load rebuilds it; plain torch.export.load runs the program; both agree
+    model = fxmeta.load(out)
+    exported = torch.export.load(str(program)).module()
+    x = torch.randn(5, 1, 8, 8)
+    with torch.no_grad():
+        assert torch.allclose(model(x), exported(x), atol=1e-5)
+    assert _same_state(model.state_dict(), saved["state_dict"])
+    from fxmeta.flops import count_flops
+    from fxmeta.models import resnet20
+
+    assert count_flops(resnet20(in_channels=1), x[:1]) / count_flops(model, x[:1]) >= 2
+    records = [json.loads(line) for line in log.read_text().splitlines()]
+    assert records[0]["epoch"] == 1 and records[-1]["final"]
+    assert sorted(os.listdir(tmp_path)) == ["log.jsonl", "pruned.pt", "pruned.pt2"]  # default checkpoints removed
+
+
+def test_prune_needs_no_data_and_says_so(tmp_path, capsys):
+    code, out, err = run_main(["prune", *R20, "--input-shape", "1,1,8,8", "--speedup", "1.5",
+                               "--out", str(tmp_path / "p.pt")], capsys)
+    assert code == 0, err
+    assert "no data given: finetuning and accuracy skipped" in out and "1.5x FLOPs target" in out
+    assert fxmeta.load(tmp_path / "p.pt")(torch.randn(2, 1, 8, 8)).shape == (2, 10)
+    assert torch.load(tmp_path / "p.pt", weights_only=True)["metrics"]["after"]["accuracy"] is None
+
+
+def test_pickled_module_with_trust(files, capsys):
+    out = files / "p.pt"
+    code, _, err = run_main(["prune", str(files / "pickled.pt"), "--trust", "--input-shape", "1,1,8,8",
+                             "--out", str(out)], capsys)
+    assert code == 0, err
+    # the result names the pickle as its architecture, so loading it needs trust as well
+    with pytest.raises(fxmeta.UnsafeFileError, match="--trust"):
+        fxmeta.load(out)
+    assert fxmeta.load(out, trust=True)(torch.randn(1, 1, 8, 8)).shape == (1, 10)
+
+
+def test_own_model_from_a_file(tmp_path, capsys):
+    spec = f"{ROOT / 'examples' / 'my_model.py'}:factory"
+    code, out, err = run_main(["transform", spec, "--data", "digits", "--epochs", "1", "--batch-size", "64",
+                               "--no-progress", "--device", "cpu", "--out", str(tmp_path / "mine.pt")], capsys)
+    assert code == 0, err
+    assert "test accuracy" in out
+    assert fxmeta.load(tmp_path / "mine.pt", trust=True)(torch.randn(2, 1, 8, 8)).shape == (2, 10)
+
+
+@pytest.mark.parametrize("stage", ["save", "export"])
+def test_interrupt_while_writing_leaves_no_file(tmp_path, capsys, monkeypatch, stage):
+    real_save = torch.save
+
+    def crash(obj, f, *args, **kwargs):
+        f.write(b"half a file")
+        raise KeyboardInterrupt
+
+    if stage == "save":
+        monkeypatch.setattr(torch, "save", crash)
+    else:
+        monkeypatch.setattr(torch.export, "save", crash)
+    code, _, err = run_main(["prune", *R20, "--input-shape", "1,1,8,8", "--out", str(tmp_path / "p.pt"),
+                             "--export", str(tmp_path / "p.pt2")], capsys)
+    assert code == 130 and "interrupted" in err
+    # the .pt is written first: when the export is interrupted it is complete, and nothing else is there
+    assert os.listdir(tmp_path) == ([] if stage == "save" else ["p.pt"])
+    if stage == "export":
+        monkeypatch.setattr(torch, "save", real_save)
+        assert fxmeta.load(tmp_path / "p.pt")(torch.randn(1, 1, 8, 8)).shape == (1, 10)
+
+
+
+def test_demo_trains_once_then_uses_the_cache(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(torch, "set_num_threads", lambda n: None)  # the command sets it for its process
+    argv = ["demo", "--image-size", "8", "--base-epochs", "2", "--epochs", "1", "--no-progress",
+            "--cache-dir", str(tmp_path / "cache"), "--latency-batch", "4"]
+    code, out, err = run_main(argv + ["--out", str(tmp_path / "out")], capsys)
+    assert code == 0, err
+    assert "training the base network" in err and "train base" in out
+    assert "test accuracy" in out and "2x FLOPs target" in out
+    if not (ROOT / "fxmeta" / "assets" / "metanet_digits.pt").is_file():
+        assert "pruning by importance alone" in err
+    assert sorted(os.listdir(tmp_path / "out")) == ["metrics.json", "pruned.pt", "pruned.pt2"]
+    metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())
+    assert metrics["flops_speedup"] >= 2 and "train base" in metrics["stages"]
+    assert fxmeta.load(tmp_path / "out" / "pruned.pt")(torch.randn(1, 1, 8, 8)).shape == (1, 10)
+    [cached] = os.listdir(tmp_path / "cache")
+    code, out, err = run_main(argv, capsys)  # same config: the base network comes from the cache
+    assert code == 0, err
+    assert f"base network: cached {tmp_path / 'cache' / cached}" in err and "train base" not in out
+    # a different config is a different cache entry; existing result files need --force
+    code, _, err = run_main(argv + ["--out", str(tmp_path / "out")], capsys)
+    assert code == 2 and "exists; pass --force" in err
+
+
+# --------------------------------------------------------- interrupts and DDP (slow)
+
+
+class _SlowSamples(torch.utils.data.Dataset):
+    """Training samples that take a while each, so a run can be interrupted mid-epoch."""
+
+    def __init__(self, inner, delay: float) -> None:
+        self.inner, self.delay = inner, delay
+        self.targets = inner.tensors[1].tolist()
+
+    def __len__(self) -> int:
+        return len(self.inner)
+
+    def __getitem__(self, i):
+        time.sleep(self.delay)
+        return self.inner[i]
+
+
+def slow_digits(seed: int = 0):
+    """Data spec ``test_cli:slow_digits`` (with tests/ on PYTHONPATH)."""
+    from fxmeta.data import load_data
+
+    splits = load_data("digits", seed=seed)
+    return _SlowSamples(splits.train, 0.002), splits.val, splits.test
+
+
+@pytest.mark.slow
+def test_interrupted_transform_resumes_to_the_weights_of_an_uninterrupted_run(tmp_path):
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT / "tests")}
+    common = [sys.executable, "-m", "fxmeta", "transform", *R20, "--data", "test_cli:slow_digits", "--epochs", "3",
+              "--batch-size", "64", "--device", "cpu", "--no-progress"]
+    straight = subprocess.Popen(common + ["--out", str(tmp_path / "straight.pt"), "--checkpoint-dir",
+                                          str(tmp_path / "a")], cwd=ROOT, env=env,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    resumed_args = common + ["--out", str(tmp_path / "resumed.pt"), "--checkpoint-dir", str(tmp_path / "b"),
+                             "--log", str(tmp_path / "log.jsonl")]
+    victim = subprocess.Popen(resumed_args, cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.PIPE, text=True)
+    ckpt = tmp_path / "b" / "finetune" / "last.pt"
+    deadline = time.time() + 240
+    while not ckpt.exists() and victim.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    victim.send_signal(signal.SIGINT)  # during epoch 2 of 3
+    _, err = victim.communicate(timeout=120)
+    assert victim.returncode == 130, err[-2000:]
+    assert "interrupted" in err and not (tmp_path / "resumed.pt").exists()
+    assert torch.load(ckpt, weights_only=True)["epoch"] < 3
+    proc = subprocess.run(resumed_args + ["--resume"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    _, err = straight.communicate(timeout=300)
+    assert straight.returncode == 0, err[-3000:]
+    a = torch.load(tmp_path / "straight.pt", weights_only=True)["state_dict"]
+    b = torch.load(tmp_path / "resumed.pt", weights_only=True)["state_dict"]
+    assert _same_state(a, b)
+    epochs = [json.loads(line).get("epoch") for line in (tmp_path / "log.jsonl").read_text().splitlines()]
+    assert epochs == [1, 2, 3, None]  # epoch 1 from the first run, 2 and 3 appended on resume, then the summary
+
+
+def test_ddp_two_cpu_processes(tmp_path):
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "fxmeta",
+           "transform", *R20, "--data", "digits", "--epochs", "2", "--batch-size", "32", "--device", "cpu",
+           "--no-progress", "--out", str(tmp_path / "ddp.pt"), "--log-file", str(tmp_path / "log.jsonl")]
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.count("time per stage") == 1  # rank 0 prints, rank 1 stays quiet
+    records = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()]
+    assert [r.get("epoch") for r in records] == [1, 2, None]  # written once, by rank 0
+    # the ranks split the 1077 training samples: 2 ranks x 16 full batches of 32 per epoch
+    assert [r["samples"] for r in records[:2]] == [2 * 16 * 32] * 2
+    model = fxmeta.load(tmp_path / "ddp.pt")
+    assert model(torch.randn(2, 1, 8, 8)).shape == (2, 10)
+    assert sorted(os.listdir(tmp_path)) == ["ddp.pt", "log.jsonl"]

@@ -1,0 +1,206 @@
+"""fxmeta.transform (the pipeline as a library call) and the latency helper."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from torch import nn
+
+from fxmeta import io
+from fxmeta.data import load_data
+from fxmeta.errors import InputShapeError, SpecError
+from fxmeta.flops import count_flops
+from fxmeta.latency import measure_latency
+from fxmeta.models import get_model
+from fxmeta.train import TrainConfig
+from fxmeta.transform import StageTimer, TransformConfig, check_model_fits, transform
+
+from helpers import randomize_bn
+
+torch.set_num_threads(1)
+X = torch.randn(1, 1, 8, 8)
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return load_data("digits")
+
+
+def _r20(seed: int = 0) -> nn.Module:
+    torch.manual_seed(seed)
+    return randomize_bn(get_model("resnet20", in_channels=1), seed).eval()
+
+
+def _finetune(**kw) -> TrainConfig:
+    return TrainConfig(**{"epochs": 1, "lr": 0.05, "batch_size": 64, "device": "cpu", "progress": False, **kw})
+
+
+def _state_equal(a: dict, b: dict) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+# ------------------------------------------------------------------------- no data
+
+
+def test_transform_without_data_prunes_measures_and_says_what_it_skipped():
+    model = _r20()
+    original = {k: v.clone() for k, v in model.state_dict().items()}
+    result = transform(model, X, TransformConfig(speedup=2.0))
+    assert result.speedup >= 2.0
+    assert result.speedup == pytest.approx(count_flops(model, X) / count_flops(result.module, X))
+    assert result.before.accuracy is None and result.after.accuracy is None and result.removed_accuracy is None
+    assert result.before.latency.median_ms > 0 and result.after.latency.median_ms > 0
+    assert result.after.params < result.before.params
+    assert [name for name, _ in result.stages] == ["measure original", "remove channels", "measure pruned"]
+    assert any("no data" in n for n in result.notes) and any("importance alone" in n for n in result.notes)
+    assert _state_equal(model.state_dict(), original)  # the input model is not changed
+    with torch.no_grad():
+        assert result.module(torch.randn(3, 1, 8, 8)).shape == (3, 10)
+
+
+def test_metrics_are_plain_data_that_a_weights_only_file_holds(tmp_path):
+    result = transform(_r20(), X, TransformConfig(speedup=1.5, latency_batch=4))
+    metrics = result.metrics()
+    assert metrics["before"]["latency"]["batch"] == 4
+    io.save(tmp_path / "p.pt", result.module, spec="fxmeta:resnet20", spec_kwargs={"in_channels": 1},
+            plan=result.plan, metrics=metrics, input_shape=X.shape)
+    saved = torch.load(tmp_path / "p.pt", weights_only=True)
+    assert saved["metrics"]["flops_speedup"] == pytest.approx(result.speedup)
+    json.dumps(saved["metrics"])  # and JSON-ready as well
+
+
+# ----------------------------------------------------------------------- with data
+
+
+def test_transform_with_data_finetunes_and_reports_accuracy(digits, tmp_path):
+    log = tmp_path / "log.jsonl"
+    config = TransformConfig(speedup=2.0, finetune=_finetune(epochs=2, log_path=str(log)),
+                             checkpoint_dir=str(tmp_path / "ckpt"))
+    result = transform(_r20(), X, config, data=digits)
+    for acc in (result.before.accuracy, result.removed_accuracy, result.after.accuracy):
+        assert 0.0 <= acc <= 1.0
+    # two epochs on digits take a random-init network well past chance
+    assert result.after.accuracy > 0.5 and result.finetune_best_epoch in (1, 2)
+    assert "finetune" in dict(result.stages)
+    assert (tmp_path / "ckpt" / "finetune" / "last.pt").is_file()
+    assert json.loads((tmp_path / "ckpt" / "run.json").read_text())["speedup"] == 2.0
+    assert [json.loads(line).get("epoch") for line in log.read_text().splitlines()][:2] == [1, 2]
+
+
+def test_resume_gives_the_weights_of_an_uninterrupted_run(digits, tmp_path):
+    def run(epochs: int, folder: str, resume: bool = False):
+        config = TransformConfig(speedup=2.0, finetune=_finetune(epochs=epochs, seed=5),
+                                 checkpoint_dir=str(tmp_path / folder), resume=resume)
+        return transform(_r20(), X, config, data=digits).module.state_dict()
+
+    straight = run(2, "a")
+    run(1, "b")  # stopped after one epoch of the same schedule (cosine: epoch 1's lr is the same)
+    resumed = run(2, "b", resume=True)
+    assert _state_equal(straight, resumed)
+    assert not _state_equal(straight, run(1, "c"))  # the comparison above can fail
+
+
+def test_resume_refuses_checkpoints_of_another_run(digits, tmp_path):
+    config = TransformConfig(speedup=2.0, finetune=_finetune(), checkpoint_dir=str(tmp_path))
+    transform(_r20(), X, config, data=digits)
+    other = TransformConfig(speedup=3.0, finetune=_finetune(), checkpoint_dir=str(tmp_path), resume=True)
+    with pytest.raises(SpecError, match="belong to another run .*speedup: 2.0 then, 3.0 now"):
+        transform(_r20(), X, other, data=digits)
+
+
+def _quiet_first_layer3_channels(graph):
+    """A stand-in metanetwork with a known answer: channels 0..15 inside the first block of
+    layer3 (conv1's kernels and BatchNorm scale / shift, conv2's inputs) nearly vanish."""
+    edges, nodes = [], []
+    for layer in graph.layers:
+        e, n = layer.edge, layer.node
+        if layer.name == "layer3.0.conv1":
+            e, n = e.clone(), n.clone()
+            e[:16] *= 1e-4
+            for col in ("batchnorm2d.weight", "batchnorm2d.bias"):
+                n[:16, layer.node_cols.index(col)] *= 1e-4
+        if layer.name == "layer3.0.conv2":
+            e = e.clone()
+            e[:, :16] *= 1e-4
+        edges.append(e)
+        nodes.append(n)
+    return graph.with_features(edges, nodes)
+
+
+def test_metanet_output_decides_which_channels_go(digits):
+    model = _r20()
+    config = TransformConfig(speedup=1.5, metanet=_quiet_first_layer3_channels, adapt_epochs=0)
+    result = transform(model, X, config)
+    assert [n for n, _ in result.stages][:4] == ["measure original", "lower", "metanet", "raise"]
+    # channels are identified by their BatchNorm scale (random, distinct per channel)
+    kept = result.module.get_submodule("layer3.0.bn1").weight.detach()
+    original = model.get_submodule("layer3.0.bn1").weight.detach()
+    assert len(kept) < len(original)
+    assert all((original[16:] == g).any() for g in kept)  # every quietened channel went
+
+
+def test_adapt_finetune_runs_between_metanet_and_removal(digits, tmp_path):
+    config = TransformConfig(speedup=1.5, metanet=lambda g: g, adapt_epochs=1, finetune=_finetune(),
+                             checkpoint_dir=str(tmp_path))
+    result = transform(_r20(), X, config, data=digits)
+    names = [n for n, _ in result.stages]
+    assert names.index("raise") < names.index("adapt finetune") < names.index("remove channels")
+    assert (tmp_path / "adapt" / "last.pt").is_file() and (tmp_path / "finetune" / "last.pt").is_file()
+
+
+# ---------------------------------------------------------------------- checks
+
+
+def test_config_checks():
+    for bad in (0.5, float("nan"), float("inf")):
+        with pytest.raises(SpecError, match="below 1|speed-up"):
+            TransformConfig(speedup=bad)
+    with pytest.raises(SpecError, match="checkpoint directory"):
+        TransformConfig(resume=True)
+    with pytest.raises(SpecError, match=">= 0"):
+        TransformConfig(adapt_epochs=-1)
+
+
+def test_check_model_fits(digits):
+    model = _r20()
+    check_model_fits(model, X, digits)
+    with pytest.raises(InputShapeError, match="does not fit the data's samples 1x8x8"):
+        check_model_fits(model, torch.randn(1, 1, 16, 16), digits)
+    with pytest.raises(InputShapeError, match="does not run on an input .* build it with --in-channels 1"):
+        check_model_fits(get_model("resnet20").eval(), X, digits)  # built for 3 channels
+    with pytest.raises(InputShapeError, match="has 3 outputs but the data has 10 classes; build it with --num-classes 10"):
+        check_model_fits(get_model("resnet20", num_classes=3, in_channels=1).eval(), X, digits)
+
+
+def test_stage_timer_accumulates_in_order():
+    seen = []
+    timer = StageTimer(report=seen.append)
+    for name in ("a", "b", "a"):
+        with timer(name):
+            pass
+    assert [n for n, _ in timer.items()] == ["a", "b"] and seen == ["a", "b", "a"]
+    with pytest.raises(RuntimeError):
+        with timer("c"):
+            raise RuntimeError
+    assert "c" in timer.seconds  # a failed stage still records its time
+
+
+# --------------------------------------------------------------------- latency
+
+
+def test_latency_fixes_threads_and_restores_state():
+    model = nn.Sequential(nn.Linear(8, 16), nn.BatchNorm1d(16), nn.ReLU()).train()
+    threads = torch.get_num_threads()
+    lat = measure_latency(model, torch.randn(1, 8), threads=2, batch=5, warmup=2, repeats=7)
+    assert lat.repeats == 7 and lat.batch == 5 and lat.threads == 2 and lat.device == "cpu"
+    assert 0 < lat.p10_ms <= lat.median_ms <= lat.p90_ms
+    assert torch.get_num_threads() == threads and model.training
+    assert int(model[1].num_batches_tracked) == 0  # ran in eval mode: no statistics changed
+
+
+def test_latency_stops_at_the_time_budget():
+    lat = measure_latency(nn.Identity(), torch.randn(2, 2), warmup=0, repeats=10**6, max_seconds=0.05)
+    assert 5 <= lat.repeats < 10**6
+    with pytest.raises(ValueError):
+        measure_latency(nn.Identity(), torch.randn(2), repeats=0)
