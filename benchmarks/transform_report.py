@@ -1,0 +1,115 @@
+"""Wall time and results of `fxmeta demo`, the README's main job, as a user runs it.
+
+Each run is a fresh `python -m fxmeta demo` process: first with an empty cache (the base
+network is trained), then again with the warm cache (the base network is loaded). With
+the committed metanetwork present, the importance-only run (`--no-metanet`) is measured
+too, at the same finetuning budget. Per-stage times, accuracy, FLOPs and latency come
+from the run's metrics.json; the total is the process's wall time (start-up included).
+
+    python benchmarks/transform_report.py [--seeds 0] [--threads 2]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+METANET = ROOT / "fxmeta" / "assets" / "metanet_digits.pt"
+
+
+def run_demo(cache: Path, out: Path, seed: int, threads: int, extra: list[str]) -> dict:
+    cmd = [sys.executable, "-m", "fxmeta", "demo", "--cache-dir", str(cache), "--out", str(out), "--force",
+           "--seed", str(seed), "--threads", str(threads), "--no-progress", *extra]
+    load = os.getloadavg()[0]
+    t0 = time.perf_counter()
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+    wall = time.perf_counter() - t0
+    if proc.returncode != 0:
+        raise SystemExit(f"{' '.join(cmd)} failed:\n{proc.stderr[-3000:]}")
+    metrics = json.loads((out / "metrics.json").read_text())
+    shown = ["fxmeta", *cmd[3:]]
+    shown[shown.index(str(cache))], shown[shown.index(str(out))] = "CACHE", "OUT"
+    return {"wall_s": wall, "load_before": load, "metrics": metrics, "command": " ".join(shown)}
+
+
+def _fmt_pct(x: float | None) -> str:
+    return "-" if x is None else f"{100 * x:.2f}"
+
+
+def table(rows: list[tuple[str, int, dict]]) -> list[str]:
+    stages = []
+    for _, _, r in rows:
+        stages += [s for s in r["metrics"]["stages"] if s not in stages]
+    head = ["run", "seed", "wall s", *[f"{s} s" for s in stages], "acc before %", "acc after removal %",
+            "acc after finetune %", "FLOPs x", "params kept %", "latency x", "latency ms before / after"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for name, seed, r in rows:
+        m = r["metrics"]
+        lat_b, lat_a = m["before"]["latency"], m["after"]["latency"]
+        cells = [name, str(seed), f"{r['wall_s']:.1f}", *[f"{m['stages'].get(s, 0):.2f}" if s in m["stages"] else "-"
+                                                           for s in stages],
+                 _fmt_pct(m["before"]["accuracy"]), _fmt_pct(m["removed_accuracy"]), _fmt_pct(m["after"]["accuracy"]),
+                 f"{m['flops_speedup']:.2f}", f"{100 * m['params_ratio']:.1f}", f"{m['latency_speedup']:.2f}",
+                 f"{lat_b['median_ms']:.2f} / {lat_a['median_ms']:.2f}"]
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0])
+    parser.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="torch threads for training")
+    parser.add_argument("--out", default=str(HERE / "results" / "transform.md"))
+    args = parser.parse_args()
+    sys.path.insert(0, str(HERE))
+    from _env import header
+
+    modes = [("metanet", []), ("importance", ["--no-metanet"])] if METANET.is_file() else [("importance", [])]
+    rows: list[tuple[str, int, dict]] = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for seed in args.seeds:
+            cache = Path(tmp) / f"cache{seed}"
+            for i, (mode, extra) in enumerate(modes):
+                out = Path(tmp) / f"out-{mode}-{seed}"
+                if i == 0:
+                    rows.append((f"{mode}, empty cache", seed, run_demo(cache, out, seed, args.threads, extra)))
+                rows.append((f"{mode}, warm cache", seed, run_demo(cache, out, seed, args.threads, extra)))
+                print(f"seed {seed} {mode}: {rows[-1][2]['wall_s']:.1f} s", flush=True)
+    cold = [r["wall_s"] for name, _, r in rows if "empty cache" in name]
+    demo_cmd = rows[0][2]["command"]
+    lat = rows[0][2]["metrics"]["before"]["latency"]
+    text = [
+        "# `fxmeta demo`: wall time and results",
+        "",
+        header(f"python benchmarks/transform_report.py --seeds {' '.join(map(str, args.seeds))} "
+               f"--threads {args.threads}", args.threads, seeds=", ".join(map(str, args.seeds))),
+        f"- demo command: `{demo_cmd}` (defaults otherwise: fxmeta:resnet20, digits 16x16, 15 base epochs, "
+        "10 finetune epochs, 2x FLOPs target)",
+        f"- metanetwork: {'fxmeta/assets/' + METANET.name if METANET.is_file() else 'none committed: importance pruning'}",
+        f"- 1-minute load average before each run: {', '.join('%.1f' % r[2]['load_before'] for r in rows)} "
+        "(the machine is shared; times scale with it)",
+        "",
+        f"Wall time of the whole command with an empty cache (what a first `fxmeta demo` costs): "
+        f"{statistics.median(cold):.1f} s median, target < 300 s.",
+        "",
+        "Stage times come from the run's metrics; `wall` is the process (Python and torch start-up included). "
+        "Accuracy is on the digits test split (360 images). Latency: median of timed forward passes after "
+        f"warm-up, {lat['threads']} torch thread(s), batch {lat['batch']}, {lat['device']}.",
+        "",
+        *table(rows),
+        "",
+    ]
+    Path(args.out).write_text("\n".join(text))
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
