@@ -508,23 +508,53 @@ def _lookup_rule(gm: fx.GraphModule, node: fx.Node, rules: dict) -> Callable | N
     return None
 
 
-def _analysis_graph(model: nn.Module, example_input: Any) -> fx.GraphModule:
+def _analysis_graph(model: nn.Module, example_input: Any, ignore: Sequence[str] = ()) -> fx.GraphModule:
     """A traced copy of the model's graph (parameters shared) that analysis may rewrite."""
     from .rules import GRAPH_REWRITES
 
     traced = trace(model, example_input)
     gm = fx.GraphModule(traced, copy.deepcopy(traced.graph), class_name=type(traced).__name__)
     _keep_unused_state(traced, gm)
-    gm.meta.update({k: copy.copy(v) for k, v in traced.meta.items()})
+    for key in ("fxmeta.traced", "fxmeta.auto_leaves"):  # other meta (IR, plans) describes the old model
+        if key in traced.meta:
+            gm.meta[key] = copy.copy(traced.meta[key])
     gm.train(traced.training)
     changed = False
     for rewrite in GRAPH_REWRITES:
-        changed |= bool(rewrite(gm))
+        changed |= bool(rewrite(gm, tuple(ignore)))
     if changed:
         gm.graph.lint()
         gm.recompile()
         propagate_shapes(gm, example_input)
+        _check_rewrite(traced, gm, example_input)
     return gm
+
+
+def _check_rewrite(before: fx.GraphModule, after: fx.GraphModule, example_input: Any) -> None:
+    """A graph rewrite (e.g. attention decomposition) must not change what the model computes."""
+    args = example_input if isinstance(example_input, (tuple, list)) else (example_input,)
+    gen = torch.Generator().manual_seed(0)
+    args = tuple(torch.randn(a.shape, generator=gen, dtype=a.dtype) if isinstance(a, Tensor) and a.is_floating_point()
+                 else a for a in args)
+    saved = [(m, m.training) for m in before.modules()]
+    before.eval()
+    after.eval()
+    try:
+        with torch.no_grad():
+            want, got = before(*args), after(*args)
+    finally:
+        for m, flag in saved:
+            m.training = flag
+    want, got = fx.node.map_aggregate(want, lambda v: v), fx.node.map_aggregate(got, lambda v: v)
+    flat_w = [t for t in torch.utils._pytree.tree_leaves(want) if isinstance(t, Tensor)]
+    flat_g = [t for t in torch.utils._pytree.tree_leaves(got) if isinstance(t, Tensor)]
+    ok = len(flat_w) == len(flat_g) and all(
+        w.shape == g.shape and float((w - g).abs().max()) <= 1e-4 * float(w.abs().max()) + 1e-5
+        for w, g in zip(flat_w, flat_g))
+    if not ok:
+        raise UnsupportedModelError(
+            "rewriting nn.MultiheadAttention into plain ops changed the model's output; "
+            "pass the attention modules in ignore= to keep them whole")
 
 
 def analyze(
@@ -542,7 +572,7 @@ def analyze(
     from .rules import RULES
 
     rules = RULES if rules is None else rules
-    gm = _analysis_graph(model, example_input)
+    gm = _analysis_graph(model, example_input, ignore)
     uf = UnionFind()
     ctx = Context(gm, uf)
     auto_leaves = gm.meta.get("fxmeta.auto_leaves", {})
@@ -563,7 +593,8 @@ def analyze(
             rule = _lookup_rule(gm, node, rules)
             if rule is None:
                 value, note = probe(ctx, node)
-                ctx.probed[node.name] = note
+                if note != "no channel inputs":
+                    ctx.probed[node.name] = note
             else:
                 value = rule(ctx, node)
         if not _matches(value, meta):

@@ -24,6 +24,7 @@ from torch import Tensor, nn
 from .channels import ChannelAnalysis, Dims, Group, analyze, flat_labels
 from .errors import PruningError
 from .flops import FlopModel, count_flops, count_params
+from .rules import refresh_attributes
 from torch.fx.passes.shape_prop import _extract_tensor_metadata
 
 PLAN_FORMAT = "fxmeta.plan/1"
@@ -286,6 +287,12 @@ def slim(analysis: ChannelAnalysis, removed: Tensor) -> fx.GraphModule:
         for dim, keep in cuts:
             t = t.index_select(dim, keep)
         _set_tensor(gm, name, t.contiguous())
+    owners = {name.rpartition(".")[0] for name in by_param}
+    called = {n.target for n in gm.graph.nodes if n.op == "call_module"}
+    for owner in sorted(owners - called):  # modules read only through get_attr
+        refresh_attributes(gm.get_submodule(owner))
+    for owner in sorted({o.rpartition(".")[0] for o in owners} - called):
+        refresh_attributes(gm.get_submodule(owner))  # e.g. the attention module around out_proj
     nodes = {n.name: n for n in gm.graph.nodes}
     for name, hook in analysis.slim_hooks:
         hook(s, nodes[name])

@@ -569,13 +569,15 @@ def _reshape_groups(a: list[int], b: list[int]) -> list[tuple[list[int], list[in
     return out
 
 
-def reshape_labels(ctx: Context, in_shape, in_dims: Dims, out_shape) -> Dims:
+def reshape_labels(ctx: Context, in_shape, in_dims: Dims, out_shape, swapped: tuple[int, int] | None = None) -> Dims:
     """Move ids through any reshape (view, flatten, unflatten, squeeze ...).
 
     Within each run of dims whose products match, the entries are laid out row-major. At
     most one dim of a run can carry ids afterwards: the outermost whose ids are constant
     along the others; if none is, the outermost non-trivial dim carries them and the
-    entries it covers are united (e.g. a head's 64 entries become one unit).
+    entries it covers are united (e.g. a head's 64 entries become one unit). ``swapped``
+    names two output dims the next op swaps (channel shuffle): then the inner one carries
+    the ids, so entry j of every group becomes a unit instead of whole groups.
     """
     out = Dims([None] * len(out_shape))
     runs = _reshape_groups(list(in_shape), list(out_shape))
@@ -611,7 +613,10 @@ def reshape_labels(ctx: Context, in_shape, in_dims: Dims, out_shape) -> Dims:
                 target = p  # ids already constant along the other dims: no coarsening
                 break
         if target is None:
-            target = next(p for p, n in enumerate(osizes) if n > 1)
+            big = [p for p, n in enumerate(osizes) if n > 1]
+            target = big[0]
+            if swapped is not None and len(big) == 2 and {outs[p] for p in big} == set(swapped):
+                target = big[1]
             _unite_rows(ctx, flat.view(osizes).movedim(target, 0).reshape(osizes[target], -1))
         rows = flat.view(osizes).movedim(target, 0).reshape(osizes[target], -1)
         out[outs[target]] = rows[:, 0].clone()
@@ -667,13 +672,41 @@ def reshape_like(size_arg_start: int | None):
 
     def rule(ctx: Context, node: fx.Node) -> Dims:
         x = node.args[0]
-        out = reshape_labels(ctx, ctx.shape(x), ctx.dims(x), ctx.shape(node))
+        out = reshape_labels(ctx, ctx.shape(x), ctx.dims(x), ctx.shape(node), _swap_after(ctx, node))
         if size_arg_start is not None:
             ctx.note_constant("shape")
             ctx.on_slim(_shape_rewrite(size_arg_start))
         return out
 
     return rule
+
+
+def _swap_after(ctx: Context, node: fx.Node) -> tuple[int, int] | None:
+    """The two dims a lone transpose right after ``node`` swaps (the channel-shuffle idiom)."""
+    if len(node.users) != 1:
+        return None
+    user = next(iter(node.users))
+    if user.target not in ("transpose", torch.transpose, "swapaxes", torch.swapaxes) or len(user.args) < 3:
+        return None
+    nd = len(ctx.shape(node))
+    a, b = user.args[1], user.args[2]
+    if not isinstance(a, int) or not isinstance(b, int):
+        return None
+    return _norm_dim(a, nd), _norm_dim(b, nd)
+
+
+def channel_shuffle(ctx: Context, node: fx.Node) -> Dims:
+    """nn.ChannelShuffle / F.channel_shuffle: entry j of every group is one unit."""
+    x = node.args[0]
+    g = ctx.module(node).groups if node.op == "call_module" else ctx.arg(node, 1, "groups")
+    dims = Dims(ctx.dims(x))
+    c = dims[1]
+    if c is None or not isinstance(g, int):
+        return Dims(dims) if c is None else _freeze_all(ctx, node)
+    cols = c.view(g, -1)
+    _unite_rows(ctx, cols.t())
+    dims[1] = cols.t().reshape(-1).clone()
+    return dims
 
 
 def squeeze(ctx: Context, node: fx.Node) -> Dims:
@@ -1068,14 +1101,14 @@ def sdpa(ctx: Context, node: fx.Node) -> Dims:
     b = [out[i] for i in range(len(sq) - 2)]
     coef = 2 * _prod(n for n, l in zip(sq[:-2], b) if l is None) * sq[-2] * sk[-2]
     ctx.flops(coef * sq[-1], *b)
-    ctx.flops(coef, *b, dv[-1])
+    ctx.flops(coef * (sv[-1] if dv[-1] is None else 1), *b, dv[-1])
     return out
 
 
 # --------------------------------------------------------------------------- attention
 
 
-def decompose_multihead_attention(gm: fx.GraphModule) -> bool:
+def decompose_multihead_attention(gm: fx.GraphModule, ignore: tuple[str, ...] = ()) -> bool:
     """Rewrite ``nn.MultiheadAttention`` calls into linear / view / SDPA nodes.
 
     The module keeps its parameters; the graph reads them with get_attr. Heads then show
@@ -1089,6 +1122,8 @@ def decompose_multihead_attention(gm: fx.GraphModule) -> bool:
             continue
         mha = gm.get_submodule(node.target)
         if type(mha) is not nn.MultiheadAttention or not _decomposable(node, mha):
+            continue
+        if any(node.target == n or node.target.startswith(n + ".") for n in ignore):
             continue
         g = gm.graph
         q_in, k_in, v_in = (node.args + (None,) * 3)[:3]
@@ -1373,6 +1408,7 @@ RULES.update({
     nn.GroupNorm: groupnorm_module, nn.LayerNorm: layernorm_module, nn.PReLU: prelu_module,
     nn.Softmax: _softmax_module, nn.LogSoftmax: _softmax_module,
     nn.Flatten: flatten_module, nn.Unflatten: flatten_module,
+    nn.ChannelShuffle: channel_shuffle, F.channel_shuffle: channel_shuffle, torch.channel_shuffle: channel_shuffle,
     nn.MultiheadAttention: _mha_module,
     # functions
     F.conv1d: conv_function, F.conv2d: conv_function, F.conv3d: conv_function,
@@ -1436,4 +1472,18 @@ def _register_torchvision() -> None:
 
 _register_torchvision()
 
-GRAPH_REWRITES: list[Callable[[fx.GraphModule], bool]] = [decompose_multihead_attention]
+def refresh_attributes(module: nn.Module) -> None:
+    """Make size attributes agree with the (sliced) tensors of a module the graph reads by get_attr.
+
+    Needed for modules whose parameters are used without a call of the module itself,
+    e.g. a decomposed ``nn.MultiheadAttention`` and its ``out_proj``.
+    """
+    if isinstance(module, nn.Linear):
+        module.out_features, module.in_features = module.weight.shape
+    elif type(module) is nn.MultiheadAttention:
+        heads_width = module.out_proj.weight.shape[1]
+        module.num_heads = heads_width // module.head_dim
+
+
+# Rewrites run on the analysis graph before the rules: (graph module, ignored names) -> changed.
+GRAPH_REWRITES: list[Callable[[fx.GraphModule, tuple[str, ...]], bool]] = [decompose_multihead_attention]
