@@ -47,7 +47,7 @@ def _add_prune_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("pruning")
     g.add_argument("--speedup", type=_number, default=2.0, metavar="X",
                    help="target FLOPs ratio original / pruned, >= 1 (default: 2.0)")
-    g.add_argument("--importance", default="l2", metavar="NAME",
+    g.add_argument("--importance", choices=["l2", "l1", "random"], default="l2",
                    help="channel-group importance used to pick what to remove (default: l2, the group's L2 norm)")
     g.add_argument("--round-to", type=int, metavar="N",
                    help="keep channel counts multiples of N (e.g. 8) so kernels stay fast")

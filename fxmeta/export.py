@@ -16,6 +16,7 @@ from torch.export import Dim, ExportedProgram
 
 from .errors import UnsupportedModelError
 from .io import _first_line, atomic_save
+from .latency import set_mode
 from .tracing import _as_tuple
 
 
@@ -39,7 +40,7 @@ def export_program(module: nn.Module, example_input: Any, *, check: bool = True,
     """``torch.export`` ``module`` (in eval mode); with ``check``, its output must match the module's."""
     args = _as_tuple(example_input)
     was_training = module.training
-    module.eval()
+    set_mode(module, False)
     try:
         with torch.no_grad():
             program = _dynamic_batch(module, args)
@@ -54,7 +55,7 @@ def export_program(module: nn.Module, example_input: Any, *, check: bool = True,
             if check:
                 _check_same(module, program, args, atol)
     finally:
-        module.train(was_training)
+        set_mode(module, was_training)
     return program
 
 

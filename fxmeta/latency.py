@@ -50,7 +50,8 @@ def _params_device(model: nn.Module) -> torch.device | None:
     return None
 
 
-def _set_mode(model: nn.Module, training: bool) -> None:
+def set_mode(model: nn.Module, training: bool) -> None:
+    """``model.train(training)``, tolerating torch.export modules, whose mode is fixed at export."""
     try:
         model.train(training)
     except NotImplementedError:
@@ -86,7 +87,7 @@ def measure_latency(
     first = next((a for a in args if isinstance(a, torch.Tensor) and a.dim() > 0), None)
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     was_training, old_threads = model.training, torch.get_num_threads()
-    _set_mode(model, False)
+    set_mode(model, False)
     torch.set_num_threads(threads)
     times: list[float] = []
     try:
@@ -102,7 +103,7 @@ def measure_latency(
                 times.append((time.perf_counter() - t0) * 1000.0)
     finally:
         torch.set_num_threads(old_threads)
-        _set_mode(model, was_training)
+        set_mode(model, was_training)
     deciles = statistics.quantiles(times, n=10) if len(times) > 1 else times * 9
     return Latency(
         median_ms=statistics.median(times), p10_ms=deciles[0], p90_ms=deciles[-1], repeats=len(times),

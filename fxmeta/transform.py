@@ -24,9 +24,9 @@ import torch.fx as fx
 from torch import nn
 
 from .data import DataSplits, Loaders, make_loaders
-from .errors import FxmetaError, InputShapeError, SpecError
+from .errors import InputShapeError, PruningError, SpecError
 from .flops import count_flops, count_params
-from .latency import Latency, measure_latency
+from .latency import Latency, measure_latency, set_mode
 from .tracing import _as_tuple
 from .train import DistContext, TrainConfig, distributed_context, evaluate, resolve_device, train
 
@@ -150,7 +150,7 @@ def check_model_fits(model: nn.Module, example_input: Any, data: DataSplits | No
             f"input shape {','.join(map(str, shape))} does not fit the data's samples "
             f"{'x'.join(map(str, data.input_shape))}; drop --input-shape or make it 1,{','.join(map(str, data.input_shape))}")
     was_training = model.training
-    model.eval()
+    set_mode(model, False)
     try:
         with torch.no_grad():
             out = model(*_as_tuple(example_input))
@@ -161,7 +161,7 @@ def check_model_fits(model: nn.Module, example_input: Any, data: DataSplits | No
         raise InputShapeError(f"{name} does not run on an input of shape {shape} "
                               f"({type(exc).__name__}: {text}); {hint}") from exc
     finally:
-        model.train(was_training)
+        set_mode(model, was_training)
     if data is None:
         return
     if not isinstance(out, torch.Tensor) or out.dim() != 2:
@@ -231,6 +231,29 @@ def _stage_config(config: TransformConfig, stage: str, epochs: int) -> TrainConf
     return replace(base, epochs=epochs, checkpoint_dir=folder, resume=config.resume, log_path=log)
 
 
+def _plain_module(model: nn.Module) -> tuple[nn.Module, bool]:
+    """A torch.export module refuses ``.eval()``; a plain GraphModule over its graph does not.
+    Returns the module to work on and whether it came from torch.export."""
+    try:
+        model.eval()
+        return model, False
+    except NotImplementedError:
+        return fx.GraphModule(model, model.graph), True
+
+
+def _prune(model: nn.Module, x: Any, config: TransformConfig, exported: bool) -> Any:
+    from .pruner import prune
+
+    try:
+        return prune(model, x, speedup=config.speedup, importance=config.importance, round_to=config.round_to,
+                     ignore=config.ignore, check=config.check)
+    except PruningError as exc:
+        if not exported:
+            raise
+        raise PruningError(f"{exc}; a torch.export program is an ATen-level graph, which the channel rules do not "
+                           "cover: pass the architecture spec with its weights (SPEC@weights.pt) instead") from exc
+
+
 def _rewrite_with_metanet(model: nn.Module, x: Any, metanet: Any, timer: StageTimer) -> fx.GraphModule:
     """LowerPass → MetanetPass → RaisePass, timed one by one."""
     from passes import LowerPass, MetanetPass, RaisePass
@@ -261,9 +284,8 @@ def transform(
     such as loading and saving); ``run_info`` is extra plain data that identifies the
     run (e.g. the model spec) and must match when resuming from checkpoints.
     """
-    from .pruner import prune
-
     config = config or TransformConfig()
+    model, exported = _plain_module(model)
     timer = timer or StageTimer()
     notes: list[str] = []
     if data is None:
@@ -280,7 +302,6 @@ def transform(
             loaders = make_loaders(data, config.finetune.batch_size, num_workers=config.finetune.num_workers,
                                    seed=config.finetune.seed, distributed=ctx.distributed,
                                    pin_memory=device.type == "cuda")
-        model.eval()
         with timer("measure original"):
             before = _measure(model, example_input, loaders, device, config, ctx)
         model.cpu()
@@ -291,8 +312,7 @@ def transform(
                 with timer("adapt finetune"):
                     work = train(work, loaders, _stage_config(config, "adapt", config.adapt_epochs)).model.cpu()
         with timer("remove channels"):
-            pruned = prune(work.eval(), example_input, speedup=config.speedup, importance=config.importance,
-                           round_to=config.round_to, ignore=config.ignore, check=config.check)
+            pruned = _prune(work.eval(), example_input, config, exported)
         module, removed_acc, best_epoch = pruned.module, None, None
         if loaders is not None:
             module.to(device)
