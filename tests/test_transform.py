@@ -128,10 +128,16 @@ def _quiet_first_layer3_channels(graph):
     return graph.with_features(edges, nodes)
 
 
-def test_metanet_output_decides_which_channels_go(digits):
+def test_metanet_output_decides_which_channels_go(tmp_path):
     model = _r20()
     config = TransformConfig(speedup=1.5, metanet=_quiet_first_layer3_channels, adapt_epochs=0)
     result = transform(model, X, config)
+    # the plan, made on the raised module, replays on a fresh copy of the architecture
+    io.save(tmp_path / "m.pt", result.module, spec="fxmeta:resnet20", spec_kwargs={"in_channels": 1},
+            plan=result.plan, input_shape=X.shape)
+    x = torch.randn(3, 1, 8, 8)
+    with torch.no_grad():
+        assert torch.equal(io.load(tmp_path / "m.pt")(x), result.module(x))
     assert [n for n, _ in result.stages][:4] == ["measure original", "lower", "metanet", "raise"]
     # channels are identified by their BatchNorm scale (random, distinct per channel)
     kept = result.module.get_submodule("layer3.0.bn1").weight.detach()
