@@ -16,7 +16,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from .cli import SPEC_HELP, _add_model_args, err
+from .cli import _add_model_args, err
 from .errors import FxmetaError, InputShapeError, OutputExistsError, SpecError
 
 DEMO_MODEL = "fxmeta:resnet20"

@@ -1,7 +1,12 @@
 """fxmeta.transform (the pipeline as a library call) and the latency helper."""
 from __future__ import annotations
 
+import importlib.util
 import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -210,3 +215,42 @@ def test_latency_stops_at_the_time_budget():
     assert 5 <= lat.repeats < 10**6
     with pytest.raises(ValueError):
         measure_latency(nn.Identity(), torch.randn(2), repeats=0)
+
+
+# --------------------------------------------------------------------- examples
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+
+
+def _example(name: str):
+    spec = importlib.util.spec_from_file_location(f"example_{name}", EXAMPLES / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_read_ir_dump_example_reads_json_and_graphml_alike(tmp_path):
+    from fxmeta.dump import to_graphml, to_json
+    from fxmeta.lowering import lower
+
+    example = _example("read_ir_dump")
+    graph = lower(get_model("resnet20").eval(), torch.randn(1, 3, 8, 8))
+    (tmp_path / "d.json").write_text(to_json(graph))
+    (tmp_path / "d.graphml").write_text(to_graphml(graph))
+    texts = [example.summary(example.load(str(tmp_path / name))) for name in ("d.json", "d.graphml")]
+    assert texts[0] == texts[1]
+    assert "32 layers" in texts[0] and "33616 weight slices" in texts[0] and "junctions" in texts[0]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("script, args, expect", [
+    ("prune_torchvision.py", ["--model", "torchvision:resnet18"], "both reproduce the pruned model: True"),
+    ("transform_own_model.py", ["--epochs", "1"], "same outputs"),
+    ("compile_pipeline.py", [], "pipeline:"),
+])
+def test_examples_run(script, args, expect, tmp_path):
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, str(EXAMPLES / script), *args], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert expect in proc.stdout
