@@ -569,7 +569,8 @@ def _reshape_groups(a: list[int], b: list[int]) -> list[tuple[list[int], list[in
     return out
 
 
-def reshape_labels(ctx: Context, in_shape, in_dims: Dims, out_shape, swapped: tuple[int, int] | None = None) -> Dims:
+def reshape_labels(ctx: Context, in_shape, in_dims: Dims, out_shape, swapped: tuple[int, int] | None = None,
+                   indexed: set[int] = frozenset()) -> Dims:
     """Move ids through any reshape (view, flatten, unflatten, squeeze ...).
 
     Within each run of dims whose products match, the entries are laid out row-major. At
@@ -577,7 +578,9 @@ def reshape_labels(ctx: Context, in_shape, in_dims: Dims, out_shape, swapped: tu
     along the others; if none is, the outermost non-trivial dim carries them and the
     entries it covers are united (e.g. a head's 64 entries become one unit). ``swapped``
     names two output dims the next op swaps (channel shuffle): then the inner one carries
-    the ids, so entry j of every group becomes a unit instead of whole groups.
+    the ids, so entry j of every group becomes a unit instead of whole groups. Dims in
+    ``indexed`` are picked apart by integer index later (``q, k, v = qkv[0], ...``) and
+    do not carry ids when another dim can.
     """
     out = Dims([None] * len(out_shape))
     runs = _reshape_groups(list(in_shape), list(out_shape))
@@ -614,7 +617,7 @@ def reshape_labels(ctx: Context, in_shape, in_dims: Dims, out_shape, swapped: tu
                 break
         if target is None:
             big = [p for p, n in enumerate(osizes) if n > 1]
-            target = big[0]
+            target = next((p for p in big if outs[p] not in indexed), big[0])
             if swapped is not None and len(big) == 2 and {outs[p] for p in big} == set(swapped):
                 target = big[1]
             _unite_rows(ctx, flat.view(osizes).movedim(target, 0).reshape(osizes[target], -1))
@@ -672,7 +675,8 @@ def reshape_like(size_arg_start: int | None):
 
     def rule(ctx: Context, node: fx.Node) -> Dims:
         x = node.args[0]
-        out = reshape_labels(ctx, ctx.shape(x), ctx.dims(x), ctx.shape(node), _swap_after(ctx, node))
+        out = reshape_labels(ctx, ctx.shape(x), ctx.dims(x), ctx.shape(node), _swap_after(ctx, node),
+                             _indexed_later(ctx, node))
         if size_arg_start is not None:
             ctx.note_constant("shape")
             ctx.on_slim(_shape_rewrite(size_arg_start))
@@ -693,6 +697,43 @@ def _swap_after(ctx: Context, node: fx.Node) -> tuple[int, int] | None:
     if not isinstance(a, int) or not isinstance(b, int):
         return None
     return _norm_dim(a, nd), _norm_dim(b, nd)
+
+
+def _indexed_later(ctx: Context, node: fx.Node, depth: int = 4) -> set[int]:
+    """Dims of ``node`` that a later op takes apart by integer index or unbind.
+
+    Follows dims through permute / transpose / contiguous for a few steps.
+    """
+    found: set[int] = set()
+    nd = len(ctx.shape(node))
+    todo = [(node, list(range(nd)), 0)]  # (node, position of each original dim in it, depth)
+    while todo:
+        cur, where, d = todo.pop()
+        if d > depth:
+            continue
+        for user in cur.users:
+            t = user.target
+            if t in ("permute", torch.permute):
+                order = user.args[1:] if len(user.args) > 2 or isinstance(user.args[1], int) else user.args[1]
+                order = [_norm_dim(o, nd) for o in order]
+                todo.append((user, [order.index(w) for w in where], d + 1))
+            elif t in ("transpose", torch.transpose, "swapaxes", torch.swapaxes) and len(user.args) >= 3:
+                a, b = _norm_dim(user.args[1], nd), _norm_dim(user.args[2], nd)
+                todo.append((user, [b if w == a else a if w == b else w for w in where], d + 1))
+            elif t in ("contiguous", "clone"):
+                todo.append((user, where, d + 1))
+            elif t in ("unbind", torch.unbind):
+                dim = _norm_dim(user.args[1] if len(user.args) > 1 else user.kwargs.get("dim", 0), nd)
+                found.update(i for i, w in enumerate(where) if w == dim)
+            elif t is operator.getitem:
+                idx = user.args[1]
+                items = list(idx) if isinstance(idx, tuple) else [idx]
+                if Ellipsis in items or None in items:
+                    continue
+                for pos, it in enumerate(items):
+                    if isinstance(it, int):
+                        found.update(i for i, w in enumerate(where) if w == pos)
+    return found
 
 
 def channel_shuffle(ctx: Context, node: fx.Node) -> Dims:

@@ -1,0 +1,278 @@
+"""prune / apply_plan / RemoveChannelsPass: targets, plans, errors, and random graphs."""
+from __future__ import annotations
+
+import copy
+import io
+import math
+
+import pytest
+import torch
+import torchvision
+from hypothesis import given, settings, strategies as st
+from torch import nn
+from torch.fx.passes.infra.pass_manager import PassManager
+
+from fxmeta.channels import analyze
+from fxmeta.errors import PruningError
+from fxmeta.flops import count_flops
+from fxmeta.pruner import apply_plan, prune
+from passes import RemoveChannelsPass
+
+from helpers import randomize_bn
+
+torch.set_num_threads(1)
+
+
+class Net(nn.Module):
+    def __init__(self, width: int = 16):
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, width, 3, padding=1), nn.BatchNorm2d(width), nn.ReLU())
+        self.block = nn.Sequential(nn.Conv2d(width, 2 * width, 3, padding=1), nn.BatchNorm2d(2 * width), nn.ReLU(),
+                                   nn.Conv2d(2 * width, width, 1), nn.BatchNorm2d(width))
+        self.head = nn.Sequential(nn.Conv2d(width, 24, 3, stride=2), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                                  nn.Linear(24, 5))
+
+    def forward(self, x):
+        x = self.stem(x)
+        return self.head(torch.relu(x + self.block(x)))
+
+
+X = torch.randn(2, 3, 10, 10)
+
+
+def _model():
+    return randomize_bn(Net()).eval()
+
+
+def test_prune_reaches_target_and_keeps_model_and_io_shapes():
+    model = _model()
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    model.train()
+    result = prune(model, X, speedup=2.0)
+    assert result.speedup >= 2.0 and result.speedup == pytest.approx(count_flops(model, X) / count_flops(result.module, X))
+    assert result.params_ratio < 1 and result.params_after < result.params_before
+    assert model.training and all(m.training for m in model.modules())  # mode restored
+    assert all(torch.equal(state[k], v) for k, v in model.state_dict().items())  # original untouched
+    pruned = result.module
+    assert isinstance(pruned, torch.fx.GraphModule) and not pruned._forward_hooks
+    with torch.no_grad():
+        for batch in (1, 3):  # batch size is not baked in
+            x = torch.randn(batch, 3, 10, 10)
+            assert pruned(x).shape == model.eval()(x).shape
+    assert all(k in {"analysis", "importance", "flops", "selection", "slimming", "check"} for k in result.timings)
+
+
+def test_plan_is_plain_data_and_apply_plan_rebuilds_the_same_model():
+    model = _model()
+    result = prune(model, X, speedup=1.8)
+    buf = io.BytesIO()
+    torch.save({"plan": result.plan, "state": result.module.state_dict()}, buf)
+    buf.seek(0)
+    saved = torch.load(buf, weights_only=True)
+    fresh = Net().eval()  # other weights: the plan names units, not values
+    rebuilt = apply_plan(fresh, saved["plan"], X)
+    rebuilt.load_state_dict(saved["state"])
+    with torch.no_grad():
+        assert torch.equal(rebuilt(X), result.module(X))
+    assert rebuilt.meta["fxmeta.plan"] == result.plan
+
+
+def test_apply_plan_rejects_a_foreign_plan():
+    plan = prune(_model(), X, speedup=1.5).plan
+    with pytest.raises(PruningError, match="does not exist"):
+        apply_plan(torchvision.models.resnet18().eval(), plan, torch.randn(1, 3, 32, 32))
+    with pytest.raises(PruningError, match="not a pruning plan"):
+        apply_plan(_model(), {"groups": []}, X)
+
+
+@pytest.mark.parametrize("speedup, match", [(1000.0, r"unreachable: at most \d"), (0.5, "must be a number >= 1"),
+                                            (float("nan"), "must be a number >= 1")])
+def test_bad_targets(speedup, match):
+    with pytest.raises(PruningError, match=match):
+        prune(_model(), X, speedup=speedup)
+
+
+def test_model_without_prunable_groups():
+    with pytest.raises(PruningError, match="no prunable channel groups"):
+        prune(nn.Sequential(nn.Conv2d(3, 4, 3)), X, speedup=1.5)
+    with pytest.raises(PruningError, match="no prunable channel groups"):
+        prune(_model(), X, speedup=1.5, ignore=["stem", "block", "head"])
+
+
+def test_round_to_and_min_keep():
+    model = randomize_bn(Net(width=32)).eval()
+    result = prune(model, X, speedup=2.0, round_to=8)
+    convs = [m for m in result.module.modules() if isinstance(m, nn.Conv2d)]
+    assert all(c.out_channels % 8 == 0 for c in convs[:-1])
+    result = prune(model, X, speedup=1.5, min_keep=0.75)
+    analysis = analyze(model, X)
+    for entry in result.plan["groups"]:
+        assert entry["units"] - len(entry["removed"]) >= math.ceil(0.75 * entry["units"])
+    with pytest.raises(PruningError, match="unreachable"):
+        prune(model, X, speedup=3.0, min_keep=0.9)
+    assert analysis.groups
+
+
+@pytest.mark.parametrize("importance", ["l1", "random"])
+def test_other_importances(importance):
+    result = prune(_model(), X, speedup=1.5, importance=importance)
+    assert result.speedup >= 1.5 and result.plan["importance"] == importance
+
+
+def test_custom_importance_decides_what_goes():
+    model = _model()
+    stem = next(g for g in analyze(model, X).groups if any(n == "stem.0.weight" for n, _, _ in g.slices))
+
+    def prefer_high_index(group, params):
+        return torch.arange(group.units, dtype=torch.float64) + 1.0  # low index = weak
+
+    result = prune(model, X, speedup=1.3, importance=prefer_high_index)
+    entry = next((e for e in result.plan["groups"] if e["key"] == stem.key), None)
+    if entry is not None:
+        assert entry["removed"] == list(range(len(entry["removed"])))
+    with pytest.raises(PruningError, match="importance returned shape"):
+        prune(model, X, speedup=1.3, importance=lambda g, p: torch.ones(3))
+    with pytest.raises(PruningError, match="unknown importance"):
+        prune(model, X, speedup=1.3, importance="taylor")
+
+
+def test_ignore_keeps_layers_whole():
+    model = _model()
+    result = prune(model, X, speedup=1.05, ignore=["block"])
+    assert result.module.get_submodule("block.0").out_channels == 32
+    assert result.module.get_submodule("block.0").in_channels == 16
+
+
+def test_resnet18_small_input():
+    model = randomize_bn(torchvision.models.resnet18()).eval()
+    x = torch.randn(1, 3, 64, 64)
+    result = prune(model, x, speedup=2.0, round_to=8)
+    assert result.speedup >= 2.0
+    with torch.no_grad():
+        assert result.module(x).shape == (1, 1000)
+
+
+def test_remove_channels_pass():
+    model = _model()
+    gm = torch.fx.symbolic_trace(model)
+    gm.meta["fxmeta.example_input"] = X
+    out = PassManager([RemoveChannelsPass(speedup=1.5)])(gm)
+    assert out.modified
+    new = out.graph_module
+    assert new.meta["fxmeta.plan"]["groups"] and new.meta["fxmeta.speedup"] >= 1.5
+    assert count_flops(model, X) / count_flops(new, X) >= 1.5
+    with pytest.raises(PruningError, match="needs an example input"):
+        RemoveChannelsPass()(torch.fx.symbolic_trace(model))
+
+
+# --------------------------------------------------------------------------- random graphs
+
+
+class RandomNet(nn.Module):
+    """conv / linear / bn / relu / add / cat / branches / SE / split, drawn by hypothesis."""
+
+    def __init__(self, plan: list[tuple], in_ch: int):
+        super().__init__()
+        self.plan = plan
+        self.mods = nn.ModuleList()
+        self.splits = []
+        widths = [in_ch]
+        for kind, a, b, width, k, groups in plan:
+            if kind == "cat":
+                cin = widths[a] + widths[b]
+            elif kind == "split":
+                cin = widths[a] - widths[a] // 2
+                self.splits.append([widths[a] // 2, cin])
+            else:
+                cin = widths[a]
+            g = groups if cin % groups == 0 and width % groups == 0 else 1
+            if kind == "linear":
+                self.mods.append(nn.Sequential(nn.Conv2d(cin, width, 1), nn.ReLU()))
+            elif kind == "se":
+                width = cin
+                self.mods.append(nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Conv2d(cin, 3, 1), nn.ReLU(),
+                                               nn.Conv2d(3, cin, 1), nn.Sigmoid()))
+            else:
+                self.mods.append(nn.Sequential(nn.Conv2d(cin, width, k, padding=k // 2, groups=g),
+                                               nn.BatchNorm2d(width), nn.ReLU()))
+            widths.append(width)
+        self.head = nn.Linear(widths[-1] * 4, 3)
+
+    def forward(self, x):
+        feats = [x]
+        splits = iter(self.splits)
+        for (kind, a, b, *_), mod in zip(self.plan, self.mods):
+            if kind == "cat":
+                h = mod(torch.cat([feats[a], feats[b]], 1))
+            elif kind == "add":
+                h = mod(feats[a]) + feats[b]
+            elif kind == "se":
+                h = feats[a] * mod(feats[a])
+            elif kind == "split":
+                h = mod(torch.split(feats[a], next(splits), 1)[-1])  # constant sizes: rewritten
+            else:
+                h = mod(feats[a])
+            feats.append(h)
+        return self.head(torch.flatten(nn.functional.adaptive_avg_pool2d(feats[-1], 2), 1))
+
+
+@st.composite
+def random_nets(draw):
+    in_ch = draw(st.integers(1, 3))
+    widths = [in_ch]
+    plan = []
+    for _ in range(draw(st.integers(1, 7))):
+        a = draw(st.integers(0, len(widths) - 1))
+        b = draw(st.integers(0, len(widths) - 1))
+        kind = draw(st.sampled_from(["seq", "cat", "add", "se", "linear", "split"]))
+        width = draw(st.sampled_from([4, 6, 8]))
+        if kind == "add":
+            width = widths[b]
+        if kind == "split" and widths[a] < 2:
+            kind = "seq"
+        if kind == "se":
+            width = widths[a]
+        plan.append((kind, a, b, width, draw(st.sampled_from([1, 3])), draw(st.sampled_from([1, 2, 4]))))
+        widths.append(width)
+    return RandomNet(plan, in_ch), in_ch, draw(st.floats(1.05, 3.0)), draw(st.sampled_from([None, 2]))
+
+
+@settings(max_examples=30, deadline=None)
+@given(random_nets())
+def test_random_graphs_prune_and_pass_the_self_check(case):
+    model, in_ch, speedup, round_to = case
+    model = randomize_bn(model).eval()
+    x = torch.randn(2, in_ch, 6, 6)
+    try:
+        result = prune(model, x, speedup=speedup, round_to=round_to)
+    except PruningError as exc:  # a small random graph may not allow the target: the error must say so
+        assert "unreachable" in str(exc) or "no prunable channel groups" in str(exc), str(exc)
+        return
+    assert result.speedup >= speedup
+    with torch.no_grad():
+        assert result.module(x).shape == model(x).shape
+        y = torch.randn(3, in_ch, 6, 6)
+        assert result.module(y).shape == model(y).shape
+
+
+# --------------------------------------------------------------------------- torchvision (slow)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["vit_b_16", "swin_t", "shufflenet_v2_x1_0", "mobilenet_v3_large", "efficientnet_b0",
+                                  "convnext_tiny", "densenet121", "googlenet", "squeezenet1_1", "regnet_y_400mf",
+                                  "maxvit_t"])
+def test_torchvision_models_reach_2x(name):
+    model = torchvision.models.get_model(name).eval()
+    x = torch.randn(1, 3, 224, 224)
+    result = prune(model, x, speedup=2.0)
+    assert result.speedup >= 2.0
+    with torch.no_grad():
+        assert result.module(x).shape == model(x).shape
+
+
+@pytest.mark.slow
+def test_inception_v3_reaches_2x():
+    model = torchvision.models.inception_v3(init_weights=False, aux_logits=False).eval()
+    x = torch.randn(1, 3, 299, 299)
+    assert prune(model, x, speedup=2.0).speedup >= 2.0
