@@ -261,6 +261,11 @@ def _run(args: argparse.Namespace, *, with_training: bool) -> int:
     with timer("load"):
         loaded, x = _load_model(args, data)
         check_model_fits(loaded.module, x, data, name=args.model)
+    if args.export:
+        from .export import export_program
+
+        with timer("check export"):  # an unexportable model fails now, not after finetuning
+            export_program(loaded.module, x)
     if ckpt_dir and args.resume and not os.path.isdir(ckpt_dir):
         _note(f"--resume: no checkpoints in {ckpt_dir}, starting from the beginning")
     config = _transform_config(args, metanet=metanet, finetune=finetune, checkpoint_dir=ckpt_dir)

@@ -7,6 +7,8 @@ before it is written, and written atomically. Load it with plain
 """
 from __future__ import annotations
 
+import contextlib
+import io
 import os
 from typing import Any
 
@@ -42,7 +44,8 @@ def export_program(module: nn.Module, example_input: Any, *, check: bool = True,
     was_training = module.training
     set_mode(module, False)
     try:
-        with torch.no_grad():
+        # A failed attempt prints the partial graph to stderr; it is retried or reported in one line.
+        with torch.no_grad(), contextlib.redirect_stderr(io.StringIO()):
             program = _dynamic_batch(module, args)
             if program is None:
                 try:

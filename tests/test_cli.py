@@ -55,6 +55,11 @@ def files(tmp_path):
     torch.save(model, tmp_path / "pickled.pt")
     torch.export.save(torch.export.export(model.eval(), (torch.randn(1, 1, 8, 8),)), tmp_path / "prog.pt2")
     (tmp_path / "factory.py").write_text("def make():\n    return 3\n")
+    (tmp_path / "branchy.py").write_text(
+        "import torch\nfrom torch import nn\n\n"
+        "class Sign(nn.Module):\n    def forward(self, x):\n        return x if x.sum() > 0 else -x\n\n"
+        "def make():\n    return nn.Sequential(nn.Conv2d(1, 8, 3), nn.BatchNorm2d(8), Sign(), nn.Conv2d(8, 4, 3),\n"
+        "                         nn.Flatten(), nn.Linear(64, 10))\n")
     (tmp_path / "exists.pt").write_bytes(b"keep me")
     return tmp_path
 
@@ -82,6 +87,8 @@ ERROR_CASES = {
     "pt2 is an ATen graph": (["prune", "{d}/prog.pt2", "--trust", "--out", "{d}/o.pt"], "ATen-level graph"),
     "unreachable speedup": (["prune", *R20, "--speedup", "1000", "--out", "{d}/o.pt"], "unreachable"),
     "resume without data": (["transform", *R20, "--resume", "--out", "{d}/o.pt"], "needs --data"),
+    "unexportable": (["prune", "{d}/branchy.py:make", "--input-shape", "1,1,8,8", "--out", "{d}/o.pt",
+                      "--export", "{d}/o.pt2"], "torch.export cannot export"),
     "no overwrite": (["prune", *R20, "--out", "{d}/exists.pt"], "exists; pass --force"),
     "export no overwrite": (["prune", *R20, "--out", "{d}/o.pt", "--export", "{d}/exists.pt"], "exists; pass --force"),
     "out is the input": (["prune", "fxmeta:resnet20@{d}/exists.pt", "--out", "{d}/exists.pt", "--force"],
