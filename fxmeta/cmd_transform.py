@@ -33,6 +33,10 @@ def _note(text: str) -> None:
         err.print(text, soft_wrap=True)
 
 
+def _stage_note(name: str) -> None:
+    _note(f"[dim]> {name}[/]")
+
+
 # ------------------------------------------------------------------------ arguments
 
 
@@ -268,6 +272,7 @@ def _run(args: argparse.Namespace, *, with_training: bool) -> int:
             export_program(loaded.module, x)
     if ckpt_dir and args.resume and not os.path.isdir(ckpt_dir):
         _note(f"--resume: no checkpoints in {ckpt_dir}, starting from the beginning")
+    timer.report = _stage_note  # everything is checked: from here on, say what runs
     config = _transform_config(args, metanet=metanet, finetune=finetune, checkpoint_dir=ckpt_dir)
     run_info = {"model": args.model, "data": getattr(args, "data", None), "input_shape": list(x.shape)}
     result = transform(loaded.module, x, config, data=data, timer=timer, run_info=run_info)
@@ -438,7 +443,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         if not args.no_metanet:
             _note(f"no committed metanetwork ({DEMO_METANET.name} is absent): pruning by importance alone")
     torch.set_num_threads(args.threads)
-    timer = StageTimer()
+    timer = StageTimer(report=_stage_note)
     with timer("load data"):
         data = load_data("digits", seed=args.seed, image_size=args.image_size if args.image_size != 8 else None)
     base, base_path = _demo_base(args, data, timer)
