@@ -84,8 +84,6 @@ ERROR_CASES = {
     "pickle needs trust": (["prune", "{d}/pickled.pt", "--input-shape", "1,1,8,8", "--out", "{d}/o.pt"],
                            "Re-run with --trust"),
     "pt2 needs trust": (["prune", "{d}/prog.pt2", "--out", "{d}/o.pt"], "torch.export program"),
-    "pt2 is an ATen graph": (["prune", "{d}/prog.pt2", "--trust", "--out", "{d}/o.pt"], "ATen-level graph"),
-    "unreachable speedup": (["prune", *R20, "--speedup", "1000", "--out", "{d}/o.pt"], "unreachable"),
     "resume without data": (["transform", *R20, "--resume", "--out", "{d}/o.pt"], "needs --data"),
     "unexportable": (["prune", "{d}/branchy.py:make", "--input-shape", "1,1,8,8", "--out", "{d}/o.pt",
                       "--export", "{d}/o.pt2"], "torch.export cannot export"),
@@ -116,6 +114,25 @@ def test_errors_are_one_line_and_write_nothing(case, files, capsys):
     assert out == ""
     assert sorted(os.listdir(files)) == before
     assert (files / "exists.pt").read_bytes() == b"keep me"
+
+
+# Found while pruning, after the checks: the stages run so far are listed, then one error line.
+PIPELINE_ERRORS = {
+    "pt2 is an ATen graph": (["prune", "{d}/prog.pt2", "--trust", "--out", "{d}/o.pt"], "ATen-level graph"),
+    "unreachable speedup": (["prune", *R20, "--speedup", "1000", "--out", "{d}/o.pt"], "unreachable"),
+}
+
+
+@pytest.mark.parametrize("case", PIPELINE_ERRORS)
+def test_errors_found_while_pruning_end_in_one_line(case, files, capsys):
+    argv, message = PIPELINE_ERRORS[case]
+    before = sorted(os.listdir(files))
+    code, out, err = run_main([a.format(d=files) for a in argv], capsys)
+    assert code == 2 and out == ""
+    *stages, last = err.splitlines()
+    assert last.startswith("error: ") and message in last
+    assert stages == ["> measure original", "> remove channels"]
+    assert sorted(os.listdir(files)) == before
 
 
 def test_error_in_a_real_process_exits_non_zero_with_one_line(tmp_path):
