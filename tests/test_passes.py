@@ -1,0 +1,102 @@
+"""MetanetPass and the documented pass pipeline (Lower → Metanet → Raise → RemoveChannels)."""
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.fx as fx
+from torch.fx.passes.infra.pass_manager import PassManager
+
+from fxmeta import models
+from fxmeta.errors import FxmetaError, SpecError, UnsupportedModelError
+from fxmeta.ir import WeightGraph
+from passes import LowerPass, MetanetPass, RaisePass
+
+from helpers import randomize_bn
+
+torch.set_num_threads(1)
+
+
+def _model():
+    return randomize_bn(models.resnet20(in_channels=1)).eval()
+
+
+def _double_convs(graph: WeightGraph) -> WeightGraph:
+    """A stand-in metanetwork with a known answer: every conv kernel times two."""
+    edges = [l.edge * 2 if l.edge is not None and l.edge_kind.startswith("conv") else l.edge for l in graph.layers]
+    return graph.with_features(edges, [l.node for l in graph.layers])
+
+
+def test_metanet_pass_rewrites_the_ir_that_raise_pass_builds():
+    model, x = _model(), torch.randn(2, 1, 8, 8)
+    gm = fx.symbolic_trace(model)
+    out = PassManager([LowerPass(x), MetanetPass(_double_convs), RaisePass()])(gm).graph_module
+    new, old = out.state_dict(), model.state_dict()
+    assert new.keys() == old.keys()
+    for name, value in old.items():
+        is_conv = name.endswith("weight") and value.dim() == 4
+        assert torch.equal(new[name], value * 2 if is_conv else value), name
+    # ReLU(2 * conv) with BatchNorm in between is not 2 * the output, but it does change it
+    with torch.no_grad():
+        assert not torch.allclose(out(x), model(x))
+
+
+def test_metanet_pass_leaves_the_module_and_replaces_the_ir():
+    model, x = _model(), torch.randn(1, 1, 8, 8)
+    gm = fx.symbolic_trace(model)
+    LowerPass(x)(gm)
+    lowered = gm.meta["fxmeta.ir"]
+    result = MetanetPass(_double_convs)(gm)
+    assert result.graph_module is gm and not result.modified
+    assert gm.meta["fxmeta.ir"] is not lowered
+    assert torch.equal(gm.meta["fxmeta.ir"].layer("conv1").edge, lowered.layer("conv1").edge * 2)
+
+
+def test_metanet_pass_errors():
+    gm = fx.symbolic_trace(_model())
+    with pytest.raises(FxmetaError, match="run LowerPass first"):
+        MetanetPass(_double_convs)(gm)
+    LowerPass(torch.randn(1, 1, 8, 8))(gm)
+    with pytest.raises(FxmetaError, match="returned a dict, not a WeightGraph"):
+        MetanetPass(lambda g: {})(gm)
+
+    def broken(graph):
+        raise KeyError("conv2d:5x5")
+
+    with pytest.raises(UnsupportedModelError, match="cannot rewrite this model .*KeyError"):
+        MetanetPass(broken)(gm)
+    with pytest.raises(SpecError, match="no such metanetwork file"):
+        MetanetPass("/nonexistent/metanet.pt")
+    with pytest.raises(TypeError, match="needs a Metanet"):
+        MetanetPass(3)
+
+
+def test_untrained_metanet_is_nearly_the_identity():
+    from fxmeta.metanet import Metanet
+
+    model, x = _model(), torch.randn(4, 1, 8, 8)
+    gm = fx.symbolic_trace(model)
+    LowerPass(x)(gm)
+    torch.manual_seed(0)
+    net = Metanet.for_graph(gm.meta["fxmeta.ir"], width=8, depth=2, ratio=0.01).train()
+    out = PassManager([MetanetPass(net), RaisePass()])(gm).graph_module
+    assert net.training  # the pass runs it in eval mode and restores the mode
+    with torch.no_grad():
+        ref, got = model(x), out(x)
+    assert not torch.equal(ref, got)
+    assert torch.allclose(got, ref, atol=0.1 * ref.abs().max().item())
+
+
+def test_documented_pipeline_prunes_what_the_metanet_wrote():
+    from fxmeta.flops import count_flops
+    from passes import RemoveChannelsPass
+
+    model, x = _model(), torch.randn(1, 1, 8, 8)
+    gm = fx.symbolic_trace(model)
+    pm = PassManager([LowerPass(x), MetanetPass(_double_convs), RaisePass(), RemoveChannelsPass(speedup=2)])
+    out = pm(gm).graph_module
+    assert count_flops(model, x) / count_flops(out, x) >= 2
+    assert out.meta["fxmeta.plan"]["groups"] and out.meta["fxmeta.speedup"] >= 2
+    # the kept kernels are the metanetwork's (doubled), not the original ones
+    kept, original = out.get_submodule("conv1").weight, model.get_submodule("conv1").weight
+    rows = [[torch.equal(k, 2 * o) for o in original] for k in kept.detach()]
+    assert all(any(r) for r in rows)
