@@ -1,0 +1,321 @@
+"""Meta-training: teach the metanetwork to make networks easy to prune (METHOD.md).
+
+Each step takes one training data model of a zoo (``fxmeta.zoo``): its WeightGraph goes
+through the metanetwork, the new tables are raised differentiably and the generated
+network runs with ``torch.func.functional_call`` (BatchNorm in eval mode) on training
+batches. The loss is the generated network's cross-entropy plus the group-sparsity
+penalty (``fxmeta.regularizer``) on its weights. The reference sums the cross-entropy
+gradient over every batch of the training set per step and adds ``reg * gamma * theta``
+on top; we estimate that sum from ``batches_per_step`` batches (mean x batches per data
+epoch), so ``reg`` keeps the reference's meaning and scale.
+
+After every epoch each held-out data model is passed through the metanetwork, pruned to
+the target FLOPs speed-up and (optionally) finetuned briefly; the mean validation
+accuracy picks the best checkpoint (``best.pt``). ``last.pt`` allows resuming; the
+JSON-lines log is ``log.jsonl``. Both checkpoints load with ``torch.load(weights_only=True)``
+and ``load_metanet``.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from .errors import FxmetaError, OutputExistsError, SpecError
+from .ir import WeightGraph, lower, raise_graph, raise_params
+from .metanet import FORMAT as METANET_FORMAT
+from .metanet import Metanet, MetanetConfig, kinds_of, load_metanet, save_metanet
+from .regularizer import GroupRegularizer, group_regularizer
+
+LAST, BEST, LOG = "last.pt", "best.pt", "log.jsonl"
+CHECKPOINT_FORMAT = "fxmeta.meta-train/1"
+
+
+@dataclass
+class MetaTrainConfig:
+    """Meta-training settings; defaults follow the reference (AdamW 1e-3, wd 5e-4, reg 10, alpha 16)."""
+
+    epochs: int = 20
+    lr: float = 1e-3
+    weight_decay: float = 5e-4
+    milestones: tuple[int, ...] = ()  # epochs after which lr *= gamma; empty: 75% of epochs
+    gamma: float = 0.1
+    width: int = 32
+    depth: int = 6
+    ratio: float = 0.01
+    reg: float = 10.0
+    alpha: float = 16.0
+    batches_per_step: int = 4
+    batch_size: int = 128
+    speedup: float = 2.0  # FLOPs target of the validation prune
+    eval_finetune_epochs: int = 1
+    seed: int = 0
+    init: str | None = None  # start from this metanet file instead of a fresh one
+    resume: bool = False
+    force: bool = False
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        if self.epochs < 0 or self.batches_per_step < 1 or self.batch_size < 1:
+            raise SpecError("need epochs >= 0, batches_per_step >= 1 and batch_size >= 1")
+        if self.speedup < 1.0:
+            raise SpecError(f"speedup must be >= 1, got {self.speedup}")
+        self.milestones = tuple(int(m) for m in self.milestones)
+
+    def lr_at(self, epoch: int) -> float:
+        milestones = self.milestones or (max(1, math.ceil(0.75 * self.epochs)),)
+        return self.lr * self.gamma ** sum(epoch >= m for m in milestones)
+
+
+@dataclass
+class MetaTrainResult:
+    """The metanetwork with the best checkpoint's weights, and how it got there."""
+
+    metanet: Metanet
+    best_epoch: int
+    best_score: float
+    best_path: str
+    history: list[dict] = field(default_factory=list)
+
+
+@dataclass
+class _DataModel:
+    path: str
+    graph: WeightGraph
+    regularizer: GroupRegularizer
+
+
+def meta_train(zoo_dir: str | os.PathLike, out: str | os.PathLike = "metanet/", epochs: int | None = None,
+               config: MetaTrainConfig | None = None, **settings: Any) -> MetaTrainResult:
+    """Meta-train a metanetwork on the data models of ``zoo_dir``; write checkpoints to ``out``.
+
+    Settings are the fields of :class:`MetaTrainConfig`, given as keywords (or as ``config``).
+    """
+    from .data import load_data, make_loaders
+    from .tracing import example_from_shape
+    from .zoo import load_zoo
+
+    config = replace(config or MetaTrainConfig(), **settings)
+    if epochs is not None:
+        config = replace(config, epochs=epochs)
+    zoo = load_zoo(zoo_dir)
+    train_members, val_members = zoo.split("train"), zoo.split("val")
+    if not train_members:
+        raise FxmetaError(f"{zoo_dir} has no training data models; build the zoo with more members than val_count")
+    folder = _output_folder(out, config)
+    splits = load_data(zoo.data, seed=0)
+    loaders = make_loaders(splits, config.batch_size, seed=config.seed)
+    example = example_from_shape(zoo.input_shape)
+    train_models = [_prepare(zoo.path(m), example, config) for m in train_members]
+    val_models = [_prepare(zoo.path(m), example, config) for m in val_members]
+    net = _make_metanet([d.graph for d in train_models + val_models], config)
+    optimizer = torch.optim.AdamW(net.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    state = {"epoch": 0, "best_epoch": 0, "best_score": -1.0, "history": []}
+    if config.resume and (folder / LAST).is_file():
+        state = _load_last(folder / LAST, net, optimizer)
+    log = _JsonLog(folder / LOG, append=config.resume and state["epoch"] > 0)
+    say = print if config.progress else (lambda *a, **k: None)
+    ce_scale = len(loaders.train)
+    finetune_lr = float(zoo.settings.get("lr", 0.1)) * 0.1
+    if state["epoch"] == 0 and val_models:
+        baseline = _validate(None, val_models, loaders, example, config, finetune_lr)
+        log.write({"epoch": 0, "baseline": True, **baseline})
+        say(f"without metanet: {_describe(baseline)}")
+    batches = _forever(loaders.train)
+    with _progress(config.progress) as bar:
+        for epoch in range(state["epoch"], config.epochs):
+            started = time.perf_counter()
+            lr = config.lr_at(epoch)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            order = torch.randperm(len(train_models), generator=torch.Generator().manual_seed(config.seed + epoch))
+            task = bar.add_task(f"meta epoch {epoch + 1}/{config.epochs}", total=len(order))
+            net.train()
+            for step, i in enumerate(order.tolist()):
+                record = _train_step(net, optimizer, train_models[i], batches, config, ce_scale)
+                record.update(epoch=epoch + 1, step=step + 1, lr=lr, model=os.path.basename(train_models[i].path))
+                log.write(record)
+                bar.update(task, advance=1, description=f"meta epoch {epoch + 1}/{config.epochs} "
+                                                        f"ce {record['ce']:.3f} penalty {record['penalty']:.3g}")
+            bar.remove_task(task)
+            summary = {"epoch": epoch + 1, "lr": lr, "seconds": round(time.perf_counter() - started, 2)}
+            if val_models:
+                summary.update(_validate(net, val_models, loaders, example, config, finetune_lr))
+            score = summary.get("score", float(epoch))  # without validation models: keep the last
+            if score > state["best_score"]:
+                state["best_score"], state["best_epoch"] = score, epoch + 1
+                save_metanet(net, str(folder / BEST), force=True,
+                             extra={"epoch": epoch + 1, "score": score, "zoo": os.fspath(zoo_dir)})
+            summary["best_epoch"] = state["best_epoch"]
+            state["epoch"] = epoch + 1
+            state["history"].append(summary)
+            log.write(summary)
+            say(f"meta epoch {epoch + 1}/{config.epochs}: {_describe(summary)}")
+            _save_last(folder / LAST, net, optimizer, state, config)
+    best = folder / BEST
+    if not best.is_file():  # no epoch ran (epochs=0): the initial metanet is the result
+        save_metanet(net, str(best), force=True, extra={"epoch": 0, "score": state["best_score"]})
+    return MetaTrainResult(load_metanet(str(best)), state["best_epoch"], state["best_score"], str(best),
+                           state["history"])
+
+
+# -- pieces ---------------------------------------------------------------------------------------
+def _output_folder(out: str | os.PathLike, config: MetaTrainConfig) -> Path:
+    folder = Path(out)
+    if folder.exists() and not folder.is_dir():
+        raise OutputExistsError(f"{folder} is a file; meta-training writes a folder of checkpoints")
+    busy = [name for name in (LAST, BEST, LOG) if (folder / name).exists()]
+    if busy and not (config.resume or config.force):
+        raise OutputExistsError(f"{folder} already holds {', '.join(busy)}; pass resume=True (--resume) to "
+                                "continue that run or force=True (--force) to start over")
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+def _prepare(path: str, example: torch.Tensor, config: MetaTrainConfig) -> _DataModel:
+    from .io import load
+
+    model = load(path).eval()
+    for p in model.parameters():
+        p.requires_grad_(False)  # data, not trained here: gradients go to the metanetwork only
+    graph = lower(model, example)
+    graph.module.eval()
+    regularizer = group_regularizer(model, example, reg=config.reg, alpha=config.alpha)
+    return _DataModel(path, graph, regularizer)
+
+
+def _make_metanet(graphs: list[WeightGraph], config: MetaTrainConfig) -> Metanet:
+    if config.init:
+        net = load_metanet(config.init)
+        for graph in graphs:
+            net.check_graph(graph)
+        return net
+    nodes: dict[str, list[str]] = {}
+    edges: dict[str, int] = {}
+    for graph in graphs:
+        n, e = kinds_of(graph)
+        for kind, cols in n.items():
+            if nodes.setdefault(kind, cols) != cols:
+                raise FxmetaError(f"node kind {kind!r} has different columns in different data models")
+        for kind, k in e.items():
+            if edges.setdefault(kind, k) != k:
+                raise FxmetaError(f"edge kind {kind!r} has different widths in different data models")
+    torch.manual_seed(config.seed)
+    return Metanet(MetanetConfig(nodes, edges, config.width, config.depth, config.ratio))
+
+
+def _forever(loader):
+    while True:
+        yield from loader
+
+
+def _train_step(net: Metanet, optimizer: torch.optim.Optimizer, data_model: _DataModel, batches,
+                config: MetaTrainConfig, ce_scale: int) -> dict:
+    started = time.perf_counter()
+    params = raise_params(net(data_model.graph))
+    ce = 0.0
+    correct = total = 0
+    for _ in range(config.batches_per_step):
+        x, y = next(batches)
+        out = torch.func.functional_call(data_model.graph.module, params, (x,))
+        ce = ce + F.cross_entropy(out, y) / config.batches_per_step
+        correct += int((out.argmax(1) == y).sum())
+        total += len(y)
+    penalty = data_model.regularizer(params)
+    loss = ce_scale * ce + penalty
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    return {"ce": ce.item(), "penalty": penalty.item(), "loss": loss.item(), "acc": correct / max(total, 1),
+            "seconds": round(time.perf_counter() - started, 3)}
+
+
+def _validate(net: Metanet | None, models: list[_DataModel], loaders, example: torch.Tensor,
+              config: MetaTrainConfig, finetune_lr: float) -> dict:
+    """Per held-out data model: accuracy after the metanetwork (none: the model itself), after
+    pruning to the target speed-up, and after a short finetune; ``score`` averages the last one."""
+    from .pruner import prune
+    from .train import TrainConfig, evaluate, train
+
+    results = []
+    for data_model in models:
+        graph = data_model.graph
+        if net is not None:
+            net.eval()
+            with torch.no_grad():
+                graph = net(graph)
+        module = raise_graph(graph).eval()
+        for p in module.parameters():
+            p.requires_grad_(True)  # the data model's were switched off; the finetune trains them
+        entry = {"model": os.path.basename(data_model.path), "acc": evaluate(module, loaders.val)["acc"]}
+        pruned = prune(module, example, speedup=config.speedup)
+        entry["speedup"] = pruned.speedup
+        entry["pruned_acc"] = evaluate(pruned.module, loaders.val)["acc"]
+        if config.eval_finetune_epochs > 0:
+            tuned = train(pruned.module, loaders, TrainConfig(epochs=config.eval_finetune_epochs, lr=finetune_lr,
+                                                              seed=config.seed, progress=False, device="cpu"))
+            entry["finetuned_acc"] = evaluate(tuned.model, loaders.val)["acc"]
+        results.append(entry)
+    key = "finetuned_acc" if config.eval_finetune_epochs > 0 else "pruned_acc"
+    summary = {"val": results, "score": sum(r[key] for r in results) / len(results)}
+    for name in ("acc", "pruned_acc", "finetuned_acc"):
+        if name in results[0]:
+            summary[f"mean_{name}"] = sum(r[name] for r in results) / len(results)
+    return summary
+
+
+def _describe(summary: dict) -> str:
+    parts = [f"{k.removeprefix('mean_')} {summary[k]:.4f}" for k in ("mean_acc", "mean_pruned_acc",
+                                                                     "mean_finetuned_acc") if k in summary]
+    if "best_epoch" in summary:
+        parts.append(f"best epoch {summary['best_epoch']}")
+    return ", ".join(parts) or "done"
+
+
+def _save_last(path: Path, net: Metanet, optimizer: torch.optim.Optimizer, state: dict,
+               config: MetaTrainConfig) -> None:
+    from .io import atomic_save, plain_data
+
+    obj = {"format": CHECKPOINT_FORMAT,
+           "metanet": {"format": METANET_FORMAT, "config": net.config.to_dict(), "state_dict": net.state_dict()},
+           "optimizer": optimizer.state_dict(), "state": json.dumps(state), "config": plain_data(asdict(config))}
+    atomic_save(obj, path, force=True)
+
+
+def _load_last(path: Path, net: Metanet, optimizer: torch.optim.Optimizer) -> dict:
+    obj = torch.load(path, map_location="cpu", weights_only=True)
+    if not isinstance(obj, dict) or obj.get("format") != CHECKPOINT_FORMAT:
+        raise FxmetaError(f"{path} is not a meta-training checkpoint; remove it or pass force=True to start over")
+    saved = MetanetConfig.from_dict(obj["metanet"]["config"])
+    if saved != net.config:
+        raise FxmetaError(f"{path} was written by a metanetwork of other settings or kinds "
+                          f"(width {saved.width}, depth {saved.depth}); resume with the same settings")
+    net.load_state_dict(obj["metanet"]["state_dict"])
+    optimizer.load_state_dict(obj["optimizer"])
+    return json.loads(obj["state"])
+
+
+class _JsonLog:
+    def __init__(self, path: Path, append: bool) -> None:
+        self.path = path
+        if not append:
+            path.write_text("")
+
+    def write(self, record: dict) -> None:
+        with open(self.path, "a") as f:
+            f.write(json.dumps(record) + "\n")
+
+
+def _progress(enabled: bool):
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                    transient=True, disable=not (enabled and sys.stderr.isatty()))

@@ -1,0 +1,84 @@
+"""Zoo building and meta-training end to end on a tiny zoo (digits, ResNet20, one epoch each)."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from torch import nn
+
+from fxmeta.errors import FxmetaError, OutputExistsError
+from fxmeta.io import load
+from fxmeta.ir import lower
+from fxmeta.meta_train import meta_train
+from fxmeta.metanet import load_metanet
+from fxmeta.zoo import build_zoo, load_zoo
+
+torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="module")
+def zoo_dir(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("zoo")
+    build_zoo("fxmeta:resnet20", "digits", count=3, out=folder, prune_speedup=1.3, epochs=1, finetune_epochs=0,
+              val_count=1, progress=False)
+    return folder
+
+
+def test_zoo_members_are_pruned_saved_and_split(zoo_dir, capsys):
+    zoo = load_zoo(zoo_dir)
+    assert [m.split for m in zoo.members] == ["train", "train", "val"]
+    assert [m.seed for m in zoo.members] == [0, 1, 2]
+    for member in zoo.members:
+        obj = torch.load(zoo.path(member), weights_only=True)  # the safe format
+        assert obj["plan"] is not None and member.metrics["speedup"] >= 1.3
+        model = load(zoo.path(member))
+        assert model(torch.randn(2, 1, 8, 8)).shape == (2, 10)
+    first = load(zoo.path(zoo.members[0])).state_dict()
+    second = load(zoo.path(zoo.members[1])).state_dict()
+    assert not torch.equal(first["conv1.weight"], second["conv1.weight"])  # different seeds
+    # re-running resumes: every finished member is skipped
+    build_zoo("fxmeta:resnet20", "digits", count=3, out=zoo_dir, prune_speedup=1.3, epochs=1, finetune_epochs=0,
+              val_count=1, progress=True)
+    assert capsys.readouterr().out.count("done, skipped") == 3
+    with pytest.raises(FxmetaError, match="other settings"):
+        build_zoo("fxmeta:resnet20", "digits", count=3, out=zoo_dir, prune_speedup=1.5, epochs=1,
+                  finetune_epochs=0, val_count=1, progress=False)
+
+
+def test_meta_training_smoke_run_checkpoints_log_and_resume(zoo_dir, tmp_path):
+    out = tmp_path / "run"
+    settings = dict(width=8, depth=1, ratio=0.01, batches_per_step=1, batch_size=32, speedup=1.5,
+                    eval_finetune_epochs=0, progress=False)
+    result = meta_train(zoo_dir, out, epochs=1, **settings)
+    records = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    steps = [r for r in records if "step" in r]
+    assert len(steps) == 2 and all(r["ce"] > 0 and r["penalty"] > 0 for r in steps)  # 2 training data models
+    epochs = [r for r in records if "score" in r and not r.get("baseline")]
+    assert len(epochs) == 1 and epochs[0]["val"][0]["speedup"] >= 1.5
+    assert any(r.get("baseline") for r in records)  # validation without the metanetwork, for comparison
+    assert result.best_epoch == 1
+    for name in ("best.pt", "last.pt"):
+        obj = torch.load(out / name, weights_only=True)
+        assert isinstance(obj, dict)
+    net = load_metanet(str(out / "best.pt"))
+    assert net.config.width == 8 and "conv2d+batchnorm2d" in net.config.node_kinds
+    with pytest.raises(OutputExistsError):
+        meta_train(zoo_dir, out, epochs=1, **settings)
+    # resuming continues from the saved epoch with the saved optimizer state
+    before = {k: v.clone() for k, v in load_metanet(str(out / "last.pt")).state_dict().items()}
+    meta_train(zoo_dir, out, epochs=2, resume=True, **settings)
+    records = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in records if "step" in r] == [1, 1, 2, 2]
+    after = load_metanet(str(out / "last.pt")).state_dict()
+    assert any(not torch.equal(before[k], after[k]) for k in before)
+
+
+def test_metanet_refuses_graphs_of_unknown_kinds(zoo_dir, tmp_path):
+    out = tmp_path / "run"
+    meta_train(zoo_dir, out, epochs=0, width=8, depth=1, progress=False)
+    net = load_metanet(str(out / "best.pt"))
+    other = nn.Sequential(nn.Conv2d(1, 4, 3, bias=True), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten(), nn.Linear(144, 10))
+    graph = lower(other.eval(), torch.randn(1, 1, 8, 8))
+    with pytest.raises(FxmetaError, match="unknown to this metanet"):
+        net(graph)
