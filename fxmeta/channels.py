@@ -566,8 +566,16 @@ def analyze(
     """Channel spaces and dependency groups of ``model`` on ``example_input``.
 
     ``ignore`` names modules (qualified names, e.g. ``"fc"`` or ``"layer4.1"``) whose
-    parameters must not change at all. Returns a :class:`ChannelAnalysis`; its
-    ``groups`` are the removable groups, each with ``slices`` (see :class:`Group`).
+    parameters must not change at all (their input and output widths included).
+    Returns a :class:`ChannelAnalysis` whose ``groups`` are the removable groups.
+    ``group.slices`` is a list of ``(param_name, dim, index)`` with ``index`` of shape
+    ``(group.units, m)``; per-unit group norms of any parameter dict ``params`` (the
+    model's own, or generated and differentiable ones) are::
+
+        sq = sum(params[n].movedim(d, 0)[i].pow(2).flatten(1).sum(1) for n, d, i in group.slices)
+        norms = sq.sqrt()  # shape (group.units,)
+
+    ``group.prunable`` tells whether removing its units lowers FLOPs.
     """
     from .rules import RULES
 
