@@ -604,7 +604,7 @@ def analyze(
                 if note != "no channel inputs":
                     ctx.probed[node.name] = note
             else:
-                value = rule(ctx, node)
+                value = _apply_rule(ctx, rule, node)
         if not _matches(value, meta):
             # A rule that cannot describe its output must not be trusted: freeze around it.
             ctx.freeze_value(tuple(ctx.value(a) for a in node.all_input_nodes), reason="rule result inconsistent")
@@ -629,6 +629,18 @@ def analyze(
         ignore=ignore,
         root_of=uf.roots(),
     )
+
+
+def _apply_rule(ctx: Context, rule: Callable, node: fx.Node) -> Value:
+    """Run a rule; a call form the rule does not expect freezes the node instead of failing."""
+    n_terms, n_hooks = len(ctx.flop_terms), len(ctx.slim_hooks)
+    try:
+        return rule(ctx, node)
+    except Exception as exc:  # noqa: BLE001 - unions made so far only couple more: still safe
+        del ctx.flop_terms[n_terms:], ctx.slim_hooks[n_hooks:]
+        ctx.freeze_value(tuple(ctx.value(a) for a in node.all_input_nodes),
+                         reason=f"rule failed: {type(exc).__name__}: {exc}"[:200])
+        return frozen_value(node.meta.get("tensor_meta"))
 
 
 def _freeze_ignored(ctx: Context, ignore: tuple[str, ...]) -> None:

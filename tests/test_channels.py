@@ -138,3 +138,20 @@ def test_resnet18_groups():
     analysis = analyze(torchvision.models.resnet18().eval(), torch.randn(1, 3, 64, 64))
     assert sorted(g.units for g in analysis.groups) == [64, 64, 64, 128, 128, 128, 256, 256, 256, 512, 512, 512]
     assert all(g.prunable for g in analysis.groups)
+
+
+def test_unexpected_call_form_freezes_instead_of_failing():
+    class KwargsOnly(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(3, 4, 3)
+            self.mid = nn.Conv2d(4, 4, 1)
+            self.fc = nn.Linear(4 * 4, 2)
+
+        def forward(self, x):
+            h = self.mid(torch.relu(self.conv(x)))
+            return self.fc(torch.flatten(input=h, start_dim=1))  # the flatten rule reads args[0]
+
+    analysis = analyze(KwargsOnly().eval(), torch.randn(1, 3, 4, 4))
+    assert analysis.frozen_reasons["flatten"].startswith("rule failed")
+    assert [g.units for g in analysis.groups if g.prunable] == [4]  # conv's output is still free
