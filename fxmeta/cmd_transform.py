@@ -504,4 +504,111 @@ def register_demo(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_demo)
 
 
-register_all = [register_transform, register_prune, register_demo]
+# ------------------------------------------------------------------ zoo / meta-train
+
+
+def cmd_zoo(args: argparse.Namespace) -> int:
+    from .transform import TransformConfig
+    from .zoo import build_zoo
+
+    TransformConfig(speedup=args.prune_speedup)  # the same check as every other speed-up
+    if min(args.epochs, args.finetune_epochs) < 0:
+        raise SpecError("--epochs and --finetune-epochs must be >= 0")
+    zoo = build_zoo(args.model, args.data, count=args.count, out=args.out, prune_speedup=args.prune_speedup,
+                    epochs=args.epochs, finetune_epochs=args.finetune_epochs, seed=args.seed,
+                    val_count=args.val_count, lr=args.lr, batch_size=args.batch_size, progress=args.progress,
+                    trust=args.trust)
+    table = Table(title=f"zoo {args.out}: {zoo.model_spec} on {zoo.data}", title_justify="left")
+    for col in ("member", "split", "seed", "val acc", "FLOPs x", "seconds"):
+        table.add_column(col, justify="left" if col in ("member", "split") else "right")
+    for m in zoo.members:
+        acc = m.metrics.get("val_acc", m.metrics.get("trained_val_acc"))
+        table.add_row(m.file, m.split, str(m.seed), _pct(acc), f"{m.metrics.get('speedup', 1.0):.2f}",
+                      f"{m.metrics.get('seconds', 0):.1f}")
+    Console(highlight=False).print(table)
+    _note(f"next: fxmeta meta-train {args.out} --out metanet/")
+    return 0
+
+
+def register_zoo(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "zoo", help="train the data models a metanetwork learns from",
+        description="Train --count networks of one family (seeds --seed, --seed+1, ...), pre-prune each to "
+                    "--prune-speedup and finetune it, and save them with a zoo.json manifest in --out. The last "
+                    "--val-count members are held out to pick the meta-training checkpoint. Interrupted builds "
+                    "resume: re-run the same command and finished members are skipped.",
+        epilog="example: fxmeta zoo fxmeta:resnet20 --data digits --count 10 --out zoo/")
+    p.add_argument("model", metavar="MODEL", nargs="?", default=DEMO_MODEL,
+                   help=f"architecture spec of the family (default: {DEMO_MODEL}); built with the data's "
+                        "classes and input channels")
+    p.add_argument("--data", default="digits", metavar="SPEC", help="training data spec (default: digits)")
+    p.add_argument("--count", type=int, default=10, metavar="N", help="number of data models (default: 10)")
+    p.add_argument("--val-count", type=int, default=2, metavar="N", help="of which held out (default: 2)")
+    p.add_argument("--out", default="zoo/", metavar="DIR", help="zoo folder (default: zoo/)")
+    p.add_argument("--prune-speedup", type=_number, default=1.3, metavar="X",
+                   help="light pre-pruning of every member, FLOPs ratio (default: 1.3; 1 = none)")
+    p.add_argument("--epochs", type=int, default=20, metavar="N", help="training epochs per member (default: 20)")
+    p.add_argument("--finetune-epochs", type=int, default=10, metavar="N",
+                   help="finetuning epochs after the pre-pruning (default: 10)")
+    p.add_argument("--lr", type=float, default=0.1, help="training learning rate (default: 0.1; finetuning: a tenth)")
+    p.add_argument("--batch-size", type=int, default=128, metavar="B", help="(default: 128)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the first member (default: 0)")
+    p.add_argument("--trust", action="store_true", help="allow a MODEL spec that imports code from a file")
+    p.add_argument("--no-progress", dest="progress", action="store_false", help="no per-epoch lines")
+    p.set_defaults(func=cmd_zoo)
+
+
+def cmd_meta_train(args: argparse.Namespace) -> int:
+    from .meta_train import MetaTrainConfig, meta_train
+
+    config = MetaTrainConfig(
+        epochs=args.epochs, lr=args.lr, weight_decay=args.weight_decay, width=args.width, depth=args.depth,
+        ratio=args.ratio, reg=args.reg, alpha=args.alpha, batches_per_step=args.batches_per_step,
+        batch_size=args.batch_size, speedup=args.speedup, eval_finetune_epochs=args.eval_finetune_epochs,
+        seed=args.seed, init=args.init, resume=args.resume, force=args.force, progress=args.progress)
+    if args.init:
+        from passes.metanet import load_metanet_file
+
+        load_metanet_file(args.init)  # a missing or broken file fails now, not after loading the zoo
+    result = meta_train(args.zoo, args.out, config=config)
+    _note(f"best epoch {result.best_epoch} (validation accuracy after a {args.speedup:g}x prune: "
+          f"{_pct(result.best_score if result.best_score >= 0 else None)}): {result.best_path}")
+    _note(f"next: fxmeta transform MODEL --metanet {result.best_path} --data SPEC --out pruned.pt")
+    return 0
+
+
+def register_meta_train(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "meta-train", help="train a metanetwork on a zoo of data models",
+        description="Meta-train a graph metanetwork on the data models of ZOO (from fxmeta zoo): each step rewrites "
+                    "one data model and trains on its cross-entropy plus a group-sparsity penalty; after every "
+                    "epoch the held-out members are pruned to --speedup and the best epoch is kept as "
+                    "OUT/best.pt (OUT/last.pt resumes, OUT/log.jsonl logs).",
+        epilog="example: fxmeta meta-train zoo/ --out metanet/ --epochs 20")
+    p.add_argument("zoo", metavar="ZOO", help="zoo folder written by fxmeta zoo")
+    p.add_argument("--out", default="metanet/", metavar="DIR", help="checkpoint folder (default: metanet/)")
+    p.add_argument("--epochs", type=int, default=20, metavar="N", help="(default: 20)")
+    p.add_argument("--lr", type=float, default=1e-3, help="AdamW learning rate (default: 1e-3)")
+    p.add_argument("--weight-decay", type=float, default=5e-4, metavar="W", help="(default: 5e-4)")
+    p.add_argument("--width", type=int, default=32, metavar="D", help="hidden width of the metanetwork (default: 32)")
+    p.add_argument("--depth", type=int, default=6, metavar="L", help="message-passing layers (default: 6)")
+    p.add_argument("--ratio", type=float, default=0.01,
+                   help="output = input + ratio * decoder(h); small keeps an untrained metanet near the identity "
+                        "(default: 0.01)")
+    p.add_argument("--reg", type=float, default=10.0, help="group-sparsity strength (default: 10)")
+    p.add_argument("--alpha", type=float, default=16.0, help="group-sparsity weighting base (default: 16)")
+    p.add_argument("--batches-per-step", type=int, default=4, metavar="N", help="(default: 4)")
+    p.add_argument("--batch-size", type=int, default=128, metavar="B", help="(default: 128)")
+    p.add_argument("--speedup", type=_number, default=2.0, metavar="X",
+                   help="FLOPs target of the validation prune that picks the best epoch (default: 2.0)")
+    p.add_argument("--eval-finetune-epochs", type=int, default=1, metavar="N",
+                   help="finetuning epochs in that validation (default: 1)")
+    p.add_argument("--seed", type=int, default=0, help="(default: 0)")
+    p.add_argument("--init", metavar="FILE", help="start from this metanetwork instead of a fresh one")
+    p.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
+    p.add_argument("--force", action="store_true", help="start over even if OUT holds checkpoints")
+    p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar / epoch lines")
+    p.set_defaults(func=cmd_meta_train)
+
+
+register_all = [register_transform, register_prune, register_demo, register_zoo, register_meta_train]

@@ -19,7 +19,7 @@ def load_metanet_file(path: str | os.PathLike) -> Any:
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise SpecError(f"no such metanetwork file: {path}; train one with 'fxmeta meta-train' or drop --metanet")
-    from fxmeta.meta_train import load_metanet
+    from fxmeta.metanet import load_metanet
 
     return load_metanet(path)
 

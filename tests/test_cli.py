@@ -93,6 +93,13 @@ ERROR_CASES = {
                          "is also an input"),
     "out equals export": (["prune", *R20, "--out", "{d}/o.pt", "--export", "{d}/o.pt"], "different paths"),
     "missing out folder": (["prune", *R20, "--out", "{d}/no/such/dir/o.pt"], "does not exist"),
+    "not a metanet file": (["transform", *R20, "--metanet", "{d}/exists.pt", "--out", "{d}/o.pt"],
+                           "is not a metanet file"),
+    "zoo counts": (["zoo", "--count", "2", "--val-count", "2", "--out", "{d}/zoo"], "0 <= val_count < count"),
+    "zoo speedup": (["zoo", "--prune-speedup", "0.5", "--out", "{d}/zoo"], "below 1"),
+    "meta-train without zoo": (["meta-train", "{d}", "--out", "{d}/mn"], "is not a model zoo"),
+    "meta-train bad init": (["meta-train", "{d}", "--init", "{d}/none.pt", "--out", "{d}/mn"],
+                            "no such metanetwork file"),
     "missing metanet": (["transform", *R20, "--metanet", "{d}/none.pt", "--out", "{d}/o.pt"],
                         "no such metanetwork file"),
     "negative epochs": (["transform", *R20, "--data", "digits", "--epochs", "-1", "--out", "{d}/o.pt"],
@@ -147,7 +154,7 @@ def test_help_texts_list_the_commands(capsys):
     with pytest.raises(SystemExit):
         main(["--help"])
     out = capsys.readouterr().out
-    for command in ("transform", "prune", "demo"):
+    for command in ("transform", "prune", "demo", "zoo", "meta-train"):
         assert command in out
     with pytest.raises(SystemExit):
         main(["transform", "--help"])
@@ -268,6 +275,50 @@ def test_demo_trains_once_then_uses_the_cache(tmp_path, capsys, monkeypatch):
     # a different config is a different cache entry; existing result files need --force
     code, _, err = run_main(argv + ["--out", str(tmp_path / "out")], capsys)
     assert code == 2 and "exists; pass --force" in err
+
+
+
+def _untrained_metanet(path: Path) -> None:
+    from fxmeta.lowering import lower
+    from fxmeta.metanet import Metanet, save_metanet
+    from fxmeta.models import resnet20
+
+    torch.manual_seed(0)
+    graph = lower(resnet20(in_channels=1).eval(), torch.randn(1, 1, 8, 8))
+    save_metanet(Metanet.for_graph(graph, width=8, depth=2, ratio=0.01), str(path))
+
+
+def test_transform_with_a_metanet_file(tmp_path, capsys):
+    _untrained_metanet(tmp_path / "metanet.pt")
+    out = tmp_path / "pruned.pt"
+    code, stdout, err = run_main(["transform", *R20, *FAST, "--metanet", str(tmp_path / "metanet.pt"),
+                                  "--adapt-epochs", "1", "--out", str(out)], capsys)
+    assert code == 0, err
+    assert "with metanetwork" in stdout and "importance alone" not in stdout
+    stages = list(torch.load(out, weights_only=True)["metrics"]["stages"])
+    assert stages[:8] == ["load", "measure original", "lower", "metanet", "raise", "adapt finetune",
+                          "remove channels", "finetune"]
+    with torch.no_grad():
+        assert fxmeta.load(out)(torch.randn(2, 1, 8, 8)).shape == (2, 10)
+
+
+def test_zoo_then_meta_train_then_transform(tmp_path, capsys):
+    zoo, mn = tmp_path / "zoo", tmp_path / "mn"
+    code, out, err = run_main(["zoo", "--count", "3", "--val-count", "1", "--epochs", "1", "--finetune-epochs", "0",
+                               "--out", str(zoo), "--no-progress"], capsys)
+    assert code == 0, err
+    assert out.count("member_0") == 3 and f"fxmeta meta-train {zoo}" in err
+    code, out, err = run_main(["meta-train", str(zoo), "--out", str(mn), "--epochs", "1", "--width", "8",
+                               "--depth", "2", "--batches-per-step", "1", "--eval-finetune-epochs", "0",
+                               "--no-progress"], capsys)
+    assert code == 0, err
+    assert "best epoch 1" in err and (mn / "best.pt").is_file()
+    code, out, err = run_main(["meta-train", str(zoo), "--out", str(mn)], capsys)
+    assert code == 2 and "--resume" in err  # checkpoints are not overwritten silently
+    code, out, err = run_main(["transform", *R20, *FAST, "--metanet", str(mn / "best.pt"),
+                               "--out", str(tmp_path / "p.pt")], capsys)
+    assert code == 0, err
+    assert "with metanetwork" in out
 
 
 # --------------------------------------------------------- interrupts and DDP (slow)
