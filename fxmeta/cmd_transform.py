@@ -489,8 +489,9 @@ def register_demo(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--lr", type=float, default=0.01, help="finetune learning rate (default: 0.01)")
     p.add_argument("--batch-size", type=int, default=64, metavar="B", help="(default: 64)")
     p.add_argument("--device", default="cpu", metavar="auto|cpu|cuda", help="(default: cpu)")
-    p.add_argument("--threads", type=int, default=max(1, min(os.cpu_count() or 1, 4)), metavar="N",
-                   help="torch threads for training (default: the cores, at most 4; latency is timed on 1)")
+    p.add_argument("--threads", type=int, default=1, metavar="N",
+                   help="torch threads for training (default: 1: a net this small gains little from more, and "
+                        "on a busy machine extra threads slow it down many times; latency is timed on 1)")
     p.add_argument("--latency-batch", type=int, default=64, metavar="N",
                    help="batch size while timing inference (default: 64; at batch 1 a net this small "
                         "measures Python overhead more than its convolutions)")
