@@ -534,8 +534,8 @@ def _check_rewrite(before: fx.GraphModule, after: fx.GraphModule, example_input:
     """A graph rewrite (e.g. attention decomposition) must not change what the model computes."""
     args = example_input if isinstance(example_input, (tuple, list)) else (example_input,)
     gen = torch.Generator().manual_seed(0)
-    args = tuple(torch.randn(a.shape, generator=gen, dtype=a.dtype) if isinstance(a, Tensor) and a.is_floating_point()
-                 else a for a in args)
+    args = tuple(torch.randn(a.shape, generator=gen, dtype=a.dtype).to(a.device)
+                 if isinstance(a, Tensor) and a.is_floating_point() else a for a in args)
     saved = [(m, m.training) for m in before.modules()]
     before.eval()
     after.eval()

@@ -58,7 +58,7 @@ def _group_reduce(group: Group, params: dict[str, Tensor], fn: Callable[[Tensor]
     total = torch.zeros(group.units, dtype=torch.float64)
     for name, dim, index in group.slices:
         p = params[name].detach()
-        total += fn(p.movedim(dim, 0)[index].flatten(1).double()).sum(1)
+        total += fn(p.movedim(dim, 0)[index.to(p.device)].flatten(1).double()).sum(1).cpu()
     return total / max(1, len(group.slices))
 
 
@@ -285,7 +285,7 @@ def slim(analysis: ChannelAnalysis, removed: Tensor) -> fx.GraphModule:
         owner_name, _, attr = name.rpartition(".")
         t = getattr(gm.get_submodule(owner_name) if owner_name else gm, attr).detach()
         for dim, keep in cuts:
-            t = t.index_select(dim, keep)
+            t = t.index_select(dim, keep.to(t.device))
         _set_tensor(gm, name, t.contiguous())
     owners = {name.rpartition(".")[0] for name in by_param}
     called = {n.target for n in gm.graph.nodes if n.op == "call_module"}
@@ -317,7 +317,8 @@ class _MaskedInterpreter(fx.Interpreter):
     def run_node(self, n: fx.Node) -> Any:
         out = super().run_node(n)
         for path, dim, keep in self.masks.get(n.name, ()):
-            out = _apply_at(out, path, lambda t: torch.where(_bcast(keep, t, dim), t, torch.zeros((), dtype=t.dtype)))
+            out = _apply_at(out, path, lambda t: torch.where(_bcast(keep.to(t.device), t, dim), t,
+                                                             torch.zeros((), dtype=t.dtype, device=t.device)))
         if self.record is not None:
             self.record[n.name] = out
         return out
@@ -359,8 +360,8 @@ def _masks(analysis: ChannelAnalysis, removed: Tensor) -> dict[str, list[tuple[t
 def _random_like(example_input: Any, seed: int) -> tuple:
     gen = torch.Generator().manual_seed(seed)
     args = example_input if isinstance(example_input, (tuple, list)) else (example_input,)
-    return tuple(torch.randn(a.shape, generator=gen, dtype=a.dtype) if isinstance(a, Tensor) and a.is_floating_point()
-                 else a for a in args)
+    return tuple(torch.randn(a.shape, generator=gen, dtype=a.dtype).to(a.device)
+                 if isinstance(a, Tensor) and a.is_floating_point() else a for a in args)
 
 
 def _leaves(value: Any) -> list[Tensor]:
@@ -510,7 +511,7 @@ def _locate_mismatch(analysis, pruned, removed, masks, x, rtol, groups_of) -> st
         for d, labels in enumerate(value):
             keep = s.keep_index(labels)
             if keep is not None:
-                ref = ref.index_select(d, keep)
+                ref = ref.index_select(d, keep.to(ref.device))
         if not isinstance(got[node.name], Tensor) or not _close(got[node.name], ref, rtol):
             return (f"self-check failed: pruned model differs from the masked original at node {node.name!r} "
                     f"({node.op} {getattr(node.target, '__name__', node.target)}); "
