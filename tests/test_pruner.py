@@ -77,6 +77,15 @@ def test_plan_is_plain_data_and_apply_plan_rebuilds_the_same_model():
     assert rebuilt.meta["fxmeta.plan"] == result.plan
 
 
+def test_a_pruned_model_can_be_pruned_again():
+    model = torchvision.models.SwinTransformer(patch_size=[4, 4], embed_dim=16, depths=[1, 1], num_heads=[2, 4],
+                                               window_size=[2, 2], num_classes=3).eval()
+    x = torch.randn(2, 3, 16, 16)
+    first = prune(model, x, speedup=1.5)
+    second = prune(first.module, x, speedup=1.3)
+    assert count_flops(model, x) / count_flops(second.module, x) >= 1.5 * 1.3 * 0.99
+
+
 def test_apply_plan_rejects_a_foreign_plan():
     plan = prune(_model(), X, speedup=1.5).plan
     with pytest.raises(PruningError, match="does not exist"):
