@@ -329,6 +329,10 @@ def transform(
         with timer("measure pruned"):
             after = _measure(module, _to(example_input, device), loaders, device, config, ctx)
         module.cpu()
+        if ctx.distributed:
+            # Rank 0 times latency alone: leave the process group together, else a rank that
+            # tears it down while the other still holds it can abort at exit (gloo).
+            torch.distributed.barrier()
     return TransformResult(module, pruned.plan, before, after, removed_acc, timer.items(), notes, best_epoch)
 
 
