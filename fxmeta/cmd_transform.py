@@ -116,14 +116,13 @@ def _train_config(args: argparse.Namespace):
     )
 
 
-def _transform_config(args: argparse.Namespace, *, metanet: Any = None, finetune: Any = None,
-                      checkpoint_dir: str | None = None):
+def _transform_config(args: argparse.Namespace, *, finetune: Any = None, checkpoint_dir: str | None = None):
     from .train import TrainConfig
     from .transform import TransformConfig
 
     return TransformConfig(
         speedup=args.speedup, importance=args.importance, round_to=args.round_to, ignore=tuple(args.ignore),
-        check=args.check, metanet=metanet, adapt_epochs=getattr(args, "adapt_epochs", 0),
+        check=args.check, adapt_epochs=getattr(args, "adapt_epochs", 0),
         finetune=finetune or TrainConfig(epochs=0, device="cpu", progress=False),
         checkpoint_dir=checkpoint_dir, resume=getattr(args, "resume", False),
         latency_threads=args.latency_threads, latency_batch=args.latency_batch,
@@ -244,12 +243,11 @@ def _run(args: argparse.Namespace, *, with_training: bool) -> int:
 
     from .transform import StageTimer, check_model_fits, transform
 
-    metanet = None
     finetune = _train_config(args) if with_training else None
     ckpt_dir = (args.checkpoint_dir or f"{args.out}.ckpt") if with_training and args.data else None
     if with_training and args.resume and not args.data:
         raise SpecError("--resume continues an interrupted finetune, which needs --data")
-    _transform_config(args, finetune=finetune, checkpoint_dir=ckpt_dir)  # checks the numbers
+    config = _transform_config(args, finetune=finetune, checkpoint_dir=ckpt_dir)  # checks the numbers
     if finetune is not None:
         from .train import resolve_device
 
@@ -260,7 +258,7 @@ def _run(args: argparse.Namespace, *, with_training: bool) -> int:
     if getattr(args, "metanet", None):
         from passes.metanet import load_metanet_file
 
-        metanet = load_metanet_file(args.metanet)
+        config.metanet = load_metanet_file(args.metanet)
     timer = StageTimer()
     with timer("load"):
         loaded, x = _load_model(args, data)
@@ -273,14 +271,14 @@ def _run(args: argparse.Namespace, *, with_training: bool) -> int:
     if ckpt_dir and args.resume and not os.path.isdir(ckpt_dir):
         _note(f"--resume: no checkpoints in {ckpt_dir}, starting from the beginning")
     timer.report = _stage_note  # everything is checked: from here on, say what runs
-    config = _transform_config(args, metanet=metanet, finetune=finetune, checkpoint_dir=ckpt_dir)
-    run_info = {"model": args.model, "data": getattr(args, "data", None), "input_shape": list(x.shape)}
+    run_info = {"model": args.model, "data": getattr(args, "data", None), "input_shape": list(x.shape),
+                "metanet_file": os.path.abspath(args.metanet) if getattr(args, "metanet", None) else None}
     result = transform(loaded.module, x, config, data=data, timer=timer, run_info=run_info)
     if is_main_process():
         _save_outputs(args, loaded, x, result, timer, run_info)
         if ckpt_dir and not args.checkpoint_dir:
             shutil.rmtree(ckpt_dir, ignore_errors=True)
-    title = f"{args.model}: {config.speedup:g}x FLOPs target" + (" with metanetwork" if metanet else "")
+    title = f"{args.model}: {config.speedup:g}x FLOPs target" + (" with metanetwork" if config.metanet is not None else "")
     _print_report(title, result.metrics(), timer.items())
     _note(f"wrote {args.out}" + (f" and {args.export}" if args.export else ""))
     return 0

@@ -211,6 +211,18 @@ def test_prune_needs_no_data_and_says_so(tmp_path, capsys):
     assert torch.load(tmp_path / "p.pt", weights_only=True)["metrics"]["after"]["accuracy"] is None
 
 
+def test_pruning_a_pruned_file_again(tmp_path, capsys):
+    first, second = tmp_path / "first.pt", tmp_path / "second.pt"
+    assert run_main(["prune", *R20, "--input-shape", "1,1,8,8", "--speedup", "1.5", "--out", str(first)], capsys)[0] == 0
+    code, _, err = run_main(["prune", str(first), "--speedup", "1.5", "--out", str(second)], capsys)
+    assert code == 0, err
+    # the second file is built on the first: its spec names that file, its plan applies on top
+    assert torch.load(second, weights_only=True)["spec"] == str(first.resolve())
+    from fxmeta.flops import count_flops
+
+    x = torch.randn(1, 1, 8, 8)
+    assert count_flops(fxmeta.load(first), x) / count_flops(fxmeta.load(second), x) >= 1.5
+
 def test_pickled_module_with_trust(files, capsys):
     out = files / "p.pt"
     code, _, err = run_main(["prune", str(files / "pickled.pt"), "--trust", "--input-shape", "1,1,8,8",
