@@ -7,6 +7,7 @@ can eat a FLOPs reduction). Both are reported side by side.
 from __future__ import annotations
 
 import copy
+import itertools
 import statistics
 import time
 from dataclasses import dataclass
@@ -45,9 +46,8 @@ def _batched(x: Any, batch: int | None, device: torch.device) -> Any:
 
 
 def _params_device(model: nn.Module) -> torch.device | None:
-    for t in list(model.parameters()) + list(model.buffers()):
-        return t.device
-    return None
+    first = next(itertools.chain(model.parameters(), model.buffers()), None)
+    return None if first is None else first.device
 
 
 def set_mode(model: nn.Module, training: bool) -> None:
@@ -104,7 +104,7 @@ def measure_latency(
     finally:
         torch.set_num_threads(old_threads)
         set_mode(model, was_training)
-    deciles = statistics.quantiles(times, n=10) if len(times) > 1 else times * 9
+    deciles = statistics.quantiles(times, n=10, method="inclusive") if len(times) > 1 else times * 9
     return Latency(
         median_ms=statistics.median(times), p10_ms=deciles[0], p90_ms=deciles[-1], repeats=len(times),
         warmup=warmup, batch=int(first.shape[0]) if first is not None else 1, threads=threads, device=str(device),
