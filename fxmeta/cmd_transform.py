@@ -357,7 +357,9 @@ def _demo_base(args: argparse.Namespace, data: Any, timer: Any) -> tuple[Any, st
 
     from . import __version__
     from .io import resolve_model, save
+    from .tracing import example_from_shape
     from .train import TrainConfig, train
+    from .transform import check_model_fits
 
     key_data = {"model": args.model, "image_size": args.image_size, "epochs": args.base_epochs,
                 "lr": 0.1, "batch_size": args.batch_size, "seed": args.seed,
@@ -376,6 +378,8 @@ def _demo_base(args: argparse.Namespace, data: Any, timer: Any) -> tuple[Any, st
     with timer("train base"):
         torch.manual_seed(args.seed)
         loaded = _resolve_demo_model(args.model, data)
+        check_model_fits(loaded.module, example_from_shape((1, *data.input_shape)), data, name=args.model,
+                         hint="the digits are grayscale: pick an fxmeta:NAME model (built with in_channels=1)")
         _note(f"training the base network {args.model} on {data.description} for {args.base_epochs} epochs")
         config = TrainConfig(epochs=args.base_epochs, lr=0.1, batch_size=args.batch_size, device=args.device,
                              seed=args.seed, progress=args.progress)

@@ -141,9 +141,9 @@ class StageTimer:
 
 
 def check_model_fits(model: nn.Module, example_input: Any, data: DataSplits | None = None, *,
-                     name: str = "the model") -> None:
+                     name: str = "the model", hint: str | None = None) -> None:
     """Fail early, in one line, when the model does not run on the example input or its
-    outputs do not match the data's classes."""
+    outputs do not match the data's classes; ``hint`` replaces the default what-to-do."""
     shape = tuple(example_input.shape) if isinstance(example_input, torch.Tensor) else None
     if data is not None and shape is not None and shape[1:] != tuple(data.input_shape):
         raise InputShapeError(
@@ -156,8 +156,8 @@ def check_model_fits(model: nn.Module, example_input: Any, data: DataSplits | No
             out = model(*_as_tuple(example_input))
     except Exception as exc:  # noqa: BLE001 - whatever the model raises, the input does not fit
         text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-        hint = (f"build it with --in-channels {data.in_channels}" if data is not None
-                else "pass a fitting --input-shape")
+        hint = hint or (f"build it with --in-channels {data.in_channels}" if data is not None
+                        else "pass a fitting --input-shape")
         raise InputShapeError(f"{name} does not run on an input of shape {shape} "
                               f"({type(exc).__name__}: {text}); {hint}") from exc
     finally:
