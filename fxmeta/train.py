@@ -121,6 +121,9 @@ def distributed_context(device: str = "auto") -> Iterator[DistContext]:
     dist.init_process_group("nccl" if use_cuda else "gloo")
     try:
         yield DistContext(dist.get_rank(), dist.get_world_size(), local_rank)
+        # Leave together: a rank that tears the group down while another still uses it
+        # (rank 0 writing its last checkpoint, say) can abort at exit under gloo.
+        dist.barrier()
     finally:
         dist.destroy_process_group()
 
