@@ -11,7 +11,7 @@ import itertools
 import statistics
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Sequence
 
 import torch
 from torch import nn
@@ -76,36 +76,58 @@ def measure_latency(
     dim 0. Repeats stop early after ``max_seconds`` (at least 5 are always timed). The
     model is not changed: it is copied when it lives on another device.
     """
+    return compare_latency([model], example_input, device=device, threads=threads, batch=batch, warmup=warmup,
+                           repeats=repeats, max_seconds=max_seconds)[0]
+
+
+def compare_latency(
+    models: Sequence[nn.Module],
+    example_input: Any,
+    *,
+    device: str | torch.device = "cpu",
+    threads: int = 1,
+    batch: int | None = None,
+    warmup: int = 10,
+    repeats: int = 50,
+    max_seconds: float = 10.0,
+) -> list[Latency]:
+    """``measure_latency`` for several models, timed in alternation (one call of each per
+    round), so that a machine whose load changes while timing slows all of them alike."""
     if threads < 1 or warmup < 0 or repeats < 1:
         raise ValueError(f"need threads >= 1, warmup >= 0, repeats >= 1; got {threads}, {warmup}, {repeats}")
     device = torch.device(device)
     if device.type == "cuda" and device.index is None:
         device = torch.device("cuda", torch.cuda.current_device())
-    if _params_device(model) not in (None, device):
-        model = copy.deepcopy(model).to(device)
+    models = [m if _params_device(m) in (None, device) else copy.deepcopy(m).to(device) for m in models]
     args = tuple(_batched(a, batch, device) for a in _as_tuple(example_input))
     first = next((a for a in args if isinstance(a, torch.Tensor) and a.dim() > 0), None)
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-    was_training, old_threads = model.training, torch.get_num_threads()
-    set_mode(model, False)
+    modes, old_threads = [m.training for m in models], torch.get_num_threads()
+    for m in models:
+        set_mode(m, False)
     torch.set_num_threads(threads)
-    times: list[float] = []
+    times: list[list[float]] = [[] for _ in models]
     try:
         with torch.inference_mode():
-            for _ in range(warmup):
-                model(*args)
+            for m in models:
+                for _ in range(warmup):
+                    m(*args)
             sync()
             budget_end = time.perf_counter() + max_seconds
-            while len(times) < repeats and (len(times) < 5 or time.perf_counter() < budget_end):
-                t0 = time.perf_counter()
-                model(*args)
-                sync()
-                times.append((time.perf_counter() - t0) * 1000.0)
+            while len(times[0]) < repeats and (len(times[0]) < 5 or time.perf_counter() < budget_end):
+                for m, record in zip(models, times):
+                    t0 = time.perf_counter()
+                    m(*args)
+                    sync()
+                    record.append((time.perf_counter() - t0) * 1000.0)
     finally:
         torch.set_num_threads(old_threads)
-        set_mode(model, was_training)
+        for m, mode in zip(models, modes):
+            set_mode(m, mode)
+    return [_summary(t, warmup, int(first.shape[0]) if first is not None else 1, threads, str(device)) for t in times]
+
+
+def _summary(times: list[float], warmup: int, batch: int, threads: int, device: str) -> Latency:
     deciles = statistics.quantiles(times, n=10, method="inclusive") if len(times) > 1 else times * 9
-    return Latency(
-        median_ms=statistics.median(times), p10_ms=deciles[0], p90_ms=deciles[-1], repeats=len(times),
-        warmup=warmup, batch=int(first.shape[0]) if first is not None else 1, threads=threads, device=str(device),
-    )
+    return Latency(median_ms=statistics.median(times), p10_ms=deciles[0], p90_ms=deciles[-1], repeats=len(times),
+                   warmup=warmup, batch=batch, threads=threads, device=device)

@@ -26,9 +26,9 @@ from torch import nn
 from .data import DataSplits, Loaders, make_loaders
 from .errors import InputShapeError, PruningError, SpecError
 from .flops import count_flops, count_params
-from .latency import Latency, measure_latency, set_mode
+from .latency import Latency, compare_latency, set_mode
 from .tracing import _as_tuple
-from .train import DistContext, TrainConfig, distributed_context, evaluate, resolve_device, train
+from .train import TrainConfig, distributed_context, evaluate, resolve_device, train
 
 _RUN_FILE = "run.json"
 
@@ -207,18 +207,14 @@ def _check_resume(folder: Path, record: dict[str, Any], resume: bool, is_main: b
 # ----------------------------------------------------------------------- pipeline
 
 
-def _measure(model: nn.Module, x: Any, loaders: Loaders | None, device: torch.device,
-             config: TransformConfig, ctx: DistContext) -> Measurement:
+def _measure(model: nn.Module, x: Any, loaders: Loaders | None, device: torch.device) -> Measurement:
+    """FLOPs, parameters and test accuracy; latency is timed later, for both models at once."""
     flops, params = count_flops(model, x), count_params(model)
-    latency = None
-    if ctx.is_main:
-        latency = measure_latency(model, x, device=device, threads=config.latency_threads,
-                                  batch=config.latency_batch)
     accuracy = None
     if loaders is not None:
         model.to(device)
         accuracy = evaluate(model, loaders.test, device)["acc"]
-    return Measurement(flops, params, latency, accuracy)
+    return Measurement(flops, params, None, accuracy)
 
 
 def _stage_config(config: TransformConfig, stage: str, epochs: int) -> TrainConfig:
@@ -305,7 +301,7 @@ def transform(
                                    seed=config.finetune.seed, distributed=ctx.distributed,
                                    pin_memory=device.type == "cuda")
         with timer("measure original"):
-            before = _measure(model, example_input, loaders, device, config, ctx)
+            before = _measure(model, example_input, loaders, device)
         model.cpu()
         work: nn.Module = model
         if config.metanet is not None:
@@ -327,8 +323,13 @@ def transform(
                 notes.append("finetune epochs = 0: the pruned network is not finetuned")
         module.eval()
         with timer("measure pruned"):
-            after = _measure(module, _to(example_input, device), loaders, device, config, ctx)
+            after = _measure(module, _to(example_input, device), loaders, device)
         module.cpu()
+        if ctx.is_main:
+            with timer("time latency"):  # original and pruned in alternation: same machine load for both
+                before.latency, after.latency = compare_latency(
+                    [model, module], example_input, device=device, threads=config.latency_threads,
+                    batch=config.latency_batch)
         if ctx.distributed:
             # Rank 0 times latency alone: leave the process group together, else a rank that
             # tears it down while the other still holds it can abort at exit (gloo).

@@ -16,7 +16,7 @@ from fxmeta import io
 from fxmeta.data import load_data
 from fxmeta.errors import InputShapeError, SpecError
 from fxmeta.flops import count_flops
-from fxmeta.latency import measure_latency
+from fxmeta.latency import compare_latency, measure_latency
 from fxmeta.models import get_model
 from fxmeta.train import TrainConfig
 from fxmeta.transform import StageTimer, TransformConfig, check_model_fits, transform
@@ -57,7 +57,8 @@ def test_transform_without_data_prunes_measures_and_says_what_it_skipped():
     assert result.before.accuracy is None and result.after.accuracy is None and result.removed_accuracy is None
     assert result.before.latency.median_ms > 0 and result.after.latency.median_ms > 0
     assert result.after.params < result.before.params
-    assert [name for name, _ in result.stages] == ["measure original", "remove channels", "measure pruned"]
+    assert [name for name, _ in result.stages] == ["measure original", "remove channels", "measure pruned",
+                                                   "time latency"]
     assert any("no data" in n for n in result.notes) and any("importance alone" in n for n in result.notes)
     assert _state_equal(model.state_dict(), original)  # the input model is not changed
     with torch.no_grad():
@@ -208,6 +209,15 @@ def test_latency_fixes_threads_and_restores_state():
     assert 0 < lat.p10_ms <= lat.median_ms <= lat.p90_ms
     assert torch.get_num_threads() == threads and model.training
     assert int(model[1].num_batches_tracked) == 0  # ran in eval mode: no statistics changed
+
+
+def test_compare_latency_times_models_in_alternation():
+    heavy = nn.Sequential(*[nn.Linear(256, 256) for _ in range(8)]).train()
+    light = nn.Linear(256, 256).eval()
+    slow, fast = compare_latency([heavy, light], torch.randn(16, 256), warmup=2, repeats=15)
+    assert slow.repeats == fast.repeats == 15 and slow.batch == fast.batch == 16
+    assert slow.median_ms > fast.median_ms
+    assert heavy.training and not light.training  # modes restored
 
 
 def test_latency_stops_at_the_time_budget():
