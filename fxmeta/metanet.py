@@ -37,9 +37,10 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.autograd.function import once_differentiable
 
 from .errors import FxmetaError
-from .ir import Layer, WeightGraph
+from .ir import WeightGraph
 
 FORMAT = "fxmeta.metanet/1"
 _EPS = 1e-5
@@ -58,7 +59,7 @@ class MetanetConfig:
     width: int = 32
     depth: int = 6
     ratio: float = 0.01
-    chunk: int = 1 << 20  # elements (rows x in x width) per chunk of an edge block
+    chunk: int = 1 << 18  # elements (rows x in x width) per chunk of an edge block
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -214,6 +215,9 @@ class _Workspace:
 
     def __init__(self, numel: int, dtype: torch.dtype) -> None:
         self.numel, self.dtype, self.buffers = numel, dtype, {}
+        # Gradients of edge states are private to Metanet.forward's graph: their memory may be
+        # reused for the next gradient. Off for direct callers, whose gradients may be their own.
+        self.reuse_grads = False
 
     def get(self, name: str, shape: tuple[int, ...]) -> Tensor:
         if name not in self.buffers:
@@ -232,13 +236,13 @@ def _extreme_grad(grad: Tensor, t: Tensor, value: Tensor, g: Tensor, dim: int, m
 
 def _update_backward(gn: Tensor, e: Tensor, h: Tensor, vs: Tensor, vd: Tensor, ge: Tensor,
                      gvs: Tensor, gvd: Tensor, t: Tensor, gh: Tensor) -> None:
-    """Backward of ``e + e * h`` with ``h = c_src * D_dst + c_dst * D_src``: adds to ge, gvs, gvd."""
+    """Backward of ``e + e * h`` with ``h = c_src * D_dst + c_dst * D_src``: writes ``ge`` (which may
+    share memory with ``gn``), adds into ``gvs`` and ``gvd``."""
     d = vs.shape[2] // 3
     _, cs, ds = vs.split(d, 2)
     _, cd, dd = vd.split(d, 2)
-    ge.add_(gn)
-    ge.addcmul_(gn, h)
     torch.mul(gn, e, out=gh)
+    torch.addcmul(gn, gn, h, out=ge)
     gvs[:, :, d:2 * d] += torch.mul(gh, dd, out=t).sum(1, keepdim=True)
     gvs[:, :, 2 * d:] += torch.mul(gh, cd, out=t).sum(1, keepdim=True)
     gvd[:, :, d:2 * d] += torch.mul(gh, ds, out=t).sum(-1, keepdim=True)
@@ -283,6 +287,99 @@ def _chunks(block: _Block, x: Tensor, vs: Tensor | None, vd: Tensor | None, enc_
                          vd[c.g0:c.g1, c.r0:c.r1] if vd is not None else None, shape)
 
 
+# -- chunk kernels --------------------------------------------------------------------------------
+def _mp_forward_chunk(e: Tensor, vs: Tensor, vd: Tensor, t: Tensor, sq: Tensor,
+                      new: Tensor | None) -> tuple[Tensor, Tensor]:
+    """Statistics of ``e * b_src`` over ``in`` (g, r, 4, d) and of ``e * b_dst`` over rows (g, 4, d, in);
+    writes the updated edge state into ``new`` when given."""
+    d = vs.shape[2] // 3
+    torch.mul(e, vs[:, :, :d], out=t)
+    fwd = torch.stack([t.sum(-1), torch.mul(t, t, out=sq).sum(-1), t.amax(-1), t.amin(-1)], 2)
+    torch.mul(e, vd[:, :, :d], out=t)
+    bwd = torch.stack([t.sum(1), torch.mul(t, t, out=sq).sum(1), t.amax(1), t.amin(1)], 1)
+    if new is not None:
+        torch.addcmul(e, e, _update_factor(vs, vd, sq), out=new)
+    return fwd, bwd
+
+
+def _mp_backward_chunk(e: Tensor, vs: Tensor, vd: Tensor, g_fwd: Tensor, fwd: Tensor, g_bwd: Tensor,
+                       bmax: Tensor, bmin: Tensor, gmax: Tensor, gmin: Tensor, g_new: Tensor | None,
+                       ge: Tensor, gvs: Tensor, gvd: Tensor, t: Tensor, gt: Tensor, mask: Tensor) -> None:
+    """Backward of _mp_forward_chunk: writes ``ge``, adds into ``gvs``, writes ``gvd``.
+
+    ``g_fwd``/``fwd`` are (g, r, 4, d, 1); ``g_bwd`` is (g, 1, 4, d, in); ``bmax``/``bmin``
+    the maxima/minima this chunk reached over its rows and ``gmax``/``gmin`` their gradients.
+    """
+    d = vs.shape[2] // 3
+    bs, bd = vs[:, :, :d], vd[:, :, :d]
+    if g_new is not None:  # first, as ``ge`` may share memory with ``g_new``
+        _update_backward(g_new, e, _update_factor(vs, vd, gt), vs, vd, ge, gvs, gvd, t, mask)
+    torch.mul(e, bs, out=t)
+    torch.mul(t, 2 * g_fwd[:, :, 1], out=gt).add_(g_fwd[:, :, 0])  # addcmul broadcasting is 3x slower
+    _extreme_grad(gt, t, fwd[:, :, 2], g_fwd[:, :, 2], -1, mask)
+    _extreme_grad(gt, t, fwd[:, :, 3], g_fwd[:, :, 3], -1, mask)
+    if g_new is None:
+        torch.mul(gt, bs, out=ge)
+    else:
+        ge.addcmul_(gt, bs)
+    gvs[:, :, :d] += torch.mul(gt, e, out=t).sum(1, keepdim=True)
+    torch.mul(e, bd, out=t)
+    torch.mul(t, 2 * g_bwd[:, :, 1], out=gt).add_(g_bwd[:, :, 0])
+    _extreme_grad(gt, t, bmax, gmax, 1, mask)
+    _extreme_grad(gt, t, bmin, gmin, 1, mask)
+    ge.addcmul_(gt, bd)
+    gvd[:, :, :d] = torch.mul(gt, e, out=t).sum(-1, keepdim=True)
+
+
+def _decoder_forward_chunk(e: Tensor, vs: Tensor | None, vd: Tensor | None, w1: Tensor, b1: Tensor,
+                           w2: Tensor, b2: Tensor, out: Tensor, e_last: Tensor, z: Tensor, hidden: Tensor,
+                           sig: Tensor, act: Tensor) -> None:
+    """Last edge update, then LayerNorm -> Linear -> SiLU -> Linear per edge, into ``out`` (rows, k)."""
+    if vs is not None:
+        e = torch.addcmul(e, e, _update_factor(vs, vd, e_last), out=e_last)
+    z.copy_(e.transpose(-1, -2))
+    d = z.shape[-1]
+    n = F.layer_norm(z, [d], eps=_EPS).view(-1, d)
+    torch.addmm(b1, n, w1.t(), out=hidden)
+    torch.mul(hidden, torch.sigmoid(hidden, out=sig), out=act)
+    torch.addmm(b2, act, w2.t(), out=out)
+
+
+def _decoder_backward_chunk(e: Tensor, vs: Tensor | None, vd: Tensor | None, w1: Tensor, b1: Tensor,
+                            w2: Tensor, g_out: Tensor, ge: Tensor, gvs: Tensor | None, gvd: Tensor | None,
+                            gw1: Tensor, gb1: Tensor, gw2: Tensor, gb2: Tensor, e_last: Tensor, z: Tensor,
+                            hidden: Tensor, sig: Tensor, act: Tensor, t: Tensor, mask: Tensor) -> None:
+    """Backward of _decoder_forward_chunk (recomputing it): writes ``ge``, adds into the rest."""
+    h = None
+    if vs is not None:
+        h = _update_factor(vs, vd, mask)
+        e_up = torch.addcmul(e, e, h, out=e_last)
+    else:
+        e_up = e
+    z.copy_(e_up.transpose(-1, -2))
+    d = z.shape[-1]
+    n, mean, rstd = torch.native_layer_norm(z, [d], None, None, _EPS)
+    n = n.view(-1, d)
+    torch.addmm(b1, n, w1.t(), out=hidden)
+    torch.sigmoid(hidden, out=sig)
+    torch.mul(hidden, sig, out=act)
+    gw2.addmm_(g_out.t(), act)
+    gb2 += g_out.sum(0)
+    g_hidden = torch.mm(g_out, w2)
+    slope = torch.mul(sig, -1, out=act).add_(1).mul_(hidden).add_(1).mul_(sig)  # silu'(a) = s (1 + a (1 - s))
+    g_hidden.mul_(slope)
+    gw1.addmm_(g_hidden.t(), n)
+    gb1 += g_hidden.sum(0)
+    g_n = torch.mm(g_hidden, w1).view(z.shape)
+    g_z = torch.ops.aten.native_layer_norm_backward(g_n, z, [d], mean, rstd, None, None, [True, False, False])[0]
+    g_last = g_z.transpose(-1, -2)
+    if h is None:
+        ge.copy_(g_last)
+    else:
+        _update_backward(g_last, e, h, vs, vd, ge, gvs, gvd, t, e_last)
+
+
+# -- the autograd Functions over whole blocks ------------------------------------------------------
 class _BlockPass(torch.autograd.Function):
     """Aggregations and edge update of one edge block, chunk by chunk; recomputed in backward.
 
@@ -305,87 +402,63 @@ class _BlockPass(torch.autograd.Function):
         new = vs.new_empty(G, R, d, J) if update else None
         extremes = []
         for c, inp in _chunks(block, x, vs, vd, enc_w, enc_b, ws, d):
-            e, t, sq = inp.e, ws.get("t", inp.shape), ws.get("h", inp.shape)
-            bs, bd = inp.vs[:, :, :d], inp.vd[:, :, :d]
-            f = fwd[c.g0:c.g1, c.r0:c.r1]
-            torch.mul(e, bs, out=t)
-            f[:, :, 0] = t.sum(-1)
-            f[:, :, 1] = torch.mul(t, t, out=sq).sum(-1)
-            f[:, :, 2] = t.amax(-1)
-            f[:, :, 3] = t.amin(-1)
-            torch.mul(e, bd, out=t)
-            stats = (t.sum(1), torch.mul(t, t, out=sq).sum(1), t.amax(1), t.amin(1))
+            out = new[c.g0:c.g1, c.r0:c.r1] if update else None
+            f, stats = _mp_forward_chunk(inp.e, inp.vs, inp.vd, ws.get("t", inp.shape), ws.get("h", inp.shape), out)
+            fwd[c.g0:c.g1, c.r0:c.r1] = f
             b = bwd[c.g0:c.g1]
             if c.r0 == 0:
-                for i, v in enumerate(stats):
-                    b[:, i] = v
+                b.copy_(stats)
             else:  # the rest of a group cut into rows: combine with what came before
-                b[:, 0] += stats[0]
-                b[:, 1] += stats[1]
-                torch.maximum(b[:, 2], stats[2], out=b[:, 2])
-                torch.minimum(b[:, 3], stats[3], out=b[:, 3])
+                b[:, :2] += stats[:, :2]
+                torch.maximum(b[:, 2], stats[:, 2], out=b[:, 2])
+                torch.minimum(b[:, 3], stats[:, 3], out=b[:, 3])
             if block.row_step is not None:
-                extremes.append(torch.stack(stats[2:], 1))
-            if update:
-                torch.addcmul(e, e, _update_factor(inp.vs, inp.vd, sq), out=new[c.g0:c.g1, c.r0:c.r1])
+                extremes.append(stats[:, 2:])
         ext = torch.cat(extremes).view(G, -1, 2, d, J) if extremes else None
         ctx.block, ctx.update, ctx.ws = block, update, ws
         ctx.save_for_backward(x, vs, vd, enc_w, enc_b, fwd, bwd, ext)
         return fwd, bwd.permute(0, 3, 1, 2), new
 
     @staticmethod
+    @once_differentiable
     def backward(ctx, g_fwd, g_bwd, g_new):
         x, vs, vd, enc_w, enc_b, fwd, bwd, ext = ctx.saved_tensors
         block, ws = ctx.block, ctx.ws
         d = vs.shape[2] // 3
         raw = enc_w is not None
-        ge_full = None if raw else torch.empty_like(x)
+        g_fwd = torch.zeros_like(fwd) if g_fwd is None else g_fwd
+        g_bwd = torch.zeros_like(bwd) if g_bwd is None else g_bwd.permute(0, 2, 3, 1)  # (g, 4, d, in)
+        reuse = (ws.reuse_grads and ctx.update and g_new is not None and g_new.shape == x.shape
+                 and g_new.is_contiguous())
+        # the gradient of the new state is consumed chunk by chunk: its memory takes the input's gradient
+        ge_full = None if raw else g_new if reuse else torch.empty_like(x)
         gvs, gvd = torch.zeros_like(vs), torch.zeros_like(vd)
         gw = torch.zeros_like(enc_w) if raw else None
         gb = torch.zeros_like(enc_b) if raw else None
         share = None
-        if g_bwd is not None:
-            g_bwd = g_bwd.permute(0, 2, 3, 1)  # (g, 4, d, in)
-            if ext is not None:  # ties of a cut group's max across chunks share its gradient
-                hits = (ext == bwd[:, None, 2:]).to(vs.dtype)
-                share = hits / hits.sum(1, keepdim=True)
+        if ext is not None:  # ties of a cut group's max across chunks share its gradient
+            hits = (ext == bwd[:, None, 2:]).to(vs.dtype)
+            share = hits / hits.sum(1, keepdim=True)
         per_group = len(block.chunks) // block.groups
         for index, (c, inp) in enumerate(_chunks(block, x, vs, vd, enc_w, enc_b, ws, d)):
-            e, shape = inp.e, inp.shape
-            bs, bd = inp.vs[:, :, :d], inp.vd[:, :, :d]
+            shape = inp.shape
+            gk = g_bwd[c.g0:c.g1, None]
+            if share is None:
+                bmax, bmin = bwd[c.g0:c.g1, None, 2], bwd[c.g0:c.g1, None, 3]
+                gmax, gmin = gk[:, :, 2], gk[:, :, 3]
+            else:
+                i = index % per_group
+                bmax, bmin = ext[c.g0:c.g1, i, None, 0], ext[c.g0:c.g1, i, None, 1]
+                gmax = gk[:, :, 2] * share[c.g0:c.g1, i, None, 0]
+                gmin = gk[:, :, 3] * share[c.g0:c.g1, i, None, 1]
             ge = ws.get("ge", shape) if raw else ge_full[c.g0:c.g1, c.r0:c.r1]
-            t, gt, mask = ws.get("t", shape), ws.get("gt", shape), ws.get("mask", shape)
-            gvs_c, gvd_c = gvs[c.g0:c.g1], gvd[c.g0:c.g1, c.r0:c.r1]
-            ge.zero_()
-            if g_fwd is not None:
-                gf, f = g_fwd[c.g0:c.g1, c.r0:c.r1, :, :, None], fwd[c.g0:c.g1, c.r0:c.r1, :, :, None]
-                torch.mul(e, bs, out=t)
-                torch.addcmul(gf[:, :, 0], t, 2 * gf[:, :, 1], out=gt)
-                _extreme_grad(gt, t, f[:, :, 2], gf[:, :, 2], -1, mask)
-                _extreme_grad(gt, t, f[:, :, 3], gf[:, :, 3], -1, mask)
-                ge.addcmul_(gt, bs)
-                gvs_c[:, :, :d] += torch.mul(gt, e, out=t).sum(1, keepdim=True)
-            if g_bwd is not None:
-                gk = g_bwd[c.g0:c.g1, None]
-                torch.mul(e, bd, out=t)
-                torch.addcmul(gk[:, :, 0], t, 2 * gk[:, :, 1], out=gt)
-                if share is None:
-                    vmax, vmin = bwd[c.g0:c.g1, None, 2], bwd[c.g0:c.g1, None, 3]
-                    gmax, gmin = gk[:, :, 2], gk[:, :, 3]
-                else:
-                    i = index % per_group
-                    vmax, vmin = ext[c.g0:c.g1, i, None, 0], ext[c.g0:c.g1, i, None, 1]
-                    gmax = gk[:, :, 2] * share[c.g0:c.g1, i, None, 0]
-                    gmin = gk[:, :, 3] * share[c.g0:c.g1, i, None, 1]
-                _extreme_grad(gt, t, vmax, gmax, 1, mask)
-                _extreme_grad(gt, t, vmin, gmin, 1, mask)
-                ge.addcmul_(gt, bd)
-                gvd_c[:, :, :d] = torch.mul(gt, e, out=t).sum(-1, keepdim=True)
-            if ctx.update and g_new is not None:
-                h = _update_factor(inp.vs, inp.vd, gt)
-                _update_backward(g_new[c.g0:c.g1, c.r0:c.r1], e, h, inp.vs, inp.vd, ge, gvs_c, gvd_c, t, mask)
+            gn = g_new[c.g0:c.g1, c.r0:c.r1] if ctx.update and g_new is not None else None
+            _mp_backward_chunk(
+                inp.e, inp.vs, inp.vd, g_fwd[c.g0:c.g1, c.r0:c.r1, :, :, None], fwd[c.g0:c.g1, c.r0:c.r1, :, :, None],
+                gk, bmax, bmin, gmax, gmin, gn, ge, gvs[c.g0:c.g1], gvd[c.g0:c.g1, c.r0:c.r1],
+                ws.get("t", shape), ws.get("gt", shape), ws.get("mask", shape))
             if raw:
-                _encoder_backward(ge, inp.x, gw, gb, t)
+                _encoder_backward(ge, inp.x, gw, gb, ws.get("t", shape))
         return ge_full, gvs, gvd, gw, gb, None, None, None
 
 
@@ -401,13 +474,14 @@ class _DecodePass(torch.autograd.Function):
         d, k = w1.shape[0], w2.shape[0]
         out = w1.new_empty(block.groups, block.rows, block.cols, k)
         for c, inp in _chunks(block, x, vs, vd, enc_w, enc_b, ws, d):
-            n, _, _, a1, _, s1 = _decoder_hidden(inp, w1, b1, ws, d)
-            torch.addmm(b2, s1, w2.t(), out=out[c.g0:c.g1, c.r0:c.r1].view(-1, k))
+            _decoder_forward_chunk(inp.e, inp.vs, inp.vd, w1, b1, w2, b2,
+                                       out[c.g0:c.g1, c.r0:c.r1].view(-1, k), *_decoder_buffers(ws, inp, d))
         ctx.block, ctx.ws = block, ws
         ctx.save_for_backward(x, vs, vd, enc_w, enc_b, w1, b1, w2, b2)
         return out
 
     @staticmethod
+    @once_differentiable
     def backward(ctx, g_out):
         x, vs, vd, enc_w, enc_b, w1, b1, w2, b2 = ctx.saved_tensors
         block, ws = ctx.block, ctx.ws
@@ -420,49 +494,21 @@ class _DecodePass(torch.autograd.Function):
         gb = torch.zeros_like(enc_b) if raw else None
         gw1, gb1, gw2, gb2 = (torch.zeros_like(p) for p in (w1, b1, w2, b2))
         for c, inp in _chunks(block, x, vs, vd, enc_w, enc_b, ws, d):
-            n, mean, rstd, a1, sig, s1 = _decoder_hidden(inp, w1, b1, ws, d)
-            rows = s1.shape[0]
-            gy = g_out[c.g0:c.g1, c.r0:c.r1].reshape(rows, k)
-            gw2.addmm_(gy.t(), s1)
-            gb2 += gy.sum(0)
-            ga1 = torch.mm(gy, w2, out=ws.get("g1", (rows, d)))
-            slope = torch.mul(sig, -1, out=s1).add_(1)  # silu'(a) = sig * (1 + a * (1 - sig))
-            slope.mul_(a1).add_(1).mul_(sig)
-            ga1.mul_(slope)
-            gw1.addmm_(ga1.t(), n.view(rows, d))
-            gb1 += ga1.sum(0)
-            gn = torch.mm(ga1, w1, out=ws.get("g2", (rows, d)))
-            z = ws.get("z", (*inp.shape[:2], block.cols, d))
-            gz = torch.ops.aten.native_layer_norm_backward(gn.view(z.shape), z, [d], mean, rstd, None, None,
-                                                           [True, False, False])[0]
-            ge_last = gz.transpose(-1, -2)
             ge = ws.get("ge", inp.shape) if raw else ge_full[c.g0:c.g1, c.r0:c.r1]
-            if vs is None:
-                ge.copy_(ge_last)
-            else:
-                ge.zero_()
-                h = _update_factor(inp.vs, inp.vd, ws.get("h", inp.shape))
-                _update_backward(ge_last, inp.e, h, inp.vs, inp.vd, ge, gvs[c.g0:c.g1],
-                                 gvd[c.g0:c.g1, c.r0:c.r1], ws.get("t", inp.shape), ws.get("mask", inp.shape))
+            _decoder_backward_chunk(
+                inp.e, inp.vs, inp.vd, w1, b1, w2, g_out[c.g0:c.g1, c.r0:c.r1].reshape(-1, k), ge,
+                gvs[c.g0:c.g1] if vs is not None else None, gvd[c.g0:c.g1, c.r0:c.r1] if vd is not None else None,
+                gw1, gb1, gw2, gb2, *_decoder_buffers(ws, inp, d), ws.get("t", inp.shape), ws.get("mask", inp.shape))
             if raw:
                 _encoder_backward(ge, inp.x, gw, gb, ws.get("t", inp.shape))
         return ge_full, gvs, gvd, gw, gb, gw1, gb1, gw2, gb2, None, None
 
 
-def _decoder_hidden(inp: _Inputs, w1: Tensor, b1: Tensor, ws: _Workspace, d: int):
-    """Last edge update, LayerNorm and the hidden layer of the decoder for one chunk."""
+def _decoder_buffers(ws: _Workspace, inp: _Inputs, d: int) -> tuple[Tensor, ...]:
     g, r, _, cols = inp.shape
-    e = inp.e
-    if inp.vs is not None:
-        e = torch.addcmul(e, e, _update_factor(inp.vs, inp.vd, ws.get("h", inp.shape)), out=ws.get("eL", inp.shape))
-    z = ws.get("z", (g, r, cols, d))
-    z.copy_(e.transpose(-1, -2))
-    n, mean, rstd = torch.native_layer_norm(z, [d], None, None, _EPS)
     rows = g * r * cols
-    a1 = torch.addmm(b1, n.view(rows, d), w1.t(), out=ws.get("a1", (rows, d)))
-    sig = torch.sigmoid(a1, out=ws.get("sig", (rows, d)))
-    s1 = torch.mul(a1, sig, out=ws.get("s1", (rows, d)))
-    return n, mean, rstd, a1, sig, s1
+    return (ws.get("e_last", inp.shape), ws.get("z", (g, r, cols, d)), ws.get("hidden", (rows, d)),
+            ws.get("sig", (rows, d)), ws.get("act", (rows, d)))
 
 
 # -- scatter backends ----------------------------------------------------------------------------
@@ -521,7 +567,7 @@ class Metanet(nn.Module):
 
     @classmethod
     def for_graph(cls, graph: WeightGraph, width: int = 32, depth: int = 6, ratio: float = 0.01,
-                  chunk: int = 1 << 20, scatter: str = "auto") -> "Metanet":
+                  chunk: int = 1 << 18, scatter: str = "auto") -> "Metanet":
         """A metanet for the node and edge kinds of ``graph`` (kinds are stored in its config)."""
         nodes, edges = kinds_of(graph)
         return cls(MetanetConfig(nodes, edges, width, depth, ratio, chunk), scatter=scatter)
@@ -564,6 +610,7 @@ class Metanet(nn.Module):
             count_bwd.index_add_(0, src, torch.full((src.numel(),), float(b.rows), dtype=dtype))
 
         ws = _Workspace(max((b.max_chunk for b in blocks), default=0) * d, dtype)
+        ws.reuse_grads = True
         h = self._encode_nodes(graph, dtype)
         states: list[Tensor | None] = [None] * len(blocks)
         factors: list[tuple[Tensor, Tensor]] = []

@@ -1,0 +1,154 @@
+"""Metanetwork forward + backward speed and peak memory on CPU.
+
+For each model its WeightGraph goes through a fresh metanetwork (reference settings per
+family: CIFAR ResNets 8 layers x width 64, ResNet50 6 layers x width 16) and a scalar
+loss on the raised, differentiable weights is backpropagated to the metanetwork's
+parameters, as one meta-training step does (minus the data model's own forward). Every
+model runs in its own subprocess, so its peak resident memory (``ru_maxrss``) is clean.
+The first forward + backward is a warm-up; the table gives medians of the following
+repeats, and the warm-up time separately.
+
+Targets: torchvision resnet50 (224 input, 10 classes) forward + backward under 15 s and
+peak memory under 8 GiB with ``torch.set_num_threads(2)``.
+
+    python benchmarks/metanet_speed.py [--threads 2] [--repeats 2] [--models resnet20,resnet56,resnet50]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+RESULTS = HERE / "results" / "metanet_speed.md"
+# name: (builder, input shape, width, depth, ratio) -- the reference's settings per family
+MODELS = {
+    "resnet20": ("fxmeta:resnet20", (1, 3, 32, 32), 64, 8, 0.01),
+    "resnet56": ("fxmeta:resnet56", (1, 3, 32, 32), 64, 8, 0.01),
+    "resnet50": ("torchvision:resnet50", (1, 3, 224, 224), 16, 6, 0.002),
+}
+
+
+def _build(spec: str):
+    import torchvision
+
+    source, name = spec.split(":")
+    if source == "torchvision":
+        return torchvision.models.get_model(name, weights=None, num_classes=10)
+    from fxmeta import models
+
+    builder = getattr(models, name, None)
+    return None if builder is None else builder(num_classes=10)
+
+
+def measure(name: str, threads: int, repeats: int) -> dict:
+    """One model, in this process: lower, then warm-up + ``repeats`` timed forward/backward."""
+    import torch
+
+    sys.path.insert(0, str(HERE))
+    from _env import peak_rss_mib
+
+    from fxmeta.ir import lower, raise_params
+    from fxmeta.metanet import Metanet
+
+    torch.set_num_threads(threads)
+    torch.manual_seed(0)
+    spec, shape, width, depth, ratio = MODELS[name]
+    model = _build(spec)
+    if model is None:
+        return {"model": name, "skipped": f"{spec} is not available in this fxmeta"}
+    model.eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    t0 = time.perf_counter()
+    graph = lower(model, torch.randn(shape))
+    lower_s = time.perf_counter() - t0
+    base_mib = peak_rss_mib()
+    net = Metanet.for_graph(graph, width=width, depth=depth, ratio=ratio)
+    fwd, bwd = [], []
+    for _ in range(repeats + 1):
+        t0 = time.perf_counter()
+        params = raise_params(net(graph))
+        t1 = time.perf_counter()
+        loss = sum((v * v).sum() for v in params.values() if v.requires_grad)
+        net.zero_grad(set_to_none=True)
+        loss.backward()
+        t2 = time.perf_counter()
+        fwd.append(t1 - t0)
+        bwd.append(t2 - t1)
+        del params, loss
+    grads = sum(p.grad is not None for p in net.parameters())
+    return {
+        "model": name, "nodes": graph.num_nodes, "edges": graph.num_edges, "width": width, "depth": depth,
+        "lower_s": lower_s, "warmup_s": fwd[0] + bwd[0], "fwd_s": statistics.median(fwd[1:]),
+        "bwd_s": statistics.median(bwd[1:]), "base_mib": base_mib, "peak_mib": peak_rss_mib(),
+        "metanet_params": sum(p.numel() for p in net.parameters()), "params_with_grad": grads,
+    }
+
+
+def _load_average() -> str:
+    try:
+        return " / ".join(f"{x:.1f}" for x in os.getloadavg())
+    except OSError:
+        return "?"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--models", default=",".join(MODELS))
+    parser.add_argument("--one", help=argparse.SUPPRESS)
+    parser.add_argument("--out", default=str(RESULTS))
+    args = parser.parse_args()
+    if args.one:
+        print(json.dumps(measure(args.one, args.threads, args.repeats)))
+        return
+
+    sys.path.insert(0, str(HERE))
+    from _env import header
+
+    rows, loads = [], [_load_average()]
+    for name in args.models.split(","):
+        cmd = [sys.executable, __file__, "--one", name, "--threads", str(args.threads),
+               "--repeats", str(args.repeats)]
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        if proc.returncode != 0:
+            rows.append({"model": name, "skipped": f"failed: {proc.stderr.strip().splitlines()[-1:]}"})
+        else:
+            rows.append(json.loads(proc.stdout.strip().splitlines()[-1]))
+        loads.append(_load_average())
+        print(json.dumps(rows[-1]), flush=True)
+
+    command = "python benchmarks/metanet_speed.py " + " ".join(sys.argv[1:])
+    lines = ["# Metanetwork forward + backward speed and memory (CPU)", "",
+             header(command.strip(), args.threads, "torch.manual_seed(0)"),
+             f"- load average (1/5/15 min) before and after each model: {' | '.join(loads)}",
+             "  (the machine is shared; a load above the core count slows every number here)", "",
+             "Forward = WeightGraph -> metanetwork -> raised weights; backward = a scalar loss on the raised "
+             "weights back to every metanetwork parameter. Medians over repeats after one warm-up. "
+             "Peak = the subprocess's peak RSS; "
+             "base = RSS with the model lowered, before the metanetwork ran.", "",
+             "| model | nodes | edges | width x depth | lower s | forward s | backward s | fwd+bwd s | warm-up s "
+             "| base GiB | peak GiB |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        if "skipped" in r:
+            lines.append(f"| {r['model']} | {r['skipped']} |" + " |" * 9)
+            continue
+        lines.append(
+            f"| {r['model']} | {r['nodes']} | {r['edges']} | {r['width']} x {r['depth']} | {r['lower_s']:.2f} "
+            f"| {r['fwd_s']:.2f} | {r['bwd_s']:.2f} | {r['fwd_s'] + r['bwd_s']:.2f} | {r['warmup_s']:.1f} "
+            f"| {r['base_mib'] / 1024:.2f} | {r['peak_mib'] / 1024:.2f} |")
+    lines += ["", "Target: resnet50 forward + backward < 15 s and peak < 8 GiB at 2 threads."]
+    Path(args.out).write_text("\n".join(lines) + "\n")
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
