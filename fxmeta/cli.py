@@ -109,7 +109,7 @@ _EXTRA_COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = []
 def _load_extra_commands() -> None:
     from . import commands
 
-    _EXTRA_COMMANDS.extend(commands.REGISTER)
+    _EXTRA_COMMANDS[:] = commands.REGISTER  # idempotent: main() may be called more than once
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -4,5 +4,6 @@ from __future__ import annotations
 import argparse
 from typing import Callable
 
-REGISTER: list[Callable[[argparse._SubParsersAction], None]] = []
-from .cmd_transform import register_all; REGISTER.extend(register_all)  # noqa: E402,E702
+from .cmd_transform import register_all
+
+REGISTER: list[Callable[[argparse._SubParsersAction], None]] = [*register_all]

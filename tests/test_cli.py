@@ -29,7 +29,6 @@ FAST = ["--data", "digits", "--epochs", "1", "--batch-size", "64", "--no-progres
 
 
 def main(argv: list[str]) -> int:
-    cli._EXTRA_COMMANDS.clear()  # cli.main appends the registered commands to this list on every call
     return cli.main(argv)
 
 
