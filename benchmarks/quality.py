@@ -90,7 +90,7 @@ class Settings:
     base_lr: float = 0.1
     batch_size: int = 128
     finetune_epochs: int = 10
-    finetune_lrs: tuple[float, ...] = (0.01, 0.05)  # grid, chosen on val (fxmeta-l2, first seed)
+    finetune_lrs: tuple[float, ...] = (0.01, 0.05, 0.1)  # grid, chosen on val (fxmeta-l2, first seed)
     select_targets: tuple[float, ...] = (4.0, 8.0)  # targets the grids are scored at
     sl_epochs: int = 10
     sl_lr: float = 0.01
@@ -103,9 +103,9 @@ class Settings:
     meta_width: int = 32
     meta_depth: int = 6
     meta_ratio: float = 0.01
-    meta_speedup: float = 8.0  # FLOPs target of meta_train's checkpoint selection
+    meta_speedup: float = 4.0  # FLOPs target of meta_train's checkpoint selection
     latency_batch: int = 32
-    latency_threads: int = 2
+    latency_threads: int = 1  # one thread: less disturbed by the other processes on the 2 cores
 
     def check(self) -> None:
         if set(self.select_targets) - set(self.targets):
@@ -115,9 +115,9 @@ class Settings:
 
 
 FULL = Settings()
-QUICK = Settings(archs=("resnet20",), seeds=(0,), targets=(4.0, 8.0), base_epochs=6, finetune_epochs=3,
-                 finetune_lrs=(0.01, 0.05), select_targets=(8.0,), sl_epochs=3, sl_regs=(5e-4, 5e-2),
-                 zoo_count=2, zoo_val=1, zoo_epochs=6, meta_epochs=2, latency_batch=8)
+QUICK = Settings(archs=("resnet20",), seeds=(0,), targets=(4.0, 8.0), base_epochs=4, finetune_epochs=2,
+                 finetune_lrs=(0.01, 0.05), select_targets=(8.0,), sl_epochs=2, sl_regs=(5e-4, 5e-2),
+                 zoo_count=2, zoo_val=1, zoo_epochs=4, meta_epochs=1, latency_batch=8)
 
 
 def _key(obj: Any) -> str:
@@ -181,6 +181,7 @@ class Context:
     latencies: dict[tuple[str, int], float] = field(default_factory=dict)
     chosen: dict[str, dict] = field(default_factory=dict)
     tp_memo: dict[tuple, dict[float, dict]] = field(default_factory=dict)  # one base network's TP copies
+    reused: list[str] = field(default_factory=list)  # stages loaded from the cache instead of computed
 
     def base_settings(self) -> dict:
         s = self.s
@@ -193,12 +194,24 @@ def _eval(model: torch.nn.Module, ctx: Context) -> tuple[float, float]:
     return evaluate(model, ctx.loaders.val)["acc"], evaluate(model, ctx.loaders.test)["acc"]
 
 
-def _latency_ms(model: torch.nn.Module, ctx: Context) -> float:
+def _latency_ms(model: torch.nn.Module, ctx: Context, repeats: int = 30) -> float:
+    """The 10th percentile of timed runs: on a shared machine the fast runs are the ones the
+    other processes did not interrupt, so they show the model's own cost best."""
     from fxmeta.latency import measure_latency
 
     lat = measure_latency(model, ctx.example, threads=ctx.s.latency_threads, batch=ctx.s.latency_batch,
-                          warmup=5, repeats=30, max_seconds=3.0)
-    return lat.median_ms
+                          warmup=3, repeats=repeats, max_seconds=2.0)
+    return lat.p10_ms
+
+
+def _paired_latency(base: torch.nn.Module, pruned: torch.nn.Module, ctx: Context) -> tuple[float, float]:
+    """Median latencies of base and pruned, measured in alternation: the machine is shared, and
+    alternating keeps a load change from landing on one side only."""
+    b, p = [], []
+    for _ in range(3):
+        b.append(_latency_ms(base, ctx, repeats=20))
+        p.append(_latency_ms(pruned, ctx, repeats=20))
+    return statistics.median(b), statistics.median(p)
 
 
 # ---------------------------------------------------------------------------- base networks
@@ -215,6 +228,8 @@ def build_bases(ctx: Context, arch: str) -> None:
         raise SystemExit("base seeds must be consecutive (they are built as one zoo)")
     folder = ctx.cache / "base" / f"{arch}-{_key([ctx.base_settings(), seeds])}"
     say(f"{arch}: base networks (seeds {seeds}, {s.base_epochs} epochs) in {folder}")
+    if (folder / "zoo.json").is_file():
+        ctx.reused.append(f"{arch} base networks")
     zoo = build_zoo(f"fxmeta:{arch}", data=DATA_SPEC, count=len(seeds), out=folder, prune_speedup=1.0,
                     epochs=s.base_epochs, finetune_epochs=0, seed=seeds[0], val_count=0, lr=s.base_lr,
                     batch_size=s.batch_size, progress=True)
@@ -254,7 +269,11 @@ def build_metanet(ctx: Context, arch: str) -> None:
     say(f"{arch}: zoo ready ({time.perf_counter() - t0:.0f} s now; {zoo_seconds:.0f} s to build in total)")
     timing_path = meta_dir / "timing.json"
     timing = _read_json(timing_path)
-    if timing is None:
+    if (zoo_dir / "zoo.json").is_file():
+        ctx.reused.append(f"{arch} zoo")
+    if timing is not None:
+        ctx.reused.append(f"{arch} metanetwork")
+    else:
         previous = _read_json(meta_dir / "partial_seconds.json") or {"seconds": 0.0}
         say(f"{arch}: meta-training {s.meta_epochs} epochs (width {s.meta_width}, depth {s.meta_depth}, "
             f"ratio {s.meta_ratio}, checkpoint chosen at {s.meta_speedup:g}x on held-out members) in {meta_dir}")
@@ -365,27 +384,64 @@ def sparsity_learning(ctx: Context, arch: str, seed: int, reg: float) -> tuple[t
     return model.eval(), seconds, info
 
 
+class _ConvFlops:
+    """FLOPs of a conv / linear network from its modules' current widths, cheap to call every step.
+
+    The spatial sizes are recorded once (pruning channels does not change them); the
+    formula is FlopCounterMode's (2 x multiply-adds of conv and linear layers), and every
+    count that decides a target is confirmed with ``fxmeta.flops.count_flops``."""
+
+    def __init__(self, model: torch.nn.Module, example: torch.Tensor) -> None:
+        self.model, self.spatial = model, {}
+        hooks = [m.register_forward_hook(self._record(name)) for name, m in model.named_modules()
+                 if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))]
+        try:
+            with torch.no_grad():
+                model.eval()(example)
+        finally:
+            for h in hooks:
+                h.remove()
+
+    def _record(self, name: str) -> Callable:
+        def hook(module: torch.nn.Module, inputs: Any, output: torch.Tensor) -> None:
+            self.spatial[name] = math.prod(output.shape[2:]) * output.shape[0]
+        return hook
+
+    def __call__(self) -> int:
+        total = 0
+        for name, m in self.model.named_modules():
+            if isinstance(m, torch.nn.Conv2d):
+                total += 2 * m.out_channels * (m.in_channels // m.groups) * math.prod(m.kernel_size) * self.spatial[name]
+            elif isinstance(m, torch.nn.Linear):
+                total += 2 * m.in_features * m.out_features * self.spatial[name]
+        return total
+
+
 def tp_progressive(model: torch.nn.Module, ctx: Context, reg: float | None,
                    targets: list[float]) -> dict[float, dict]:
-    """Step a Torch-Pruning pruner until each FLOPs target is met (fxmeta's counter), keeping a
-    copy at each target on the way: the same states separate runs per target would reach."""
+    """Step a Torch-Pruning pruner until each FLOPs target is met, keeping a copy at each target
+    on the way: the same states separate runs per target would reach (the steps are the same)."""
     from fxmeta.flops import count_flops
 
     t0 = time.perf_counter()
     pruner = _tp_pruner(model, ctx, reg)
     model.eval()
     base_flops = count_flops(model, ctx.example)
+    quick = _ConvFlops(model, ctx.example)
+    exact = quick() == base_flops  # else every step is counted with count_flops
     out: dict[float, dict] = {}
     pending = sorted(targets)
     speedup = 1.0
     while pending:
+        if pending and speedup >= pending[0]:
+            speedup = base_flops / max(count_flops(model, ctx.example), 1)  # confirm with fxmeta's counter
         while pending and speedup >= pending[0]:
             out[pending.pop(0)] = {"module": copy.deepcopy(model), "seconds": time.perf_counter() - t0,
                                    "steps": pruner.current_step}
         if not pending or pruner.current_step >= pruner.iterative_steps:
             break
         pruner.step()
-        speedup = base_flops / max(count_flops(model, ctx.example), 1)
+        speedup = base_flops / max(quick() if exact else count_flops(model, ctx.example), 1)
     for t in pending:
         out[t] = {"error": f"Torch-Pruning stopped at {speedup:.2f}x after all {TP_STEPS} iterative steps "
                            f"(pruning_ratio=1.0, max_pruning_ratio=1.0): {t:g}x is out of its reach"}
@@ -424,10 +480,7 @@ def pruned_for(ctx: Context, arch: str, seed: int, method: str, target: float, r
     if method == "ours":
         module, meta_fwd, info = metanet_output(ctx, arch, seed)
         out = _prune_fxmeta(module, ctx, target, "l2", seed)
-        meta = ctx.metanets[arch]
-        amortised = (meta["zoo_seconds"] + meta["meta_seconds"]) / (len(ctx.s.seeds) * len(ctx.s.targets))
-        return {**out, **info, "extra_seconds": meta_fwd + amortised,
-                "cost_note": f"metanet forward {meta_fwd:.1f} s + zoo and meta-training amortised {amortised:.0f} s"}
+        return {**out, **info, "extra_seconds": meta_fwd}  # + zoo and meta-training, amortised in aggregate()
     if method == "fxmeta-l2":
         return {**_prune_fxmeta(base, ctx, target, "l2", seed), "extra_seconds": 0.0}
     if method == "random":
@@ -445,7 +498,6 @@ def pruned_for(ctx: Context, arch: str, seed: int, method: str, target: float, r
             entry["extra_seconds"] = sl_seconds
             if sl_info:
                 entry["sl"] = {k: v for k, v in sl_info.items() if k != "seconds"}
-                entry["cost_note"] = f"sparsity learning {sl_seconds:.0f} s ({ctx.s.sl_epochs} epochs)"
         ctx.tp_memo.clear()  # one base network's copies at a time
         ctx.tp_memo[memo_key] = found
     entry = dict(ctx.tp_memo[memo_key][target])
@@ -478,8 +530,8 @@ def run_cell(ctx: Context, arch: str, seed: int, method: str, target: float, lr:
     flops0, flops1 = count_flops(base, ctx.example), count_flops(module, ctx.example)
     record.update(flops_speedup=flops0 / max(flops1, 1), params_ratio=count_params(module) / count_params(base),
                   flops=flops1)
-    record["latency_ms"] = _latency_ms(module, ctx)
-    record["latency_speedup"] = ctx.latencies[(arch, seed)] / record["latency_ms"]
+    record["base_latency_ms"], record["latency_ms"] = _paired_latency(base, module, ctx)
+    record["latency_speedup"] = record["base_latency_ms"] / record["latency_ms"]
     record["pruned_val_acc"], record["pruned_test_acc"] = _eval(module, ctx)
     t0 = time.perf_counter()
     for p in module.parameters():
@@ -489,12 +541,12 @@ def run_cell(ctx: Context, arch: str, seed: int, method: str, target: float, lr:
     finetune_seconds = time.perf_counter() - t0
     record.update(finetune_best_epoch=tuned.best_epoch, finetuned_val_acc=tuned.best_val_acc,
                   finetuned_test_acc=tuned.test["acc"], prune_seconds=got["seconds"],
-                  finetune_seconds=finetune_seconds, method_seconds=got["extra_seconds"],
-                  wall_seconds=got["extra_seconds"] + got["seconds"] + finetune_seconds)
+                  finetune_seconds=finetune_seconds, method_seconds=got["extra_seconds"])
     say(f"{arch} s{seed} {method:>12} {target:>4g}x: {record['flops_speedup']:.2f}x FLOPs, "
         f"params {record['params_ratio']:.3f}, latency {record['latency_speedup']:.2f}x, "
         f"acc pruned {record['pruned_test_acc']:.4f} -> finetuned {record['finetuned_test_acc']:.4f} "
-        f"(val {record['finetuned_val_acc']:.4f}), wall {record['wall_seconds']:.0f} s")
+        f"(val {record['finetuned_val_acc']:.4f}), prune {got['seconds']:.1f} s + finetune {finetune_seconds:.0f} s "
+        f"+ method-specific {got['extra_seconds']:.0f} s")
     _write_json(path, record)
     return record
 
@@ -542,7 +594,17 @@ def _mean_std(values: list[float]) -> tuple[float, float]:
     return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
 
 
-def aggregate(cells: list[dict]) -> list[dict]:
+def amortised_seconds(ctx: Context, arch: str) -> float:
+    """Zoo + meta-training time per network pruned with that metanetwork in this run."""
+    m = ctx.metanets[arch]
+    return (m["zoo_seconds"] + m["meta_seconds"]) / (len(ctx.s.seeds) * len(ctx.s.targets))
+
+
+def aggregate(cells: list[dict], ctx: Context) -> list[dict]:
+    cells = [c if "error" in c else {**c, "method_seconds": c["method_seconds"] + (
+        amortised_seconds(ctx, c["arch"]) if c["method"] == "ours" else 0.0)} for c in cells]
+    cells = [c if "error" in c else {**c, "wall_seconds": c["method_seconds"] + c["prune_seconds"]
+                                     + c["finetune_seconds"]} for c in cells]
     rows = []
     keys = sorted({(c["arch"], c["method"], c["target"]) for c in cells},
                   key=lambda k: (k[0], METHODS.index(k[1]), k[2]))
@@ -626,8 +688,8 @@ def write_markdown(path: Path, rows: list[dict], ctx: Context, meta: dict) -> No
              f"- more versions: torch-pruning {meta['versions']['torch_pruning']}, "
              f"matplotlib {meta['versions']['matplotlib']}, fxmeta {meta['versions']['fxmeta']} "
              f"(commit {meta['versions']['commit']})",
-             f"- run wall time: {meta['wall_minutes']:.1f} min (cached stages reused: "
-             f"{', '.join(meta['reused']) or 'none'}); load average at start / end: "
+             f"- run wall time: {meta['wall_minutes']:.1f} min (taken from the cache: "
+             f"{', '.join(meta['reused']) or 'nothing'}); load average at start / end: "
              f"{meta['load_start']:.2f} / {meta['load_end']:.2f} (other processes share the 2 cores)",
              "", *results_section(rows, s)]
     lines += ["## Setup", "",
@@ -653,8 +715,9 @@ def write_markdown(path: Path, rows: list[dict], ctx: Context, meta: dict) -> No
               "fxmeta prune (l2) of the metanetwork's output.",
               "- fxmeta prune: global l2 group ranking, one shot, min_keep 0.1, self-check on.",
               f"- FLOPs and params: fxmeta.flops.count_flops / count_params for every method. Latency: "
-              f"fxmeta.latency, CPU, batch {s.latency_batch}, {s.latency_threads} threads, median of up to 30 runs; "
-              "speed-up against the unpruned base network measured in the same run.",
+              f"fxmeta.latency, CPU, batch {s.latency_batch}, {s.latency_threads} thread(s) (fewer disturbances from "
+              "the other processes sharing the cores); base and pruned network timed in alternation, 3 rounds of "
+              "20 runs each, the 10th percentile of each round, median over rounds; speed-up = base / pruned.",
               f"- threads: torch.set_num_threads({torch.get_num_threads()}).",
               "- wall time per network: prune + finetune, plus for DepGraph+SL its sparsity learning (shared across "
               "targets here, counted in full for each), plus for ours the metanetwork forward and the zoo + "
@@ -682,9 +745,8 @@ def write_markdown(path: Path, rows: list[dict], ctx: Context, meta: dict) -> No
     for arch in s.archs:
         m = ctx.metanets.get(arch)
         if m:
-            total = m["zoo_seconds"] + m["meta_seconds"]
             lines.append(f"| {arch} | {m['zoo_seconds']:.0f} | {m['meta_seconds']:.0f} | "
-                         f"{total / (len(s.seeds) * len(s.targets)):.0f} |")
+                         f"{amortised_seconds(ctx, arch):.0f} |")
     lines.append("")
     for arch in s.archs:
         bases = [ctx.bases[(arch, sd)] for sd in s.seeds if (arch, sd) in ctx.bases]
@@ -796,7 +858,6 @@ def main(argv: list[str] | None = None) -> None:
 
     splits = digits16(0)
     ctx = Context(s, cache, splits, make_loaders(splits, s.batch_size, seed=0), torch.zeros(1, *splits.input_shape))
-    reused = []
     cells: list[dict] = []
     for arch in s.archs:
         build_bases(ctx, arch)
@@ -808,14 +869,14 @@ def main(argv: list[str] | None = None) -> None:
                 for t in s.targets:
                     path = _cell_path(ctx, arch, seed, method, t, lr, reg if method == "DepGraph+SL" else None)
                     if path.is_file():
-                        reused.append(f"{arch} s{seed} {method} {t:g}x")
+                        ctx.reused.append(f"{arch} s{seed} {method} {t:g}x")
                     cells.append(run_cell(ctx, arch, seed, method, t, lr, reg if method == "DepGraph+SL" else None))
         ctx.ours_inputs.clear()
-    rows = aggregate(cells)
+    rows = aggregate(cells, ctx)
     meta = {"command": command, "settings": asdict(s), "threads": torch.get_num_threads(), "versions": _versions(),
             "wall_minutes": (time.perf_counter() - started) / 60, "load_start": load_start,
             "load_end": os.getloadavg()[0],
-            "reused": [f"{len(reused)} finished cells"] if reused else []}
+            "reused": ctx.reused}
     chosen = {a: {k: {**v, "val_scores": {str(x): y for x, y in v["val_scores"].items()}} for k, v in c.items()}
               for a, c in ctx.chosen.items()}
     metanets = {a: {k: v for k, v in m.items() if k != "metanet"} for a, m in ctx.metanets.items()}
