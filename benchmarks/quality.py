@@ -679,6 +679,12 @@ def _fmt_s(x: float) -> str:
     return "-" if x != x else f"{x:.0f}"
 
 
+def count_flops_of(ctx: Context, arch: str) -> int:
+    from fxmeta.flops import count_flops
+
+    return count_flops(ctx.bases[(arch, ctx.s.seeds[0])]["model"], ctx.example)
+
+
 def write_markdown(path: Path, rows: list[dict], ctx: Context, meta: dict) -> None:
     from _env import header
 
@@ -751,7 +757,9 @@ def write_markdown(path: Path, rows: list[dict], ctx: Context, meta: dict) -> No
     for arch in s.archs:
         bases = [ctx.bases[(arch, sd)] for sd in s.seeds if (arch, sd) in ctx.bases]
         bm, bsd = _mean_std([b["test_acc"] for b in bases])
-        lines += [f"## {arch} (base test acc {_pct(bm, bsd)}, mean ± std over seeds)", "",
+        lat = _mean_std([ctx.latencies[(arch, sd)] for sd in s.seeds if (arch, sd) in ctx.latencies])[0]
+        lines += [f"## {arch} (base: test acc {_pct(bm, bsd)} %, "
+                  f"{count_flops_of(ctx, arch) / 1e6:.1f} MFLOPs, latency {lat:.2f} ms; mean ± std over seeds)", "",
                   "| method | target | FLOPs x | params kept | latency x | acc after pruning % | "
                   "acc after finetune % | wall s / network | of which method-specific s |",
                   "|---|---|---|---|---|---|---|---|---|"]
@@ -778,7 +786,7 @@ def write_markdown(path: Path, rows: list[dict], ctx: Context, meta: dict) -> No
     path.write_text("\n".join(lines))
 
 
-def write_plot(path: Path, rows: list[dict], s: Settings) -> None:
+def write_plot(path: Path, rows: list[dict], s: Settings, base_acc: dict[str, float]) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -795,6 +803,10 @@ def write_plot(path: Path, rows: list[dict], s: Settings) -> None:
                     continue
                 ax.errorbar([r["flops_speedup"] for r in pts], [100 * r[key] for r in pts],
                             yerr=[100 * r[key + "_std"] for r in pts], marker="o", capsize=3, label=LABELS[method])
+            ax.axhline(100 * base_acc[arch], color="gray", ls="--", lw=1, label="unpruned base")
+            ax.axhline(10, color="gray", ls=":", lw=1, label="chance (10 classes)")
+            if key == "pruned_test_acc":
+                ax.set_ylim(0, 100)
             ax.set_xscale("log", base=2)
             ax.set_xticks(list(s.targets), [f"{t:g}x" for t in s.targets])
             ax.set_xlabel("FLOPs speed-up (fxmeta counter)")
@@ -847,7 +859,7 @@ def main(argv: list[str] | None = None) -> None:
     cache = Path(args.cache)
     out = Path(args.out) if args.out else (cache / "quick-results" if args.quick else HERE / "results")
     out.mkdir(parents=True, exist_ok=True)
-    log = open(out / "quality_log.txt", "w")
+    log = open(out / "quality_log.txt", "a")  # an interrupted run's log is kept; the resumed run appends
     sys.stdout, sys.stderr = Tee(sys.__stdout__, log), Tee(sys.__stderr__, log)
     command = "python benchmarks/quality.py" + (" " + " ".join(sys.argv[1:]) if len(sys.argv) > 1 else "")
     torch.set_num_threads(args.threads)
@@ -885,7 +897,9 @@ def main(argv: list[str] | None = None) -> None:
     _write_json(out / "quality.json", {**meta, "chosen": chosen, "metanets": metanets, "bases": bases,
                                        "rows": rows, "cells": cells})
     write_markdown(out / "quality.md", rows, ctx, meta)
-    write_plot(out / "quality.png", rows, s)
+    base_acc = {a: statistics.fmean(b["test_acc"] for (arch, _), b in ctx.bases.items() if arch == a)
+                for a in s.archs}
+    write_plot(out / "quality.png", rows, s, base_acc)
     say(f"done in {meta['wall_minutes']:.1f} min: {out / 'quality.md'}")
     print("\n".join(results_section(rows, s)))
 
