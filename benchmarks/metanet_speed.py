@@ -11,7 +11,7 @@ repeats, and the warm-up time separately.
 Targets: torchvision resnet50 (224 input, 10 classes) forward + backward under 15 s and
 peak memory under 8 GiB with ``torch.set_num_threads(2)``.
 
-    python benchmarks/metanet_speed.py [--threads 2] [--repeats 2] [--models resnet20,resnet56,resnet50]
+    python benchmarks/metanet_speed.py [--threads 2[,1]] [--repeats 2] [--models resnet20,resnet56,resnet50]
 """
 from __future__ import annotations
 
@@ -70,23 +70,24 @@ def measure(name: str, threads: int, repeats: int) -> dict:
     lower_s = time.perf_counter() - t0
     base_mib = peak_rss_mib()
     net = Metanet.for_graph(graph, width=width, depth=depth, ratio=ratio)
-    fwd, bwd = [], []
+    fwd, bwd, cpu = [], [], []
     for _ in range(repeats + 1):
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         params = raise_params(net(graph))
         t1 = time.perf_counter()
         loss = sum((v * v).sum() for v in params.values() if v.requires_grad)
         net.zero_grad(set_to_none=True)
         loss.backward()
-        t2 = time.perf_counter()
+        t2, c2 = time.perf_counter(), time.process_time()
         fwd.append(t1 - t0)
         bwd.append(t2 - t1)
+        cpu.append(c2 - c0)
         del params, loss
     grads = sum(p.grad is not None for p in net.parameters())
     return {
         "model": name, "nodes": graph.num_nodes, "edges": graph.num_edges, "width": width, "depth": depth,
         "lower_s": lower_s, "warmup_s": fwd[0] + bwd[0], "fwd_s": statistics.median(fwd[1:]),
-        "bwd_s": statistics.median(bwd[1:]), "base_mib": base_mib, "peak_mib": peak_rss_mib(),
+        "bwd_s": statistics.median(bwd[1:]), "cpu_s": statistics.median(cpu[1:]), "base_mib": base_mib, "peak_mib": peak_rss_mib(),
         "metanet_params": sum(p.numel() for p in net.parameters()), "params_with_grad": grads,
     }
 
@@ -100,51 +101,54 @@ def _load_average() -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--threads", default="2", help="torch threads; a comma list runs each in turn")
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--models", default=",".join(MODELS))
     parser.add_argument("--one", help=argparse.SUPPRESS)
     parser.add_argument("--out", default=str(RESULTS))
     args = parser.parse_args()
+    threads = [int(t) for t in args.threads.split(",")]
     if args.one:
-        print(json.dumps(measure(args.one, args.threads, args.repeats)))
+        print(json.dumps(measure(args.one, threads[0], args.repeats)))
         return
 
     sys.path.insert(0, str(HERE))
     from _env import header
 
     rows, loads = [], [_load_average()]
-    for name in args.models.split(","):
-        cmd = [sys.executable, __file__, "--one", name, "--threads", str(args.threads),
-               "--repeats", str(args.repeats)]
-        proc = subprocess.run(cmd, capture_output=True, text=True)
-        if proc.returncode != 0:
-            rows.append({"model": name, "skipped": f"failed: {proc.stderr.strip().splitlines()[-1:]}"})
-        else:
-            rows.append(json.loads(proc.stdout.strip().splitlines()[-1]))
-        loads.append(_load_average())
-        print(json.dumps(rows[-1]), flush=True)
+    for n in threads:
+        for name in args.models.split(","):
+            cmd = [sys.executable, __file__, "--one", name, "--threads", str(n), "--repeats", str(args.repeats)]
+            proc = subprocess.run(cmd, capture_output=True, text=True)
+            if proc.returncode != 0:
+                rows.append({"model": name, "skipped": f"failed: {proc.stderr.strip().splitlines()[-1:]}"})
+            else:
+                rows.append(json.loads(proc.stdout.strip().splitlines()[-1]))
+            rows[-1]["threads"] = n
+            loads.append(_load_average())
+            print(json.dumps(rows[-1]), flush=True)
 
     command = "python benchmarks/metanet_speed.py " + " ".join(sys.argv[1:])
     lines = ["# Metanetwork forward + backward speed and memory (CPU)", "",
-             header(command.strip(), args.threads, "torch.manual_seed(0)"),
-             f"- load average (1/5/15 min) before and after each model: {' | '.join(loads)}",
-             "  (the machine is shared; a load above the core count slows every number here)", "",
+             header(command.strip(), threads[0], "torch.manual_seed(0)"),
+             f"- load average (1/5/15 min) before and after each run: {' | '.join(loads)}",
+             "  (the machine is shared; a load above the core count slows every number here, and "
+             "multi-threaded runs most: their threads wait for each other)", "",
              "Forward = WeightGraph -> metanetwork -> raised weights; backward = a scalar loss on the raised "
              "weights back to every metanetwork parameter. Medians over repeats after one warm-up. "
-             "Peak = the subprocess's peak RSS; "
+             "CPU s = process CPU time of forward + backward (all threads). Peak = the subprocess's peak RSS; "
              "base = RSS with the model lowered, before the metanetwork ran.", "",
-             "| model | nodes | edges | width x depth | lower s | forward s | backward s | fwd+bwd s | warm-up s "
-             "| base GiB | peak GiB |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+             "| model | threads | nodes | edges | width x depth | lower s | forward s | backward s | fwd+bwd s "
+             "| CPU s | warm-up s | base GiB | peak GiB |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         if "skipped" in r:
-            lines.append(f"| {r['model']} | {r['skipped']} |" + " |" * 9)
+            lines.append(f"| {r['model']} | {r['threads']} | {r['skipped']} |" + " |" * 10)
             continue
         lines.append(
-            f"| {r['model']} | {r['nodes']} | {r['edges']} | {r['width']} x {r['depth']} | {r['lower_s']:.2f} "
-            f"| {r['fwd_s']:.2f} | {r['bwd_s']:.2f} | {r['fwd_s'] + r['bwd_s']:.2f} | {r['warmup_s']:.1f} "
-            f"| {r['base_mib'] / 1024:.2f} | {r['peak_mib'] / 1024:.2f} |")
+            f"| {r['model']} | {r['threads']} | {r['nodes']} | {r['edges']} | {r['width']} x {r['depth']} "
+            f"| {r['lower_s']:.2f} | {r['fwd_s']:.2f} | {r['bwd_s']:.2f} | {r['fwd_s'] + r['bwd_s']:.2f} "
+            f"| {r['cpu_s']:.2f} | {r['warmup_s']:.1f} | {r['base_mib'] / 1024:.2f} | {r['peak_mib'] / 1024:.2f} |")
     lines += ["", "Target: resnet50 forward + backward < 15 s and peak < 8 GiB at 2 threads."]
     Path(args.out).write_text("\n".join(lines) + "\n")
     print(f"wrote {args.out}")
