@@ -54,6 +54,10 @@ for _p in (str(ROOT), str(HERE)):
     if _p not in sys.path:
         sys.path.insert(0, _p)
 
+# Idle OpenMP threads sleep instead of spinning: on a shared machine spinning threads
+# wait for cores the other processes hold, and an epoch took ~10x longer (measured here).
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 import torch  # noqa: E402
 
 IMAGE_SIZE = 16
@@ -694,7 +698,8 @@ def write_markdown(path: Path, rows: list[dict], ctx: Context, meta: dict) -> No
              f"- more versions: torch-pruning {meta['versions']['torch_pruning']}, "
              f"matplotlib {meta['versions']['matplotlib']}, fxmeta {meta['versions']['fxmeta']} "
              f"(commit {meta['versions']['commit']})",
-             f"- run wall time: {meta['wall_minutes']:.1f} min (taken from the cache: "
+             f"- run wall time: {meta['wall_minutes']:.1f} min, CPU time {meta['cpu_minutes']:.1f} min "
+             f"(taken from the cache: "
              f"{', '.join(meta['reused']) or 'nothing'}); load average at start / end: "
              f"{meta['load_start']:.2f} / {meta['load_end']:.2f} (other processes share the 2 cores)",
              "", *results_section(rows, s)]
@@ -724,7 +729,9 @@ def write_markdown(path: Path, rows: list[dict], ctx: Context, meta: dict) -> No
               f"fxmeta.latency, CPU, batch {s.latency_batch}, {s.latency_threads} thread(s) (fewer disturbances from "
               "the other processes sharing the cores); base and pruned network timed in alternation, 3 rounds of "
               "20 runs each, the 10th percentile of each round, median over rounds; speed-up = base / pruned.",
-              f"- threads: torch.set_num_threads({torch.get_num_threads()}).",
+              f"- threads: torch.set_num_threads({torch.get_num_threads()}), OMP_WAIT_POLICY="
+              f"{os.environ.get('OMP_WAIT_POLICY')} (spinning OpenMP threads made epochs ~10x slower while other "
+              "processes used the cores).",
               "- wall time per network: prune + finetune, plus for DepGraph+SL its sparsity learning (shared across "
               "targets here, counted in full for each), plus for ours the metanetwork forward and the zoo + "
               "meta-training cost divided by the networks pruned with that metanetwork "
@@ -821,6 +828,14 @@ def write_plot(path: Path, rows: list[dict], s: Settings, base_acc: dict[str, fl
     plt.close(fig)
 
 
+def _cpu_minutes() -> float:
+    """CPU time of this process so far (user + system, all threads): what the run cost, whatever the load."""
+    import resource
+
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return (usage.ru_utime + usage.ru_stime) / 60
+
+
 def _versions() -> dict:
     import subprocess
 
@@ -886,7 +901,7 @@ def main(argv: list[str] | None = None) -> None:
         ctx.ours_inputs.clear()
     rows = aggregate(cells, ctx)
     meta = {"command": command, "settings": asdict(s), "threads": torch.get_num_threads(), "versions": _versions(),
-            "wall_minutes": (time.perf_counter() - started) / 60, "load_start": load_start,
+            "wall_minutes": (time.perf_counter() - started) / 60, "cpu_minutes": _cpu_minutes(), "load_start": load_start,
             "load_end": os.getloadavg()[0],
             "reused": ctx.reused}
     chosen = {a: {k: {**v, "val_scores": {str(x): y for x, y in v["val_scores"].items()}} for k, v in c.items()}
