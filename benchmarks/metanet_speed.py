@@ -24,6 +24,10 @@ import sys
 import time
 from pathlib import Path
 
+# Spinning OpenMP workers waiting at every op's barrier made 2-thread runs ~4-8x slower while
+# other jobs share the machine's 2 cores; passive waiting costs little when it is quiet.
+# (Set before torch is imported, here and in the per-model subprocesses that inherit it.)
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results" / "metanet_speed.md"
 # name: (builder, input shape, width, depth, ratio) -- the reference's settings per family
@@ -131,7 +135,8 @@ def main() -> None:
     command = "python benchmarks/metanet_speed.py " + " ".join(sys.argv[1:])
     lines = ["# Metanetwork forward + backward speed and memory (CPU)", "",
              header(command.strip(), threads[0], "torch.manual_seed(0)"),
-             f"- load average (1/5/15 min) before and after each run: {' | '.join(loads)}",
+             f"- load average (1/5/15 min) before and after each run: {' | '.join(loads)}; "
+             f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY')}",
              "  (the machine is shared; a load above the core count slows every number here, and "
              "multi-threaded runs most: their threads wait for each other)", "",
              "Forward = WeightGraph -> metanetwork -> raised weights; backward = a scalar loss on the raised "
