@@ -10,6 +10,7 @@ Public API (imported lazily so ``import fxmeta`` stays fast)::
     fxmeta.prune(model, example_input, speedup) -> PruneResult
     fxmeta.Metanet.for_graph(graph, ...)        -> the graph metanetwork
     fxmeta.load(path)                           -> pruned module from a saved file
+    fxmeta.build_zoo(...), fxmeta.meta_train(...), fxmeta.load_metanet(path)
 """
 from __future__ import annotations
 
@@ -37,6 +38,9 @@ _LAZY = {
     "prune": "fxmeta.pruner",
     "PruneResult": "fxmeta.pruner",
     "Metanet": "fxmeta.metanet",
+    "load_metanet": "fxmeta.metanet",
+    "meta_train": "fxmeta.meta_train",
+    "build_zoo": "fxmeta.zoo",
     "load": "fxmeta.io",
     "save": "fxmeta.io",
 }
