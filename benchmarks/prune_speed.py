@@ -113,8 +113,8 @@ def main() -> None:
     from _env import header
 
     try:
-        import torch_pruning
-        tp_version = torch_pruning.__version__
+        from importlib.metadata import version
+        tp_version = version("torch-pruning")
     except ImportError:
         tp_version = "not installed"
     rows = []

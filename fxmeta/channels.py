@@ -404,7 +404,9 @@ def probe(ctx: Context, node: fx.Node, trials: int = 2) -> tuple[Value, str]:
                 result[od] = mapped
             else:
                 ctx.union(result[od], mapped)
-        if maps and not _verify(ctx, run, base, result, trials):
+        if not maps:
+            return result, "frozen: no index map"
+        if not _verify(ctx, run, base, result, trials):
             raise ValueError("slimmed run disagrees with the index map")
     except Exception as exc:  # noqa: BLE001 - any failure of the op on probes means: freeze
         ctx.freeze_value(tuple(ctx.value(a) for a in inputs), reason=f"unknown op, probe failed: {exc}"[:200])

@@ -750,6 +750,31 @@ def channel_shuffle(ctx: Context, node: fx.Node) -> Dims:
     return dims
 
 
+def pixel_shuffle(ctx: Context, node: fx.Node) -> Dims:
+    """PixelShuffle(r): each block of r*r input channels becomes one output channel."""
+    x = node.args[0]
+    r = ctx.module(node).upscale_factor if node.op == "call_module" else ctx.arg(node, 1, "upscale_factor")
+    dims = ctx.dims(x)
+    c = len(dims) - 3
+    out = Dims(list(dims[:c]) + [None, None, None])
+    ctx.freeze(dims[c + 1], dims[c + 2], reason="spatial dims")
+    if dims[c] is not None:
+        blocks = dims[c].view(-1, r * r)
+        _unite_rows(ctx, blocks)
+        out[c] = blocks[:, 0].clone()
+    return out
+
+
+def pixel_unshuffle(ctx: Context, node: fx.Node) -> Dims:
+    """PixelUnshuffle(r): each input channel becomes a block of r*r output channels."""
+    x = node.args[0]
+    r = ctx.module(node).downscale_factor if node.op == "call_module" else ctx.arg(node, 1, "downscale_factor")
+    dims = ctx.dims(x)
+    c = len(dims) - 3
+    ctx.freeze(dims[c + 1], dims[c + 2], reason="spatial dims")
+    return Dims(list(dims[:c]) + [None if dims[c] is None else dims[c].repeat_interleave(r * r), None, None])
+
+
 def squeeze(ctx: Context, node: fx.Node) -> Dims:
     x = node.args[0]
     xs = ctx.shape(x)
@@ -1449,6 +1474,8 @@ RULES.update({
     nn.GroupNorm: groupnorm_module, nn.LayerNorm: layernorm_module, nn.PReLU: prelu_module,
     nn.Softmax: _softmax_module, nn.LogSoftmax: _softmax_module,
     nn.Flatten: flatten_module, nn.Unflatten: flatten_module,
+    nn.PixelShuffle: pixel_shuffle, F.pixel_shuffle: pixel_shuffle, torch.pixel_shuffle: pixel_shuffle,
+    nn.PixelUnshuffle: pixel_unshuffle, F.pixel_unshuffle: pixel_unshuffle, torch.pixel_unshuffle: pixel_unshuffle,
     nn.ChannelShuffle: channel_shuffle, F.channel_shuffle: channel_shuffle, torch.channel_shuffle: channel_shuffle,
     nn.MultiheadAttention: _mha_module,
     # functions

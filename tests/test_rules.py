@@ -296,6 +296,14 @@ def test_channel_shuffle(module_shuffle):
     assert pruned.get_submodule("out").in_channels == 4
 
 
+def test_pixel_shuffle_and_unshuffle():
+    model = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.PixelShuffle(2), nn.Conv2d(4, 6, 3, padding=1),
+                          nn.PixelUnshuffle(2), nn.ReLU(), nn.Conv2d(24, 2, 1))
+    analysis, pruned = check(model, torch.randn(2, 3, 6, 6), min_groups=2)
+    assert sorted(g.units for g in prunable(analysis)) == [4, 6]  # blocks of 4 channels, and 6 channels
+    assert modules(pruned, nn.Conv2d)[0].out_channels == 8 and modules(pruned, nn.Conv2d)[2].in_channels == 12
+
+
 def test_pooling_and_adaptive_pooling():
     model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.MaxPool2d(2), nn.Conv2d(8, 8, 1), nn.AvgPool2d(2),
                           nn.ReLU(), nn.AdaptiveMaxPool2d(1), nn.Flatten(), nn.Linear(8, 3))
