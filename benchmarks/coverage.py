@@ -175,15 +175,16 @@ def _spawn(name: str, tool: str, args) -> dict:
     cmd = [sys.executable, __file__, "--cell", name, tool, "--threads", str(args.threads), "--mem-gib",
            str(args.mem_gib), "--out", out]
     t0 = time.perf_counter()
+    limit = args.tp_timeout if tool == "tp" else args.timeout
     try:
-        proc = subprocess.run(cmd, timeout=args.timeout, capture_output=True, text=True, cwd=HERE.parent)
+        proc = subprocess.run(cmd, timeout=limit, capture_output=True, text=True, cwd=HERE.parent)
         text = Path(out).read_text() if os.path.getsize(out) else ""
         if text:
             return json.loads(text)
         tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or [f"exit code {proc.returncode}"]
         return {"status": "no", "why": f"crashed ({proc.returncode}): {tail[0][:200]}"}
     except subprocess.TimeoutExpired:
-        return {"status": "no", "why": f"timed out after {args.timeout} s", "seconds": time.perf_counter() - t0}
+        return {"status": "no", "why": f"timed out after {limit} s", "seconds": time.perf_counter() - t0}
     finally:
         os.unlink(out)
 
@@ -220,10 +221,11 @@ def write_table(names: list[str], cache: dict, args) -> None:
         "# Coverage: torchvision classification models",
         "",
         header(f"python benchmarks/coverage.py --threads {args.threads} --timeout {args.timeout} "
-               f"--mem-gib {args.mem_gib}", args.threads, "model init torch.manual_seed(0), input seed 0").rstrip(),
+               f"--tp-timeout {args.tp_timeout} --mem-gib {args.mem_gib}", args.threads, "model init torch.manual_seed(0), input seed 0").rstrip(),
         f"- torch-pruning {tp_version}; fxmeta from this tree",
         "- every model: random init, eval, batch 2, 224x224 (inception_v3 299x299); each cell its own process "
-        f"(time limit {args.timeout} s, address space {args.mem_gib:g} GiB)",
+        f"(time limit {args.timeout} s for IR and ours, {args.tp_timeout} s for Torch-Pruning; address space "
+        f"{args.mem_gib:g} GiB)",
         f"- machine shared with other work while this ran: 1-minute load average {_load_range(cache, done)} "
         f"on {os.cpu_count()} cores (times are wall-clock under that load)",
         "- IR: lower + raise_graph, every state_dict entry and the output bit-identical (torch.equal)",
@@ -251,7 +253,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", default="", help="comma-separated subset (default: all)")
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--timeout", type=int, default=900, help="seconds per (model, tool)")
+    parser.add_argument("--timeout", type=int, default=900, help="seconds per IR / ours cell")
+    parser.add_argument("--tp-timeout", type=int, default=600, help="seconds per Torch-Pruning cell")
     parser.add_argument("--mem-gib", type=float, default=14.0, help="address space limit per cell")
     parser.add_argument("--cache", default=os.path.join(tempfile.gettempdir(), "fxmeta-coverage-cache.json"))
     parser.add_argument("--fresh", action="store_true", help="ignore cached cells")
