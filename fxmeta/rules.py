@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import math
 import operator
-import string
 from typing import Any, Callable
 
 import torch
@@ -24,13 +23,23 @@ import torch.fx as fx
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .channels import FROZEN, Context, Dims, frozen_value
+from .channels import Context, Dims, frozen_value
 
 # --------------------------------------------------------------------------- helpers
 
 
 def _prod(xs) -> int:
     return math.prod(int(x) for x in xs)
+
+
+def _set_arg(node: fx.Node, index: int, name: str, value: Any) -> None:
+    """Set a call's argument: positional ``index`` when given that way, else keyword ``name``."""
+    if len(node.args) > index:
+        args = list(node.args)
+        args[index] = value
+        node.args = tuple(args)
+    else:
+        node.kwargs = {**node.kwargs, name: value}
 
 
 def _tensor_args(ctx: Context, node: fx.Node) -> list[fx.Node]:
@@ -262,12 +271,7 @@ def conv_function(ctx: Context, node: fx.Node) -> Dims:
             xs = s.new_shape(x)
             cdim = len(xs) - (len(wshape) - 2) - 1
             new_groups = xs[cdim] // (cin_g if not transposed else 1)
-            if len(new_node.args) > gi:
-                args = list(new_node.args)
-                args[gi] = new_groups
-                new_node.args = tuple(args)
-            else:
-                new_node.kwargs = {**new_node.kwargs, "groups": new_groups}
+            _set_arg(new_node, gi, "groups", new_groups)
 
         ctx.note_constant("groups")
         ctx.on_slim(slim)
@@ -398,13 +402,7 @@ def groupnorm_function(ctx: Context, node: fx.Node) -> Dims:
     dims = _groupnorm(ctx, x, g, [ctx.dims(a) if isinstance(a, fx.Node) else None for a in (w, b)])
 
     def slim(s, new_node):
-        args = list(new_node.args)
-        new_g = s.new_shape(x)[1] // per_group
-        if len(args) > 1:
-            args[1] = new_g
-            new_node.args = tuple(args)
-        else:
-            new_node.kwargs = {**new_node.kwargs, "num_groups": new_g}
+        _set_arg(new_node, 1, "num_groups", s.new_shape(x)[1] // per_group)
 
     ctx.note_constant("num_groups")
     ctx.on_slim(slim)
@@ -813,14 +811,8 @@ def unflatten(ctx: Context, node: fx.Node) -> Dims:
     def slim(s, new_node):
         new = tuple(int(v) for v in s.new_shape(new_node.name)[d:d + n])
         old = tuple(int(v) for v in s.old_shape(new_node.name)[d:d + n])
-        if new == old:
-            return
-        args = list(new_node.args)
-        if len(args) > 2:
-            args[2] = new
-            new_node.args = tuple(args)
-        else:
-            new_node.kwargs = {**new_node.kwargs, "sizes": new}
+        if new != old:
+            _set_arg(new_node, 2, "sizes", new)
 
     ctx.note_constant("sizes")
     ctx.on_slim(slim)
@@ -1097,7 +1089,6 @@ def matmul(ctx: Context, node: fx.Node) -> Dims:
     os = ctx.shape(node)
     nb = len(os) - 2
     out = Dims([None] * len(os))
-    batch_factors = []
     for i in range(nb):
         same = []
         for s, d in ((sa, da), (sb, db)):
@@ -1309,13 +1300,7 @@ def swin_attention(ctx: Context, node: fx.Node) -> Dims:
 
     def slim(s, new_node):
         new_node.target = shifted_window_attention
-        args = list(new_node.args)
-        k = s.new_count(heads)
-        if len(args) > 5:
-            args[5] = k
-            new_node.args = tuple(args)
-        else:
-            new_node.kwargs = {**new_node.kwargs, "num_heads": k}
+        _set_arg(new_node, 5, "num_heads", s.new_count(heads))
 
     ctx.on_slim(slim)
     return out

@@ -1,7 +1,6 @@
 """prune / apply_plan / RemoveChannelsPass: targets, plans, errors, and random graphs."""
 from __future__ import annotations
 
-import copy
 import io
 import math
 
