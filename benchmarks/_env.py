@@ -23,6 +23,8 @@ def header(command: str, threads: int, seeds: str = "-") -> str:
         f"- machine: {cpu}, {os.cpu_count()} cores, torch threads = {threads}",
         f"- versions: python {sys.version.split()[0]}, torch {torch.__version__}, torchvision {torchvision.__version__}",
         f"- seeds: {seeds}",
+        "- load average (1/5/15 min) when the table was written: " + " / ".join(f"{v:.1f}" for v in os.getloadavg())
+        + f" on {os.cpu_count()} cores (above the core count, other work shared the machine)",
     ]) + "\n"
 
 

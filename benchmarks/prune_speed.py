@@ -9,7 +9,7 @@ says 2x; its total includes building its dependency graph and the MACs counts it
 needs, the time without those counts is shown too. Target: ours >= 2x faster than
 Torch-Pruning on resnet50 and under 5 s.
 
-    python benchmarks/prune_speed.py [--threads 1] [--repeats 3] [--models resnet50,vit_b_16,convnext_tiny]
+    python benchmarks/prune_speed.py [--threads 1] [--repeats 3] [--tp-repeats 1] [--models resnet50,vit_b_16,convnext_tiny]
 """
 from __future__ import annotations
 
@@ -102,7 +102,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", default=",".join(MODELS))
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=3, help="runs of ours per model (default: 3)")
+    parser.add_argument("--tp-repeats", type=int, default=1,
+                        help="runs of Torch-Pruning per model (default: 1; it takes minutes a run)")
     parser.add_argument("--timeout", type=int, default=1800)
     parser.add_argument("--one", nargs=2, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -119,18 +121,19 @@ def main() -> None:
         tp_version = "not installed"
     rows = []
     for name in args.models.split(","):
-        runs = {tool: [_spawn(name, tool, args.threads, args.timeout) for _ in range(args.repeats)]
-                for tool in ("ours", "tp")}
+        runs = {tool: [_spawn(name, tool, args.threads, args.timeout) for _ in range(n)]
+                for tool, n in (("ours", args.repeats), ("tp", args.tp_repeats))}
         for tool, results in runs.items():
             print(name, tool, results, flush=True)
         rows.append((name, runs))
     lines = [
         "# Pruning speed: analysis + pruning to 2x FLOPs",
         "",
-        header(f"python benchmarks/prune_speed.py --threads {args.threads} --repeats {args.repeats}", args.threads,
+        header(f"python benchmarks/prune_speed.py --threads {args.threads} --repeats {args.repeats} "
+               f"--tp-repeats {args.tp_repeats}", args.threads,
                "model init torch.manual_seed(0), input seed 0").rstrip(),
         f"- torch-pruning {tp_version}; random-init models, eval, batch 1, 224x224; each run a fresh process; "
-        f"median of {args.repeats} runs; extra peak = peak RSS minus RSS with the model built",
+        f"median of {args.repeats} runs of ours and {args.tp_repeats} of Torch-Pruning; extra peak = peak RSS minus RSS with the model built",
         "- ours: prune(speedup=2.0) including its self-check and two real FLOPs counts",
         "- Torch-Pruning: MetaPruner, GroupMagnitudeImportance(p=2), global, 100 steps until its MACs count says 2x, "
         "max ratio 0.9, classifier ignored; total includes its dependency graph and MACs counts",

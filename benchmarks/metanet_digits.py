@@ -1,0 +1,159 @@
+"""Does the metanetwork make held-out digits ResNets easier to prune? Metanet + prune vs prune alone.
+
+The networks, the metanetwork and the finetune lr are those of ``benchmarks/quality.py``
+(same settings, same cache, so after a quality run nothing is retrained): three fxmeta
+ResNet20 base networks (seeds 0, 1, 2) trained on digits upsampled to 16x16, which no
+meta-training ever saw; a metanetwork meta-trained on a zoo of other seeds; the
+finetune lr chosen on the validation split. For each network and FLOPs target:
+
+- ``prune alone``: fxmeta prune (l2 group importance) of the base network;
+- ``metanet + prune``: lower -> metanetwork -> raise, then the same prune;
+- ``committed metanet + prune``: the same with ``fxmeta/assets/metanet_digits.pt``
+  (the small metanetwork the demo uses, meta-trained on 8x8 digits members).
+
+Test accuracy is measured right after pruning and after an equal short finetune
+(``--finetune-epochs``, default 2, cosine schedule, best validation epoch kept). The
+"removed weight share" is the fraction of the squared parameter norm that pruning took
+away: a network that is easy to prune keeps its weight in the channels that stay.
+
+    python benchmarks/quality.py --archs resnet20   # builds the cache (or the full run)
+    python benchmarks/metanet_digits.py              # ~3 min after that
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+if str(HERE) not in sys.path:
+    sys.path.insert(0, str(HERE))
+
+import torch  # noqa: E402
+
+import quality  # noqa: E402
+from _env import header  # noqa: E402
+
+ARCH = "resnet20"
+ASSET = HERE.parent / "fxmeta" / "assets" / "metanet_digits.pt"
+
+
+def generated(base: torch.nn.Module, metanet, example: torch.Tensor) -> torch.nn.Module:
+    """base -> lower -> metanetwork -> raise."""
+    from fxmeta.ir import lower, raise_graph
+
+    graph = lower(base.eval(), example)
+    with torch.no_grad():
+        module = raise_graph(metanet(graph)).eval()
+    for p in module.parameters():
+        p.requires_grad_(True)
+    return module
+
+
+def measure(start: torch.nn.Module, ctx, target: float, seed: int, lr: float, epochs: int) -> dict:
+    """Prune ``start`` to ``target``; accuracy before and after a short finetune."""
+    from fxmeta.pruner import prune
+    from fxmeta.train import TrainConfig, evaluate, train
+
+    result = prune(start, ctx.example, speedup=target, importance="l2", seed=seed)
+    module = result.module
+    row = {"flops_speedup": result.speedup, "unpruned_test_acc": evaluate(start, ctx.loaders.test)["acc"],
+           "pruned_test_acc": evaluate(module, ctx.loaders.test)["acc"],
+           "removed_weight_share": 1.0 - _sq_norm(module) / _sq_norm(start)}
+    for p in module.parameters():
+        p.requires_grad_(True)
+    tuned = train(module, ctx.splits, TrainConfig(epochs=epochs, lr=lr, batch_size=ctx.s.batch_size, seed=seed,
+                                                  device="cpu", progress=False))
+    row.update(finetuned_test_acc=tuned.test["acc"], finetuned_val_acc=tuned.best_val_acc)
+    return row
+
+
+def _sq_norm(module: torch.nn.Module) -> float:
+    """Sum of squared parameters: what pruning removes of it says how much the removed channels carried."""
+    return sum(float(p.detach().pow(2).sum()) for p in module.parameters())
+
+
+def _ms(values: list[float]) -> str:
+    mean = statistics.fmean(values) * 100
+    sd = statistics.stdev(values) * 100 if len(values) > 1 else 0.0
+    return f"{mean:.1f} ± {sd:.1f}"
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--targets", default="2,3", help="comma-separated FLOPs targets")
+    parser.add_argument("--finetune-epochs", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--cache", default=os.path.expanduser("~/.cache/fxmeta-bench/quality"))
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    targets = [float(t) for t in args.targets.split(",")]
+    started = time.perf_counter()
+
+    from fxmeta.data import make_loaders
+    from fxmeta.metanet import load_metanet
+
+    s = quality.replace(quality.FULL, archs=(ARCH,))
+    splits = quality.digits16(0)
+    ctx = quality.Context(s, Path(args.cache), splits, make_loaders(splits, s.batch_size, seed=0),
+                          torch.zeros(1, *splits.input_shape))
+    quality.build_bases(ctx, ARCH)
+    quality.build_metanet(ctx, ARCH)
+    lr = quality.choose_finetune_lr(ctx, ARCH)
+    metanets = {"metanet + prune": ctx.metanets[ARCH]["metanet"], "committed metanet + prune": load_metanet(str(ASSET))}
+
+    rows: list[dict] = []
+    for seed in s.seeds:
+        base = ctx.bases[(ARCH, seed)]["model"]
+        starts = {"prune alone": base}
+        starts.update({name: generated(base, net, ctx.example) for name, net in metanets.items()})
+        for target in targets:
+            for method, start in starts.items():
+                row = {"seed": seed, "target": target, "method": method,
+                       **measure(start, ctx, target, seed, lr, args.finetune_epochs)}
+                rows.append(row)
+                print(f"seed {seed} {target:g}x {method:>26}: unpruned {row['unpruned_test_acc']:.4f}, pruned "
+                      f"{row['pruned_test_acc']:.4f} -> finetuned {row['finetuned_test_acc']:.4f}", flush=True)
+
+    meta = ctx.metanets[ARCH]
+    command = "python benchmarks/metanet_digits.py" + (" " + " ".join(sys.argv[1:]) if len(sys.argv) > 1 else "")
+    lines = [
+        "# Metanetwork on held-out digits ResNet20s: metanet + prune vs prune alone",
+        "",
+        header(command, torch.get_num_threads(),
+                       f"base networks {list(s.seeds)} (held out of meta-training), prune and finetune seed = "
+                       "base seed").rstrip(),
+        "- data: scikit-learn digits upsampled to 16x16, train/val/test split seed 0 (as benchmarks/quality.py)",
+        f"- metanetwork: quality.py's, meta-trained on a zoo of {s.zoo_count} members (seeds {s.zoo_seed}.."
+        f"{s.zoo_seed + s.zoo_count - 1}, {s.zoo_val} held out for checkpoint choice), {s.meta_epochs} epochs, "
+        f"width {s.meta_width}, depth {s.meta_depth}, ratio {s.meta_ratio:g}, reg {meta['reg']:g} chosen from "
+        f"{list(s.meta_regs)} on the held-out member, best epoch {meta['best_epoch']}",
+        "- committed metanetwork: fxmeta/assets/metanet_digits.pt (see fxmeta/assets/README.md)",
+        f"- finetune: {args.finetune_epochs} epochs, SGD lr {lr:g} (chosen on val by quality.py), cosine, "
+        "best val epoch; the same for every method",
+        f"- accuracies: test split, mean ± std over {len(s.seeds)} networks, in %",
+        f"- wall time {(time.perf_counter() - started) / 60:.1f} min",
+        "",
+        "| FLOPs target | method | acc before pruning | acc after pruning | acc after finetune | removed weight share "
+        "| FLOPs speed-up |",
+        "|---|---|---:|---:|---:|---:|---:|",
+    ]
+    for target in targets:
+        for method in ["prune alone", *metanets]:
+            sel = [r for r in rows if r["target"] == target and r["method"] == method]
+            lines.append(f"| {target:g}x | {method} | {_ms([r['unpruned_test_acc'] for r in sel])} | "
+                         f"{_ms([r['pruned_test_acc'] for r in sel])} | {_ms([r['finetuned_test_acc'] for r in sel])} "
+                         f"| {_ms([r['removed_weight_share'] for r in sel])} | {statistics.fmean(r['flops_speedup'] for r in sel):.2f}x |")
+    lines.append("")
+    out = HERE / "results" / "metanet_digits"
+    out.with_suffix(".md").write_text("\n".join(lines))
+    out.with_suffix(".json").write_text(json.dumps({"command": command, "finetune_lr": lr, "rows": rows}, indent=1))
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
