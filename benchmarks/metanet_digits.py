@@ -87,6 +87,8 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--targets", default="2,3", help="comma-separated FLOPs targets")
     parser.add_argument("--finetune-epochs", type=int, default=2)
+    parser.add_argument("--metanet", action="append", default=[], metavar="LABEL=PATH",
+                        help="also evaluate this metanetwork file (repeatable), e.g. a longer meta-training run")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--cache", default=os.path.expanduser("~/.cache/fxmeta-bench/quality"))
     args = parser.parse_args(argv)
@@ -105,6 +107,11 @@ def main(argv: list[str] | None = None) -> None:
     quality.build_metanet(ctx, ARCH)
     lr = quality.choose_finetune_lr(ctx, ARCH)
     metanets = {"metanet + prune": ctx.metanets[ARCH]["metanet"], "committed metanet + prune": load_metanet(str(ASSET))}
+    for spec in args.metanet:
+        label, sep, path = spec.partition("=")
+        if not sep:
+            parser.error(f"--metanet {spec!r}: expected LABEL=PATH")
+        metanets[f"{label} + prune"] = load_metanet(path)
 
     rows: list[dict] = []
     for seed in s.seeds:
@@ -133,6 +140,7 @@ def main(argv: list[str] | None = None) -> None:
         f"width {s.meta_width}, depth {s.meta_depth}, ratio {s.meta_ratio:g}, reg {meta['reg']:g} chosen from "
         f"{list(s.meta_regs)} on the held-out member, best epoch {meta['best_epoch']}",
         "- committed metanetwork: fxmeta/assets/metanet_digits.pt (see fxmeta/assets/README.md)",
+        *[f"- {spec.partition('=')[0]}: {spec.partition('=')[2]}" for spec in args.metanet],
         f"- finetune: {args.finetune_epochs} epochs, SGD lr {lr:g} (chosen on val by quality.py), cosine, "
         "best val epoch; the same for every method",
         f"- accuracies: test split, mean ± std over {len(s.seeds)} networks, in %",
