@@ -9,7 +9,7 @@ For each model (random init, eval mode, batch of 2, 224x224 input, 299 for incep
   check passed.
 * Torch-Pruning (benchmark-only dependency, ``pip install torch-pruning``): its
   recommended FLOPs-targeted recipe, progressive MetaPruner steps with group L2
-  importance until its own MACs count says 2x, classifier ignored, heads declared for
+  importance until its own MACs count, then fxmeta's FLOPs count, say 2x, classifier ignored, heads declared for
   ``nn.MultiheadAttention`` (its default: head dims pruned); reached means our FLOPs count says >= 2x and the output
   shape is right.
 
@@ -126,10 +126,14 @@ def cell_tp(name: str) -> dict:
         one = x[:1]  # its MACs count only steers the loop: one sample gives the same ratio at half the cost
         macs0, _ = tp.utils.count_ops_and_params(work, one)
         speed = 1.0
-        while speed < 2.0 and pruner.current_step < pruner.iterative_steps:
+        while pruner.current_step < pruner.iterative_steps:
             pruner.step()
             macs, _ = tp.utils.count_ops_and_params(work, one)
             speed = macs0 / max(macs, 1)
+            # its MACs count and ours differ by a percent or two on some models: once its count
+            # says 2x, ours decides, so both tools are held to the same counter
+            if speed >= 2.0 and base / max(count_flops(work, x), 1) >= 2.0:
+                break
         seconds = time.perf_counter() - t0
     except Exception as exc:  # noqa: BLE001 - the baseline's own failure is the result
         return {"status": "no", "why": f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"[:300],
@@ -197,7 +201,8 @@ def _fmt(cell: dict, tool: str) -> str:
     if cell["status"] == "yes":
         return f"yes {cell['speedup']:.2f}x, {cell['seconds']:.1f} s"
     extra = f", {cell['seconds']:.1f} s" if "seconds" in cell else ""
-    return f"no: {cell.get('why', '')}{extra}".replace("|", "/")
+    measured = f" {cell['speedup']:.3f}x" if "speedup" in cell else ""
+    return f"no{measured}: {cell.get('why', '')}{extra}".replace("|", "/")
 
 
 def _load_range(cache: dict, names: list[str]) -> str:
@@ -231,8 +236,8 @@ def write_table(names: list[str], cache: dict, args) -> None:
         f"on {os.cpu_count()} cores (times are wall-clock under that load)",
         "- IR: lower + raise_graph, every state_dict entry and the output bit-identical (torch.equal)",
         "- ours: prune(speedup=2.0), self-check on; speed-up is FLOPs original / pruned (fxmeta.flops.count_flops)",
-        "- Torch-Pruning: MetaPruner, GroupMagnitudeImportance(p=2), global, 100 steps to 2x of its MACs count "
-        "(counted on one sample), max ratio 0.9, classifier ignored, num_heads declared for nn.MultiheadAttention; speed-up re-measured with "
+        "- Torch-Pruning: MetaPruner, GroupMagnitudeImportance(p=2), global, 100 steps until its MACs count "
+        "(counted on one sample) and then count_flops say 2x, max ratio 0.9, classifier ignored, num_heads declared for nn.MultiheadAttention; speed-up re-measured with "
         "count_flops; reached = >= 2x and right output shape",
         "",
         f"**Models: {len(done)}. IR round trip exact: {count['ir']} of {ran['ir']}. Ours reached 2x with the "
