@@ -244,9 +244,10 @@ def write_table(names: list[str], cache: dict, args) -> None:
         f"self-check passing: {count['ours']} of {ran['ours']}. Torch-Pruning reached 2x: {count['tp']} of "
         f"{ran['tp']}.**",
         "",
-        *([f"Torch-Pruning was not run on {len(done) - ran['tp']} models: its cells are attempted smallest model "
-           f"first within a time budget (--tp-budget-minutes {args.tp_budget_minutes:g}), and at up to "
-           f"{args.tp_timeout} s a cell the budget ran out first.", ""] if ran["tp"] < len(done) else []),
+        *([f"Torch-Pruning was not run on {len(done) - ran['tp']} models "
+           f"({', '.join(n for n in done if 'tp' not in cache[n])}): its cells are attempted smallest model first "
+           "within a time budget (--tp-budget-minutes), and the budget ran out first.", ""]
+          if ran["tp"] < len(done) else []),
         "| model | params (M) | IR round trip | ours (2x FLOPs, self-check) | Torch-Pruning (2x) |",
         "|---|---:|---|---|---|",
     ]
