@@ -15,6 +15,8 @@ Test accuracy is measured right after pruning and after an equal short finetune
 (``--finetune-epochs``, default 2, cosine schedule, best validation epoch kept). The
 "removed weight share" is the fraction of the squared parameter norm that pruning took
 away: a network that is easy to prune keeps its weight in the channels that stay.
+The notes in ``metanet_digits_notes.md`` (other meta-training settings tried, by hand
+with ``fxmeta meta-train``) are appended to the results as they are.
 
     python benchmarks/quality.py --archs resnet20   # builds the cache (or the full run)
     python benchmarks/metanet_digits.py              # ~3 min after that
@@ -40,29 +42,17 @@ from _env import header  # noqa: E402
 
 ARCH = "resnet20"
 ASSET = HERE.parent / "fxmeta" / "assets" / "metanet_digits.pt"
-
-
-def generated(base: torch.nn.Module, metanet, example: torch.Tensor) -> torch.nn.Module:
-    """base -> lower -> metanetwork -> raise."""
-    from fxmeta.ir import lower, raise_graph
-
-    graph = lower(base.eval(), example)
-    with torch.no_grad():
-        module = raise_graph(metanet(graph)).eval()
-    for p in module.parameters():
-        p.requires_grad_(True)
-    return module
+NOTES = HERE / "metanet_digits_notes.md"  # what else was tried, appended to the results as written
 
 
 def measure(start: torch.nn.Module, ctx, target: float, seed: int, lr: float, epochs: int) -> dict:
-    """Prune ``start`` to ``target``; accuracy before and after a short finetune."""
+    """Prune ``start`` to ``target``; accuracy after pruning and after a short finetune."""
     from fxmeta.pruner import prune
     from fxmeta.train import TrainConfig, evaluate, train
 
     result = prune(start, ctx.example, speedup=target, importance="l2", seed=seed)
     module = result.module
-    row = {"flops_speedup": result.speedup, "unpruned_test_acc": evaluate(start, ctx.loaders.test)["acc"],
-           "pruned_test_acc": evaluate(module, ctx.loaders.test)["acc"],
+    row = {"flops_speedup": result.speedup, "pruned_test_acc": evaluate(module, ctx.loaders.test)["acc"],
            "removed_weight_share": 1.0 - _sq_norm(module) / _sq_norm(start)}
     for p in module.parameters():
         p.requires_grad_(True)
@@ -98,6 +88,7 @@ def main(argv: list[str] | None = None) -> None:
 
     from fxmeta.data import make_loaders
     from fxmeta.metanet import load_metanet
+    from fxmeta.train import evaluate
 
     s = quality.replace(quality.FULL, archs=(ARCH,))
     splits = quality.digits16(0)
@@ -117,10 +108,11 @@ def main(argv: list[str] | None = None) -> None:
     for seed in s.seeds:
         base = ctx.bases[(ARCH, seed)]["model"]
         starts = {"prune alone": base}
-        starts.update({name: generated(base, net, ctx.example) for name, net in metanets.items()})
+        starts.update({name: quality.generate(base, net, ctx.example) for name, net in metanets.items()})
+        unpruned = {method: evaluate(start, ctx.loaders.test)["acc"] for method, start in starts.items()}
         for target in targets:
             for method, start in starts.items():
-                row = {"seed": seed, "target": target, "method": method,
+                row = {"seed": seed, "target": target, "method": method, "unpruned_test_acc": unpruned[method],
                        **measure(start, ctx, target, seed, lr, args.finetune_epochs)}
                 rows.append(row)
                 print(f"seed {seed} {target:g}x {method:>26}: unpruned {row['unpruned_test_acc']:.4f}, pruned "
@@ -157,6 +149,8 @@ def main(argv: list[str] | None = None) -> None:
                          f"{_ms([r['pruned_test_acc'] for r in sel])} | {_ms([r['finetuned_test_acc'] for r in sel])} "
                          f"| {_ms([r['removed_weight_share'] for r in sel])} | {statistics.fmean(r['flops_speedup'] for r in sel):.2f}x |")
     lines.append("")
+    if NOTES.is_file():
+        lines += [NOTES.read_text().rstrip(), ""]
     out = HERE / "results" / "metanet_digits"
     out.with_suffix(".md").write_text("\n".join(lines))
     out.with_suffix(".json").write_text(json.dumps({"command": command, "finetune_lr": lr, "rows": rows}, indent=1))

@@ -332,21 +332,24 @@ def build_metanet(ctx: Context, arch: str) -> None:
         f"{chosen['best_score']:.4f}), meta-training {chosen['meta_seconds']:.0f} s")
 
 
-def metanet_output(ctx: Context, arch: str, seed: int) -> tuple[Any, float, dict]:
-    """base -> lower -> metanetwork -> raise, once per base network (the same for every target)."""
+def generate(base: torch.nn.Module, metanet: Any, example: torch.Tensor) -> torch.nn.Module:
+    """base -> lower -> metanetwork -> raise: the network the metanetwork generates, trainable."""
     from fxmeta.ir import lower, raise_graph
 
+    graph = lower(base.eval(), example)
+    with torch.no_grad():
+        module = raise_graph(metanet(graph)).eval()
+    for p in module.parameters():
+        p.requires_grad_(True)
+    return module
+
+
+def metanet_output(ctx: Context, arch: str, seed: int) -> tuple[Any, float, dict]:
+    """The metanetwork's output, once per base network (the same for every target)."""
     if (arch, seed) not in ctx.ours_inputs:
-        base = ctx.bases[(arch, seed)]["model"]
-        metanet = ctx.metanets[arch]["metanet"]
         t0 = time.perf_counter()
-        graph = lower(base.eval(), ctx.example)
-        with torch.no_grad():
-            graph = metanet(graph)
-        module = raise_graph(graph).eval()
+        module = generate(ctx.bases[(arch, seed)]["model"], ctx.metanets[arch]["metanet"], ctx.example)
         seconds = time.perf_counter() - t0
-        for p in module.parameters():
-            p.requires_grad_(True)
         val, test = _eval(module, ctx)
         ctx.ours_inputs[(arch, seed)] = (module, seconds, {"metanet_val_acc": val, "metanet_test_acc": test})
     return ctx.ours_inputs[(arch, seed)]
