@@ -210,7 +210,7 @@ def _load_range(cache: dict, names: list[str]) -> str:
     return f"{min(loads):.1f}-{max(loads):.1f}" if loads else "not recorded"
 
 
-def write_table(names: list[str], cache: dict, args) -> None:
+def write_table(cache: dict, args) -> None:
     sys.path.insert(0, str(HERE))
     from _env import header
 
@@ -219,7 +219,7 @@ def write_table(names: list[str], cache: dict, args) -> None:
         tp_version = version("torch-pruning")
     except ImportError:
         tp_version = "not installed"
-    done = sorted(set(names) & set(cache)) if names else sorted(cache)
+    done = sorted(cache)
     count = {t: sum(cache[n].get(t, {}).get("status") == "yes" for n in done) for t in TOOLS}
     ran = {t: sum(t in cache[n] for n in done) for t in TOOLS}
     lines = [
@@ -301,8 +301,8 @@ def main() -> None:
                 print(f"{name:24s} {tool:4s} {_fmt(entry[tool], tool)}", flush=True)
                 entry.setdefault("load", {})[tool] = os.getloadavg()[0]
                 cache_path.write_text(json.dumps(cache))
-                write_table(sorted(cache), cache, args)
-    write_table(sorted(cache), cache, args)
+                write_table(cache, args)
+    write_table(cache, args)
 
 
 if __name__ == "__main__":
