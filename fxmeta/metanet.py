@@ -223,11 +223,11 @@ class _Workspace:
         self.reuse_grads = False
 
     def get(self, name: str, shape: tuple[int, ...]) -> Tensor:
-        if name not in self.buffers:
-            self.buffers[name] = torch.empty(self.numel, dtype=self.dtype)
         n = 1
         for s in shape:
             n *= s
+        if name not in self.buffers or self.buffers[name].numel() < n:  # k > width: a larger buffer
+            self.buffers[name] = torch.empty(max(n, self.numel), dtype=self.dtype)
         return self.buffers[name][:n].view(shape)
 
 
@@ -334,48 +334,62 @@ def _mp_backward_chunk(e: Tensor, vs: Tensor, vd: Tensor, g_fwd: Tensor, fwd: Te
     gvd[:, :, :d] = torch.mul(gt, e, out=t).sum(-1, keepdim=True)
 
 
+def _layer_norm_into(z: Tensor, n: Tensor) -> Tensor:
+    """LayerNorm without affine over dim 1 of ``z`` (B, d, in), written into ``n``; returns 1/std (B, 1, in).
+
+    Normalising in the edge-state layout (no transposed copy) with two passes, as torch does."""
+    torch.sub(z, z.mean(1, keepdim=True), out=n)
+    rstd = torch.linalg.vecdot(n, n, dim=1).div_(n.shape[1]).add_(_EPS).rsqrt_()[:, None]
+    n.mul_(rstd)
+    return rstd
+
+
 def _decoder_forward_chunk(e: Tensor, vs: Tensor | None, vd: Tensor | None, w1: Tensor, b1: Tensor,
-                           w2: Tensor, b2: Tensor, out: Tensor, e_last: Tensor, z: Tensor, hidden: Tensor,
-                           sig: Tensor, act: Tensor) -> None:
-    """Last edge update, then LayerNorm -> Linear -> SiLU -> Linear per edge, into ``out`` (rows, k)."""
+                           w2: Tensor, b2: Tensor, out: Tensor, e_last: Tensor, n: Tensor, hidden: Tensor,
+                           o: Tensor) -> None:
+    """Last edge update, then LayerNorm -> Linear -> SiLU -> Linear per edge, into ``out`` (B, in, k).
+
+    Works in the edge-state layout (B, d, in): the linears are (d, d) @ (B, d, in) products."""
     if vs is not None:
         e = torch.addcmul(e, e, _update_factor(vs, vd, e_last), out=e_last)
-    z.copy_(e.transpose(-1, -2))
-    d = z.shape[-1]
-    n = F.layer_norm(z, [d], eps=_EPS).view(-1, d)
-    torch.addmm(b1, n, w1.t(), out=hidden)
-    torch.mul(hidden, torch.sigmoid(hidden, out=sig), out=act)
-    torch.addmm(b2, act, w2.t(), out=out)
+    z = e.view(n.shape)
+    _layer_norm_into(z, n)
+    torch.matmul(w1, n, out=hidden).add_(b1[:, None])
+    F.silu(hidden, inplace=True)
+    torch.matmul(w2, hidden, out=o)
+    torch.add(o.transpose(1, 2), b2, out=out)
 
 
 def _decoder_backward_chunk(e: Tensor, vs: Tensor | None, vd: Tensor | None, w1: Tensor, b1: Tensor,
                             w2: Tensor, g_out: Tensor, ge: Tensor, gvs: Tensor | None, gvd: Tensor | None,
-                            gw1: Tensor, gb1: Tensor, gw2: Tensor, gb2: Tensor, e_last: Tensor, z: Tensor,
-                            hidden: Tensor, sig: Tensor, act: Tensor, t: Tensor, mask: Tensor) -> None:
-    """Backward of _decoder_forward_chunk (recomputing it): writes ``ge``, adds into the rest."""
-    h = None
+                            gw1: Tensor, gb1: Tensor, gw2: Tensor, gb2: Tensor, e_last: Tensor, n: Tensor,
+                            hidden: Tensor, o: Tensor, sig: Tensor, act: Tensor, t: Tensor, mask: Tensor) -> None:
+    """Backward of _decoder_forward_chunk (recomputing it): writes ``ge``, adds into the rest.
+
+    ``g_out`` is (B, in, k); the other buffers are those of the forward plus ``sig``, ``act``
+    (B, d, in) and the chunk-shaped ``t`` and ``mask``."""
+    h, e_up = None, e
     if vs is not None:
         h = _update_factor(vs, vd, mask)
         e_up = torch.addcmul(e, e, h, out=e_last)
-    else:
-        e_up = e
-    z.copy_(e_up.transpose(-1, -2))
-    d = z.shape[-1]
-    n, mean, rstd = torch.native_layer_norm(z, [d], None, None, _EPS)
-    n = n.view(-1, d)
-    torch.addmm(b1, n, w1.t(), out=hidden)
+    d = n.shape[1]
+    rstd = _layer_norm_into(e_up.view(n.shape), n)
+    torch.matmul(w1, n, out=hidden).add_(b1[:, None])
     torch.sigmoid(hidden, out=sig)
     torch.mul(hidden, sig, out=act)
-    gw2.addmm_(g_out.t(), act)
-    gb2 += g_out.sum(0)
-    g_hidden = torch.mm(g_out, w2)
-    slope = torch.mul(sig, -1, out=act).add_(1).mul_(hidden).add_(1).mul_(sig)  # silu'(a) = s (1 + a (1 - s))
-    g_hidden.mul_(slope)
-    gw1.addmm_(g_hidden.t(), n)
-    gb1 += g_hidden.sum(0)
-    g_n = torch.mm(g_hidden, w1).view(z.shape)
-    g_z = torch.ops.aten.native_layer_norm_backward(g_n, z, [d], mean, rstd, None, None, [True, False, False])[0]
-    g_last = g_z.transpose(-1, -2)
+    go = o.copy_(g_out.transpose(1, 2))  # (B, k, in)
+    gw2 += torch.bmm(go, act.transpose(1, 2)).sum(0)
+    gb2 += g_out.sum((0, 1))
+    g_hidden = torch.matmul(w2.t(), go, out=act)
+    hidden.addcmul_(hidden, sig, value=-1).add_(1).mul_(sig)  # silu'(a) = s (1 + a (1 - s))
+    g_hidden.mul_(hidden)
+    gw1 += torch.bmm(g_hidden, n.transpose(1, 2)).sum(0)
+    gb1 += g_hidden.sum(2).sum(0)
+    g_n = torch.matmul(w1.t(), g_hidden, out=sig)
+    # LayerNorm backward: rstd * (g_n - mean(g_n) - n * mean(g_n * n)), means over d
+    proj = torch.linalg.vecdot(g_n, n, dim=1).div_(d)[:, None]
+    g_n.sub_(g_n.mean(1, keepdim=True)).sub_(n.mul_(proj)).mul_(rstd)
+    g_last = g_n.view(e.shape)
     if h is None:
         ge.copy_(g_last)
     else:
@@ -478,7 +492,7 @@ class _DecodePass(torch.autograd.Function):
         out = w1.new_empty(block.groups, block.rows, block.cols, k)
         for c, inp in _chunks(block, x, vs, vd, enc_w, enc_b, ws, d):
             _decoder_forward_chunk(inp.e, inp.vs, inp.vd, w1, b1, w2, b2,
-                                       out[c.g0:c.g1, c.r0:c.r1].view(-1, k), *_decoder_buffers(ws, inp, d))
+                                   out[c.g0:c.g1, c.r0:c.r1].view(-1, block.cols, k), *_decoder_buffers(ws, inp, k))
         ctx.block, ctx.ws = block, ws
         ctx.save_for_backward(x, vs, vd, enc_w, enc_b, w1, b1, w2, b2)
         return out
@@ -499,19 +513,21 @@ class _DecodePass(torch.autograd.Function):
         for c, inp in _chunks(block, x, vs, vd, enc_w, enc_b, ws, d):
             ge = ws.get("ge", inp.shape) if raw else ge_full[c.g0:c.g1, c.r0:c.r1]
             _decoder_backward_chunk(
-                inp.e, inp.vs, inp.vd, w1, b1, w2, g_out[c.g0:c.g1, c.r0:c.r1].reshape(-1, k), ge,
+                inp.e, inp.vs, inp.vd, w1, b1, w2, g_out[c.g0:c.g1, c.r0:c.r1].reshape(-1, block.cols, k), ge,
                 gvs[c.g0:c.g1] if vs is not None else None, gvd[c.g0:c.g1, c.r0:c.r1] if vd is not None else None,
-                gw1, gb1, gw2, gb2, *_decoder_buffers(ws, inp, d), ws.get("t", inp.shape), ws.get("mask", inp.shape))
+                gw1, gb1, gw2, gb2, *_decoder_buffers(ws, inp, k, backward=True),
+                ws.get("t", inp.shape), ws.get("mask", inp.shape))
             if raw:
                 _encoder_backward(ge, inp.x, gw, gb, ws.get("t", inp.shape))
         return ge_full, gvs, gvd, gw, gb, gw1, gb1, gw2, gb2, None, None
 
 
-def _decoder_buffers(ws: _Workspace, inp: _Inputs, d: int) -> tuple[Tensor, ...]:
-    g, r, _, cols = inp.shape
-    rows = g * r * cols
-    return (ws.get("e_last", inp.shape), ws.get("z", (g, r, cols, d)), ws.get("hidden", (rows, d)),
-            ws.get("sig", (rows, d)), ws.get("act", (rows, d)))
+def _decoder_buffers(ws: _Workspace, inp: _Inputs, k: int, backward: bool = False) -> tuple[Tensor, ...]:
+    """e_last (the chunk's shape), n and hidden (B, d, in), o (B, k, in); backward adds sig and act."""
+    g, r, d, cols = inp.shape
+    flat = (g * r, d, cols)
+    names = ("n", "hidden", "o", "sig", "act") if backward else ("n", "hidden", "o")
+    return (ws.get("e_last", inp.shape), *(ws.get(name, (g * r, k, cols) if name == "o" else flat) for name in names))
 
 
 # -- scatter backends ----------------------------------------------------------------------------
