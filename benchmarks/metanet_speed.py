@@ -11,7 +11,7 @@ repeats, and the warm-up time separately.
 Targets: torchvision resnet50 (224 input, 10 classes) forward + backward under 15 s and
 peak memory under 8 GiB with ``torch.set_num_threads(2)``.
 
-    python benchmarks/metanet_speed.py [--threads 2[,1]] [--repeats 2] [--models resnet20,resnet56,resnet50]
+    python benchmarks/metanet_speed.py [--threads 2[,1]] [--repeats 3] [--models resnet20,resnet56,resnet50]
 """
 from __future__ import annotations
 
@@ -24,10 +24,11 @@ import sys
 import time
 from pathlib import Path
 
-# Spinning OpenMP workers waiting at every op's barrier made 2-thread runs ~4-8x slower while
-# other jobs share the machine's 2 cores; passive waiting costs little when it is quiet.
-# (Set before torch is imported, here and in the per-model subprocesses that inherit it.)
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+# The OpenMP wait policy is left as the environment sets it (unset: libgomp spins briefly between
+# parallel regions, then sleeps), as users run meta-training. Run this alone: spinning threads of
+# two jobs on 2 cores slow both several-fold. OMP_WAIT_POLICY=PASSIVE (sleep at once) was measured
+# ~1.6x slower on ResNet50 on a quiet machine: the metanetwork runs ~10^5 short parallel regions
+# per step, and each wake-up of a sleeping thread costs tens of microseconds.
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results" / "metanet_speed.md"
 # name: (builder, input shape, width, depth, ratio) -- the reference's settings per family
@@ -106,7 +107,7 @@ def _load_average() -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--threads", default="2", help="torch threads; a comma list runs each in turn")
-    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--models", default=",".join(MODELS))
     parser.add_argument("--one", help=argparse.SUPPRESS)
     parser.add_argument("--out", default=str(RESULTS))
@@ -136,11 +137,12 @@ def main() -> None:
     lines = ["# Metanetwork forward + backward speed and memory (CPU)", "",
              header(command.strip(), threads[0], "torch.manual_seed(0)"),
              f"- load average (1/5/15 min) before and after each run: {' | '.join(loads)}; "
-             f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY')}",
+             f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', 'unset (libgomp default)')}",
              "  (the machine is shared; a load above the core count slows every number here, and "
              "multi-threaded runs most: their threads wait for each other)", "",
              "Forward = WeightGraph -> metanetwork -> raised weights; backward = a scalar loss on the raised "
-             "weights back to every metanetwork parameter. Medians over repeats after one warm-up. "
+             "weights back to every metanetwork parameter. Medians over repeats after one warm-up (the warm-up also "
+             "fills the metanetwork's buffer pool, fxmeta/pool.py, which later steps reuse). "
              "CPU s = process CPU time of forward + backward (all threads). Peak = the subprocess's peak RSS; "
              "base = RSS with the model lowered, before the metanetwork ran.", "",
              "| model | threads | nodes | edges | width x depth | lower s | forward s | backward s | fwd+bwd s "
