@@ -14,7 +14,6 @@ from fxmeta.metanet import (
     _Block,
     _BlockPass,
     _Chunk,
-    _DecodePass,
     _Workspace,
     has_torch_scatter,
     learned_columns,
@@ -214,14 +213,28 @@ def test_block_pass_gradcheck(row_step, raw, update):
     w = torch.randn(d, k, dtype=torch.double, requires_grad=True) if raw else None
     b = torch.randn(d, dtype=torch.double, requires_grad=True) if raw else None
 
+    none4 = (None,) * 4
+
     def block_pass(*args):
-        return tuple(o for o in _BlockPass.apply(*args, block, update, ws) if o is not None)
+        return tuple(o for o in _BlockPass.apply(*args, *none4, block, update, ws) if o is not None)
 
     assert torch.autograd.gradcheck(block_pass, (x, vs, vd, w, b))
+    if update:
+        return
+    # the last layer's pass with the edge decoder: every output and every input at once
     dec = [torch.randn(d, d, dtype=torch.double, requires_grad=True), torch.randn(d, dtype=torch.double, requires_grad=True),
            torch.randn(k, d, dtype=torch.double, requires_grad=True), torch.randn(k, dtype=torch.double, requires_grad=True)]
-    factors = (vs, vd) if update else (None, None)
-    assert torch.autograd.gradcheck(lambda *a: _DecodePass.apply(*a, block, ws), (x, *factors, w, b, *dec))
+
+    def decode_pass(*args):
+        return tuple(o for o in _BlockPass.apply(*args, block, False, ws) if o is not None)
+
+    assert torch.autograd.gradcheck(decode_pass, (x, vs, vd, w, b, *dec))
+
+
+def test_metanet_needs_a_layer():
+    graph = _tiny_graph()[1]
+    with pytest.raises(FxmetaError, match="depth >= 1"):
+        Metanet.for_graph(graph, depth=0)
 
 
 def _permute_block_conv(model: nn.Module, block: nn.Module, perm: torch.Tensor) -> None:
