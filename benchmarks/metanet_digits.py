@@ -11,7 +11,8 @@ finetune lr chosen on the validation split. For each network and FLOPs target:
 - ``committed metanet + prune``: the same with ``fxmeta/assets/metanet_digits.pt``
   (the small metanetwork the demo uses, meta-trained on 8x8 digits members).
 
-Test accuracy is measured right after pruning and after an equal short finetune
+Test accuracy is measured right after pruning, after recomputing the BatchNorm statistics
+(``--bn-batches`` training batches) and after an equal short finetune from there
 (``--finetune-epochs``, default 2, cosine schedule, best validation epoch kept). The
 "removed weight share" is the fraction of the squared parameter norm that pruning took
 away: a network that is easy to prune keeps its weight in the channels that stay.
@@ -45,15 +46,18 @@ ASSET = HERE.parent / "fxmeta" / "assets" / "metanet_digits.pt"
 NOTES = HERE / "metanet_digits_notes.md"  # what else was tried, appended to the results as written
 
 
-def measure(start: torch.nn.Module, ctx, target: float, seed: int, lr: float, epochs: int) -> dict:
-    """Prune ``start`` to ``target``; accuracy after pruning and after a short finetune."""
+def measure(start: torch.nn.Module, ctx, target: float, seed: int, lr: float, epochs: int, bn_batches: int) -> dict:
+    """Prune ``start`` to ``target``; accuracy after pruning, after recomputing the BatchNorm
+    statistics, and after a short finetune from there."""
     from fxmeta.pruner import prune
-    from fxmeta.train import TrainConfig, evaluate, train
+    from fxmeta.train import TrainConfig, evaluate, recalibrate_bn, train
 
     result = prune(start, ctx.example, speedup=target, importance="l2", seed=seed)
     module = result.module
     row = {"flops_speedup": result.speedup, "pruned_test_acc": evaluate(module, ctx.loaders.test)["acc"],
            "removed_weight_share": 1.0 - _sq_norm(module) / _sq_norm(start)}
+    recalibrate_bn(module, ctx.loaders.train, batches=bn_batches)
+    row["recalibrated_test_acc"] = evaluate(module, ctx.loaders.test)["acc"]
     for p in module.parameters():
         p.requires_grad_(True)
     tuned = train(module, ctx.splits, TrainConfig(epochs=epochs, lr=lr, batch_size=ctx.s.batch_size, seed=seed,
@@ -77,6 +81,8 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--targets", default="2,3", help="comma-separated FLOPs targets")
     parser.add_argument("--finetune-epochs", type=int, default=2)
+    parser.add_argument("--bn-batches", type=int, default=20,
+                        help="training batches that recompute the BatchNorm statistics after pruning")
     parser.add_argument("--metanet", action="append", default=[], metavar="LABEL=PATH",
                         help="also evaluate this metanetwork file (repeatable), e.g. a longer meta-training run")
     parser.add_argument("--threads", type=int, default=2)
@@ -113,10 +119,11 @@ def main(argv: list[str] | None = None) -> None:
         for target in targets:
             for method, start in starts.items():
                 row = {"seed": seed, "target": target, "method": method, "unpruned_test_acc": unpruned[method],
-                       **measure(start, ctx, target, seed, lr, args.finetune_epochs)}
+                       **measure(start, ctx, target, seed, lr, args.finetune_epochs, args.bn_batches)}
                 rows.append(row)
                 print(f"seed {seed} {target:g}x {method:>26}: unpruned {row['unpruned_test_acc']:.4f}, pruned "
-                      f"{row['pruned_test_acc']:.4f} -> finetuned {row['finetuned_test_acc']:.4f}", flush=True)
+                      f"{row['pruned_test_acc']:.4f} -> BN {row['recalibrated_test_acc']:.4f} -> finetuned "
+                      f"{row['finetuned_test_acc']:.4f}", flush=True)
 
     meta = ctx.metanets[ARCH]
     command = "python benchmarks/metanet_digits.py" + (" " + " ".join(sys.argv[1:]) if len(sys.argv) > 1 else "")
@@ -133,20 +140,23 @@ def main(argv: list[str] | None = None) -> None:
         f"{list(s.meta_regs)} on the held-out member, best epoch {meta['best_epoch']}",
         "- committed metanetwork: fxmeta/assets/metanet_digits.pt (see fxmeta/assets/README.md)",
         *[f"- {spec.partition('=')[0]}: {spec.partition('=')[2]}" for spec in args.metanet],
+        f"- after pruning: BatchNorm statistics recomputed on {args.bn_batches} training batches "
+        "(fxmeta.train.recalibrate_bn), then the finetune starts from there",
         f"- finetune: {args.finetune_epochs} epochs, SGD lr {lr:g} (chosen on val by quality.py), cosine, "
         "best val epoch; the same for every method",
         f"- accuracies: test split, mean ± std over {len(s.seeds)} networks, in %",
         f"- wall time {(time.perf_counter() - started) / 60:.1f} min",
         "",
-        "| FLOPs target | method | acc before pruning | acc after pruning | acc after finetune | removed weight share "
-        "| FLOPs speed-up |",
-        "|---|---|---:|---:|---:|---:|---:|",
+        "| FLOPs target | method | acc before pruning | acc after pruning | + BN recalibration | acc after finetune "
+        "| removed weight share | FLOPs speed-up |",
+        "|---|---|---:|---:|---:|---:|---:|---:|",
     ]
     for target in targets:
         for method in ["prune alone", *metanets]:
             sel = [r for r in rows if r["target"] == target and r["method"] == method]
             lines.append(f"| {target:g}x | {method} | {_ms([r['unpruned_test_acc'] for r in sel])} | "
-                         f"{_ms([r['pruned_test_acc'] for r in sel])} | {_ms([r['finetuned_test_acc'] for r in sel])} "
+                         f"{_ms([r['pruned_test_acc'] for r in sel])} | {_ms([r['recalibrated_test_acc'] for r in sel])} | "
+                         f"{_ms([r['finetuned_test_acc'] for r in sel])} "
                          f"| {_ms([r['removed_weight_share'] for r in sel])} | {statistics.fmean(r['flops_speedup'] for r in sel):.2f}x |")
     lines.append("")
     if NOTES.is_file():

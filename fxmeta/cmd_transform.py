@@ -567,8 +567,8 @@ def cmd_meta_train(args: argparse.Namespace) -> int:
     config = MetaTrainConfig(
         epochs=args.epochs, lr=args.lr, weight_decay=args.weight_decay, width=args.width, depth=args.depth,
         ratio=args.ratio, reg=args.reg, alpha=args.alpha, batches_per_step=args.batches_per_step,
-        batch_size=args.batch_size, speedup=args.speedup, eval_finetune_epochs=args.eval_finetune_epochs,
-        seed=args.seed, init=args.init, resume=args.resume, force=args.force, progress=args.progress)
+        batch_size=args.batch_size, speedup=args.speedup, eval_bn_batches=args.eval_bn_batches,
+        eval_finetune_epochs=args.eval_finetune_epochs, seed=args.seed, init=args.init, resume=args.resume, force=args.force, progress=args.progress)
     if args.init:
         from passes.metanet import load_metanet_file
 
@@ -604,8 +604,11 @@ def register_meta_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-size", type=int, default=128, metavar="B", help="(default: 128)")
     p.add_argument("--speedup", type=_number, default=2.0, metavar="X",
                    help="FLOPs target of the validation prune that picks the best epoch (default: 2.0)")
+    p.add_argument("--eval-bn-batches", type=int, default=20, metavar="N",
+                   help="training batches that recompute the pruned models' BatchNorm statistics in that "
+                        "validation, before scoring and finetuning; 0: keep the stored ones (default: 20)")
     p.add_argument("--eval-finetune-epochs", type=int, default=1, metavar="N",
-                   help="finetuning epochs in that validation (default: 1)")
+                   help="finetuning epochs in that validation; 0: score right after the BatchNorm step (default: 1)")
     p.add_argument("--seed", type=int, default=0, help="(default: 0)")
     p.add_argument("--init", metavar="FILE", help="start from this metanetwork instead of a fresh one")
     p.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")

@@ -56,6 +56,7 @@ class MetaTrainConfig:
     batches_per_step: int = 4
     batch_size: int = 128
     speedup: float = 2.0  # FLOPs target of the validation prune
+    eval_bn_batches: int = 20  # BatchNorm recalibration of the pruned held-out models before scoring
     eval_finetune_epochs: int = 1
     seed: int = 0
     init: str | None = None  # start from this metanet file instead of a fresh one
@@ -66,6 +67,8 @@ class MetaTrainConfig:
     def __post_init__(self) -> None:
         if self.epochs < 0 or self.batches_per_step < 1 or self.batch_size < 1:
             raise SpecError("need epochs >= 0, batches_per_step >= 1 and batch_size >= 1")
+        if self.eval_bn_batches < 0 or self.eval_finetune_epochs < 0:
+            raise SpecError("need eval_bn_batches >= 0 and eval_finetune_epochs >= 0")
         if self.speedup < 1.0:
             raise SpecError(f"speedup must be >= 1, got {self.speedup}")
         self.milestones = tuple(int(m) for m in self.milestones)
@@ -241,9 +244,11 @@ def _train_step(net: Metanet, optimizer: torch.optim.Optimizer, data_model: _Dat
 def _validate(net: Metanet | None, models: list[_DataModel], loaders, example: torch.Tensor,
               config: MetaTrainConfig, finetune_lr: float) -> dict:
     """Per held-out data model: accuracy after the metanetwork (none: the model itself), after
-    pruning to the target speed-up, and after a short finetune; ``score`` averages the last one."""
+    pruning to the target speed-up, after recomputing its BatchNorm statistics (``eval_bn_batches``
+    training batches) and after a short finetune from there; ``score`` averages the last one
+    measured (right after pruning most networks are at chance, so that would not rank anything)."""
     from .pruner import prune
-    from .train import TrainConfig, evaluate, train
+    from .train import TrainConfig, evaluate, recalibrate_bn, train
 
     results = []
     for data_model in models:
@@ -259,14 +264,17 @@ def _validate(net: Metanet | None, models: list[_DataModel], loaders, example: t
         pruned = prune(module, example, speedup=config.speedup)
         entry["speedup"] = pruned.speedup
         entry["pruned_acc"] = evaluate(pruned.module, loaders.val)["acc"]
+        if config.eval_bn_batches > 0:
+            recalibrate_bn(pruned.module, loaders.train, batches=config.eval_bn_batches)
+            entry["recalibrated_acc"] = evaluate(pruned.module, loaders.val)["acc"]
         if config.eval_finetune_epochs > 0:
             tuned = train(pruned.module, loaders, TrainConfig(epochs=config.eval_finetune_epochs, lr=finetune_lr,
                                                               seed=config.seed, progress=False, device="cpu"))
             entry["finetuned_acc"] = evaluate(tuned.model, loaders.val)["acc"]
         results.append(entry)
-    key = "finetuned_acc" if config.eval_finetune_epochs > 0 else "pruned_acc"
+    key = next(k for k in ("finetuned_acc", "recalibrated_acc", "pruned_acc") if k in results[0])
     summary = {"val": results, "score": sum(r[key] for r in results) / len(results)}
-    for name in ("acc", "pruned_acc", "finetuned_acc"):
+    for name in ("acc", "pruned_acc", "recalibrated_acc", "finetuned_acc"):
         if name in results[0]:
             summary[f"mean_{name}"] = sum(r[name] for r in results) / len(results)
     return summary
@@ -274,7 +282,8 @@ def _validate(net: Metanet | None, models: list[_DataModel], loaders, example: t
 
 def _describe(summary: dict) -> str:
     parts = [f"{k.removeprefix('mean_')} {summary[k]:.4f}" for k in ("mean_acc", "mean_pruned_acc",
-                                                                     "mean_finetuned_acc") if k in summary]
+                                                                     "mean_recalibrated_acc", "mean_finetuned_acc")
+             if k in summary]
     if "best_epoch" in summary:
         parts.append(f"best epoch {summary['best_epoch']}")
     return ", ".join(parts) or "done"

@@ -56,6 +56,9 @@ def test_meta_training_smoke_run_checkpoints_log_and_resume(zoo_dir, tmp_path):
     assert len(steps) == 2 and all(r["ce"] > 0 and r["penalty"] > 0 for r in steps)  # 2 training data models
     epochs = [r for r in records if "score" in r and not r.get("baseline")]
     assert len(epochs) == 1 and epochs[0]["val"][0]["speedup"] >= 1.5
+    # without a finetune the score is the accuracy after the BatchNorm recalibration
+    assert epochs[0]["score"] == epochs[0]["mean_recalibrated_acc"]
+    assert all("recalibrated_acc" in entry and "finetuned_acc" not in entry for entry in epochs[0]["val"])
     assert any(r.get("baseline") for r in records)  # validation without the metanetwork, for comparison
     assert result.best_epoch == 1
     for name in ("best.pt", "last.pt"):

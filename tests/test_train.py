@@ -11,7 +11,7 @@ from torch import nn
 from fxmeta.data import load_data, make_loaders
 from fxmeta.errors import SpecError
 from fxmeta.models import get_model
-from fxmeta.train import TrainConfig, evaluate, lr_factor, resolve_amp, train
+from fxmeta.train import TrainConfig, evaluate, lr_factor, recalibrate_bn, resolve_amp, train
 
 torch.set_num_threads(1)
 
@@ -168,3 +168,24 @@ def test_ddp_two_cpu_ranks(tmp_path):
 
 if __name__ == "__main__" and sys.argv[1:2] == ["--ddp-worker"]:
     _ddp_worker(sys.argv[2])
+
+
+def test_recalibrate_bn_averages_the_batches_statistics():
+    model = _tiny_cnn()
+    torch.manual_seed(1)
+    batches = [(torch.randn(6, 1, 8, 8) * 3 + 1, torch.zeros(6, dtype=torch.long)) for _ in range(3)]
+    bn = model[1]
+    bn.momentum = 0.3
+    model.train()
+    out = recalibrate_bn(model, batches, batches=2)  # the third batch must not be seen
+    assert out is model and not model.training and bn.momentum == 0.3
+    with torch.no_grad():
+        feats = [model[0](x) for x, _ in batches[:2]]
+    mean = torch.stack([f.mean((0, 2, 3)) for f in feats]).mean(0)
+    var = torch.stack([f.var((0, 2, 3), unbiased=True) for f in feats]).mean(0)
+    torch.testing.assert_close(bn.running_mean, mean)
+    torch.testing.assert_close(bn.running_var, var)
+    assert int(bn.num_batches_tracked) == 2
+    with torch.no_grad():  # eval mode: the dropout is off, so two runs agree
+        x = batches[2][0]
+        torch.testing.assert_close(model(x), model(x))
