@@ -20,11 +20,13 @@ The notes in ``metanet_digits_notes.md`` (other meta-training settings tried, by
 with ``fxmeta meta-train``) are appended to the results as they are.
 
     python benchmarks/quality.py --archs resnet20   # builds the cache (or the full run)
-    python benchmarks/metanet_digits.py              # ~3 min after that
+    python benchmarks/metanet_digits.py              # ~1 min after that
+    python benchmarks/metanet_digits.py --pre-finetune-epochs 2 --out benchmarks/results/metanet_digits_order
 """
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import statistics
@@ -46,22 +48,29 @@ ASSET = HERE.parent / "fxmeta" / "assets" / "metanet_digits.pt"
 NOTES = HERE / "metanet_digits_notes.md"  # what else was tried, appended to the results as written
 
 
-def measure(start: torch.nn.Module, ctx, target: float, seed: int, lr: float, epochs: int, bn_batches: int) -> dict:
+def _finetune(module: torch.nn.Module, ctx, lr: float, epochs: int, seed: int):
+    from fxmeta.train import TrainConfig, train
+
+    for p in module.parameters():
+        p.requires_grad_(True)
+    return train(module, ctx.splits, TrainConfig(epochs=epochs, lr=lr, batch_size=ctx.s.batch_size, seed=seed,
+                                                 device="cpu", progress=False))
+
+
+def measure(start: torch.nn.Module, ctx, target: float, seed: int, lr: float, epochs: int,
+            calibration: list) -> dict:
     """Prune ``start`` to ``target``; accuracy after pruning, after recomputing the BatchNorm
-    statistics, and after a short finetune from there."""
+    statistics on the ``calibration`` batches, and after a short finetune from there."""
     from fxmeta.pruner import prune
-    from fxmeta.train import TrainConfig, evaluate, recalibrate_bn, train
+    from fxmeta.train import evaluate, recalibrate_bn
 
     result = prune(start, ctx.example, speedup=target, importance="l2", seed=seed)
     module = result.module
     row = {"flops_speedup": result.speedup, "pruned_test_acc": evaluate(module, ctx.loaders.test)["acc"],
            "removed_weight_share": 1.0 - _sq_norm(module) / _sq_norm(start)}
-    recalibrate_bn(module, ctx.loaders.train, batches=bn_batches)
+    recalibrate_bn(module, calibration, batches=len(calibration))
     row["recalibrated_test_acc"] = evaluate(module, ctx.loaders.test)["acc"]
-    for p in module.parameters():
-        p.requires_grad_(True)
-    tuned = train(module, ctx.splits, TrainConfig(epochs=epochs, lr=lr, batch_size=ctx.s.batch_size, seed=seed,
-                                                  device="cpu", progress=False))
+    tuned = _finetune(module, ctx, lr, epochs, seed)
     row.update(finetuned_test_acc=tuned.test["acc"], finetuned_val_acc=tuned.best_val_acc)
     return row
 
@@ -83,6 +92,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--finetune-epochs", type=int, default=2)
     parser.add_argument("--bn-batches", type=int, default=20,
                         help="training batches that recompute the BatchNorm statistics after pruning")
+    parser.add_argument("--pre-finetune-epochs", type=int, default=0, metavar="K",
+                        help="the reference's order: finetune each metanetwork's output K epochs before pruning; "
+                             "prune alone gets K more epochs after pruning instead (equal total budget)")
+    parser.add_argument("--out", default=str(HERE / "results" / "metanet_digits"),
+                        help="results path without suffix (.md and .json are written)")
     parser.add_argument("--metanet", action="append", default=[], metavar="LABEL=PATH",
                         help="also evaluate this metanetwork file (repeatable), e.g. a longer meta-training run")
     parser.add_argument("--threads", type=int, default=2)
@@ -110,16 +124,23 @@ def main(argv: list[str] | None = None) -> None:
             parser.error(f"--metanet {spec!r}: expected LABEL=PATH")
         metanets[f"{label} + prune"] = load_metanet(path)
 
+    # the same calibration batches for every network and method
+    calibration = list(itertools.islice(iter(ctx.loaders.train), args.bn_batches))
     rows: list[dict] = []
     for seed in s.seeds:
         base = ctx.bases[(ARCH, seed)]["model"]
         starts = {"prune alone": base}
         starts.update({name: quality.generate(base, net, ctx.example) for name, net in metanets.items()})
+        if args.pre_finetune_epochs:
+            starts.update({name: _finetune(starts[name], ctx, lr, args.pre_finetune_epochs, seed).model.eval()
+                           for name in metanets})
         unpruned = {method: evaluate(start, ctx.loaders.test)["acc"] for method, start in starts.items()}
         for target in targets:
             for method, start in starts.items():
                 row = {"seed": seed, "target": target, "method": method, "unpruned_test_acc": unpruned[method],
-                       **measure(start, ctx, target, seed, lr, args.finetune_epochs, args.bn_batches)}
+                       **measure(start, ctx, target, seed, lr, args.finetune_epochs + (args.pre_finetune_epochs
+                                                                         if method == "prune alone" else 0),
+                                 calibration)}
                 rows.append(row)
                 print(f"seed {seed} {target:g}x {method:>26}: unpruned {row['unpruned_test_acc']:.4f}, pruned "
                       f"{row['pruned_test_acc']:.4f} -> BN {row['recalibrated_test_acc']:.4f} -> finetuned "
@@ -143,7 +164,10 @@ def main(argv: list[str] | None = None) -> None:
         f"- after pruning: BatchNorm statistics recomputed on {args.bn_batches} training batches "
         "(fxmeta.train.recalibrate_bn), then the finetune starts from there",
         f"- finetune: {args.finetune_epochs} epochs, SGD lr {lr:g} (chosen on val by quality.py), cosine, "
-        "best val epoch; the same for every method",
+        "best val epoch; the same for every method" + (
+            f"; metanet rows: {args.pre_finetune_epochs} epochs before pruning as well (the reference's order: "
+            f"metanet -> finetune -> prune -> finetune), prune alone: {args.finetune_epochs + args.pre_finetune_epochs}"
+            " epochs after pruning, so every row has the same total" if args.pre_finetune_epochs else ""),
         f"- accuracies: test split, mean ± std over {len(s.seeds)} networks, in %",
         f"- wall time {(time.perf_counter() - started) / 60:.1f} min",
         "",
@@ -161,7 +185,7 @@ def main(argv: list[str] | None = None) -> None:
     lines.append("")
     if NOTES.is_file():
         lines += [NOTES.read_text().rstrip(), ""]
-    out = HERE / "results" / "metanet_digits"
+    out = Path(args.out)
     out.with_suffix(".md").write_text("\n".join(lines))
     out.with_suffix(".json").write_text(json.dumps({"command": command, "finetune_lr": lr, "rows": rows}, indent=1))
     print("\n".join(lines))
