@@ -28,7 +28,7 @@ from .errors import InputShapeError, PruningError, SpecError
 from .flops import count_flops, count_params
 from .latency import Latency, compare_latency, set_mode
 from .tracing import _as_tuple
-from .train import TrainConfig, distributed_context, evaluate, resolve_device, train
+from .train import TrainConfig, distributed_context, evaluate, recalibrate_bn, resolve_device, train
 
 _RUN_FILE = "run.json"
 
@@ -40,8 +40,10 @@ class TransformConfig:
     ``metanet`` is a Metanet, the path of a saved one, or None (importance pruning
     alone). ``finetune`` holds the training settings; ``finetune.epochs`` epochs run
     after channel removal and ``adapt_epochs`` between the metanetwork and removal
-    (both need data). Checkpoints go to ``checkpoint_dir/adapt`` and
-    ``checkpoint_dir/finetune``; ``resume`` continues from them.
+    (both need data). ``bn_batches`` training batches recompute the BatchNorm statistics
+    right after removal, before the finetune (0: off; see ``train.recalibrate_bn``).
+    Checkpoints go to ``checkpoint_dir/adapt`` and ``checkpoint_dir/finetune``; ``resume``
+    continues from them.
     """
 
     speedup: float = 2.0
@@ -51,6 +53,7 @@ class TransformConfig:
     check: bool = True
     metanet: Any = None
     adapt_epochs: int = 0
+    bn_batches: int = 0
     finetune: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=10))
     checkpoint_dir: str | None = None
     resume: bool = False
@@ -62,6 +65,8 @@ class TransformConfig:
             raise SpecError(f"speed-up {self.speedup} is below 1; ask for the FLOPs ratio to reach, e.g. --speedup 2")
         if self.adapt_epochs < 0:
             raise SpecError(f"adapt epochs must be >= 0, got {self.adapt_epochs}")
+        if self.bn_batches < 0:
+            raise SpecError(f"BatchNorm recalibration batches must be >= 0, got {self.bn_batches}")
         if self.round_to is not None and self.round_to < 1:
             raise SpecError(f"round_to must be >= 1, got {self.round_to}")
         if self.latency_threads < 1 or self.latency_batch < 1:
@@ -93,6 +98,7 @@ class TransformResult:
     stages: list[tuple[str, float]]
     notes: list[str]
     finetune_best_epoch: int | None = None
+    recalibrated_accuracy: float | None = None  # after removal and BatchNorm recalibration
 
     @property
     def speedup(self) -> float:
@@ -109,7 +115,8 @@ class TransformResult:
         """Plain-data summary stored in the output file and printed as a table."""
         return {
             "before": asdict(self.before), "after": asdict(self.after),
-            "removed_accuracy": self.removed_accuracy, "flops_speedup": self.speedup,
+            "removed_accuracy": self.removed_accuracy, "recalibrated_accuracy": self.recalibrated_accuracy,
+            "flops_speedup": self.speedup,
             "latency_speedup": self.latency_speedup, "params_ratio": self.after.params / max(self.before.params, 1),
             "finetune_best_epoch": self.finetune_best_epoch,
             "stages": {name: round(sec, 3) for name, sec in self.stages}, "notes": list(self.notes),
@@ -311,10 +318,14 @@ def transform(
                     work = train(work, loaders, _stage_config(config, "adapt", config.adapt_epochs)).model.cpu()
         with timer("remove channels"):
             pruned = _prune(work.eval(), example_input, config, exported)
-        module, removed_acc, best_epoch = pruned.module, None, None
+        module, removed_acc, recalibrated_acc, best_epoch = pruned.module, None, None, None
         if loaders is not None:
             module.to(device)
             removed_acc = evaluate(module, loaders.test, device)["acc"]
+            if config.bn_batches > 0:
+                with timer("recalibrate BatchNorm"):
+                    recalibrate_bn(module, loaders.train, config.bn_batches, device)
+                recalibrated_acc = evaluate(module, loaders.test, device)["acc"]
             if config.finetune.epochs > 0:
                 with timer("finetune"):
                     result = train(module, loaders, _stage_config(config, "finetune", config.finetune.epochs))
@@ -334,7 +345,8 @@ def transform(
             # Rank 0 times latency alone: leave the process group together, else a rank that
             # tears it down while the other still holds it can abort at exit (gloo).
             torch.distributed.barrier()
-    return TransformResult(module, pruned.plan, before, after, removed_acc, timer.items(), notes, best_epoch)
+    return TransformResult(module, pruned.plan, before, after, removed_acc, timer.items(), notes, best_epoch,
+                           recalibrated_acc)
 
 
 def _to(x: Any, device: torch.device) -> Any:

@@ -94,6 +94,24 @@ def test_transform_with_data_finetunes_and_reports_accuracy(digits, tmp_path):
     assert [json.loads(line).get("epoch") for line in log.read_text().splitlines()][:2] == [1, 2]
 
 
+def test_batchnorm_recalibration_after_removal(digits):
+    def run(bn_batches: int):
+        config = TransformConfig(speedup=2.0, bn_batches=bn_batches, finetune=_finetune(epochs=0), latency_batch=1)
+        return transform(_r20(), X, config, data=digits)
+
+    plain, recalibrated = run(0), run(4)
+    assert plain.recalibrated_accuracy is None and "recalibrate BatchNorm" not in dict(plain.stages)
+    assert 0.0 <= recalibrated.recalibrated_accuracy <= 1.0
+    assert recalibrated.metrics()["recalibrated_accuracy"] == recalibrated.recalibrated_accuracy
+    assert "recalibrate BatchNorm" in dict(recalibrated.stages)
+    assert recalibrated.removed_accuracy == plain.removed_accuracy  # measured before the recalibration
+    stats = {k: v for k, v in recalibrated.module.state_dict().items() if k.endswith("running_mean")}
+    before = plain.module.state_dict()
+    assert stats and any(not torch.equal(v, before[k]) for k, v in stats.items())
+    with pytest.raises(SpecError, match="recalibration batches"):
+        TransformConfig(bn_batches=-1)
+
+
 def test_resume_gives_the_weights_of_an_uninterrupted_run(digits, tmp_path):
     def run(epochs: int, folder: str, resume: bool = False):
         config = TransformConfig(speedup=2.0, finetune=_finetune(epochs=epochs, seed=5),
