@@ -437,8 +437,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
         raise SpecError("--base-epochs must be >= 0 and --threads >= 1")
     finetune = TrainConfig(epochs=args.epochs, lr=args.lr, batch_size=args.batch_size, device=args.device,
                            seed=args.seed, progress=args.progress)
-    config = TransformConfig(speedup=args.speedup, adapt_epochs=args.adapt_epochs, finetune=finetune,
-                             latency_batch=args.latency_batch)  # checks the numbers before training anything
+    config = TransformConfig(speedup=args.speedup, adapt_epochs=args.adapt_epochs, bn_batches=args.bn_batches,
+                             finetune=finetune, latency_batch=args.latency_batch)  # checks the numbers first
     outs = _demo_outputs(args)
     metanet_path = None if args.no_metanet else (args.metanet or (str(DEMO_METANET) if DEMO_METANET.is_file() else None))
     if metanet_path:
@@ -492,6 +492,8 @@ def register_demo(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--base-epochs", type=int, default=15, metavar="N", help="base network training epochs (default: 15)")
     p.add_argument("--adapt-epochs", type=int, default=2, metavar="N",
                    help="finetune epochs between metanetwork and removal (default: 2)")
+    p.add_argument("--bn-batches", type=int, default=10, metavar="N",
+                   help="training batches that recompute the BatchNorm statistics after removal (default: 10)")
     p.add_argument("--epochs", type=int, default=10, metavar="N", help="finetune epochs after removal (default: 10)")
     p.add_argument("--lr", type=float, default=0.01, help="finetune learning rate (default: 0.01)")
     p.add_argument("--batch-size", type=int, default=64, metavar="B", help="(default: 64)")

@@ -278,6 +278,7 @@ def test_demo_trains_once_then_uses_the_cache(tmp_path, capsys, monkeypatch):
     assert sorted(os.listdir(tmp_path / "out")) == ["metrics.json", "pruned.pt", "pruned.pt2"]
     metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())
     assert metrics["flops_speedup"] >= 2 and "train base" in metrics["stages"]
+    assert "BatchNorm recalibration" in out and 0 <= metrics["recalibrated_accuracy"] <= 1  # on by default
     assert fxmeta.load(tmp_path / "out" / "pruned.pt")(torch.randn(1, 1, 8, 8)).shape == (1, 10)
     [cached] = os.listdir(tmp_path / "cache")
     code, out, err = run_main(argv, capsys)  # same config: the base network comes from the cache
