@@ -626,7 +626,8 @@ class Metanet(nn.Module):
                 vd = dst_p[b.layer].view(b.groups, b.rows, 3 * d, 1)
                 x, (w, bias) = (raw[i], encs[i]) if states[i] is None else (states[i], (None, None))
                 # the last layer's pass also applies the last edge update and the edge decoder
-                dec = self._edge_decoder(layers[b.layer].edge_kind) if not update and b.learned else [None] * 4
+                dec = self._edge_decoder(layers[b.layer].edge_kind, edge_scale) if not update and b.learned \
+                    else [None] * 4
                 fwd, bwd, new, decoded[i] = _BlockPass.apply(x, vs, vd, w, bias, *dec, b, update, ws)
                 fwd_parts.append((layers[b.layer].start, fwd.reshape(-1, 4, d)))
                 bwd_parts.append(bwd.reshape(-1, 4, d))
@@ -640,7 +641,7 @@ class Metanet(nn.Module):
             h = h + mp.down(_pna(fwd_stats, count_fwd, a)) + mp.down(_pna(bwd_stats, count_bwd, a * self.flip))
             h = h + mp.mlp(h)
 
-        new_edges = self._decoded_edges(graph, blocks, decoded, edge_scale)
+        new_edges = self._decoded_edges(graph, blocks, decoded)
         new_nodes = self._decode_nodes(graph, h)
         return graph.with_features(new_edges, new_nodes)
 
@@ -694,19 +695,21 @@ class Metanet(nn.Module):
                 parts.append(codec.emb.expand(layer.count, -1))
         return torch.cat(parts) if parts else torch.zeros(0, self.config.width, dtype=dtype)
 
-    def _edge_decoder(self, kind: str) -> list[Tensor]:
+    def _edge_decoder(self, kind: str, scales: dict[str, Tensor]) -> list[Tensor]:
+        """The edge decoder's two linears, the last one scaled by ratio * scale: it yields the change."""
         dec = self.edge_codecs[_key(kind)].dec
-        return [dec[1].weight, dec[1].bias, dec[3].weight, dec[3].bias]
+        step = self.config.ratio * scales[kind]
+        return [dec[1].weight, dec[1].bias, dec[3].weight * step, dec[3].bias * step]
 
-    def _decoded_edges(self, graph: WeightGraph, blocks: list[_Block], decoded: list[Tensor | None],
-                       scales: dict[str, Tensor]) -> list[Tensor | None]:
-        """Edge tables: input + ratio * scale * decoded for every learned block."""
+    def _decoded_edges(self, graph: WeightGraph, blocks: list[_Block],
+                       decoded: list[Tensor | None]) -> list[Tensor | None]:
+        """Edge tables: input + ratio * scale * decoded for every learned block (the decoder applied the
+        factor to its last linear, which saves a pass and a table-sized buffer each way)."""
         edges = [layer.edge for layer in graph.layers]
-        for b, out in zip(blocks, decoded):
+        for b, delta in zip(blocks, decoded):
             layer = graph.layers[b.layer]
-            if out is not None:
-                delta = out.view(layer.edge.shape) * (self.config.ratio * scales[layer.edge_kind])
-                edges[b.layer] = layer.edge.detach() + delta.to(layer.edge.dtype)
+            if delta is not None:
+                edges[b.layer] = layer.edge.detach() + delta.view(layer.edge.shape).to(layer.edge.dtype)
         return edges
 
     def _decode_nodes(self, graph: WeightGraph, h: Tensor) -> list[Tensor | None]:
