@@ -49,14 +49,15 @@ def table(rows: list[tuple[str, int, dict]]) -> list[str]:
     for _, _, r in rows:
         stages += [s for s in r["metrics"]["stages"] if s not in stages]
     head = ["run", "seed", "wall s", *[f"{s} s" for s in stages], "acc before %", "acc after removal %",
-            "acc after finetune %", "FLOPs x", "params kept %", "latency x", "latency ms before / after"]
+            "acc after BatchNorm recalibration %", "acc after finetune %", "FLOPs x", "params kept %", "latency x", "latency ms before / after"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for name, seed, r in rows:
         m = r["metrics"]
         lat_b, lat_a = m["before"]["latency"], m["after"]["latency"]
         cells = [name, str(seed), f"{r['wall_s']:.1f}", *[f"{m['stages'].get(s, 0):.2f}" if s in m["stages"] else "-"
                                                            for s in stages],
-                 _fmt_pct(m["before"]["accuracy"]), _fmt_pct(m["removed_accuracy"]), _fmt_pct(m["after"]["accuracy"]),
+                 _fmt_pct(m["before"]["accuracy"]), _fmt_pct(m["removed_accuracy"]),
+                 _fmt_pct(m.get("recalibrated_accuracy")), _fmt_pct(m["after"]["accuracy"]),
                  f"{m['flops_speedup']:.2f}", f"{100 * m['params_ratio']:.1f}", f"{m['latency_speedup']:.2f}",
                  f"{lat_b['median_ms']:.2f} / {lat_a['median_ms']:.2f}"]
         lines.append("| " + " | ".join(cells) + " |")
@@ -92,7 +93,7 @@ def main() -> None:
         header(f"python benchmarks/transform_report.py --seeds {' '.join(map(str, args.seeds))} "
                f"--threads {args.threads}", args.threads, seeds=", ".join(map(str, args.seeds))),
         f"- demo command: `{demo_cmd}` (defaults otherwise: fxmeta:resnet20, digits 16x16, 15 base epochs, "
-        "10 finetune epochs, 2x FLOPs target)",
+        "BatchNorm recalibration on 10 batches, 10 finetune epochs, 2x FLOPs target)",
         f"- metanetwork: {'fxmeta/assets/' + METANET.name if METANET.is_file() else 'none committed: importance pruning'}",
         f"- 1-minute load average before each run: {', '.join('%.1f' % r[2]['load_before'] for r in rows)} "
         "(the machine is shared; times scale with it)",
