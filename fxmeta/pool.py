@@ -1,9 +1,9 @@
 """Large CPU buffers kept between metanetwork passes.
 
-A ResNet50 forward + backward of the metanetwork writes ~5 GiB of freshly allocated memory
-(the edge states of every layer, their gradients and the decoded edges). Allocations that large come straight from
-the kernel, so every step pays a page fault (and the kernel's zeroing) per 4 KiB the first
-time it writes them. The pool keeps those buffers and hands one out again once nothing
+A ResNet50 forward + backward of the metanetwork writes ~5 GiB of freshly allocated
+memory (the edge states of every layer, their gradients and the decoded edges).
+Allocations that large come straight from the kernel, so every step pays a page fault
+(and the kernel's zeroing) per 4 KiB the first time it writes them. The pool keeps those buffers and hands one out again once nothing
 else references it, the way torch's caching allocators do.
 
 A buffer is free when its storage has no users besides the pool: autograd releases saved
