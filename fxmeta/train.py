@@ -21,7 +21,7 @@ import time
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Protocol
 
 import torch
 import torch.distributed as dist
@@ -59,10 +59,11 @@ class TrainConfig:
     resume: bool = False
     log_path: str | None = None
     progress: bool = True
+    keep: str = "best"  # "best": the best validation epoch's weights; "last": the last epoch's
 
     def __post_init__(self) -> None:
         choices = {"optimizer": ("sgd", "adamw"), "schedule": ("cosine", "step"),
-                   "amp": ("auto", "off", "bf16", "fp16")}
+                   "amp": ("auto", "off", "bf16", "fp16"), "keep": ("best", "last")}
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise SpecError(f"{name}={getattr(self, name)!r} is not one of {', '.join(allowed)}")
@@ -228,19 +229,43 @@ def recalibrate_bn(model: nn.Module, loader: DataLoader, batches: int = 20,
     return model
 
 
+class Objective(Protocol):
+    """A training loss other than plain cross-entropy (e.g. ``fxmeta.prepare``'s).
+
+    ``wrap`` gives the module the loop runs (and wraps in DDP) in place of the model;
+    ``begin_epoch`` / ``before_step`` run before each epoch and each step, after the
+    epoch's RNG is seeded; ``loss`` turns the wrapped module's output into the loss and
+    the logits that accuracy is counted on.
+    """
+
+    def wrap(self, model: nn.Module) -> nn.Module: ...
+
+    def begin_epoch(self, epoch: int) -> None: ...
+
+    def before_step(self, step: int) -> None: ...
+
+    def loss(self, out: Any, y: torch.Tensor, criterion: nn.Module) -> tuple[torch.Tensor, torch.Tensor]: ...
+
+
 def _train_epoch(net: nn.Module, loader: DataLoader, optimizer: torch.optim.Optimizer,
                  scaler: torch.amp.GradScaler, criterion: nn.Module, device: torch.device,
-                 amp: torch.dtype | None, channels_last: bool, bar: Any) -> dict[str, float]:
+                 amp: torch.dtype | None, channels_last: bool, bar: Any,
+                 objective: Objective | None = None) -> dict[str, float]:
     net.train()
     sums = torch.zeros(2, dtype=torch.float64, device=device)  # loss sum, correct
     count = 0
-    for x, y in bar:
+    for step, (x, y) in enumerate(bar):
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
         if channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
+        if objective is not None:
+            objective.before_step(step)
         with torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None):
             out = net(x)
-            loss = criterion(out.float(), y)
+            if objective is None:
+                loss = criterion(out.float(), y)
+            else:
+                loss, out = objective.loss(out, y, criterion)
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
         scaler.step(optimizer)
@@ -344,8 +369,10 @@ def _tracked(bar: Any, loader: DataLoader, description: str) -> Iterator:
     bar.remove_task(task)
 
 
-def train(model: nn.Module, data: DataSplits | Loaders, config: TrainConfig | None = None) -> TrainResult:
-    """Train ``model`` in place and return it with the weights of its best validation epoch."""
+def train(model: nn.Module, data: DataSplits | Loaders, config: TrainConfig | None = None,
+          objective: Objective | None = None) -> TrainResult:
+    """Train ``model`` in place and return it with the weights of its best validation epoch
+    (``config.keep="last"``: of its last epoch); ``objective`` replaces the cross-entropy."""
     config = config or TrainConfig()
     started = time.perf_counter()
     with distributed_context(config.device) as ctx:
@@ -363,10 +390,10 @@ def train(model: nn.Module, data: DataSplits | Loaders, config: TrainConfig | No
         ckpt_path = Path(config.checkpoint_dir) / _CHECKPOINT if config.checkpoint_dir else None
         resumed = bool(config.resume and ckpt_path and ckpt_path.is_file())
         run = _load_checkpoint(ckpt_path, model, optimizer, scaler, device) if resumed else _Progress()
-        net = model
+        net = model if objective is None else objective.wrap(model).to(device)
         if ctx.distributed:
             ids = [device.index] if device.type == "cuda" else None
-            net = nn.parallel.DistributedDataParallel(model, device_ids=ids)
+            net = nn.parallel.DistributedDataParallel(net, device_ids=ids)
         criterion = nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
         log = _JsonLog(config.log_path if ctx.is_main else None, append=resumed)
         say = print if (config.progress and ctx.is_main) else (lambda *a, **k: None)
@@ -383,9 +410,11 @@ def train(model: nn.Module, data: DataSplits | Loaders, config: TrainConfig | No
                     loaders.train.generator.manual_seed(config.seed + epoch)
                 if isinstance(loaders.train.sampler, DistributedSampler):
                     loaders.train.sampler.set_epoch(epoch)
+                if objective is not None:
+                    objective.begin_epoch(epoch)
                 steps = _tracked(bar, loaders.train, f"epoch {epoch + 1}/{config.epochs}")
                 fit = _train_epoch(net, loaders.train, optimizer, scaler, criterion, device, amp,
-                                   channels_last, steps)
+                                   channels_last, steps, objective)
                 if ctx.distributed:
                     _average_buffers(model, ctx.world_size)
                 val = evaluate(model, loaders.val, device, amp=amp)
@@ -393,7 +422,8 @@ def train(model: nn.Module, data: DataSplits | Loaders, config: TrainConfig | No
                 record = {"epoch": run.epoch, "lr": lr, "train_loss": fit["loss"], "train_acc": fit["acc"],
                           "samples": fit["samples"], "val_loss": val["loss"], "val_acc": val["acc"],
                           "seconds": round(time.perf_counter() - t0, 3)}
-                if val["acc"] > run.best_val_acc:
+                keep = run.epoch == config.epochs if config.keep == "last" else val["acc"] > run.best_val_acc
+                if keep:
                     run.best_epoch, run.best_val_acc = run.epoch, val["acc"]
                     run.best_weights = _cpu_copy(model.state_dict())
                 run.history.append(record)

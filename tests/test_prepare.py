@@ -1,0 +1,168 @@
+"""The prunability objective and the prepare stage (fxmeta.masking, fxmeta.prepare)."""
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+from fxmeta.channels import analyze
+from fxmeta.data import load_data, make_loaders
+from fxmeta.errors import SpecError
+from fxmeta.masking import MaskedNetwork, calibrate_target, removal
+from fxmeta.models import get_model
+from fxmeta.prepare import PrepareConfig, PrunabilityObjective, prepare
+from fxmeta.pruner import _removed_from_plan, prune, slim
+from fxmeta.train import TrainConfig, recalibrate_bn, train
+
+from helpers import randomize_bn
+
+torch.set_num_threads(1)
+
+
+def _resnet(seed: int = 0) -> nn.Module:
+    torch.manual_seed(seed)
+    return randomize_bn(get_model("resnet20", num_classes=10, in_channels=1), seed)
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return load_data("digits")
+
+
+def _config(**kw) -> TrainConfig:
+    return TrainConfig(**{**dict(epochs=2, lr=0.01, batch_size=128, device="cpu", progress=False, seed=3), **kw})
+
+
+def _bn_stats(model: nn.Module) -> dict:
+    return {k: v.clone() for k, v in model.state_dict().items() if "running" in k or "num_batches" in k}
+
+
+def test_removal_is_the_prunes_selection():
+    model = _resnet()
+    x = torch.randn(1, 1, 8, 8)
+    analysis = analyze(model, x)
+    for speedup in (2.0, 4.0):
+        target = calibrate_target(analysis, speedup)
+        got = removal(analysis, speedup, flops_target=target)
+        want = _removed_from_plan(analysis, prune(model, x, speedup).plan)
+        assert torch.equal(got, want)
+
+
+def test_masked_network_is_the_pruned_network_on_batch_statistics():
+    model = _resnet().train()
+    x = torch.randn(1, 1, 8, 8)
+    analysis = analyze(model, x)
+    removed = removal(analysis, 3.0, flops_target=calibrate_target(analysis, 3.0))
+    assert 0 < int(removed.sum())
+    masked = MaskedNetwork(analysis)
+    masked.set_removed(removed)
+    batch = torch.randn(64, 1, 8, 8)
+    labels = torch.randint(0, 10, (64,))
+    before = _bn_stats(model)
+    out = masked(batch)
+    # the masked pass neither reads nor writes running statistics
+    assert all(torch.equal(before[k], v) for k, v in _bn_stats(model).items())
+    pruned = slim(analysis, removed)
+    exact = pruned.train()(batch)  # BatchNorm on the same batch's statistics
+    torch.testing.assert_close(out, exact, atol=1e-5, rtol=1e-5)
+    # ...which is the pruned network with its BatchNorm recalibrated on that batch (up to
+    # the unbiased variance BatchNorm stores)
+    recalibrate_bn(pruned, [(batch, labels)], batches=1)
+    loss_masked = nn.functional.cross_entropy(out, labels)
+    loss_pruned = nn.functional.cross_entropy(pruned.eval()(batch), labels)
+    assert loss_masked.item() == pytest.approx(loss_pruned.item(), rel=2e-2)
+    # and it differs from the unmasked network: the mask does something
+    assert not torch.allclose(out, model(batch), atol=1e-3)
+
+
+def test_masked_network_is_differentiable_in_the_models_parameters():
+    model = _resnet()
+    analysis = analyze(model, torch.randn(1, 1, 8, 8))
+    masked = MaskedNetwork(analysis)
+    removed = removal(analysis, 2.0)
+    masked.set_removed(removed)
+    masked(torch.randn(16, 1, 8, 8)).square().mean().backward()
+    grads = {n: p.grad for n, p in model.named_parameters()}
+    assert all(g is not None for g in grads.values())
+    # removed output channels of the stem get no gradient through the masked pass
+    group = next(g for g in analysis.groups if any(n == "conv1.weight" and d == 0 for n, d, _ in g.slices))
+    _, _, index = next(s for s in group.slices if s[0] == "conv1.weight" and s[1] == 0)
+    gone = removed[group.roots]
+    if bool(gone.any()):
+        assert grads["conv1.weight"][index[gone].flatten()].abs().max() == 0
+    # generated parameters (a metanetwork's output) go through functional_call by the model's names
+    params = {n: p.detach() * 2 for n, p in masked.named_parameters()}
+    assert set(params) <= {f"gm.{n}" for n, _ in model.named_parameters()}
+
+
+def test_prepare_makes_the_prune_cheap(digits):
+    """The objective's point: accuracy right after a prune (with recalibration) goes up."""
+    base = _resnet(1)
+    base = train(base, digits, _config(epochs=4, lr=0.1)).model.cpu().eval()
+    x = torch.randn(1, 1, 8, 8)
+    loaders = make_loaders(digits, 128, seed=0)
+
+    def pruned_acc(model: nn.Module) -> float:
+        from fxmeta.train import evaluate
+
+        pruned = prune(model.eval(), x, 3.0).module
+        recalibrate_bn(pruned, loaders.train, 5)
+        return evaluate(pruned, loaders.val)["acc"]
+
+    plain = train(copy.deepcopy(base), digits, _config(epochs=3)).model.cpu()
+    prepared = prepare(copy.deepcopy(base), x, digits, _config(epochs=3), [3.0]).model.cpu()
+    assert pruned_acc(prepared) > pruned_acc(plain) + 0.15
+
+
+def test_prepare_epoch_running_statistics_are_a_plain_epochs(digits):
+    # lr 0: the weights stay, so both runs see the same network and the same batches; only
+    # the plain pass may move the running statistics
+    a, b = _resnet(2), _resnet(2)
+    train(a, digits, _config(epochs=1, lr=0.0))
+    prepare(b, torch.randn(1, 1, 8, 8), digits, _config(epochs=1, lr=0.0), [2.0])
+    sa, sb = _bn_stats(a), _bn_stats(b)
+    assert sa.keys() == sb.keys()
+    for k in sa:
+        torch.testing.assert_close(sa[k], sb[k], atol=1e-6, rtol=1e-6)
+    assert not torch.equal(sa["bn1.running_mean"], _bn_stats(_resnet(2))["bn1.running_mean"])
+
+
+class _Stop(Exception):
+    pass
+
+
+def test_resume_mid_prepare_gives_the_uninterrupted_weights(digits, tmp_path, monkeypatch):
+    x = torch.randn(1, 1, 8, 8)
+    full = prepare(_resnet(3), x, digits, _config(epochs=3, checkpoint_dir=str(tmp_path / "a")), [2.0, 4.0],
+                   mask_every=3).model.state_dict()
+    original = PrunabilityObjective.begin_epoch
+
+    def stop_at_two(self, epoch):
+        if epoch == 2:
+            raise _Stop
+        original(self, epoch)
+
+    monkeypatch.setattr(PrunabilityObjective, "begin_epoch", stop_at_two)
+    config = _config(epochs=3, checkpoint_dir=str(tmp_path / "b"))
+    with pytest.raises(_Stop):
+        prepare(_resnet(3), x, digits, config, [2.0, 4.0], mask_every=3)
+    monkeypatch.setattr(PrunabilityObjective, "begin_epoch", original)
+    resumed = prepare(_resnet(3), x, digits, _config(epochs=3, checkpoint_dir=str(tmp_path / "b"), resume=True),
+                      [2.0, 4.0], mask_every=3).model.state_dict()
+    assert full.keys() == resumed.keys()
+    assert all(torch.equal(full[k], resumed[k]) for k in full)
+
+
+def test_masks_follow_the_weights_on_schedule(digits):
+    model = _resnet(4)
+    objective = PrunabilityObjective(model, torch.randn(1, 1, 8, 8), [2.0], mask_every=2)
+    train(model, digits, _config(epochs=1, lr=0.5), objective)
+    steps = len(make_loaders(digits, 128).train)
+    assert objective.mask_updates == 1 + (steps - 1) // 2
+
+
+def test_prepare_config_rejects_bad_values():
+    for bad in (dict(epochs=-1), dict(speedups=(0.5,)), dict(weight=float("nan")), dict(mask_every=-2),
+                dict(lr=0.0)):
+        with pytest.raises(SpecError):
+            PrepareConfig(**bad)
