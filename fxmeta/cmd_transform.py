@@ -85,9 +85,9 @@ def _add_train_args(p: argparse.ArgumentParser, epochs: int) -> None:
                    help=f"finetuning epochs after channel removal (default: {epochs})")
     g.add_argument("--adapt-epochs", type=int, default=0, metavar="N",
                    help="short finetune between the metanetwork and channel removal (default: 0)")
-    g.add_argument("--bn-batches", type=int, default=0, metavar="N",
+    g.add_argument("--bn-batches", type=int, default=20, metavar="N",
                    help="recompute the BatchNorm statistics on N training batches right after channel removal, "
-                        "before finetuning; restores much of the accuracy removal costs (default: 0, off)")
+                        "before finetuning; restores much of the accuracy removal costs (default: 20; 0: off)")
     g.add_argument("--batch-size", type=int, default=128, metavar="B", help="per-process batch size (default: 128)")
     g.add_argument("--lr", type=float, default=0.01, help="peak learning rate, cosine schedule (default: 0.01)")
     g.add_argument("--optimizer", choices=["sgd", "adamw"], default="sgd", help="(default: sgd)")
@@ -105,6 +105,38 @@ def _add_train_args(p: argparse.ArgumentParser, epochs: int) -> None:
                    help="write per-epoch metrics as JSON lines (appended to on --resume); under torchrun spell it "
                         "--log-file, torchrun's own parser reads --log as an abbreviation of its options")
     g.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar / per-epoch lines")
+
+
+def _add_prepare_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("prepare for pruning (needs --data)")
+    g.add_argument("--prepare-epochs", type=int, default=0, metavar="N",
+                   help="before channel removal, train N epochs on the prunability objective: the loss of the "
+                        "network plus the loss of the network with the channels the prune will remove masked out. "
+                        "Recommended without --metanet, e.g. 5-10 (default: 0, off)")
+    g.add_argument("--prepare-speedups", metavar="X[,Y...]",
+                   help="FLOPs targets whose masks the prepare stage trains, one drawn per step "
+                        "(default: --speedup)")
+    g.add_argument("--prepare-weight", type=_number, default=1.0, metavar="W",
+                   help="weight of the masked network's loss (default: 1)")
+    g.add_argument("--prepare-mask-every", type=int, default=0, metavar="STEPS",
+                   help="recompute the mask every STEPS steps as well as at every epoch start (default: 0, "
+                        "once per epoch)")
+    g.add_argument("--prepare-lr", type=_number, metavar="LR", help="learning rate of the prepare stage (default: --lr)")
+
+
+def _prepare_config(args: argparse.Namespace):
+    from .prepare import PrepareConfig
+
+    speedups = ()
+    if getattr(args, "prepare_speedups", None):
+        try:
+            speedups = tuple(float(v) for v in args.prepare_speedups.split(","))
+        except ValueError:
+            raise SpecError(f"--prepare-speedups wants numbers separated by commas, got {args.prepare_speedups!r}"
+                            ) from None
+    return PrepareConfig(epochs=getattr(args, "prepare_epochs", 0), speedups=speedups,
+                         weight=getattr(args, "prepare_weight", 1.0), mask_every=getattr(args, "prepare_mask_every", 0),
+                         lr=getattr(args, "prepare_lr", None))
 
 
 def _train_config(args: argparse.Namespace):
@@ -126,6 +158,7 @@ def _transform_config(args: argparse.Namespace, *, finetune: Any = None, checkpo
     return TransformConfig(
         speedup=args.speedup, importance=args.importance, round_to=args.round_to, ignore=tuple(args.ignore),
         check=args.check, adapt_epochs=getattr(args, "adapt_epochs", 0), bn_batches=getattr(args, "bn_batches", 0),
+        prepare=_prepare_config(args),
         finetune=finetune or TrainConfig(epochs=0, device="cpu", progress=False),
         checkpoint_dir=checkpoint_dir, resume=getattr(args, "resume", False),
         latency_threads=args.latency_threads, latency_batch=args.latency_batch,
@@ -326,6 +359,7 @@ def register_transform(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--metanet", metavar="FILE", help="trained metanetwork (from fxmeta meta-train)")
     _add_prune_args(p)
     _add_train_args(p, epochs=10)
+    _add_prepare_args(p)
     _add_output_args(p)
     p.set_defaults(func=cmd_transform)
 
@@ -422,6 +456,65 @@ def _demo_outputs(args: argparse.Namespace) -> dict[str, str]:
     return outs
 
 
+def _demo_metanet_path(args: argparse.Namespace) -> str | None:
+    if args.no_metanet:
+        return None
+    return args.metanet or (str(DEMO_METANET) if DEMO_METANET.is_file() else None)
+
+
+def _demo_methods(args: argparse.Namespace, config: Any) -> list[tuple[str, Any]]:
+    """The demo's columns, each spending ``--epochs`` epochs on the network after its base training."""
+    from dataclasses import replace
+
+    from .prepare import PrepareConfig
+
+    if args.prepare_epochs > args.epochs or args.adapt_epochs > args.epochs:
+        raise SpecError(f"--prepare-epochs {args.prepare_epochs} and --adapt-epochs {args.adapt_epochs} are part of "
+                        f"the --epochs {args.epochs} budget of every column; lower them or raise --epochs")
+
+    def column(stage_epochs: int, **kw: Any) -> Any:
+        return replace(config, finetune=replace(config.finetune, epochs=args.epochs - stage_epochs), **kw)
+
+    methods = [("importance", column(0))]
+    if args.prepare_epochs > 0:
+        methods.append(("prepared", column(args.prepare_epochs, prepare=PrepareConfig(epochs=args.prepare_epochs))))
+    metanet_path = _demo_metanet_path(args)
+    if metanet_path:
+        from passes.metanet import load_metanet_file
+
+        methods.append(("metanetwork", column(args.adapt_epochs, metanet=load_metanet_file(metanet_path),
+                                              adapt_epochs=args.adapt_epochs)))
+    elif not args.no_metanet:
+        _note(f"no committed metanetwork ({DEMO_METANET.name} is absent): no metanetwork column")
+    if args.save not in [name for name, _ in methods]:
+        raise SpecError(f"--save {args.save}: that column does not run ({', '.join(n for n, _ in methods)} do)")
+    return methods
+
+
+def render_comparison(title: str, columns: dict[str, dict[str, Any]], budget: dict[str, str]) -> Table:
+    """One column per method: accuracy at each step, FLOPs, parameters, latency, epochs spent."""
+    first = next(iter(columns.values()))
+    table = Table(title=title, title_justify="left")
+    table.add_column("")
+    table.add_column("original", justify="right")
+    for name in columns:
+        table.add_column(name, justify="right")
+    before = first["before"]
+    rows = [("test acc., finetuned", _pct(before["accuracy"]), lambda m: _pct(m["after"]["accuracy"])),
+            ("  right after removal", "", lambda m: _pct(m["removed_accuracy"])),
+            ("  + BatchNorm recal.", "", lambda m: _pct(m.get("recalibrated_accuracy"))),
+            ("FLOPs speed-up", _si(before["flops"]), lambda m: f"{m['flops_speedup']:.2f}x"),
+            ("parameters kept", _si(before["params"]), lambda m: f"{100 * m['params_ratio']:.1f}%")]
+    if before["latency"]:
+        rows.append(("latency speed-up", f"{before['latency']['median_ms']:.3g} ms",
+                     lambda m: f"{m['latency_speedup']:.2f}x"))
+    for label, original, cell in rows:
+        table.add_row(label, original, *[cell(m) for m in columns.values()])
+    table.add_row("epochs on the network", "", *[budget[name] for name in columns])
+    table.add_row("seconds", "", *[f"{sum(m['stages'].values()):.1f}" for m in columns.values()])
+    return table
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     import torch
 
@@ -433,46 +526,56 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     if args.no_metanet and args.metanet:
         raise SpecError("--metanet and --no-metanet contradict each other; pick one")
-    if args.base_epochs < 0 or args.threads < 1:
-        raise SpecError("--base-epochs must be >= 0 and --threads >= 1")
+    if args.base_epochs < 0 or args.threads < 1 or args.prepare_epochs < 0:
+        raise SpecError("--base-epochs and --prepare-epochs must be >= 0 and --threads >= 1")
     finetune = TrainConfig(epochs=args.epochs, lr=args.lr, batch_size=args.batch_size, device=args.device,
                            seed=args.seed, progress=args.progress)
     config = TransformConfig(speedup=args.speedup, adapt_epochs=args.adapt_epochs, bn_batches=args.bn_batches,
                              finetune=finetune, latency_batch=args.latency_batch)  # checks the numbers first
+    methods = _demo_methods(args, config)
     outs = _demo_outputs(args)
-    metanet_path = None if args.no_metanet else (args.metanet or (str(DEMO_METANET) if DEMO_METANET.is_file() else None))
-    if metanet_path:
-        from passes.metanet import load_metanet_file
-
-        config.metanet = load_metanet_file(metanet_path)
-    else:
-        config.adapt_epochs = 0  # adapting only makes sense after a metanetwork
-        if not args.no_metanet:
-            _note(f"no committed metanetwork ({DEMO_METANET.name} is absent): pruning by importance alone")
     torch.set_num_threads(args.threads)
     timer = StageTimer(report=_stage_note)
     with timer("load data"):
         data = load_data("digits", seed=args.seed, image_size=args.image_size if args.image_size != 8 else None)
     base, base_path = _demo_base(args, data, timer)
     x = example_from_shape((1, *data.input_shape))
-    result = transform(base.module, x, config, data=data, timer=timer)
+    results, budget = {}, {}
+    for name, method_config in methods:
+        _note(f"[bold]{name}[/]")
+        results[name] = transform(base.module, x, method_config, data=data,
+                                  timer=StageTimer(report=lambda stage, n=name: _stage_note(f"{n}: {stage}")))
+        stage = method_config.prepare.epochs or (method_config.adapt_epochs if method_config.metanet else 0)
+        what = "prepare" if method_config.prepare.epochs else "adapt"
+        budget[name] = (f"{stage} {what} + {method_config.finetune.epochs}" if stage
+                        else f"{method_config.finetune.epochs}")
+    saved = results[args.save]
+    metrics = saved.metrics() | {"base": base_path, "data": data.description, "saved": args.save,
+                                 "metanet": _demo_metanet_path(args),
+                                 "shared_stages": dict(timer.items()),
+                                 "methods": {name: r.metrics() for name, r in results.items()}}
+    metrics["stages"] = dict(timer.items()) | metrics["stages"]
     if outs:
         with timer("save"):
             from .export import save_program
 
             Path(args.out).mkdir(parents=True, exist_ok=True)
-            metrics = result.metrics() | {"base": base_path, "metanet": metanet_path, "data": data.description}
-            save(outs["pruned.pt"], result.module, spec=base.spec, spec_kwargs=base.spec_kwargs,
-                 plan=result.plan, metrics=metrics,
-                 input_shape=tuple(x.shape), force=args.force)
-            save_program(result.module, x, outs["pruned.pt2"], force=args.force)
-            atomic_write_text(json.dumps(metrics | {"stages": dict(timer.items())}, indent=1), outs["metrics.json"],
-                              force=args.force)
-    how = "metanetwork" if config.metanet is not None else "importance"
-    title = f"demo: {args.model} on {data.description}, {args.speedup:g}x FLOPs target ({how})"
-    _print_report(title, result.metrics(), timer.items())
+            save(outs["pruned.pt"], saved.module, spec=base.spec, spec_kwargs=base.spec_kwargs,
+                 plan=saved.plan, metrics=metrics, input_shape=tuple(x.shape), force=args.force)
+            save_program(saved.module, x, outs["pruned.pt2"], force=args.force)
+            atomic_write_text(json.dumps(metrics, indent=1), outs["metrics.json"], force=args.force)
+    if is_main_process():
+        out = Console(highlight=False)
+        title = f"demo: {args.model} on {data.description}, {args.speedup:g}x FLOPs target"
+        out.print(render_comparison(title, {n: r.metrics() for n, r in results.items()}, budget))
+        shared = ", ".join(f"{name} {sec:.1f} s" for name, sec in timer.items())
+        out.print(f"shared stages: {shared}")
+        lat = saved.before.latency
+        if lat is not None:
+            out.print(f"latency: {lat.device}, batch {lat.batch}, {lat.threads} thread(s), original and pruned "
+                      "timed in alternation per column")
     if outs:
-        _note(f"wrote {', '.join(outs.values())}")
+        _note(f"wrote {', '.join(outs.values())} (the {args.save} column)")
     return 0
 
 
@@ -480,8 +583,9 @@ def register_demo(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "demo", help="the main job on the embedded digits data: train, transform at 2x, finetune, report",
         description="Train a small network on scikit-learn's bundled digits (or load it from the cache), prune it "
-                    "to --speedup fewer FLOPs with the committed metanetwork (importance pruning when none is "
-                    "committed), finetune, and print the before / after table. Offline; a few minutes on 2 CPU cores.")
+                    "to --speedup fewer FLOPs three ways at the same epoch budget: by importance alone, after "
+                    "--prepare-epochs of prunability training, and with the committed metanetwork; finetune each and "
+                    "print them side by side. Offline; a few minutes on 2 CPU cores.")
     p.add_argument("--model", default=DEMO_MODEL, metavar="SPEC",
                    help=f"architecture to train and prune (default: {DEMO_MODEL}); fxmeta specs get in_channels=1")
     p.add_argument("--image-size", type=int, choices=[8, 16], default=16,
@@ -490,11 +594,19 @@ def register_demo(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--metanet", metavar="FILE", help=f"metanetwork to use (default: fxmeta/assets/{DEMO_METANET.name})")
     p.add_argument("--no-metanet", action="store_true", help="prune by importance alone")
     p.add_argument("--base-epochs", type=int, default=15, metavar="N", help="base network training epochs (default: 15)")
+    p.add_argument("--epochs", type=int, default=10, metavar="N",
+                   help="epochs every column spends on the network after base training: its own stage "
+                        "(prepare / adapt) plus the finetune after removal (default: 10)")
+    p.add_argument("--prepare-epochs", type=int, default=5, metavar="N",
+                   help="of those, epochs of prunability training before removal in the prepared column "
+                        "(default: 5; 0: no prepared column)")
     p.add_argument("--adapt-epochs", type=int, default=2, metavar="N",
-                   help="finetune epochs between metanetwork and removal (default: 2)")
-    p.add_argument("--bn-batches", type=int, default=10, metavar="N",
-                   help="training batches that recompute the BatchNorm statistics after removal (default: 10)")
-    p.add_argument("--epochs", type=int, default=10, metavar="N", help="finetune epochs after removal (default: 10)")
+                   help="of those, finetune epochs between metanetwork and removal in the metanetwork column "
+                        "(default: 2)")
+    p.add_argument("--bn-batches", type=int, default=20, metavar="N",
+                   help="training batches that recompute the BatchNorm statistics after removal (default: 20)")
+    p.add_argument("--save", choices=["importance", "prepared", "metanetwork"], default="prepared",
+                   help="which column's pruned network --out saves (default: prepared)")
     p.add_argument("--lr", type=float, default=0.01, help="finetune learning rate (default: 0.01)")
     p.add_argument("--batch-size", type=int, default=64, metavar="B", help="(default: 64)")
     p.add_argument("--device", default="cpu", metavar="auto|cpu|cuda", help="(default: cpu)")

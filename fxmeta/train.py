@@ -235,7 +235,10 @@ class Objective(Protocol):
     ``wrap`` gives the module the loop runs (and wraps in DDP) in place of the model;
     ``begin_epoch`` / ``before_step`` run before each epoch and each step, after the
     epoch's RNG is seeded; ``loss`` turns the wrapped module's output into the loss and
-    the logits that accuracy is counted on.
+    the logits that accuracy is counted on. An objective may also define
+    ``after_backward()``, called between backward and the optimizer step (gradient
+    regularisers such as DepGraph's sparsity learning; the gradients are unscaled first
+    when fp16 loss scaling is on).
     """
 
     def wrap(self, model: nn.Module) -> nn.Module: ...
@@ -268,6 +271,9 @@ def _train_epoch(net: nn.Module, loader: DataLoader, optimizer: torch.optim.Opti
                 loss, out = objective.loss(out, y, criterion)
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
+        if objective is not None and hasattr(objective, "after_backward"):
+            scaler.unscale_(optimizer)
+            objective.after_backward()
         scaler.step(optimizer)
         scaler.update()
         # accumulate on device: no host sync per step

@@ -11,6 +11,7 @@ finetuning runs as DDP; only rank 0 measures latency and writes files.
 from __future__ import annotations
 
 import contextlib
+import copy
 import json
 import math
 import os
@@ -27,6 +28,7 @@ from .data import DataSplits, Loaders, make_loaders
 from .errors import InputShapeError, PruningError, SpecError
 from .flops import count_flops, count_params
 from .latency import Latency, compare_latency, set_mode
+from .prepare import PrepareConfig, prepare
 from .tracing import _as_tuple
 from .train import TrainConfig, distributed_context, evaluate, recalibrate_bn, resolve_device, train
 
@@ -40,10 +42,12 @@ class TransformConfig:
     ``metanet`` is a Metanet, the path of a saved one, or None (importance pruning
     alone). ``finetune`` holds the training settings; ``finetune.epochs`` epochs run
     after channel removal and ``adapt_epochs`` between the metanetwork and removal
-    (both need data). ``bn_batches`` training batches recompute the BatchNorm statistics
+    (both need data). ``prepare.epochs`` epochs of the prunability objective run right
+    before removal (``fxmeta.prepare``; its targets default to ``speedup``, its lr to the
+    finetune's). ``bn_batches`` training batches recompute the BatchNorm statistics
     right after removal, before the finetune (0: off; see ``train.recalibrate_bn``).
-    Checkpoints go to ``checkpoint_dir/adapt`` and ``checkpoint_dir/finetune``; ``resume``
-    continues from them.
+    Checkpoints go to ``checkpoint_dir/{adapt,prepare,finetune}``; ``resume`` continues
+    from them.
     """
 
     speedup: float = 2.0
@@ -53,7 +57,8 @@ class TransformConfig:
     check: bool = True
     metanet: Any = None
     adapt_epochs: int = 0
-    bn_batches: int = 0
+    prepare: PrepareConfig = field(default_factory=PrepareConfig)
+    bn_batches: int = 20
     finetune: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=10))
     checkpoint_dir: str | None = None
     resume: bool = False
@@ -188,6 +193,7 @@ def _run_record(config: TransformConfig, extra: dict[str, Any]) -> dict[str, Any
     return {
         "speedup": config.speedup, "importance": config.importance, "round_to": config.round_to,
         "ignore": list(config.ignore), "adapt_epochs": config.adapt_epochs, "seed": config.finetune.seed,
+        "prepare": asdict(config.prepare),
         "metanet": os.path.abspath(os.fspath(metanet)) if isinstance(metanet, (str, os.PathLike)) else
         (None if metanet is None else type(metanet).__name__), **extra,
     }
@@ -224,8 +230,8 @@ def _measure(model: nn.Module, x: Any, loaders: Loaders | None, device: torch.de
     return Measurement(flops, params, None, accuracy)
 
 
-def _stage_config(config: TransformConfig, stage: str, epochs: int) -> TrainConfig:
-    base = config.finetune
+def _stage_config(config: TransformConfig, stage: str, epochs: int, lr: float | None = None) -> TrainConfig:
+    base = config.finetune if lr is None else replace(config.finetune, lr=lr)
     log = base.log_path
     if log and stage != "finetune":
         stem, ext = os.path.splitext(log)
@@ -316,6 +322,17 @@ def transform(
             if data is not None and config.adapt_epochs > 0:
                 with timer("adapt finetune"):
                     work = train(work, loaders, _stage_config(config, "adapt", config.adapt_epochs)).model.cpu()
+        if data is not None and config.prepare.epochs > 0:
+            p = config.prepare
+            with timer("prepare for pruning"):
+                # prepare trains in place: never the caller's own model
+                start = copy.deepcopy(work) if work is model else work
+                work = prepare(start, example_input, loaders, _stage_config(config, "prepare", p.epochs, p.lr),
+                               p.speedups or [config.speedup], weight=p.weight, mask_every=p.mask_every,
+                               importance=config.importance, round_to=config.round_to,
+                               ignore=config.ignore).model.cpu()
+        elif config.prepare.epochs > 0:
+            notes.append("no data given: the prepare stage is skipped")
         with timer("remove channels"):
             pruned = _prune(work.eval(), example_input, config, exported)
         module, removed_acc, recalibrated_acc, best_epoch = pruned.module, None, None, None

@@ -267,18 +267,20 @@ def test_interrupt_while_writing_leaves_no_file(tmp_path, capsys, monkeypatch, s
 
 def test_demo_trains_once_then_uses_the_cache(tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(torch, "set_num_threads", lambda n: None)  # the command sets it for its process
-    argv = ["demo", "--image-size", "8", "--base-epochs", "2", "--epochs", "1", "--no-progress",
+    argv = ["demo", "--image-size", "8", "--base-epochs", "2", "--epochs", "2", "--prepare-epochs", "1",
+            "--adapt-epochs", "1", "--no-progress",
             "--cache-dir", str(tmp_path / "cache"), "--latency-batch", "4"]
     code, out, err = run_main(argv + ["--out", str(tmp_path / "out")], capsys)
     assert code == 0, err
     assert "training the base network" in err and "train base" in out
-    assert "test accuracy" in out and "2x FLOPs target" in out
+    assert "test acc., finetuned" in out and "2x FLOPs target" in out and "prepared" in out
     if not (ROOT / "fxmeta" / "assets" / "metanet_digits.pt").is_file():
         assert "pruning by importance alone" in err
     assert sorted(os.listdir(tmp_path / "out")) == ["metrics.json", "pruned.pt", "pruned.pt2"]
     metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())
     assert metrics["flops_speedup"] >= 2 and "train base" in metrics["stages"]
-    assert "BatchNorm recalibration" in out and 0 <= metrics["recalibrated_accuracy"] <= 1  # on by default
+    assert "BatchNorm recal" in out and 0 <= metrics["recalibrated_accuracy"] <= 1  # on by default
+    assert set(metrics["methods"]) >= {"importance", "prepared"} and metrics["saved"] == "prepared"
     assert fxmeta.load(tmp_path / "out" / "pruned.pt")(torch.randn(1, 1, 8, 8)).shape == (1, 10)
     [cached] = os.listdir(tmp_path / "cache")
     code, out, err = run_main(argv, capsys)  # same config: the base network comes from the cache
