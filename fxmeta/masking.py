@@ -153,16 +153,20 @@ def analytic_flops(analysis: ChannelAnalysis) -> tuple[FlopModel, int]:
 
 def removal(analysis: ChannelAnalysis, speedup: float, importance: Any = "l2", *, round_to: int | None = None,
             min_keep: float = 0.1, seed: int = 0, flops_target: float | None = None,
-            flops: tuple[FlopModel, int] | None = None) -> Tensor:
+            flops: tuple[FlopModel, int] | None = None, params: dict[str, Tensor] | None = None) -> Tensor:
     """Units (bool over unit ids) a prune of ``analysis.gm``'s current weights to ``speedup`` removes.
 
     ``flops_target`` is the target of the analytic FLOPs model; :func:`calibrate_target`
     finds the one that makes the measured FLOPs reach ``speedup`` (as ``prune`` does).
     ``flops`` is :func:`analytic_flops` computed once (it runs the model on the example
-    input, which needs the parameters where the input is).
+    input, which needs the parameters where the input is). ``params`` ranks other weights
+    than the graph's own (e.g. a metanetwork's output, by the same names).
     """
     _check_speedup(speedup)
-    c = _candidates(analysis, _importance_fn(importance, seed), round_to, min_keep)
+    score = _importance_fn(importance, seed)
+    if params is not None:
+        score = (lambda fn: lambda group, _own: fn(group, params))(score)
+    c = _candidates(analysis, score, round_to, min_keep)
     if not c.groups:
         raise PruningError("the model has no prunable channel groups: there is nothing to mask")
     model, base = flops or analytic_flops(analysis)

@@ -41,7 +41,13 @@ CHECKPOINT_FORMAT = "fxmeta.meta-train/1"
 
 @dataclass
 class MetaTrainConfig:
-    """Meta-training settings; defaults follow the reference (AdamW 1e-3, wd 5e-4, reg 10, alpha 16)."""
+    """Meta-training settings; defaults follow the reference (AdamW 1e-3, wd 5e-4, reg 10, alpha 16).
+
+    ``objective="prunable"`` adds the prunability term (``fxmeta.masking``): the
+    cross-entropy of the generated network with the channels that a prune to a target
+    speed-up (one of ``mask_speedups``, drawn per step; default ``speedup``) would remove
+    from it masked out, BatchNorm on batch statistics, weighted by ``mask_weight``.
+    """
 
     epochs: int = 20
     lr: float = 1e-3
@@ -58,6 +64,9 @@ class MetaTrainConfig:
     speedup: float = 2.0  # FLOPs target of the validation prune
     eval_bn_batches: int = 20  # BatchNorm recalibration of the pruned held-out models before scoring
     eval_finetune_epochs: int = 1
+    objective: str = "reference"  # "reference" | "prunable"
+    mask_weight: float = 1.0
+    mask_speedups: tuple[float, ...] = ()
     seed: int = 0
     init: str | None = None  # start from this metanet file instead of a fresh one
     resume: bool = False
@@ -71,6 +80,13 @@ class MetaTrainConfig:
             raise SpecError("need eval_bn_batches >= 0 and eval_finetune_epochs >= 0")
         if self.speedup < 1.0:
             raise SpecError(f"speedup must be >= 1, got {self.speedup}")
+        if self.objective not in ("reference", "prunable"):
+            raise SpecError(f"objective={self.objective!r} is not one of reference, prunable")
+        if not math.isfinite(self.mask_weight) or self.mask_weight < 0:
+            raise SpecError(f"mask_weight must be a finite number >= 0, got {self.mask_weight}")
+        self.mask_speedups = tuple(float(s) for s in self.mask_speedups)
+        if any(not math.isfinite(s) or s < 1 for s in self.mask_speedups):
+            raise SpecError(f"mask speed-ups must be finite numbers >= 1, got {self.mask_speedups}")
         self.milestones = tuple(int(m) for m in self.milestones)
 
     def lr_at(self, epoch: int) -> float:
@@ -94,6 +110,23 @@ class _DataModel:
     path: str
     graph: WeightGraph
     regularizer: GroupRegularizer
+    masking: Any = None  # _Masking for the prunable objective
+
+
+@dataclass
+class _Masking:
+    """The masked twin of a data model and its calibrated FLOPs targets."""
+
+    network: Any  # fxmeta.masking.MaskedNetwork over the data model's module
+    targets: list[tuple[float, float]]  # (speed-up, analytic FLOPs target)
+    flops: Any
+
+    def removed(self, params: dict[str, torch.Tensor], pick: int) -> torch.Tensor:
+        from .masking import removal
+
+        speedup, target = self.targets[pick]
+        return removal(self.network.analysis, speedup, flops_target=target, flops=self.flops,
+                       params={k: v.detach() for k, v in params.items()})
 
 
 def meta_train(zoo_dir: str | os.PathLike, out: str | os.PathLike = "metanet/", epochs: int | None = None,
@@ -142,8 +175,9 @@ def meta_train(zoo_dir: str | os.PathLike, out: str | os.PathLike = "metanet/", 
             order = torch.randperm(len(train_models), generator=torch.Generator().manual_seed(config.seed + epoch))
             task = bar.add_task(f"meta epoch {epoch + 1}/{config.epochs}", total=len(order))
             net.train()
+            picks = torch.Generator().manual_seed(config.seed * 1_000_003 + epoch)  # mask targets, resumable
             for step, i in enumerate(order.tolist()):
-                record = _train_step(net, optimizer, train_models[i], batches, config, ce_scale)
+                record = _train_step(net, optimizer, train_models[i], batches, config, ce_scale, picks)
                 record.update(epoch=epoch + 1, step=step + 1, lr=lr, model=os.path.basename(train_models[i].path))
                 log.write(record)
                 bar.update(task, advance=1, description=f"meta epoch {epoch + 1}/{config.epochs} "
@@ -192,7 +226,16 @@ def _prepare(path: str, example: torch.Tensor, config: MetaTrainConfig) -> _Data
     graph = lower(model, example)
     graph.module.eval()
     regularizer = group_regularizer(model, example, reg=config.reg, alpha=config.alpha)
-    return _DataModel(path, graph, regularizer)
+    masking = None
+    if config.objective == "prunable":
+        from .channels import analyze
+        from .masking import MaskedNetwork, analytic_flops, calibrate_target
+
+        analysis = analyze(graph.module, example)
+        speedups = config.mask_speedups or (config.speedup,)
+        masking = _Masking(MaskedNetwork(analysis), [(s, calibrate_target(analysis, s)) for s in speedups],
+                           analytic_flops(analysis))
+    return _DataModel(path, graph, regularizer, masking)
 
 
 def _make_metanet(graphs: list[WeightGraph], config: MetaTrainConfig) -> Metanet:
@@ -221,24 +264,36 @@ def _forever(loader):
 
 
 def _train_step(net: Metanet, optimizer: torch.optim.Optimizer, data_model: _DataModel, batches,
-                config: MetaTrainConfig, ce_scale: int) -> dict:
+                config: MetaTrainConfig, ce_scale: int, picks: torch.Generator | None = None) -> dict:
     started = time.perf_counter()
     params = raise_params(net(data_model.graph))
-    ce = 0.0
+    masking = data_model.masking
+    if masking is not None:
+        n = len(masking.targets)
+        pick = int(torch.randint(n, (), generator=picks)) if n > 1 and picks is not None else 0
+        masking.network.set_removed(masking.removed(params, pick))
+    ce = masked_ce = 0.0
     correct = total = 0
     for _ in range(config.batches_per_step):
         x, y = next(batches)
         out = torch.func.functional_call(data_model.graph.module, params, (x,))
         ce = ce + F.cross_entropy(out, y) / config.batches_per_step
+        if masking is not None:
+            # the generated network as the prune will leave it, BatchNorm on this batch's statistics
+            masked = torch.func.functional_call(masking.network.gm, params, (x,), strict=False)
+            masked_ce = masked_ce + F.cross_entropy(masked, y) / config.batches_per_step
         correct += int((out.argmax(1) == y).sum())
         total += len(y)
     penalty = data_model.regularizer(params)
-    loss = ce_scale * ce + penalty
+    loss = ce_scale * (ce + config.mask_weight * masked_ce) + penalty
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     optimizer.step()
-    return {"ce": ce.item(), "penalty": penalty.item(), "loss": loss.item(), "acc": correct / max(total, 1),
-            "seconds": round(time.perf_counter() - started, 3)}
+    record = {"ce": ce.item(), "penalty": penalty.item(), "loss": loss.item(), "acc": correct / max(total, 1),
+              "seconds": round(time.perf_counter() - started, 3)}
+    if masking is not None:
+        record["masked_ce"] = masked_ce.item()
+    return record
 
 
 def _validate(net: Metanet | None, models: list[_DataModel], loaders, example: torch.Tensor,

@@ -85,3 +85,34 @@ def test_metanet_refuses_graphs_of_unknown_kinds(zoo_dir, tmp_path):
     graph = lower(other.eval(), torch.randn(1, 1, 8, 8))
     with pytest.raises(FxmetaError, match="unknown to this metanet"):
         net(graph)
+
+
+def test_prunable_objective_trains_through_the_masked_generated_network(zoo_dir, tmp_path):
+    from fxmeta.meta_train import MetaTrainConfig, _prepare, _train_step
+    from fxmeta.zoo import load_zoo as _load
+
+    zoo = _load(zoo_dir)
+    config = MetaTrainConfig(objective="prunable", mask_speedups=(2.0, 3.0), mask_weight=1.0, width=8, depth=1,
+                             batches_per_step=1, batch_size=32, progress=False, reg=0.0)
+    data_model = _prepare(zoo.path(zoo.members[0]), torch.randn(1, 1, 8, 8), config)
+    from fxmeta.meta_train import _make_metanet
+
+    x, y = torch.randn(32, 1, 8, 8), torch.randint(0, 10, (32,))
+
+    def grads(weight: float):
+        from dataclasses import replace
+
+        net = _make_metanet([data_model.graph], config)  # seeded: the same initial metanet
+        optimizer = torch.optim.SGD(net.parameters(), lr=0.0)
+        record = _train_step(net, optimizer, data_model, iter([(x, y)] * 2), replace(config, mask_weight=weight), 1,
+                             torch.Generator().manual_seed(0))
+        return record, [p.grad.clone() for p in net.parameters() if p.grad is not None]
+
+    record, with_mask = grads(1.0)
+    _, without = grads(0.0)
+    # the masked term is the loss of the generated network pruned to the drawn target (batch statistics)
+    assert record["masked_ce"] > record["ce"] > 0
+    assert len(with_mask) == len(without) > 0
+    assert any(not torch.allclose(a, b) for a, b in zip(with_mask, without))  # and it reaches the metanetwork
+    with pytest.raises(Exception, match="objective"):
+        MetaTrainConfig(objective="other")
