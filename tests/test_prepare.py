@@ -133,21 +133,21 @@ class _Stop(Exception):
 
 def test_resume_mid_prepare_gives_the_uninterrupted_weights(digits, tmp_path, monkeypatch):
     x = torch.randn(1, 1, 8, 8)
-    full = prepare(_resnet(3), x, digits, _config(epochs=3, checkpoint_dir=str(tmp_path / "a")), [2.0, 4.0],
+    full = prepare(_resnet(3), x, digits, _config(epochs=2, checkpoint_dir=str(tmp_path / "a")), [2.0, 4.0],
                    mask_every=3).model.state_dict()
     original = PrunabilityObjective.begin_epoch
 
-    def stop_at_two(self, epoch):
-        if epoch == 2:
+    def stop_at_one(self, epoch):
+        if epoch == 1:
             raise _Stop
         original(self, epoch)
 
-    monkeypatch.setattr(PrunabilityObjective, "begin_epoch", stop_at_two)
-    config = _config(epochs=3, checkpoint_dir=str(tmp_path / "b"))
+    monkeypatch.setattr(PrunabilityObjective, "begin_epoch", stop_at_one)
+    config = _config(epochs=2, checkpoint_dir=str(tmp_path / "b"))
     with pytest.raises(_Stop):
         prepare(_resnet(3), x, digits, config, [2.0, 4.0], mask_every=3)
     monkeypatch.setattr(PrunabilityObjective, "begin_epoch", original)
-    resumed = prepare(_resnet(3), x, digits, _config(epochs=3, checkpoint_dir=str(tmp_path / "b"), resume=True),
+    resumed = prepare(_resnet(3), x, digits, _config(epochs=2, checkpoint_dir=str(tmp_path / "b"), resume=True),
                       [2.0, 4.0], mask_every=3).model.state_dict()
     assert full.keys() == resumed.keys()
     assert all(torch.equal(full[k], resumed[k]) for k in full)
