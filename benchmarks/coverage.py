@@ -4,8 +4,8 @@ For each model (random init, eval mode, batch of 2, 224x224 input, 299 for incep
 
 * IR: ``fxmeta.ir.lower`` then ``raise_graph``; every state_dict entry and the output
   must be bit-identical (``torch.equal``).
-* ours: ``fxmeta.pruner.prune(model, x, speedup=2.0)`` with its self-check on; reached
-  means FLOPs(original) / FLOPs(pruned) >= 2 (``fxmeta.flops.count_flops``) and the
+* ours: ``fxmeta.pruning.pruner.prune(model, x, speedup=2.0)`` with its self-check on; reached
+  means FLOPs(original) / FLOPs(pruned) >= 2 (``fxmeta.pruning.flops.count_flops``) and the
   check passed.
 * Torch-Pruning (benchmark-only dependency, ``pip install torch-pruning``): its
   recommended FLOPs-targeted recipe, progressive MetaPruner steps with group L2
@@ -80,7 +80,7 @@ def cell_ir(name: str) -> dict:
 
 def cell_ours(name: str) -> dict:
     from fxmeta.errors import PruningError
-    from fxmeta.pruner import prune
+    from fxmeta.pruning.pruner import prune
 
     model, x = _build(name), _example(name)
     t0 = time.perf_counter()
@@ -110,7 +110,7 @@ def cell_tp(name: str) -> dict:
     import torch.nn as nn
     import torch_pruning as tp
 
-    from fxmeta.flops import count_flops
+    from fxmeta.pruning.flops import count_flops
 
     model, x = _build(name), _example(name)
     base = count_flops(model, x)
@@ -235,7 +235,7 @@ def write_table(cache: dict, args) -> None:
         f"- machine shared with other work while this ran: 1-minute load average {_load_range(cache, done)} "
         f"on {os.cpu_count()} cores (times are wall-clock under that load)",
         "- IR: lower + raise_graph, every state_dict entry and the output bit-identical (torch.equal)",
-        "- ours: prune(speedup=2.0), self-check on; speed-up is FLOPs original / pruned (fxmeta.flops.count_flops)",
+        "- ours: prune(speedup=2.0), self-check on; speed-up is FLOPs original / pruned (fxmeta.pruning.flops.count_flops)",
         "- Torch-Pruning: MetaPruner, GroupMagnitudeImportance(p=2), global, 100 steps until its MACs count "
         "(counted on one sample) and then count_flops say 2x, max ratio 0.9, classifier ignored, num_heads declared for nn.MultiheadAttention; speed-up re-measured with "
         "count_flops; reached = >= 2x and right output shape",

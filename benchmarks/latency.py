@@ -3,7 +3,7 @@
 Random-init models in eval mode, batch 8, 224x224, ``torch.inference_mode``, a fixed
 thread count. The original and the pruned model are timed alternately, one forward
 each per round, so load from other processes on a shared machine hits both alike; the
-figure is the median over rounds. Pruned with ``fxmeta.pruner.prune(speedup=2.0)``,
+figure is the median over rounds. Pruned with ``fxmeta.pruning.pruner.prune(speedup=2.0)``,
 with and without ``round_to=8``. Target: latency speed-up / FLOPs speed-up >= 0.85 on
 resnet50 and vit_b_16.
 
@@ -53,7 +53,7 @@ def main() -> None:
     sys.path.insert(0, str(HERE))
     from _env import header
 
-    from fxmeta.pruner import prune
+    from fxmeta.pruning.pruner import prune
 
     torch.set_num_threads(args.threads)
     rows = []

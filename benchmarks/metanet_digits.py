@@ -49,7 +49,7 @@ NOTES = HERE / "metanet_digits_notes.md"  # what else was tried, appended to the
 
 
 def _finetune(module: torch.nn.Module, ctx, lr: float, epochs: int, seed: int):
-    from fxmeta.train import TrainConfig, train
+    from fxmeta.training.loop import TrainConfig, train
 
     for p in module.parameters():
         p.requires_grad_(True)
@@ -61,8 +61,8 @@ def measure(start: torch.nn.Module, ctx, target: float, seed: int, lr: float, ep
             calibration: list) -> dict:
     """Prune ``start`` to ``target``; accuracy after pruning, after recomputing the BatchNorm
     statistics on the ``calibration`` batches, and after a short finetune from there."""
-    from fxmeta.pruner import prune
-    from fxmeta.train import evaluate, recalibrate_bn
+    from fxmeta.pruning.pruner import prune
+    from fxmeta.training.loop import evaluate, recalibrate_bn
 
     result = prune(start, ctx.example, speedup=target, importance="l2", seed=seed)
     module = result.module
@@ -106,9 +106,9 @@ def main(argv: list[str] | None = None) -> None:
     targets = [float(t) for t in args.targets.split(",")]
     started = time.perf_counter()
 
-    from fxmeta.data import make_loaders
+    from fxmeta.training.data import make_loaders
     from fxmeta.metanet import load_metanet
-    from fxmeta.train import evaluate
+    from fxmeta.training.loop import evaluate
 
     s = quality.replace(quality.FULL, archs=(ARCH,))
     splits = quality.digits16(0)
@@ -162,7 +162,7 @@ def main(argv: list[str] | None = None) -> None:
         "- committed metanetwork: fxmeta/assets/metanet_digits.pt (see fxmeta/assets/README.md)",
         *[f"- {spec.partition('=')[0]}: {spec.partition('=')[2]}" for spec in args.metanet],
         f"- after pruning: BatchNorm statistics recomputed on {args.bn_batches} training batches "
-        "(fxmeta.train.recalibrate_bn), then the finetune starts from there",
+        "(fxmeta.training.loop.recalibrate_bn), then the finetune starts from there",
         f"- finetune: {args.finetune_epochs} epochs, SGD lr {lr:g} (chosen on val by quality.py), cosine, "
         "best val epoch; the same for every method" + (
             f"; metanet rows: {args.pre_finetune_epochs} epochs before pruning as well (the reference's order: "

@@ -2,7 +2,7 @@
 
 Each measurement runs in a fresh subprocess (random-init model, eval, batch 1, 224x224)
 so peak memory is clean: "extra peak" is the process's peak RSS after pruning minus its
-RSS with the model built. Ours is ``fxmeta.pruner.prune(model, x, speedup=2.0)`` with
+RSS with the model built. Ours is ``fxmeta.pruning.pruner.prune(model, x, speedup=2.0)`` with
 its self-check on (the stage breakdown is shown). Torch-Pruning is its FLOPs-targeted
 recipe: MetaPruner, group L2 importance, global ranking, 100 steps until its MACs count
 says 2x; its total includes building its dependency graph and the MACs counts its loop
@@ -41,7 +41,7 @@ def measure(name: str, tool: str, threads: int) -> dict:
     sys.path.insert(0, str(HERE))
     from _env import peak_rss_mib
 
-    from fxmeta.flops import count_flops
+    from fxmeta.pruning.flops import count_flops
 
     torch.set_num_threads(threads)
     torch.manual_seed(0)
@@ -49,7 +49,7 @@ def measure(name: str, tool: str, threads: int) -> dict:
     x = torch.randn(1, 3, 224, 224, generator=torch.Generator().manual_seed(0))
     base_rss = _rss_mib()
     if tool == "ours":
-        from fxmeta.pruner import prune
+        from fxmeta.pruning.pruner import prune
 
         t0 = time.perf_counter()
         result = prune(model, x, speedup=2.0)

@@ -3,11 +3,11 @@
 ResNet20 / ResNet56 (``fxmeta.models``, 1 input channel) on scikit-learn's digits,
 bilinearly upsampled to 16x16, one fixed train / val / test split (``load_data`` seed 0).
 For every base network (one per seed) and FLOPs target, five methods prune the same
-network and get the same finetune (``fxmeta.train``: epochs, schedule, lr, data order;
+network and get the same finetune (``fxmeta.training.loop``: epochs, schedule, lr, data order;
 best epoch on the validation split):
 
 1. ``ours``: lower -> metanetwork -> raise -> fxmeta prune (l2) -> finetune. The
-   metanetwork is meta-trained (``fxmeta.meta_train``) on a zoo (``fxmeta.zoo``) of the
+   metanetwork is meta-trained (``fxmeta.metatrain.loop``) on a zoo (``fxmeta.metatrain.zoo``) of the
    same family built from other seeds than the base networks.
 2. ``fxmeta-l2``: fxmeta prune (l2 group importance), no metanetwork.
 3. ``DepGraph+SL``: Torch-Pruning GroupNormPruner with sparsity learning, as its CIFAR
@@ -20,7 +20,7 @@ best epoch on the validation split):
    global, same stepping, no sparsity learning.
 5. ``random``: fxmeta prune with random importance.
 
-FLOPs are counted with ``fxmeta.flops.count_flops`` for every method (also inside the
+FLOPs are counted with ``fxmeta.pruning.flops.count_flops`` for every method (also inside the
 Torch-Pruning stepping loop). Hyper-parameters are chosen on the validation split of the
 first seed, never on test: the finetune lr (with fxmeta-l2), the SL regularisation
 strength, and the metanetwork's checkpoint (by ``meta_train`` on held-out zoo members).
@@ -75,7 +75,7 @@ TP_STEPS = 400  # Torch-Pruning's --iterative-steps default
 
 def digits16(seed: int = 0) -> Any:
     """The digits splits at 16x16 (a data function, so zoo / meta-training can load it by name)."""
-    from fxmeta.data import load_data
+    from fxmeta.training.data import load_data
 
     return load_data("digits", seed=seed, image_size=IMAGE_SIZE)
 
@@ -204,7 +204,7 @@ class Context:
 
 
 def _eval(model: torch.nn.Module, ctx: Context) -> tuple[float, float]:
-    from fxmeta.train import evaluate
+    from fxmeta.training.loop import evaluate
 
     return evaluate(model, ctx.loaders.val)["acc"], evaluate(model, ctx.loaders.test)["acc"]
 
@@ -212,7 +212,7 @@ def _eval(model: torch.nn.Module, ctx: Context) -> tuple[float, float]:
 def _latency_ms(model: torch.nn.Module, ctx: Context, repeats: int = 30) -> float:
     """The 10th percentile of timed runs: on a shared machine the fast runs are the ones the
     other processes did not interrupt, so they show the model's own cost best."""
-    from fxmeta.latency import measure_latency
+    from fxmeta.pipeline.latency import measure_latency
 
     lat = measure_latency(model, ctx.example, threads=ctx.s.latency_threads, batch=ctx.s.latency_batch,
                           warmup=3, repeats=repeats, max_seconds=2.0)
@@ -235,7 +235,7 @@ def _paired_latency(base: torch.nn.Module, pruned: torch.nn.Module, ctx: Context
 def build_bases(ctx: Context, arch: str) -> None:
     """The benchmark's base networks: seeds ``s.seeds``, the zoo's recipe without pre-pruning."""
     from fxmeta.io import load
-    from fxmeta.zoo import build_zoo
+    from fxmeta.metatrain.zoo import build_zoo
 
     s = ctx.s
     seeds = sorted(s.seeds)
@@ -263,7 +263,7 @@ def build_bases(ctx: Context, arch: str) -> None:
 
 def _meta_train_once(ctx: Context, arch: str, zoo_dir: Path, meta_dir: Path, reg: float) -> dict:
     """One meta-training run (resumable), with its wall time."""
-    from fxmeta.meta_train import meta_train
+    from fxmeta.metatrain.loop import meta_train
 
     s = ctx.s
     timing_path = meta_dir / "timing.json"
@@ -292,7 +292,7 @@ def build_metanet(ctx: Context, arch: str) -> None:
     """Zoo of other seeds + meta-training for each reg of the grid; the held-out members' score
     (meta_train's checkpoint score) picks the reg. Cached, with the wall time of everything."""
     from fxmeta.metanet import load_metanet
-    from fxmeta.zoo import build_zoo
+    from fxmeta.metatrain.zoo import build_zoo
 
     s = ctx.s
     zoo_settings = {"count": s.zoo_count, "val": s.zoo_val, "epochs": s.zoo_epochs, "seed": s.zoo_seed,
@@ -376,8 +376,8 @@ def sparsity_learning(ctx: Context, arch: str, seed: int, reg: float) -> tuple[t
     """Torch-Pruning's group_sl sparsity learning on a copy of the base network (cached)."""
     import torch.nn.functional as F
 
-    from fxmeta.data import make_loaders
-    from fxmeta.train import evaluate
+    from fxmeta.training.data import make_loaders
+    from fxmeta.training.loop import evaluate
 
     s = ctx.s
     key = _key([ctx.base_settings(arch), arch, seed, reg, s.sl_epochs, s.sl_lr, s.batch_size])
@@ -428,7 +428,7 @@ class _ConvFlops:
 
     The spatial sizes are recorded once (pruning channels does not change them); the
     formula is FlopCounterMode's (2 x multiply-adds of conv and linear layers), and every
-    count that decides a target is confirmed with ``fxmeta.flops.count_flops``."""
+    count that decides a target is confirmed with ``fxmeta.pruning.flops.count_flops``."""
 
     def __init__(self, model: torch.nn.Module, example: torch.Tensor) -> None:
         self.model, self.spatial = model, {}
@@ -461,7 +461,7 @@ def tp_progressive(model: torch.nn.Module, ctx: Context, reg: float | None,
                    targets: list[float]) -> dict[float, dict]:
     """Step a Torch-Pruning pruner until each FLOPs target is met, keeping a copy at each target
     on the way: the same states separate runs per target would reach (the steps are the same)."""
-    from fxmeta.flops import count_flops
+    from fxmeta.pruning.flops import count_flops
 
     t0 = time.perf_counter()
     pruner = _tp_pruner(model, ctx, reg)
@@ -493,7 +493,7 @@ def tp_progressive(model: torch.nn.Module, ctx: Context, reg: float | None,
 
 def _prune_fxmeta(module: torch.nn.Module, ctx: Context, target: float, importance: str, seed: int) -> dict:
     from fxmeta.errors import PruningError
-    from fxmeta.pruner import prune
+    from fxmeta.pruning.pruner import prune
 
     t0 = time.perf_counter()
     try:
@@ -549,8 +549,8 @@ def pruned_for(ctx: Context, arch: str, seed: int, method: str, target: float, r
 def run_cell(ctx: Context, arch: str, seed: int, method: str, target: float, lr: float,
              reg: float | None = None) -> dict:
     """Prune, measure, finetune, measure: one (network, method, target) result, cached."""
-    from fxmeta.flops import count_flops, count_params
-    from fxmeta.train import TrainConfig, train
+    from fxmeta.pruning.flops import count_flops, count_params
+    from fxmeta.training.loop import TrainConfig, train
 
     path = _cell_path(ctx, arch, seed, method, target, lr, reg)
     cached = _read_json(path)
@@ -722,7 +722,7 @@ def _fmt_s(x: float) -> str:
 
 
 def count_flops_of(ctx: Context, arch: str) -> int:
-    from fxmeta.flops import count_flops
+    from fxmeta.pruning.flops import count_flops
 
     return count_flops(ctx.bases[(arch, ctx.s.seeds[0])]["model"], ctx.example)
 
@@ -747,8 +747,8 @@ def write_markdown(path: Path, rows: list[dict], ctx: Context, meta: dict) -> No
               f"- base networks: fxmeta {', '.join(s.archs)} (in_channels=1), seeds {', '.join(map(str, s.seeds))}, "
               f"{s.base_epochs} epochs SGD cosine, lr {', '.join(f'{a} {s.base_lr(a):g}' for a in s.archs)} (ResNet56 "
               f"diverged at 0.1 for one seed in an earlier run), wd 5e-4, batch {s.batch_size} "
-              "(fxmeta.zoo recipe, no pre-pruning); every method prunes these same networks.",
-              f"- finetune (all methods): fxmeta.train, {s.finetune_epochs} epochs, SGD momentum 0.9, wd 5e-4, cosine, "
+              "(fxmeta.metatrain.zoo recipe, no pre-pruning); every method prunes these same networks.",
+              f"- finetune (all methods): fxmeta.training.loop, {s.finetune_epochs} epochs, SGD momentum 0.9, wd 5e-4, cosine, "
               f"batch {s.batch_size}, data order seeded by the base seed, best epoch on val.",
               f"- DepGraph+SL: {s.sl_epochs} sparsity-learning epochs before pruning (SGD lr {s.sl_lr:g}, momentum "
               "0.9, no wd, x0.1 at 60% / 80%, best val epoch), reg grid "
@@ -767,8 +767,8 @@ def write_markdown(path: Path, rows: list[dict], ctx: Context, meta: dict) -> No
               f"by meta_train's score on the held-out member (prune to {s.meta_speedup:g}x, "
               f"{s.meta_eval_finetune} finetune epochs); then fxmeta prune (l2) of the metanetwork's output.",
               "- fxmeta prune: global l2 group ranking, one shot, min_keep 0.1, self-check on.",
-              f"- FLOPs and params: fxmeta.flops.count_flops / count_params for every method. Latency: "
-              f"fxmeta.latency, CPU, batch {s.latency_batch}, {s.latency_threads} thread(s) (fewer disturbances from "
+              f"- FLOPs and params: fxmeta.pruning.flops.count_flops / count_params for every method. Latency: "
+              f"fxmeta.pipeline.latency, CPU, batch {s.latency_batch}, {s.latency_threads} thread(s) (fewer disturbances from "
               "the other processes sharing the cores); base and pruned network timed in alternation, 3 rounds of "
               "20 runs each, the 10th percentile of each round, median over rounds; speed-up = base / pruned.",
               f"- threads: torch.set_num_threads({torch.get_num_threads()}), OMP_WAIT_POLICY="
@@ -928,7 +928,7 @@ def main(argv: list[str] | None = None) -> None:
     started, load_start = time.perf_counter(), os.getloadavg()[0]
     say(f"{command}: settings {asdict(s)}; threads {torch.get_num_threads()}; load {load_start:.2f}")
 
-    from fxmeta.data import make_loaders
+    from fxmeta.training.data import make_loaders
 
     splits = digits16(0)
     ctx = Context(s, cache, splits, make_loaders(splits, s.batch_size, seed=0), torch.zeros(1, *splits.input_shape))

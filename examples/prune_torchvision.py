@@ -18,11 +18,11 @@ from pathlib import Path
 import torch
 
 import fxmeta
-from fxmeta.export import save_program
-from fxmeta.flops import count_flops, count_params
+from fxmeta.io.export import save_program
+from fxmeta.pruning.flops import count_flops, count_params
 from fxmeta.io import resolve_model, save
-from fxmeta.latency import measure_latency
-from fxmeta.pruner import prune
+from fxmeta.pipeline.latency import measure_latency
+from fxmeta.pruning.pruner import prune
 from fxmeta.tracing import example_from_shape
 
 

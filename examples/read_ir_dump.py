@@ -42,7 +42,7 @@ def load(path: str | None) -> nx.DiGraph:
         import torch
 
         import fxmeta
-        from fxmeta.dump import to_networkx
+        from fxmeta.ir.dump import to_networkx
         from fxmeta.models import resnet20
 
         torch.manual_seed(0)

@@ -19,11 +19,11 @@ from pathlib import Path
 import torch
 
 import fxmeta
-from fxmeta.data import load_data
+from fxmeta.training.data import load_data
 from fxmeta.io import resolve_model, save
 from fxmeta.tracing import example_from_shape
-from fxmeta.train import TrainConfig, train
-from fxmeta.transform import TransformConfig, transform
+from fxmeta.training.loop import TrainConfig, train
+from fxmeta.pipeline.transform import TransformConfig, transform
 
 SPEC = f"{Path(__file__).with_name('my_model.py')}:factory"
 

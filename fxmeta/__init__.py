@@ -30,19 +30,19 @@ __version__ = "0.1.0"
 
 _LAZY = {
     "trace": "fxmeta.tracing",
-    "lower": "fxmeta.ir",
-    "raise_graph": "fxmeta.ir",
-    "raise_params": "fxmeta.ir",
-    "WeightGraph": "fxmeta.ir",
-    "count_flops": "fxmeta.flops",
-    "prune": "fxmeta.pruner",
-    "PruneResult": "fxmeta.pruner",
-    "Metanet": "fxmeta.metanet",
-    "load_metanet": "fxmeta.metanet",
-    "meta_train": "fxmeta.meta_train",
-    "build_zoo": "fxmeta.zoo",
-    "load": "fxmeta.io",
-    "save": "fxmeta.io",
+    "lower": "fxmeta.ir.lowering",
+    "raise_graph": "fxmeta.ir.graph",
+    "raise_params": "fxmeta.ir.graph",
+    "WeightGraph": "fxmeta.ir.graph",
+    "count_flops": "fxmeta.pruning.flops",
+    "prune": "fxmeta.pruning.pruner",
+    "PruneResult": "fxmeta.pruning.pruner",
+    "Metanet": "fxmeta.metanet.model",
+    "load_metanet": "fxmeta.metanet.model",
+    "meta_train": "fxmeta.metatrain.loop",
+    "build_zoo": "fxmeta.metatrain.zoo",
+    "load": "fxmeta.io.files",
+    "save": "fxmeta.io.files",
 }
 
 

@@ -8,7 +8,7 @@ from torch.fx.passes.infra.pass_base import PassBase, PassResult
 
 from fxmeta.errors import FxmetaError
 from fxmeta.ir import WeightGraph, raise_graph
-from fxmeta.lowering import lower
+from fxmeta.ir.lowering import lower
 
 IR_KEY = "fxmeta.ir"
 INPUT_KEY = "fxmeta.example_input"

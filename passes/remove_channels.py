@@ -7,17 +7,17 @@ import torch.fx as fx
 from torch.fx.passes.infra.pass_base import PassBase, PassResult
 
 from fxmeta.errors import PruningError
-from fxmeta.pruner import Importance, prune
+from fxmeta.pruning.pruner import Importance, prune
 
 INPUT_KEY = "fxmeta.example_input"
 PLAN_KEY = "fxmeta.plan"
 
 
 class RemoveChannelsPass(PassBase):
-    """Removes channels until FLOPs drop by ``speedup`` (see ``fxmeta.pruner.prune``).
+    """Removes channels until FLOPs drop by ``speedup`` (see ``fxmeta.pruning.pruner.prune``).
 
     Returns a new, smaller GraphModule; the plan (plain data, replayable with
-    ``fxmeta.pruner.apply_plan``) is stored in ``new_gm.meta["fxmeta.plan"]`` and the
+    ``fxmeta.pruning.pruner.apply_plan``) is stored in ``new_gm.meta["fxmeta.plan"]`` and the
     measured FLOPs ratio in ``new_gm.meta["fxmeta.speedup"]``. The example input comes
     from ``example_input=`` or ``graph_module.meta["fxmeta.example_input"]``.
     """

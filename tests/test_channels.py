@@ -6,7 +6,7 @@ import torch
 import torchvision
 from torch import nn
 
-from fxmeta.channels import FROZEN, UnionFind, analyze
+from fxmeta.analysis.channels import FROZEN, UnionFind, analyze
 from fxmeta.errors import UnsupportedModelError
 
 from helpers import randomize_bn

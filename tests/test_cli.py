@@ -192,7 +192,7 @@ def test_transform_round_trip_through_the_cli(tmp_path):
     with torch.no_grad():
         assert torch.allclose(model(x), exported(x), atol=1e-5)
     assert _same_state(model.state_dict(), saved["state_dict"])
-    from fxmeta.flops import count_flops
+    from fxmeta.pruning.flops import count_flops
     from fxmeta.models import resnet20
 
     assert count_flops(resnet20(in_channels=1), x[:1]) / count_flops(model, x[:1]) >= 2
@@ -217,7 +217,7 @@ def test_pruning_a_pruned_file_again(tmp_path, capsys):
     assert code == 0, err
     # the second file is built on the first: its spec names that file, its plan applies on top
     assert torch.load(second, weights_only=True)["spec"] == str(first.resolve())
-    from fxmeta.flops import count_flops
+    from fxmeta.pruning.flops import count_flops
 
     x = torch.randn(1, 1, 8, 8)
     assert count_flops(fxmeta.load(first), x) / count_flops(fxmeta.load(second), x) >= 1.5
@@ -293,7 +293,7 @@ def test_demo_trains_once_then_uses_the_cache(tmp_path, capsys, monkeypatch):
 
 
 def _untrained_metanet(path: Path) -> None:
-    from fxmeta.lowering import lower
+    from fxmeta.ir.lowering import lower
     from fxmeta.metanet import Metanet, save_metanet
     from fxmeta.models import resnet20
 
@@ -355,7 +355,7 @@ class _SlowSamples(torch.utils.data.Dataset):
 
 def slow_digits(seed: int = 0):
     """Data spec ``test_cli:slow_digits`` (with tests/ on PYTHONPATH)."""
-    from fxmeta.data import load_data
+    from fxmeta.training.data import load_data
 
     splits = load_data("digits", seed=seed)
     return _SlowSamples(splits.train, 0.002), splits.val, splits.test

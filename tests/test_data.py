@@ -6,7 +6,7 @@ import pytest
 import torch
 from PIL import Image
 
-from fxmeta.data import DataSplits, load_data, make_loaders
+from fxmeta.training.data import DataSplits, load_data, make_loaders
 from fxmeta.errors import SpecError, UnsafeFileError
 
 torch.set_num_threads(1)

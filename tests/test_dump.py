@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from fxmeta import models
-from fxmeta.dump import dump
+from fxmeta.ir.dump import dump
 from fxmeta.ir import lower
 
 from helpers import TinyMLP

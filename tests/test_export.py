@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from fxmeta.errors import OutputExistsError, UnsupportedModelError
-from fxmeta.export import export_program, save_program
+from fxmeta.io.export import export_program, save_program
 from fxmeta.models import get_model
 from fxmeta.tracing import trace
 

@@ -7,9 +7,9 @@ import torchvision
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from fxmeta.channels import analyze
-from fxmeta.flops import FlopModel, count_flops, count_params
-from fxmeta.pruner import _flop_model, prune
+from fxmeta.analysis.channels import analyze
+from fxmeta.pruning.flops import FlopModel, count_flops, count_params
+from fxmeta.pruning.pruner import _flop_model, prune
 
 from helpers import randomize_bn
 

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from fxmeta import models
-from fxmeta.dump import to_text
+from fxmeta.ir.dump import to_text
 from fxmeta.ir import lower
 
 from helpers import TinyMLP

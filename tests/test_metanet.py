@@ -9,7 +9,7 @@ from torch import nn
 
 from fxmeta.errors import FxmetaError
 from fxmeta.ir import lower, raise_params
-from fxmeta.metanet import (
+from fxmeta.metanet.model import (
     Metanet,
     _Block,
     _BlockPass,

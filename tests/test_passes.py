@@ -87,7 +87,7 @@ def test_untrained_metanet_is_nearly_the_identity():
 
 
 def test_documented_pipeline_prunes_what_the_metanet_wrote():
-    from fxmeta.flops import count_flops
+    from fxmeta.pruning.flops import count_flops
     from passes import RemoveChannelsPass
 
     model, x = _model(), torch.randn(1, 1, 8, 8)

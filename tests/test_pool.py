@@ -6,7 +6,7 @@ import torch
 from fxmeta.ir import lower, raise_params
 from fxmeta.metanet import Metanet
 from fxmeta.models import resnet20
-from fxmeta.pool import TensorPool
+from fxmeta.metanet.pool import TensorPool
 
 torch.set_num_threads(1)
 

@@ -11,10 +11,10 @@ from hypothesis import given, settings, strategies as st
 from torch import nn
 from torch.fx.passes.infra.pass_manager import PassManager
 
-from fxmeta.channels import analyze
+from fxmeta.analysis.channels import analyze
 from fxmeta.errors import PruningError
-from fxmeta.flops import count_flops
-from fxmeta.pruner import apply_plan, prune
+from fxmeta.pruning.flops import count_flops
+from fxmeta.pruning.pruner import apply_plan, prune
 from passes import RemoveChannelsPass
 
 from helpers import random_nets, randomize_bn

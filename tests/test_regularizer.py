@@ -1,4 +1,4 @@
-"""The group-sparsity penalty against a hand computation, with groups from fxmeta.channels
+"""The group-sparsity penalty against a hand computation, with groups from fxmeta.analysis.channels
 and with slices written by hand."""
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from fxmeta.regularizer import GroupRegularizer, group_regularizer, regularizer_from_groups
+from fxmeta.metatrain.regularizer import GroupRegularizer, group_regularizer, regularizer_from_groups
 
 torch.set_num_threads(1)
 

@@ -16,8 +16,8 @@ import torch.nn.functional as F
 import torchvision
 from torch import nn
 
-from fxmeta.channels import analyze
-from fxmeta.pruner import PLAN_FORMAT, apply_plan
+from fxmeta.analysis.channels import analyze
+from fxmeta.pruning.pruner import PLAN_FORMAT, apply_plan
 
 from helpers import randomize_bn
 
@@ -385,7 +385,7 @@ def test_torchvision_swin_heads_and_mlp():
                                                window_size=[2, 2], num_classes=3)
     analysis, pruned = check(model, torch.randn(2, 3, 16, 16), min_groups=4)
     assert sorted(g.units for g in prunable(analysis)) == [2, 4, 64, 128]
-    assert "fxmeta.rules.shifted_window_attention" in pruned.code or "shifted_window_attention" in pruned.code
+    assert "fxmeta.analysis.rules.table.shifted_window_attention" in pruned.code or "shifted_window_attention" in pruned.code
 
 
 def test_torchvision_swin_v2_logit_scale_and_position_mlp():
@@ -480,7 +480,7 @@ def test_reductions_over_channels(op):
 
 
 def test_rule_table_is_extended_in_one_line():
-    from fxmeta.rules import RULES, elementwise
+    from fxmeta.analysis.rules.table import RULES, elementwise
 
     class Softsign2(nn.Module):  # a user "leaf" op class the table does not know
         def forward(self, x):

@@ -8,10 +8,10 @@ import pytest
 import torch
 from torch import nn
 
-from fxmeta.data import load_data, make_loaders
+from fxmeta.training.data import load_data, make_loaders
 from fxmeta.errors import SpecError
 from fxmeta.models import get_model
-from fxmeta.train import TrainConfig, evaluate, lr_factor, recalibrate_bn, resolve_amp, train
+from fxmeta.training.loop import TrainConfig, evaluate, lr_factor, recalibrate_bn, resolve_amp, train
 
 torch.set_num_threads(1)
 

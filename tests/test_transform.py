@@ -1,4 +1,4 @@
-"""fxmeta.transform (the pipeline as a library call) and the latency helper."""
+"""fxmeta.pipeline.transform (the pipeline as a library call) and the latency helper."""
 from __future__ import annotations
 
 import importlib.util
@@ -13,13 +13,13 @@ import torch
 from torch import nn
 
 from fxmeta import io
-from fxmeta.data import load_data
+from fxmeta.training.data import load_data
 from fxmeta.errors import InputShapeError, SpecError
-from fxmeta.flops import count_flops
-from fxmeta.latency import compare_latency, measure_latency
+from fxmeta.pruning.flops import count_flops
+from fxmeta.pipeline.latency import compare_latency, measure_latency
 from fxmeta.models import get_model
-from fxmeta.train import TrainConfig
-from fxmeta.transform import StageTimer, TransformConfig, check_model_fits, transform
+from fxmeta.training.loop import TrainConfig
+from fxmeta.pipeline.transform import StageTimer, TransformConfig, check_model_fits, transform
 
 from helpers import randomize_bn
 
@@ -258,8 +258,8 @@ def _example(name: str):
 
 
 def test_read_ir_dump_example_reads_json_and_graphml_alike(tmp_path):
-    from fxmeta.dump import to_graphml, to_json
-    from fxmeta.lowering import lower
+    from fxmeta.ir.dump import to_graphml, to_json
+    from fxmeta.ir.lowering import lower
 
     example = _example("read_ir_dump")
     graph = lower(get_model("resnet20").eval(), torch.randn(1, 3, 8, 8))

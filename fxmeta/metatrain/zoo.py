@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from .errors import FxmetaError, SpecError
+from ..errors import FxmetaError, SpecError
 
 MANIFEST = "zoo.json"
 FORMAT = "fxmeta.zoo/1"
@@ -70,7 +70,7 @@ def load_zoo(folder: str | os.PathLike) -> Zoo:
 
 
 def _write_manifest(zoo: Zoo) -> None:
-    from .io import atomic_write_text
+    from ..io.files import atomic_write_text
 
     atomic_write_text(json.dumps(zoo.to_dict(), indent=1) + "\n", Path(zoo.folder) / MANIFEST, force=True)
 
@@ -92,7 +92,7 @@ def build_zoo(
 ) -> Zoo:
     """Train ``count`` networks with seeds ``seed, seed+1, ...``, pre-prune them to
     ``prune_speedup`` x FLOPs and finetune; save them under ``out``. Resumable."""
-    from .data import load_data
+    from ..training.data import load_data
 
     if count < 1 or not 0 <= val_count < count:
         raise SpecError(f"need count >= 1 and 0 <= val_count < count, got count={count}, val_count={val_count}")
@@ -132,10 +132,10 @@ def build_zoo(
 
 def _build_member(zoo: Zoo, index: int, member_seed: int, split: str, splits: Any, *, trust: bool,
                   progress: bool) -> ZooMember:
-    from .io import resolve_model, save
-    from .pruner import prune
-    from .tracing import example_from_shape
-    from .train import TrainConfig, train
+    from ..io.files import resolve_model, save
+    from ..pruning.pruner import prune
+    from ..tracing import example_from_shape
+    from ..training.loop import TrainConfig, train
 
     settings = zoo.settings
     started = time.perf_counter()

@@ -29,8 +29,8 @@ from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler
 
 from .data import DataSplits, Loaders, ShardSampler, make_loaders
-from .errors import SpecError
-from .io import atomic_save
+from ..errors import SpecError
+from ..io.files import atomic_save
 
 _CHECKPOINT = "last.pt"
 _FORMAT = 1

@@ -12,7 +12,7 @@ from typing import Callable, Sequence
 import torch
 from rich.console import Console
 
-from .errors import FxmetaError
+from ..errors import FxmetaError
 
 SPEC_HELP = (
     "model spec: torchvision:NAME, fxmeta:NAME, module.path:factory, path/to/file.py:factory, "
@@ -34,8 +34,8 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
 
 def load_model_and_input(args: argparse.Namespace):
     """Resolve ``args.model`` and build a reproducible example input for it."""
-    from .io import parse_input_shape, resolve_model
-    from .tracing import example_from_shape
+    from ..io.files import parse_input_shape, resolve_model
+    from ..tracing import example_from_shape
 
     # Architectures built from a spec get reproducible random weights (dumps diff cleanly).
     torch.manual_seed(0)
@@ -55,7 +55,7 @@ def write_output(text: str, out: str | None, force: bool, inputs: Sequence[str])
     if out is None:
         sys.stdout.write(text)
         return
-    from .io import atomic_write_text, check_output_path
+    from ..io.files import atomic_write_text, check_output_path
 
     check_output_path(out, list(inputs), force)
     atomic_write_text(text, out, force=force)
@@ -64,8 +64,8 @@ def write_output(text: str, out: str | None, force: bool, inputs: Sequence[str])
 
 # -- subcommands -------------------------------------------------------------------------
 def cmd_dump(args: argparse.Namespace) -> int:
-    from .dump import dump
-    from .lowering import lower
+    from ..ir.dump import dump
+    from ..ir.lowering import lower
 
     loaded, x = load_model_and_input(args)
     graph = lower(loaded.module, x)

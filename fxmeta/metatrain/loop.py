@@ -29,10 +29,10 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from .errors import FxmetaError, OutputExistsError, SpecError
-from .ir import WeightGraph, lower, raise_graph, raise_params
-from .metanet import FORMAT as METANET_FORMAT
-from .metanet import Metanet, MetanetConfig, kinds_of, load_metanet, save_metanet
+from ..errors import FxmetaError, OutputExistsError, SpecError
+from ..ir.graph import WeightGraph, lower, raise_graph, raise_params
+from ..metanet.model import FORMAT as METANET_FORMAT
+from ..metanet.model import Metanet, MetanetConfig, kinds_of, load_metanet, save_metanet
 from .regularizer import GroupRegularizer, group_regularizer
 
 LAST, BEST, LOG = "last.pt", "best.pt", "log.jsonl"
@@ -135,8 +135,8 @@ def meta_train(zoo_dir: str | os.PathLike, out: str | os.PathLike = "metanet/", 
 
     Settings are the fields of :class:`MetaTrainConfig`, given as keywords (or as ``config``).
     """
-    from .data import load_data, make_loaders
-    from .tracing import example_from_shape
+    from ..training.data import load_data, make_loaders
+    from ..tracing import example_from_shape
     from .zoo import load_zoo
 
     config = replace(config or MetaTrainConfig(), **settings)
@@ -218,7 +218,7 @@ def _output_folder(out: str | os.PathLike, config: MetaTrainConfig) -> Path:
 
 
 def _prepare(path: str, example: torch.Tensor, config: MetaTrainConfig) -> _DataModel:
-    from .io import load
+    from ..io.files import load
 
     model = load(path).eval()
     for p in model.parameters():
@@ -302,8 +302,8 @@ def _validate(net: Metanet | None, models: list[_DataModel], loaders, example: t
     pruning to the target speed-up, after recomputing its BatchNorm statistics (``eval_bn_batches``
     training batches) and after a short finetune from there; ``score`` averages the last one
     measured (right after pruning most networks are at chance, so that would not rank anything)."""
-    from .pruner import prune
-    from .train import TrainConfig, evaluate, recalibrate_bn, train
+    from ..pruning.pruner import prune
+    from ..training.loop import TrainConfig, evaluate, recalibrate_bn, train
 
     results = []
     for data_model in models:
@@ -346,7 +346,7 @@ def _describe(summary: dict) -> str:
 
 def _save_last(path: Path, net: Metanet, optimizer: torch.optim.Optimizer, state: dict,
                config: MetaTrainConfig) -> None:
-    from .io import atomic_save, plain_data
+    from ..io.files import atomic_save, plain_data
 
     obj = {"format": CHECKPOINT_FORMAT,
            "metanet": {"format": METANET_FORMAT, "config": net.config.to_dict(), "state_dict": net.state_dict()},

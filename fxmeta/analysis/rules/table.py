@@ -23,7 +23,7 @@ import torch.fx as fx
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .channels import Context, Dims, frozen_value
+from ..channels import Context, Dims, frozen_value
 
 # --------------------------------------------------------------------------- helpers
 

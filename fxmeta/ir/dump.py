@@ -12,7 +12,7 @@ from typing import Any
 import networkx as nx
 from torch import Tensor
 
-from .ir import Layer, WeightGraph
+from .graph import Layer, WeightGraph
 
 
 def _num(x: float) -> str:

@@ -93,7 +93,7 @@ def regularizer_from_groups(groups: Iterable[Any], *, reg: float = 10.0, alpha: 
 def group_regularizer(model: nn.Module, example_input: Any, *, reg: float = 10.0, alpha: float = 16.0,
                       bias: bool = False, ignore: Sequence[str] = ()) -> GroupRegularizer:
     """Analyse ``model``'s dependency groups and build the penalty over its parameters."""
-    from .channels import analyze
+    from ..analysis.channels import analyze
 
     analysis = analyze(model, example_input, ignore=ignore)
     names = [name for name, _ in model.named_parameters()]

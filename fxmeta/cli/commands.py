@@ -4,6 +4,6 @@ from __future__ import annotations
 import argparse
 from typing import Callable
 
-from .cmd_transform import register_all
+from .transform import register_all
 
 REGISTER: list[Callable[[argparse._SubParsersAction], None]] = [*register_all]

@@ -24,13 +24,13 @@ import torch
 import torch.fx as fx
 from torch import nn
 
-from .data import DataSplits, Loaders, make_loaders
-from .errors import InputShapeError, PruningError, SpecError
-from .flops import count_flops, count_params
+from ..training.data import DataSplits, Loaders, make_loaders
+from ..errors import InputShapeError, PruningError, SpecError
+from ..pruning.flops import count_flops, count_params
 from .latency import Latency, compare_latency, set_mode
-from .prepare import PrepareConfig, prepare
-from .tracing import _as_tuple
-from .train import TrainConfig, distributed_context, evaluate, recalibrate_bn, resolve_device, train
+from ..tracing import _as_tuple
+from ..training.loop import TrainConfig, distributed_context, evaluate, recalibrate_bn, resolve_device, train
+from ..training.prepare import PrepareConfig, prepare
 
 _RUN_FILE = "run.json"
 
@@ -211,7 +211,7 @@ def _check_resume(folder: Path, record: dict[str, Any], resume: bool, is_main: b
             raise SpecError(f"the checkpoints in {folder} belong to another run ({'; '.join(diff[:3])}); "
                             "drop --resume or use another --checkpoint-dir")
     if is_main:
-        from .io import atomic_write_text
+        from ..io.files import atomic_write_text
 
         folder.mkdir(parents=True, exist_ok=True)
         atomic_write_text(json.dumps(record, indent=1, sort_keys=True), path, force=True)
@@ -251,7 +251,7 @@ def _plain_module(model: nn.Module) -> tuple[nn.Module, bool]:
 
 
 def _prune(model: nn.Module, x: Any, config: TransformConfig, exported: bool) -> Any:
-    from .pruner import prune
+    from ..pruning.pruner import prune
 
     try:
         return prune(model, x, speedup=config.speedup, importance=config.importance, round_to=config.round_to,
@@ -267,7 +267,7 @@ def _rewrite_with_metanet(model: nn.Module, x: Any, metanet: Any, timer: StageTi
     """LowerPass → MetanetPass → RaisePass, timed one by one."""
     from passes import LowerPass, MetanetPass, RaisePass
 
-    from .tracing import trace
+    from ..tracing import trace
 
     with timer("lower"):
         gm = trace(model, x)

@@ -33,8 +33,8 @@ import torch
 import torch.fx as fx
 from torch import Tensor, nn
 
-from .errors import UnsupportedModelError
-from .tracing import _keep_unused_state, propagate_shapes, trace
+from ..errors import UnsupportedModelError
+from ..tracing import _keep_unused_state, propagate_shapes, trace
 
 FROZEN = 0
 
@@ -512,7 +512,7 @@ def _lookup_rule(gm: fx.GraphModule, node: fx.Node, rules: dict) -> Callable | N
 
 def _analysis_graph(model: nn.Module, example_input: Any, ignore: Sequence[str] = ()) -> fx.GraphModule:
     """A traced copy of the model's graph (parameters shared) that analysis may rewrite."""
-    from .rules import GRAPH_REWRITES
+    from .rules.table import GRAPH_REWRITES
 
     traced = trace(model, example_input)
     gm = fx.GraphModule(traced, copy.deepcopy(traced.graph), class_name=type(traced).__name__)
@@ -579,7 +579,7 @@ def analyze(
 
     ``group.prunable`` tells whether removing its units lowers FLOPs.
     """
-    from .rules import RULES
+    from .rules.table import RULES
 
     rules = RULES if rules is None else rules
     gm = _analysis_graph(model, example_input, ignore)

@@ -22,10 +22,10 @@ import torch.fx as fx
 from torch import Tensor, nn
 from torch.fx.passes.shape_prop import _extract_tensor_metadata
 
-from .channels import ChannelAnalysis, Dims, Group, analyze, flat_labels
-from .errors import PruningError
+from ..analysis.channels import ChannelAnalysis, Dims, Group, analyze, flat_labels
+from ..errors import PruningError
 from .flops import FlopModel, count_flops, count_params
-from .rules import refresh_attributes
+from ..analysis.rules.table import refresh_attributes
 
 PLAN_FORMAT = "fxmeta.plan/1"
 Importance = Callable[[Group, dict[str, Tensor]], Tensor]

@@ -16,7 +16,7 @@ from typing import Any, Sequence
 import torch
 from torch import nn
 
-from .tracing import _as_tuple
+from ..tracing import _as_tuple
 
 
 @dataclass

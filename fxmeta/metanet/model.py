@@ -43,8 +43,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.autograd.function import once_differentiable
 
-from .errors import FxmetaError
-from .ir import WeightGraph
+from ..errors import FxmetaError
+from ..ir.graph import WeightGraph
 from .pool import TensorPool
 
 FORMAT = "fxmeta.metanet/1"
@@ -749,7 +749,7 @@ def learned_columns(graph: WeightGraph) -> dict[int, Tensor]:
 
 def save_metanet(net: Metanet, path: str, *, extra: dict[str, Any] | None = None, force: bool = False) -> None:
     """Save config + state_dict in a format ``torch.load(weights_only=True)`` reads."""
-    from .io import atomic_save
+    from ..io.files import atomic_save
 
     obj = {"format": FORMAT, "config": net.config.to_dict(), "state_dict": net.state_dict()}
     if extra:

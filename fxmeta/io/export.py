@@ -16,10 +16,10 @@ import torch
 from torch import nn
 from torch.export import Dim, ExportedProgram
 
-from .errors import UnsupportedModelError
-from .io import _first_line, atomic_save
-from .latency import set_mode
-from .tracing import _as_tuple
+from ..errors import UnsupportedModelError
+from .files import _first_line, atomic_save
+from ..pipeline.latency import set_mode
+from ..tracing import _as_tuple
 
 
 def _dynamic_batch(module: nn.Module, args: tuple) -> ExportedProgram | None:

@@ -20,8 +20,8 @@ import torch.fx as fx
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .ir import Layer, Slot, WeightGraph
-from .tracing import tensor_meta, trace
+from .graph import Layer, Slot, WeightGraph
+from ..tracing import tensor_meta, trace
 
 CONST = "const"  # env marker: a value computed only from parameters / constants
 
@@ -432,7 +432,7 @@ def lower(model: nn.Module, example_input: Any = None, *, gm: fx.GraphModule | N
     if gm is None:
         gm = trace(model, example_input)
     elif example_input is not None:
-        from .tracing import propagate_shapes
+        from ..tracing import propagate_shapes
 
         propagate_shapes(gm, example_input)
     b = _Builder(gm)

@@ -16,11 +16,11 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from .cli import _add_model_args, err
-from .errors import FxmetaError, InputShapeError, OutputExistsError, SpecError
+from .app import _add_model_args, err
+from ..errors import FxmetaError, InputShapeError, OutputExistsError, SpecError
 
 DEMO_MODEL = "fxmeta:resnet20"
-DEMO_METANET = Path(__file__).parent / "assets" / "metanet_digits.pt"
+DEMO_METANET = Path(__file__).parent.parent / "assets" / "metanet_digits.pt"
 
 
 def is_main_process() -> bool:
@@ -140,7 +140,7 @@ def _prepare_config(args: argparse.Namespace):
 
 
 def _train_config(args: argparse.Namespace):
-    from .train import TrainConfig
+    from ..training.loop import TrainConfig
 
     if args.epochs < 0 or args.adapt_epochs < 0:
         raise SpecError("--epochs and --adapt-epochs must be >= 0")
@@ -152,8 +152,8 @@ def _train_config(args: argparse.Namespace):
 
 
 def _transform_config(args: argparse.Namespace, *, finetune: Any = None, checkpoint_dir: str | None = None):
-    from .train import TrainConfig
-    from .transform import TransformConfig
+    from ..training.loop import TrainConfig
+    from ..pipeline.transform import TransformConfig
 
     return TransformConfig(
         speedup=args.speedup, importance=args.importance, round_to=args.round_to, ignore=tuple(args.ignore),
@@ -166,7 +166,7 @@ def _transform_config(args: argparse.Namespace, *, finetune: Any = None, checkpo
 
 
 def _check_outputs(args: argparse.Namespace, inputs: list[str]) -> None:
-    from .io import check_output_path
+    from ..io.files import check_output_path
 
     outs = [o for o in (args.out, args.export) if o]
     if len(outs) == 2 and os.path.abspath(outs[0]) == os.path.abspath(outs[1]):
@@ -181,7 +181,7 @@ def _check_outputs(args: argparse.Namespace, inputs: list[str]) -> None:
 def _load_data(args: argparse.Namespace):
     if not getattr(args, "data", None):
         return None
-    from .data import load_data
+    from ..training.data import load_data
 
     if args.image_size is not None and args.image_size < 1:
         raise SpecError(f"--image-size must be >= 1, got {args.image_size}")
@@ -193,8 +193,8 @@ def _load_model(args: argparse.Namespace, data) -> tuple[Any, Any]:
     else the model family's usual shape."""
     import torch
 
-    from .io import parse_input_shape, resolve_model
-    from .tracing import example_from_shape
+    from ..io.files import parse_input_shape, resolve_model
+    from ..tracing import example_from_shape
 
     torch.manual_seed(args.seed if hasattr(args, "seed") else 0)  # spec-built models: reproducible weights
     shape = parse_input_shape(args.input_shape) if args.input_shape else None
@@ -279,7 +279,7 @@ def _run(args: argparse.Namespace, *, with_training: bool) -> int:
     """transform and prune: validate, load, transform, save, report."""
     import shutil
 
-    from .transform import StageTimer, check_model_fits, transform
+    from ..pipeline.transform import StageTimer, check_model_fits, transform
 
     finetune = _train_config(args) if with_training else None
     ckpt_dir = (args.checkpoint_dir or f"{args.out}.ckpt") if with_training and args.data else None
@@ -287,7 +287,7 @@ def _run(args: argparse.Namespace, *, with_training: bool) -> int:
         raise SpecError("--resume continues an interrupted finetune, which needs --data")
     config = _transform_config(args, finetune=finetune, checkpoint_dir=ckpt_dir)  # checks the numbers
     if finetune is not None:
-        from .train import resolve_device
+        from ..training.loop import resolve_device
 
         resolve_device(finetune.device)  # CUDA asked for but absent
     inputs = [args.model] + ([args.metanet] if getattr(args, "metanet", None) else [])
@@ -302,7 +302,7 @@ def _run(args: argparse.Namespace, *, with_training: bool) -> int:
         loaded, x = _load_model(args, data)
         check_model_fits(loaded.module, x, data, name=args.model)
     if args.export:
-        from .export import export_program
+        from ..io.export import export_program
 
         with timer("check export"):  # an unexportable model fails now, not after finetuning
             export_program(loaded.module, x)
@@ -324,7 +324,7 @@ def _run(args: argparse.Namespace, *, with_training: bool) -> int:
 
 def _save_outputs(args: argparse.Namespace, loaded: Any, x: Any, result: Any, timer: Any,
                   run_info: dict[str, Any]) -> None:
-    from .io import save
+    from ..io.files import save
 
     spec, spec_kwargs = _save_spec(loaded, args.model)
     metrics = result.metrics() | {"source": loaded.source, "run": run_info,
@@ -333,7 +333,7 @@ def _save_outputs(args: argparse.Namespace, loaded: Any, x: Any, result: Any, ti
         save(args.out, result.module, spec=spec, spec_kwargs=spec_kwargs, plan=result.plan, metrics=metrics,
              input_shape=tuple(x.shape), force=args.force)
     if args.export:
-        from .export import save_program
+        from ..io.export import save_program
 
         with timer("export"):
             save_program(result.module, x, args.export, force=args.force)
@@ -394,11 +394,11 @@ def _demo_base(args: argparse.Namespace, data: Any, timer: Any) -> tuple[Any, st
     cache holds none for this configuration."""
     import torch
 
-    from . import __version__
-    from .io import resolve_model, save
-    from .tracing import example_from_shape
-    from .train import TrainConfig, train
-    from .transform import check_model_fits
+    from .. import __version__
+    from ..io.files import resolve_model, save
+    from ..tracing import example_from_shape
+    from ..training.loop import TrainConfig, train
+    from ..pipeline.transform import check_model_fits
 
     key_data = {"model": args.model, "image_size": args.image_size, "epochs": args.base_epochs,
                 "lr": 0.1, "batch_size": args.batch_size, "seed": args.seed,
@@ -435,7 +435,7 @@ def _demo_base(args: argparse.Namespace, data: Any, timer: Any) -> tuple[Any, st
 
 
 def _resolve_demo_model(spec: str, data: Any) -> Any:
-    from .io import resolve_model
+    from ..io.files import resolve_model
 
     kwargs = {"num_classes": data.num_classes}
     if spec.startswith("fxmeta:"):
@@ -518,11 +518,11 @@ def render_comparison(title: str, columns: dict[str, dict[str, Any]], budget: di
 def cmd_demo(args: argparse.Namespace) -> int:
     import torch
 
-    from .data import load_data
-    from .io import atomic_write_text, save
-    from .tracing import example_from_shape
-    from .train import TrainConfig
-    from .transform import StageTimer, TransformConfig, transform
+    from ..training.data import load_data
+    from ..io.files import atomic_write_text, save
+    from ..tracing import example_from_shape
+    from ..training.loop import TrainConfig
+    from ..pipeline.transform import StageTimer, TransformConfig, transform
 
     if args.no_metanet and args.metanet:
         raise SpecError("--metanet and --no-metanet contradict each other; pick one")
@@ -557,7 +557,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     metrics["stages"] = dict(timer.items()) | metrics["stages"]
     if outs:
         with timer("save"):
-            from .export import save_program
+            from ..io.export import save_program
 
             Path(args.out).mkdir(parents=True, exist_ok=True)
             save(outs["pruned.pt"], saved.module, spec=base.spec, spec_kwargs=base.spec_kwargs,
@@ -630,8 +630,8 @@ def register_demo(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_zoo(args: argparse.Namespace) -> int:
-    from .transform import TransformConfig
-    from .zoo import build_zoo
+    from ..pipeline.transform import TransformConfig
+    from ..metatrain.zoo import build_zoo
 
     TransformConfig(speedup=args.prune_speedup)  # the same check as every other speed-up
     if min(args.epochs, args.finetune_epochs) < 0:
@@ -681,7 +681,7 @@ def register_zoo(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_meta_train(args: argparse.Namespace) -> int:
-    from .meta_train import MetaTrainConfig, meta_train
+    from ..metatrain.loop import MetaTrainConfig, meta_train
 
     config = MetaTrainConfig(
         epochs=args.epochs, lr=args.lr, weight_decay=args.weight_decay, width=args.width, depth=args.depth,

@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset, Sampler, Subset, TensorDataset
 
-from .errors import SpecError, UnsafeFileError
+from ..errors import SpecError, UnsafeFileError
 
 _SPEC_HELP = "expected 'digits', 'cifar10:PATH', 'cifar100:PATH', 'imagefolder:PATH' or 'module.path:function'"
 _CIFAR_STATS = {

@@ -1,0 +1,1 @@
+"""Channel analysis: channel spaces, dependency groups and the per-op rule table."""

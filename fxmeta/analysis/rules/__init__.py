@@ -1,0 +1,1 @@
+"""The per-op channel rules, split by op family, and the table built from them."""

@@ -1,0 +1,5 @@
+"""The WeightGraph IR: the graph itself, lowering a traced model to it, raising it back, dumps."""
+from .graph import IRError, Layer, Slot, WeightGraph, raise_graph, raise_params
+from .lowering import lower
+
+__all__ = ["IRError", "Layer", "Slot", "WeightGraph", "lower", "raise_graph", "raise_params"]

@@ -1,0 +1,1 @@
+"""The whole pipeline as one library call (``fxmeta.pipeline.transform.transform``), and latency."""

@@ -1,0 +1,1 @@
+"""Removing channels: importance, FLOPs-targeted selection, slimming, self-check, plans, FLOPs."""

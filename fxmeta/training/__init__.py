@@ -1,0 +1,1 @@
+"""Finetuning: the training loop (CPU / CUDA, AMP, torchrun DDP), data, logs."""
