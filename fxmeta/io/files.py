@@ -39,7 +39,13 @@ from typing import Any, BinaryIO, Sequence
 import torch
 from torch import nn
 
-from ..errors import FxmetaError, InputShapeError, OutputExistsError, SpecError, UnsafeFileError
+from ..errors import (
+    FxmetaError,
+    InputShapeError,
+    OutputExistsError,
+    SpecError,
+    UnsafeFileError,
+)
 from ..tracing import example_from_shape
 
 FORMAT = "fxmeta.model"
@@ -321,7 +327,7 @@ def _from_saved(obj: dict, path: str, *, trust: bool, depth: int) -> LoadedModel
 
 def _apply_plan(module: nn.Module, plan: Any, shape: tuple[int, ...] | None, path: str) -> nn.Module:
     try:
-        from ..pruning.pruner import apply_plan
+        from ..pruning.plan import apply_plan
     except ImportError as exc:
         raise FxmetaError(
             f"{path} holds a pruned model, but this fxmeta cannot apply pruning plans "

@@ -7,12 +7,13 @@ channel granularity on request (``detail="channel"``) for small models.
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import networkx as nx
 from torch import Tensor
 
-from .graph import Layer, WeightGraph
+if TYPE_CHECKING:  # annotations only: the graph module imports this one for summary()
+    from .graph import Layer, WeightGraph
 
 
 def _num(x: float) -> str:

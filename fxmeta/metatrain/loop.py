@@ -30,9 +30,12 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import FxmetaError, OutputExistsError, SpecError
-from ..ir.graph import WeightGraph, lower, raise_graph, raise_params
+from ..ir.graph import WeightGraph
+from ..ir.lowering import lower
+from ..ir.raising import raise_graph, raise_params
+from ..metanet.files import load_metanet, save_metanet
 from ..metanet.model import FORMAT as METANET_FORMAT
-from ..metanet.model import Metanet, MetanetConfig, kinds_of, load_metanet, save_metanet
+from ..metanet.model import Metanet, MetanetConfig, kinds_of
 from .regularizer import GroupRegularizer, group_regularizer
 
 LAST, BEST, LOG = "last.pt", "best.pt", "log.jsonl"
@@ -102,8 +105,8 @@ def meta_train(zoo_dir: str | os.PathLike, out: str | os.PathLike = "metanet/", 
 
     Settings are the fields of :class:`MetaTrainConfig`, given as keywords (or as ``config``).
     """
-    from ..training.data import load_data, make_loaders
     from ..tracing import example_from_shape
+    from ..training.data import load_data, make_loaders
     from .zoo import load_zoo
 
     config = replace(config or MetaTrainConfig(), **settings)
@@ -324,7 +327,13 @@ class _JsonLog:
 
 
 def _progress(enabled: bool):
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeRemainingColumn,
+    )
 
     return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
                     transient=True, disable=not (enabled and sys.stderr.isatty()))

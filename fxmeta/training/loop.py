@@ -28,9 +28,9 @@ import torch.distributed as dist
 from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler
 
-from .data import DataSplits, Loaders, ShardSampler, make_loaders
 from ..errors import SpecError
 from ..io.files import atomic_save
+from .data import DataSplits, Loaders, ShardSampler, make_loaders
 
 _CHECKPOINT = "last.pt"
 _FORMAT = 1
@@ -329,7 +329,13 @@ def _make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimi
 
 
 def _progress_bar(enabled: bool):
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeRemainingColumn,
+    )
 
     return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                     TimeRemainingColumn(), transient=True, disable=not enabled)
