@@ -10,8 +10,8 @@ from torch import nn
 from fxmeta.errors import FxmetaError, OutputExistsError
 from fxmeta.io import load
 from fxmeta.ir import lower
-from fxmeta.metatrain.loop import meta_train
 from fxmeta.metanet import load_metanet
+from fxmeta.metatrain.loop import meta_train
 from fxmeta.metatrain.zoo import build_zoo, load_zoo
 
 torch.set_num_threads(1)

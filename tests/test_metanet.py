@@ -9,18 +9,8 @@ from torch import nn
 
 from fxmeta.errors import FxmetaError
 from fxmeta.ir import lower, raise_params
-from fxmeta.metanet.model import (
-    Metanet,
-    _Block,
-    _BlockPass,
-    _Chunk,
-    _Workspace,
-    has_torch_scatter,
-    learned_columns,
-    load_metanet,
-    save_metanet,
-    scatter_stats,
-)
+from fxmeta.metanet import Metanet, has_torch_scatter, learned_columns, load_metanet, save_metanet, scatter_stats
+from fxmeta.metanet.kernels import _Block, _BlockPass, _Chunk, _Workspace
 from fxmeta.models import resnet20
 
 from helpers import randomize_bn
