@@ -77,7 +77,7 @@ def build_groups(ctx: Context) -> list[Group]:
             node_groups[name] = set(torch.unique(group_of[root_of[torch.cat(labels)]]).tolist())
     unit_pos = torch.full((ctx.uf.size,), -1, dtype=torch.long)
     groups = []
-    for gi, (sig, members) in enumerate(sigs):
+    for gi, (sig, _members) in enumerate(sigs):
         # Units in order of first appearance in the group's first parameter dim: stable across runs.
         r0 = entry_roots[sig[0][0]]
         seen = r0[group_of[r0] == gi]

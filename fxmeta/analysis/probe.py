@@ -141,7 +141,7 @@ def _verify(ctx: Context, run, base, result: Dims, trials: int) -> bool:
     for _ in range(trials):
         removed = roots[torch.randperm(len(roots), generator=gen)[: max(1, len(roots) // 2)]]
 
-        def keep_of(labels: Tensor | None):
+        def keep_of(labels: Tensor | None, removed: Tensor = removed):
             if labels is None:
                 return None
             return ~torch.isin(ctx.uf.find(labels), removed)

@@ -17,7 +17,8 @@ def cmd_meta_train(args: argparse.Namespace) -> int:
         epochs=args.epochs, lr=args.lr, weight_decay=args.weight_decay, width=args.width, depth=args.depth,
         ratio=args.ratio, reg=args.reg, alpha=args.alpha, batches_per_step=args.batches_per_step,
         batch_size=args.batch_size, speedup=args.speedup, eval_bn_batches=args.eval_bn_batches,
-        eval_finetune_epochs=args.eval_finetune_epochs, seed=args.seed, init=args.init, resume=args.resume, force=args.force, progress=args.progress)
+        eval_finetune_epochs=args.eval_finetune_epochs, seed=args.seed, init=args.init, resume=args.resume,
+        force=args.force, progress=args.progress)
     if args.init:
         from ..metanet.files import load_metanet_file
 

@@ -161,7 +161,7 @@ class Metanet(nn.Module):
             raise FxmetaError("two kinds differ only by '.' vs '_'; rename one of them in the lowering")
         self.layers = nn.ModuleList(_MPLayer(d) for _ in range(config.depth))
         self.register_buffer("flip", torch.cat([torch.ones(d // 2), -torch.ones(d - d // 2)]), persistent=False)
-        # edge states, their gradients and decoded edges reuse the previous step's memory (fxmeta/pool.py);
+        # edge states, their gradients and decoded edges reuse the previous step's memory (metanet/pool.py);
         # ``net.pool.clear()`` hands it back
         self.pool = TensorPool()
 

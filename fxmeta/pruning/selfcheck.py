@@ -33,8 +33,8 @@ class _MaskedInterpreter(fx.Interpreter):
     def run_node(self, n: fx.Node) -> Any:
         out = super().run_node(n)
         for path, dim, keep in self.masks.get(n.name, ()):
-            out = _apply_at(out, path, lambda t: torch.where(_bcast(keep.to(t.device), t, dim), t,
-                                                             torch.zeros((), dtype=t.dtype, device=t.device)))
+            out = _apply_at(out, path, lambda t, keep=keep, dim=dim: torch.where(
+                _bcast(keep.to(t.device), t, dim), t, torch.zeros((), dtype=t.dtype, device=t.device)))
         if self.record is not None:
             self.record[n.name] = out
         return out

@@ -160,7 +160,7 @@ def _tensor_index(ctx: Context, node: fx.Node, src: fx.Node, idx: Any) -> Dims:
             for _, dim, start, stop, labels in rewrites:
                 # position of dim `dim` among the index items (None items do not consume dims)
                 k, seen = 0, -1
-                for k, it in enumerate(items):
+                for k, it in enumerate(items):  # noqa: B007 - k is read after the loop
                     if it is not None and it is not Ellipsis:
                         seen += 1
                     if seen == dim:
