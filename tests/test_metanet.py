@@ -71,7 +71,7 @@ def _pna_flat(msg, ids, n):
 
 
 def reference_forward(net: Metanet, graph) -> tuple[list, list]:
-    """The METHOD.md equations written directly on a (src, dst) edge list."""
+    """The equations of fxmeta.metanet.model's docstring, written directly on a (src, dst) edge list."""
     d, dtype, layers = net.config.width, net.flip.dtype, graph.layers
     node_scale = {}
     for kind in {la.node_kind for la in layers if la.node is not None}:

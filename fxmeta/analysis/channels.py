@@ -33,28 +33,12 @@ from torch import Tensor, nn
 
 from ..errors import UnsupportedModelError
 from ..keys import AUTO_LEAVES, TENSOR_META, TRACED
-from ..tracing import (
-    _keep_unused_state,
-    eval_mode,
-    normalize_call_args,
-    propagate_shapes,
-    trace,
-)
+from ..tracing import _keep_unused_state, eval_mode, normalize_call_args, propagate_shapes, trace
 from .context import Context
 from .groups import Group, build_groups
 from .probe import probe
 from .rules.table import RULES, RuleTable, resolve_rules
-from .spaces import (
-    FROZEN,
-    Dims,
-    FlopTerm,
-    UnionFind,
-    Value,
-    _get_attr,
-    _matches,
-    flat_labels,
-    frozen_value,
-)
+from .spaces import FROZEN, Dims, FlopTerm, UnionFind, Value, _get_attr, _matches, flat_labels, frozen_value
 
 __all__ = ["FROZEN", "ChannelAnalysis", "Dims", "Group", "UnionFind", "analyze", "flat_labels", "frozen_value"]
 

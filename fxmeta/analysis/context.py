@@ -13,16 +13,7 @@ import torch.fx as fx
 from torch import Tensor, nn
 
 from ..keys import TENSOR_META
-from .spaces import (
-    FROZEN,
-    Dims,
-    FlopTerm,
-    UnionFind,
-    Value,
-    _get_attr,
-    flat_labels,
-    frozen_value,
-)
+from .spaces import FROZEN, Dims, FlopTerm, UnionFind, Value, _get_attr, flat_labels, frozen_value
 
 
 class SlimView(Protocol):

@@ -9,13 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import FxmetaError, OutputExistsError, SpecError
-from .common import (
-    DEMO_MODEL,
-    _note,
-    _number,
-    _print_report,
-    _stage_note,
-)
+from .common import DEMO_MODEL, _note, _number, _print_report, _stage_note
 
 DEMO_METANET = Path(__file__).parent.parent / "assets" / "metanet_digits.pt"
 

@@ -3,12 +3,7 @@ from __future__ import annotations
 
 import argparse
 
-from .common import (
-    _add_model_args,
-    err,
-    load_model_and_input,
-    write_output,
-)
+from .common import _add_model_args, err, load_model_and_input, write_output
 
 
 def cmd_dump(args: argparse.Namespace) -> int:

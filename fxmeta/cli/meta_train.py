@@ -3,11 +3,7 @@ from __future__ import annotations
 
 import argparse
 
-from .common import (
-    _note,
-    _number,
-    _pct,
-)
+from .common import _note, _number, _pct
 
 
 def cmd_meta_train(args: argparse.Namespace) -> int:

@@ -7,12 +7,7 @@ from rich.console import Console
 from rich.table import Table
 
 from ..errors import SpecError
-from .common import (
-    DEMO_MODEL,
-    _note,
-    _number,
-    _pct,
-)
+from .common import DEMO_MODEL, _note, _number, _pct
 
 
 def cmd_zoo(args: argparse.Namespace) -> int:

@@ -39,13 +39,7 @@ from typing import Any, BinaryIO, Sequence
 import torch
 from torch import nn
 
-from ..errors import (
-    FxmetaError,
-    InputShapeError,
-    OutputExistsError,
-    SpecError,
-    UnsafeFileError,
-)
+from ..errors import FxmetaError, InputShapeError, OutputExistsError, SpecError, UnsafeFileError
 from ..tracing import example_from_shape
 
 FORMAT = "fxmeta.model"
@@ -419,7 +413,7 @@ def save(
     """Write ``module`` as an fxmeta model file, loadable with ``torch.load(weights_only=True)``.
 
     ``spec`` / ``spec_kwargs`` rebuild the architecture before pruning; ``plan`` (a pruned
-    model) is stored as plain data and handed to ``fxmeta.pruner.apply_plan`` on load.
+    model) is stored as plain data and handed to ``fxmeta.pruning.apply_plan`` on load.
     """
     if not isinstance(spec, str) or not spec:
         raise ValueError("save() needs the architecture spec the module was built from, e.g. spec='torchvision:resnet18'")

@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import operator
 from dataclasses import dataclass, field, replace
-from typing import Any, Callable
+from types import MappingProxyType
+from typing import Any, Callable, Mapping
 
 import torch
 import torch.fx as fx
@@ -369,7 +370,8 @@ def _unary_rule(b: _Builder, node: fx.Node) -> Any:
     return b.unary(node)
 
 
-RULES: dict[Any, Callable[[_Builder, fx.Node], Any]] = {
+# Built once; read-only so that no caller can change how every later model is lowered.
+RULES: Mapping[Any, Callable[[_Builder, fx.Node], Any]] = MappingProxyType({
     operator.getitem: _getitem_rule,
     torch.cat: _cat_rule, torch.concat: _cat_rule, torch.concatenate: _cat_rule,
     torch.split: _split_rule, "split": _split_rule, torch.chunk: _split_rule, "chunk": _split_rule,
@@ -380,7 +382,7 @@ RULES: dict[Any, Callable[[_Builder, fx.Node], Any]] = {
         torch.flatten, "flatten", "view", "reshape", torch.reshape, "permute", torch.permute,
         "transpose", torch.transpose, torch.mean, "mean", torch.sum, "sum", torch.amax, "amax", "max",
         torch.amin, "amin", "squeeze", torch.squeeze, "unsqueeze", torch.unsqueeze)},
-}
+})
 
 
 def _module_rule(b: _Builder, node: fx.Node) -> Any:

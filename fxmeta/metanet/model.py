@@ -1,6 +1,6 @@
 """The graph metanetwork: a WeightGraph in, a WeightGraph of the same shape out.
 
-Message passing with edge features (METHOD.md, "The metanetwork"). Per layer, with
+Message passing with edge features. Per layer, with
 ``x = LayerNorm(h)`` and ``a, b, c, D = SiLU(Linear(x))``:
 
 * forward messages along each edge j -> i: ``m_ij = a_i * b_j * e_ij``, aggregated at i

@@ -1,10 +1,10 @@
-"""Meta-training: teach the metanetwork to make networks easy to prune (METHOD.md).
+"""Meta-training: teach the metanetwork to make networks easy to prune.
 
-Each step takes one training data model of a zoo (``fxmeta.zoo``): its WeightGraph goes
+Each step takes one training data model of a zoo (``fxmeta.metatrain.zoo``): its WeightGraph goes
 through the metanetwork, the new tables are raised differentiably and the generated
 network runs with ``torch.func.functional_call`` (BatchNorm in eval mode) on training
 batches. The loss is the generated network's cross-entropy plus the group-sparsity
-penalty (``fxmeta.regularizer``) on its weights. The reference sums the cross-entropy
+penalty (``fxmeta.metatrain.regularizer``) on its weights. The reference sums the cross-entropy
 gradient over every batch of the training set per step and adds ``reg * gamma * theta``
 on top; we estimate that sum from ``batches_per_step`` batches (mean x batches per data
 epoch), so ``reg`` keeps the reference's meaning and scale.
@@ -327,13 +327,7 @@ class _JsonLog:
 
 
 def _progress(enabled: bool):
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeRemainingColumn,
-    )
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
                     transient=True, disable=not (enabled and sys.stderr.isatty()))

@@ -30,14 +30,7 @@ from ..metanet.rewriting import rewrite
 from ..pruning.flops import count_flops, count_params
 from ..tracing import _as_tuple, eval_mode
 from ..training.data import DataSplits, Loaders, make_loaders
-from ..training.loop import (
-    TrainConfig,
-    distributed_context,
-    evaluate,
-    recalibrate_bn,
-    resolve_device,
-    train,
-)
+from ..training.loop import TrainConfig, distributed_context, evaluate, recalibrate_bn, resolve_device, train
 from .latency import Latency, compare_latency
 
 _RUN_FILE = "run.json"

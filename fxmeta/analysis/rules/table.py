@@ -37,15 +37,7 @@ from .attention import (
     swin_patch_merging_pad,
     swin_relative_position_bias,
 )
-from .conv import (
-    conv_function,
-    conv_module,
-    einsum,
-    embedding_module,
-    linear_function,
-    linear_module,
-    matmul,
-)
+from .conv import conv_function, conv_module, einsum, embedding_module, linear_function, linear_module, matmul
 from .elementwise import elementwise, first_arg, freeze_dim, metadata, softmax_module
 from .index import cat, getitem, pad, split, stack, unbind
 from .norm import (
