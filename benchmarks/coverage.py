@@ -17,7 +17,7 @@ Every (model, tool) pair runs in its own subprocess with a time limit and an add
 space limit, so one crash or hang costs only that cell. Results are cached (``--cache``)
 so an interrupted run resumes.
 
-    python benchmarks/coverage.py [--threads 2] [--models resnet18,vit_b_16] [--timeout 900] [--mem-gib 14]
+    python -m benchmarks.coverage [--threads 2] [--models resnet18,vit_b_16] [--timeout 900] [--mem-gib 14]
 """
 from __future__ import annotations
 
@@ -176,7 +176,7 @@ def _params(name: str) -> int:
 def _spawn(name: str, tool: str, args) -> dict:
     with tempfile.NamedTemporaryFile(suffix=".json", delete=False) as f:
         out = f.name
-    cmd = [sys.executable, __file__, "--cell", name, tool, "--threads", str(args.threads), "--mem-gib",
+    cmd = [sys.executable, "-m", "benchmarks.coverage", "--cell", name, tool, "--threads", str(args.threads), "--mem-gib",
            str(args.mem_gib), "--out", out]
     t0 = time.perf_counter()
     limit = args.tp_timeout if tool == "tp" else args.timeout
@@ -211,8 +211,7 @@ def _load_range(cache: dict, names: list[str]) -> str:
 
 
 def write_table(cache: dict, args) -> None:
-    sys.path.insert(0, str(HERE))
-    from _env import header
+    from ._env import header
 
     try:
         from importlib.metadata import version
@@ -225,9 +224,10 @@ def write_table(cache: dict, args) -> None:
     lines = [
         "# Coverage: torchvision classification models",
         "",
-        header(f"python benchmarks/coverage.py --threads {args.threads} --timeout {args.timeout} "
+        header(f"python -m benchmarks.coverage --threads {args.threads} --timeout {args.timeout} "
                f"--tp-timeout {args.tp_timeout} --mem-gib {args.mem_gib}"
-               + (f" --tp-budget-minutes {args.tp_budget_minutes:g}" if args.tp_budget_minutes < float("inf") else ""), args.threads, "model init torch.manual_seed(0), input seed 0").rstrip(),
+               + (f" --tp-budget-minutes {args.tp_budget_minutes:g}" if args.tp_budget_minutes < float("inf") else ""),
+               args.threads, "model init torch.manual_seed(0), input seed 0").rstrip(),
         f"- torch-pruning {tp_version}; fxmeta from this tree",
         "- every model: random init, eval, batch 2, 224x224 (inception_v3 299x299); each cell its own process "
         f"(time limit {args.timeout} s for IR and ours, {args.tp_timeout} s for Torch-Pruning; address space "
@@ -237,7 +237,8 @@ def write_table(cache: dict, args) -> None:
         "- IR: lower + raise_graph, every state_dict entry and the output bit-identical (torch.equal)",
         "- ours: prune(speedup=2.0), self-check on; speed-up is FLOPs original / pruned (fxmeta.pruning.flops.count_flops)",
         "- Torch-Pruning: MetaPruner, GroupMagnitudeImportance(p=2), global, 100 steps until its MACs count "
-        "(counted on one sample) and then count_flops say 2x, max ratio 0.9, classifier ignored, num_heads declared for nn.MultiheadAttention; speed-up re-measured with "
+        "(counted on one sample) and then count_flops say 2x, max ratio 0.9, classifier ignored, "
+        "num_heads declared for nn.MultiheadAttention; speed-up re-measured with "
         "count_flops; reached = >= 2x and right output shape",
         "",
         f"**Models: {len(done)}. IR round trip exact: {count['ir']} of {ran['ir']}. Ours reached 2x with the "

@@ -4,7 +4,7 @@ Each model runs in its own subprocess so peak memory is measured cleanly: the ex
 peak is the process's peak RSS after lower + raise minus its RSS with the model built.
 Targets: lower + raise of resnet50 under 3 s, extra peak memory under 3x parameter bytes.
 
-    python benchmarks/ir_speed.py [--threads 2] [--repeats 5]
+    python -m benchmarks.ir_speed [--threads 2] [--repeats 5]
 """
 from __future__ import annotations
 
@@ -24,11 +24,10 @@ def measure(name: str, threads: int, repeats: int) -> dict:
     import torch
     import torchvision
 
-    sys.path.insert(0, str(HERE))
-    from _env import peak_rss_mib
-
     from fxmeta.ir import lower, raise_graph
     from fxmeta.tracing import trace
+
+    from ._env import peak_rss_mib
 
     torch.set_num_threads(threads)
     torch.manual_seed(0)
@@ -69,16 +68,15 @@ def main() -> None:
     if args.one:
         print(json.dumps(measure(args.one, args.threads, args.repeats)))
         return
-    sys.path.insert(0, str(HERE))
-    from _env import header
+    from ._env import header
 
     rows = []
     for name in MODELS:
-        out = subprocess.run([sys.executable, __file__, "--one", name, "--threads", str(args.threads),
-                              "--repeats", str(args.repeats)], capture_output=True, text=True, check=True)
+        out = subprocess.run([sys.executable, "-m", "benchmarks.ir_speed", "--one", name, "--threads", str(args.threads),
+                              "--repeats", str(args.repeats)], capture_output=True, text=True, check=True, cwd=HERE.parent)
         rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
         print(rows[-1])
-    cmd = f"python benchmarks/ir_speed.py --threads {args.threads} --repeats {args.repeats}"
+    cmd = f"python -m benchmarks.ir_speed --threads {args.threads} --repeats {args.repeats}"
     lines = ["# IR lowering / raising speed", "", header(cmd, args.threads, "torch.manual_seed(0)"),
              "Times are medians over repeats; extra peak = peak RSS during the runs minus RSS with the model "
              "traced (measures lower + raise, including the raised copy of all weights).", "",

@@ -7,13 +7,12 @@ figure is the median over rounds. Pruned with ``fxmeta.pruning.pruner.prune(spee
 with and without ``round_to=8``. Target: latency speed-up / FLOPs speed-up >= 0.85 on
 resnet50 and vit_b_16.
 
-    python benchmarks/latency.py [--threads 1] [--rounds 10] [--models resnet18,...]
+    python -m benchmarks.latency [--threads 1] [--rounds 10] [--models resnet18,...]
 """
 from __future__ import annotations
 
 import argparse
 import statistics
-import sys
 import time
 from pathlib import Path
 
@@ -50,10 +49,9 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=10)
     parser.add_argument("--batch", type=int, default=8)
     args = parser.parse_args()
-    sys.path.insert(0, str(HERE))
-    from _env import header
-
     from fxmeta.pruning.pruner import prune
+
+    from ._env import header
 
     torch.set_num_threads(args.threads)
     rows = []
@@ -72,7 +70,7 @@ def main() -> None:
     lines = [
         "# CPU latency at 2x FLOPs",
         "",
-        header(f"python benchmarks/latency.py --threads {args.threads} --rounds {args.rounds} --batch {args.batch}",
+        header(f"python -m benchmarks.latency --threads {args.threads} --rounds {args.rounds} --batch {args.batch}",
                args.threads, "model init torch.manual_seed(0), inputs seeds 0 (pruning) and 1 (timing)").rstrip(),
         f"- random-init models, eval, batch {args.batch}, 224x224, torch.inference_mode, "
         f"torch.set_num_threads({args.threads}); original and pruned timed alternately, median of {args.rounds} "

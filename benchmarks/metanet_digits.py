@@ -1,6 +1,6 @@
 """Does the metanetwork make held-out digits ResNets easier to prune? Metanet + prune vs prune alone.
 
-The networks, the metanetwork and the finetune lr are those of ``benchmarks/quality.py``
+The networks, the metanetwork and the finetune lr are those of ``benchmarks/quality/``
 (same settings, same cache, so after a quality run nothing is retrained): three fxmeta
 ResNet20 base networks (seeds 0, 1, 2) trained on digits upsampled to 16x16, which no
 meta-training ever saw; a metanetwork meta-trained on a zoo of other seeds; the
@@ -19,13 +19,14 @@ away: a network that is easy to prune keeps its weight in the channels that stay
 The notes in ``metanet_digits_notes.md`` (other meta-training settings tried, by hand
 with ``fxmeta meta-train``) are appended to the results as they are.
 
-    python benchmarks/quality.py --archs resnet20   # builds the cache (or the full run)
-    python benchmarks/metanet_digits.py              # ~1 min after that
-    python benchmarks/metanet_digits.py --pre-finetune-epochs 2 --out benchmarks/results/metanet_digits_order
+    python -m benchmarks.quality --archs resnet20   # builds the cache (or the full run)
+    python -m benchmarks.metanet_digits              # ~1 min after that
+    python -m benchmarks.metanet_digits --pre-finetune-epochs 2 --out benchmarks/results/metanet_digits_order
 """
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import itertools
 import json
 import os
@@ -34,14 +35,12 @@ import sys
 import time
 from pathlib import Path
 
+import torch
+
+from . import quality
+from ._env import header
+
 HERE = Path(__file__).resolve().parent
-if str(HERE) not in sys.path:
-    sys.path.insert(0, str(HERE))
-
-import torch  # noqa: E402
-
-import quality  # noqa: E402
-from _env import header  # noqa: E402
 
 ARCH = "resnet20"
 ASSET = HERE.parent / "fxmeta" / "assets" / "metanet_digits.pt"
@@ -106,11 +105,11 @@ def main(argv: list[str] | None = None) -> None:
     targets = [float(t) for t in args.targets.split(",")]
     started = time.perf_counter()
 
-    from fxmeta.training.data import make_loaders
     from fxmeta.metanet import load_metanet
+    from fxmeta.training.data import make_loaders
     from fxmeta.training.loop import evaluate
 
-    s = quality.replace(quality.FULL, archs=(ARCH,))
+    s = dataclasses.replace(quality.FULL, archs=(ARCH,))
     splits = quality.digits16(0)
     ctx = quality.Context(s, Path(args.cache), splits, make_loaders(splits, s.batch_size, seed=0),
                           torch.zeros(1, *splits.input_shape))
@@ -147,14 +146,14 @@ def main(argv: list[str] | None = None) -> None:
                       f"{row['finetuned_test_acc']:.4f}", flush=True)
 
     meta = ctx.metanets[ARCH]
-    command = "python benchmarks/metanet_digits.py" + (" " + " ".join(sys.argv[1:]) if len(sys.argv) > 1 else "")
+    command = "python -m benchmarks.metanet_digits" + (" " + " ".join(sys.argv[1:]) if len(sys.argv) > 1 else "")
     lines = [
         "# Metanetwork on held-out digits ResNet20s: metanet + prune vs prune alone",
         "",
         header(command, torch.get_num_threads(),
                        f"base networks {list(s.seeds)} (held out of meta-training), prune and finetune seed = "
                        "base seed").rstrip(),
-        "- data: scikit-learn digits upsampled to 16x16, train/val/test split seed 0 (as benchmarks/quality.py)",
+        "- data: scikit-learn digits upsampled to 16x16, train/val/test split seed 0 (as benchmarks/quality/)",
         f"- metanetwork: quality.py's, meta-trained on a zoo of {s.zoo_count} members (seeds {s.zoo_seed}.."
         f"{s.zoo_seed + s.zoo_count - 1}, {s.zoo_val} held out for checkpoint choice), {s.meta_epochs} epochs, "
         f"width {s.meta_width}, depth {s.meta_depth}, ratio {s.meta_ratio:g}, reg {meta['reg']:g} chosen from "

@@ -11,7 +11,7 @@ repeats, and the warm-up time separately.
 Targets: torchvision resnet50 (224 input, 10 classes) forward + backward under 15 s and
 peak memory under 8 GiB with ``torch.set_num_threads(2)``.
 
-    python benchmarks/metanet_speed.py [--threads 2[,1]] [--repeats 3] [--models resnet20,resnet56,resnet50]
+    python -m benchmarks.metanet_speed [--threads 2[,1]] [--repeats 3] [--models resnet20,resnet56,resnet50]
 """
 from __future__ import annotations
 
@@ -54,11 +54,10 @@ def measure(name: str, threads: int, repeats: int) -> dict:
     """One model, in this process: lower, then warm-up + ``repeats`` timed forward/backward."""
     import torch
 
-    sys.path.insert(0, str(HERE))
-    from _env import peak_rss_mib
-
     from fxmeta.ir import lower, raise_params
     from fxmeta.metanet import Metanet
+
+    from ._env import peak_rss_mib
 
     torch.set_num_threads(threads)
     torch.manual_seed(0)
@@ -115,15 +114,13 @@ def main() -> None:
     if args.one:
         print(json.dumps(measure(args.one, threads[0], args.repeats)))
         return
-
-    sys.path.insert(0, str(HERE))
-    from _env import header
+    from ._env import header
 
     rows, loads = [], [_load_average()]
     for n in threads:
         for name in args.models.split(","):
-            cmd = [sys.executable, __file__, "--one", name, "--threads", str(n), "--repeats", str(args.repeats)]
-            proc = subprocess.run(cmd, capture_output=True, text=True)
+            cmd = [sys.executable, "-m", "benchmarks.metanet_speed", "--one", name, "--threads", str(n), "--repeats", str(args.repeats)]
+            proc = subprocess.run(cmd, capture_output=True, text=True, cwd=HERE.parent)
             if proc.returncode != 0:
                 rows.append({"model": name, "skipped": f"failed: {proc.stderr.strip().splitlines()[-1:]}"})
             else:
@@ -132,7 +129,7 @@ def main() -> None:
             loads.append(_load_average())
             print(json.dumps(rows[-1]), flush=True)
 
-    command = "python benchmarks/metanet_speed.py " + " ".join(sys.argv[1:])
+    command = "python -m benchmarks.metanet_speed " + " ".join(sys.argv[1:])
     lines = ["# Metanetwork forward + backward speed and memory (CPU)", "",
              header(command.strip(), threads[0], "torch.manual_seed(0)"),
              f"- load average (1/5/15 min) before and after each run: {' | '.join(loads)}; "

@@ -98,7 +98,7 @@ class Bench:
     """Data, caches and the shared pieces of every cell."""
 
     def __init__(self, s: Settings, cache: Path) -> None:
-        from fxmeta.data import load_data, make_loaders
+        from fxmeta.training.data import load_data, make_loaders
 
         self.s = s
         self.cache = cache
@@ -111,7 +111,7 @@ class Bench:
         self.calibration = [batch for _, batch in zip(range(s.bn_batches), loader)]
 
     def train_config(self, epochs: int, lr: float, seed: int, **kw: Any):
-        from fxmeta.train import TrainConfig
+        from fxmeta.training.loop import TrainConfig
 
         return TrainConfig(epochs=epochs, lr=lr, batch_size=self.s.batch_size, seed=seed, device="cpu",
                            progress=False, **kw)
@@ -133,7 +133,7 @@ class Bench:
 
     def base(self, arch: str, seed: int) -> torch.nn.Module:
         from fxmeta.models import get_model
-        from fxmeta.train import train
+        from fxmeta.training.loop import train
 
         s = self.s
 
@@ -162,8 +162,8 @@ class Bench:
 
     def pre_stage(self, arch: str, seed: int, method: str, target: float, hp: dict) -> tuple[torch.nn.Module, dict]:
         """The network after the method's own ``pre_epochs`` epochs (cached)."""
-        from fxmeta.prepare import prepare
-        from fxmeta.train import train
+        from fxmeta.training.loop import train
+        from fxmeta.training.prepare import prepare
 
         s = self.s
         epochs = s.pre_epochs
@@ -196,11 +196,11 @@ class Bench:
 
     def prune(self, model: torch.nn.Module, method: str, target: float, hp: dict, seed: int) -> dict:
         from fxmeta.errors import PruningError
-        from fxmeta.pruner import prune
+        from fxmeta.pruning.pruner import prune
 
         t0 = time.perf_counter()
         if method == "DepGraph+SL":
-            from benchmarks.quality import tp_progressive
+            from benchmarks.quality.baselines import tp_progressive
 
             ctx = SimpleNamespace(example=self.example)
             found = tp_progressive(copy.deepcopy(model), ctx, hp["reg"], [target])[target]
@@ -216,15 +216,15 @@ class Bench:
 
     def after_prune(self, module: torch.nn.Module) -> tuple[float, float, float]:
         """(test acc as pruned, val and test acc after BatchNorm recalibration), in place."""
-        from fxmeta.train import evaluate, recalibrate_bn
+        from fxmeta.training.loop import evaluate, recalibrate_bn
 
         raw = evaluate(module, self.loaders.test)["acc"]
         recalibrate_bn(module, self.calibration, len(self.calibration))
         return raw, evaluate(module, self.loaders.val)["acc"], evaluate(module, self.loaders.test)["acc"]
 
     def cell(self, arch: str, seed: int, method: str, target: float, hp: dict) -> dict:
-        from fxmeta.flops import count_flops, count_params
-        from fxmeta.train import train
+        from fxmeta.pruning.flops import count_flops, count_params
+        from fxmeta.training.loop import train
 
         s = self.s
         parts = [hp, s.image_size, s.base_epochs, s.base_lrs, s.batch_size, s.pre_epochs, s.finetune_epochs,
@@ -422,10 +422,12 @@ def write_report(bench: Bench, cells: list[dict], choices: dict, sweep: dict, me
                 if not ok:
                     lines.append(f"| {target:g}x | {method} | 0 | — | not reached: {group[0]['error'][:80]} | | | |")
                     continue
-                f = lambda k: _mean_std([c[k] for c in ok])  # noqa: E731
-                lines.append(f"| {target:g}x | {method} | {len(ok)} | {f('flops_speedup')[0]:.2f} | "
-                             f"{_pct(*f('recal_test_acc'))} | {_pct(*f('finetuned_test_acc'))} | "
-                             f"{f('pre_seconds')[0]:.0f} | {f('finetune_seconds')[0]:.0f} |")
+                stat = {k: _mean_std([c[k] for c in ok]) for k in ("flops_speedup", "recal_test_acc",
+                                                                   "finetuned_test_acc", "pre_seconds",
+                                                                   "finetune_seconds")}
+                lines.append(f"| {target:g}x | {method} | {len(ok)} | {stat['flops_speedup'][0]:.2f} | "
+                             f"{_pct(*stat['recal_test_acc'])} | {_pct(*stat['finetuned_test_acc'])} | "
+                             f"{stat['pre_seconds'][0]:.0f} | {stat['finetune_seconds'][0]:.0f} |")
         lines.append("")
         lines += [f"prepared − DepGraph+SL, paired over seeds ({arch}):", "",
                   "| target | right after prune + recal (pts ± SE) | after finetune (pts ± SE) | n |",

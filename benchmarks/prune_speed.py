@@ -9,7 +9,7 @@ says 2x; its total includes building its dependency graph and the MACs counts it
 needs, the time without those counts is shown too. Target: ours >= 2x faster than
 Torch-Pruning on resnet50 and under 5 s.
 
-    python benchmarks/prune_speed.py [--threads 1] [--repeats 3] [--tp-repeats 1] [--models resnet50,vit_b_16,convnext_tiny]
+    python -m benchmarks.prune_speed [--threads 1] [--repeats 3] [--tp-repeats 1] [--models resnet50,vit_b_16,convnext_tiny]
 """
 from __future__ import annotations
 
@@ -38,10 +38,9 @@ def measure(name: str, tool: str, threads: int) -> dict:
     import torch
     import torchvision
 
-    sys.path.insert(0, str(HERE))
-    from _env import peak_rss_mib
-
     from fxmeta.pruning.flops import count_flops
+
+    from ._env import peak_rss_mib
 
     torch.set_num_threads(threads)
     torch.manual_seed(0)
@@ -86,7 +85,7 @@ def measure(name: str, tool: str, threads: int) -> dict:
 
 
 def _spawn(name: str, tool: str, threads: int, timeout: int) -> dict:
-    cmd = [sys.executable, __file__, "--one", name, tool, "--threads", str(threads)]
+    cmd = [sys.executable, "-m", "benchmarks.prune_speed", "--one", name, tool, "--threads", str(threads)]
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=HERE.parent)
     except subprocess.TimeoutExpired:
@@ -111,8 +110,7 @@ def main() -> None:
     if args.one:
         print(json.dumps(measure(args.one[0], args.one[1], args.threads)))
         return
-    sys.path.insert(0, str(HERE))
-    from _env import header
+    from ._env import header
 
     try:
         from importlib.metadata import version
@@ -129,11 +127,12 @@ def main() -> None:
     lines = [
         "# Pruning speed: analysis + pruning to 2x FLOPs",
         "",
-        header(f"python benchmarks/prune_speed.py --threads {args.threads} --repeats {args.repeats} "
+        header(f"python -m benchmarks.prune_speed --threads {args.threads} --repeats {args.repeats} "
                f"--tp-repeats {args.tp_repeats}", args.threads,
                "model init torch.manual_seed(0), input seed 0").rstrip(),
         f"- torch-pruning {tp_version}; random-init models, eval, batch 1, 224x224; each run a fresh process; "
-        f"median of {args.repeats} runs of ours and {args.tp_repeats} of Torch-Pruning; extra peak = peak RSS minus RSS with the model built",
+        f"median of {args.repeats} runs of ours and {args.tp_repeats} of Torch-Pruning; "
+        "extra peak = peak RSS minus RSS with the model built",
         "- ours: prune(speedup=2.0) including its self-check and two real FLOPs counts",
         "- Torch-Pruning: MetaPruner, GroupMagnitudeImportance(p=2), global, 100 steps until its MACs count says 2x, "
         "max ratio 0.9, classifier ignored; total includes its dependency graph and MACs counts",

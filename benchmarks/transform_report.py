@@ -6,7 +6,7 @@ the committed metanetwork present, the importance-only run (`--no-metanet`) is m
 too, at the same finetuning budget. Per-stage times, accuracy, FLOPs and latency come
 from the run's metrics.json; the total is the process's wall time (start-up included).
 
-    python benchmarks/transform_report.py [--seeds 0] [--threads 2]
+    python -m benchmarks.transform_report [--seeds 0] [--threads 2]
 """
 from __future__ import annotations
 
@@ -49,7 +49,8 @@ def table(rows: list[tuple[str, int, dict]]) -> list[str]:
     for _, _, r in rows:
         stages += [s for s in r["metrics"]["stages"] if s not in stages]
     head = ["run", "seed", "wall s", *[f"{s} s" for s in stages], "acc before %", "acc after removal %",
-            "acc after BatchNorm recalibration %", "acc after finetune %", "FLOPs x", "params kept %", "latency x", "latency ms before / after"]
+            "acc after BatchNorm recalibration %", "acc after finetune %", "FLOPs x", "params kept %", "latency x",
+            "latency ms before / after"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for name, seed, r in rows:
         m = r["metrics"]
@@ -70,8 +71,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1, help="torch threads for training (the demo's default: 1)")
     parser.add_argument("--out", default=str(HERE / "results" / "transform.md"))
     args = parser.parse_args()
-    sys.path.insert(0, str(HERE))
-    from _env import header
+    from ._env import header
 
     modes = [("metanet", []), ("importance", ["--no-metanet"])] if METANET.is_file() else [("importance", [])]
     rows: list[tuple[str, int, dict]] = []
@@ -90,7 +90,7 @@ def main() -> None:
     text = [
         "# `fxmeta demo`: wall time and results",
         "",
-        header(f"python benchmarks/transform_report.py --seeds {' '.join(map(str, args.seeds))} "
+        header(f"python -m benchmarks.transform_report --seeds {' '.join(map(str, args.seeds))} "
                f"--threads {args.threads}", args.threads, seeds=", ".join(map(str, args.seeds))),
         f"- demo command: `{demo_cmd}` (defaults otherwise: fxmeta:resnet20, digits 16x16, 15 base epochs, "
         "BatchNorm recalibration on 10 batches, 10 finetune epochs, 2x FLOPs target)",

@@ -23,9 +23,9 @@ import torch
 import torch.fx as fx
 from torch.fx.passes.infra.pass_manager import PassManager
 
-from fxmeta.pruning.flops import count_flops
 from fxmeta.io import resolve_model
 from fxmeta.pipeline.latency import measure_latency
+from fxmeta.pruning.flops import count_flops
 from fxmeta.tracing import example_from_shape, trace
 from passes import LowerPass, MetanetPass, RaisePass, RemoveChannelsPass
 

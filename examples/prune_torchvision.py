@@ -18,10 +18,10 @@ from pathlib import Path
 import torch
 
 import fxmeta
-from fxmeta.io.export import save_program
-from fxmeta.pruning.flops import count_flops, count_params
 from fxmeta.io import resolve_model, save
+from fxmeta.io.export import save_program
 from fxmeta.pipeline.latency import measure_latency
+from fxmeta.pruning.flops import count_flops, count_params
 from fxmeta.pruning.pruner import prune
 from fxmeta.tracing import example_from_shape
 

@@ -59,7 +59,7 @@ def summary(g: nx.DiGraph) -> str:
     for _, a in g.nodes(data=True):
         channels[a.get("kind", "?")] += int(a.get("channels", 0))
     edge_kinds = Counter()
-    for _, d, a in g.edges(data=True):
+    for _, _, a in g.edges(data=True):
         edge_kinds[a.get("kind") or "-"] += 1
     # a layer's weight-slice count is stored on each of its incoming edges: count it once
     slices = {d: int(a.get("edges", 0)) for _, d, a in g.edges(data=True)}

@@ -19,11 +19,11 @@ from pathlib import Path
 import torch
 
 import fxmeta
-from fxmeta.training.data import load_data
 from fxmeta.io import resolve_model, save
-from fxmeta.tracing import example_from_shape
-from fxmeta.training.loop import TrainConfig, train
 from fxmeta.pipeline.transform import TransformConfig, transform
+from fxmeta.tracing import example_from_shape
+from fxmeta.training.data import load_data
+from fxmeta.training.loop import TrainConfig, train
 
 SPEC = f"{Path(__file__).with_name('my_model.py')}:factory"
 

@@ -31,14 +31,16 @@ __version__ = "0.1.0"
 _LAZY = {
     "trace": "fxmeta.tracing",
     "lower": "fxmeta.ir.lowering",
-    "raise_graph": "fxmeta.ir.graph",
-    "raise_params": "fxmeta.ir.graph",
+    "raise_graph": "fxmeta.ir.raising",
+    "raise_params": "fxmeta.ir.raising",
     "WeightGraph": "fxmeta.ir.graph",
     "count_flops": "fxmeta.pruning.flops",
     "prune": "fxmeta.pruning.pruner",
     "PruneResult": "fxmeta.pruning.pruner",
+    "prepare": "fxmeta.training.prepare",
+    "prunability_curve": "fxmeta.pipeline.curve",
     "Metanet": "fxmeta.metanet.model",
-    "load_metanet": "fxmeta.metanet.model",
+    "load_metanet": "fxmeta.metanet.files",
     "meta_train": "fxmeta.metatrain.loop",
     "build_zoo": "fxmeta.metatrain.zoo",
     "load": "fxmeta.io.files",
@@ -48,7 +50,11 @@ _LAZY = {
 
 def __getattr__(name: str):
     if name in _LAZY:
-        return getattr(importlib.import_module(_LAZY[name]), name)
+        value = getattr(importlib.import_module(_LAZY[name]), name)
+        # Cached as a real attribute: later accesses never reach this hook, and no submodule
+        # shares a public name (a submodule import would overwrite the attribute).
+        globals()[name] = value
+        return value
     raise AttributeError(f"module 'fxmeta' has no attribute {name!r}")
 
 

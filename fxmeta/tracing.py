@@ -8,8 +8,9 @@ frozen instead of failing the whole model.
 """
 from __future__ import annotations
 
+import contextlib
 import copy
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import torch
 import torch.fx as fx
@@ -19,6 +20,7 @@ from torch.fx.node import map_aggregate
 from torch.fx.passes.shape_prop import _extract_tensor_metadata
 
 from .errors import InputShapeError, UnsupportedModelError
+from .keys import AUTO_LEAVES, TENSOR_META, TRACED
 
 _CONTAINERS = (nn.Sequential, nn.ModuleList, nn.ModuleDict)
 
@@ -78,7 +80,7 @@ def trace(model: nn.Module, example_input: Any = None, *, extra_leaves: Sequence
         raise UnsupportedModelError(
             f"expected a torch.nn.Module, got {type(model).__name__}; pass the model object itself"
         )
-    if isinstance(model, fx.GraphModule) and example_input is not None and "fxmeta.traced" in model.meta:
+    if isinstance(model, fx.GraphModule) and example_input is not None and TRACED in model.meta:
         gm = model
     else:
         tracer = LeafTracer(extra_leaves)
@@ -91,9 +93,11 @@ def trace(model: nn.Module, example_input: Any = None, *, extra_leaves: Sequence
             ) from exc
         gm = fx.GraphModule(model, graph, class_name=type(model).__name__)
         _keep_unused_state(model, gm)
-        gm.train(model.training)
-        gm.meta["fxmeta.auto_leaves"] = dict(tracer.auto_leaves)
-        gm.meta["fxmeta.traced"] = True
+        # Only the new top-level flag: the submodules are the model's own, and a frozen
+        # (eval) BatchNorm inside a training model must stay as the user left it.
+        gm.training = model.training
+        gm.meta[AUTO_LEAVES] = dict(tracer.auto_leaves)
+        gm.meta[TRACED] = True
     if example_input is not None:
         propagate_shapes(gm, example_input)
     return gm
@@ -127,7 +131,7 @@ class _ShapeRecorder(fx.Interpreter):
 
         meta = map_aggregate(result, record)
         if found:
-            n.meta["tensor_meta"] = meta
+            n.meta[TENSOR_META] = meta
         n.meta["type"] = type(result)
         return result
 
@@ -139,10 +143,8 @@ class _NodeFailed(RuntimeError):
 def propagate_shapes(gm: fx.GraphModule, example_input: Any) -> None:
     """Run ``gm`` once in eval mode (no grad, no state change) and store shapes in node.meta."""
     args = _as_tuple(example_input)
-    was_training = gm.training
-    gm.eval()
     try:
-        with torch.no_grad():
+        with torch.no_grad(), eval_mode(gm):
             _ShapeRecorder(gm).run(*args)
     except _NodeFailed as exc:
         shapes = ", ".join(str(tuple(a.shape)) if isinstance(a, torch.Tensor) else type(a).__name__ for a in args)
@@ -150,8 +152,67 @@ def propagate_shapes(gm: fx.GraphModule, example_input: Any) -> None:
             f"the model does not run on an input of shape {shapes} ({str(exc).splitlines()[0]}); "
             "pass a fitting --input-shape"
         ) from exc
+
+
+@contextlib.contextmanager
+def preserved_modes(*models: nn.Module) -> Iterator[None]:
+    """Restore the train/eval flag of every submodule of ``models`` on exit.
+
+    ``model.train(flag)`` would set one flag on all of them; a user's model may mix modes
+    (a frozen BatchNorm in eval inside a model in training), and every module that runs or
+    traces a user's model must give it back exactly as it was.
+    """
+    saved = [(m, m.training) for model in models for m in model.modules()]
+    try:
+        yield
     finally:
-        gm.train(was_training)
+        for m, flag in saved:
+            m.training = flag
+
+
+@contextlib.contextmanager
+def eval_mode(*models: Any) -> Iterator[None]:
+    """Every module of ``models`` in eval mode inside the block, each one's flag restored after.
+
+    Objects without ``eval`` (plain callables) and torch.export modules, whose mode is fixed
+    when they are exported, are left as they are.
+    """
+    modules = [m for m in models if isinstance(m, nn.Module)]
+    with preserved_modes(*modules):
+        for m in modules:
+            set_eval(m)
+        yield
+
+
+def set_eval(model: nn.Module) -> None:
+    """``model.eval()``, tolerating torch.export modules, which refuse to change mode."""
+    try:
+        model.eval()
+    except NotImplementedError:
+        pass
+
+
+def call_args(node: fx.Node) -> tuple:
+    """A call's positional arguments, with ``input=`` given by keyword moved to the front.
+
+    torch functions name their first tensor ``input``; ``torch.flatten(input=h)`` is the same
+    call as ``torch.flatten(h)`` and rules that read the first argument must see it.
+    """
+    if not node.args and "input" in node.kwargs:
+        return (node.kwargs["input"],)
+    return tuple(node.args)
+
+
+def normalize_call_args(gm: fx.GraphModule) -> bool:
+    """Rewrite calls that pass their first tensor as ``input=`` into positional form, in place."""
+    changed = False
+    for node in gm.graph.nodes:
+        if node.op == "call_function" and not node.args and "input" in node.kwargs:
+            kwargs = dict(node.kwargs)
+            node.args = (kwargs.pop("input"),)
+            node.kwargs = kwargs
+            changed = True
+    return changed
 
 
 def example_from_shape(shape: Sequence[int], dtype: torch.dtype = torch.float32, seed: int = 0) -> torch.Tensor:
@@ -162,5 +223,5 @@ def example_from_shape(shape: Sequence[int], dtype: torch.dtype = torch.float32,
 
 def tensor_meta(node: fx.Node):
     """The TensorMetadata ShapeProp stored on ``node``, or None for non-tensors."""
-    meta = node.meta.get("tensor_meta")
+    meta = node.meta.get(TENSOR_META)
     return meta if hasattr(meta, "shape") else None

@@ -4,52 +4,51 @@ from __future__ import annotations
 from typing import Any
 
 import torch.fx as fx
-from torch.fx.passes.infra.pass_base import PassBase, PassResult
+from torch.fx.passes.infra.pass_base import PassResult
 
-from fxmeta.errors import FxmetaError
-from fxmeta.ir import WeightGraph, raise_graph
-from fxmeta.ir.lowering import lower
+from fxmeta.ir import lower, raise_graph
+from fxmeta.keys import AUTO_LEAVES, EXAMPLE_INPUT, IR, TRACED
 
-IR_KEY = "fxmeta.ir"
-INPUT_KEY = "fxmeta.example_input"
+from .base import INPUT_KEY, IR_KEY, FxmetaPass, example_input_of, require_ir
 
-
-def example_input_of(gm: fx.GraphModule, given: Any = None) -> Any:
-    """The example input given to a pass, or the one stored in ``gm.meta``."""
-    value = given if given is not None else gm.meta.get(INPUT_KEY)
-    if value is None:
-        raise FxmetaError(
-            f"no example input: pass example_input= to the pass or set graph_module.meta[{INPUT_KEY!r}]"
-        )
-    return value
+__all__ = ["INPUT_KEY", "IR_KEY", "LowerPass", "RaisePass", "example_input_of"]
 
 
-class LowerPass(PassBase):
+class LowerPass(FxmetaPass):
     """Lowers the module to a WeightGraph and stores it in ``gm.meta["fxmeta.ir"]``.
 
-    The module itself is unchanged (``PassResult.modified`` is False).
+    The module's graph and weights are unchanged, but the IR is state this pass owns and
+    (re)writes, so ``PassResult.modified`` is True. Needs an example input (argument or
+    ``gm.meta["fxmeta.example_input"]``); ensures the IR passes ``WeightGraph.check()``.
     """
 
     def __init__(self, example_input: Any = None) -> None:
         super().__init__()
         self.example_input = example_input
 
+    def requires(self, graph_module: fx.GraphModule) -> None:
+        example_input_of(graph_module, self.example_input)
+
     def call(self, graph_module: fx.GraphModule) -> PassResult:
         x = example_input_of(graph_module, self.example_input)
-        graph_module.meta[INPUT_KEY] = x
-        graph_module.meta.setdefault("fxmeta.traced", True)
-        graph_module.meta.setdefault("fxmeta.auto_leaves", {})
-        graph_module.meta[IR_KEY] = lower(graph_module, x, gm=graph_module)
-        return PassResult(graph_module, False)
+        graph_module.meta[EXAMPLE_INPUT] = x
+        graph_module.meta.setdefault(TRACED, True)
+        graph_module.meta.setdefault(AUTO_LEAVES, {})
+        graph_module.meta[IR] = lower(graph_module, x, gm=graph_module)
+        return PassResult(graph_module, True)
 
 
-class RaisePass(PassBase):
-    """Builds a new module from ``gm.meta["fxmeta.ir"]`` (e.g. after MetanetPass)."""
+class RaisePass(FxmetaPass):
+    """Builds a new module from ``gm.meta["fxmeta.ir"]`` (e.g. after MetanetPass).
+
+    Needs an IR (run LowerPass first); returns a new module (``modified`` True) that carries
+    the example input but not the IR, which describes the old module.
+    """
+
+    def requires(self, graph_module: fx.GraphModule) -> None:
+        require_ir(graph_module, "RaisePass").check()
 
     def call(self, graph_module: fx.GraphModule) -> PassResult:
-        graph = graph_module.meta.get(IR_KEY)
-        if not isinstance(graph, WeightGraph):
-            raise FxmetaError("RaisePass needs an IR in graph_module.meta['fxmeta.ir']: run LowerPass first")
-        out = raise_graph(graph)
-        out.meta[INPUT_KEY] = graph_module.meta.get(INPUT_KEY)
+        out = raise_graph(require_ir(graph_module, "RaisePass"))
+        out.meta[EXAMPLE_INPUT] = graph_module.meta.get(EXAMPLE_INPUT)
         return PassResult(out, True)

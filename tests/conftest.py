@@ -1,6 +1,10 @@
 import pytest
 import torch
 
+# One thread per test process: the suite runs on small CPU machines shared with other work,
+# where more threads than cores slow every op down instead of speeding it up.
+torch.set_num_threads(1)
+
 
 def pytest_addoption(parser):
     parser.addoption("--update-golden", action="store_true", default=False,

@@ -8,6 +8,7 @@ from torch import nn
 
 from fxmeta.analysis.channels import FROZEN, UnionFind, analyze
 from fxmeta.errors import UnsupportedModelError
+from fxmeta.pruning import prune
 
 from helpers import randomize_bn
 
@@ -140,7 +141,7 @@ def test_resnet18_groups():
     assert all(g.prunable for g in analysis.groups)
 
 
-def test_unexpected_call_form_freezes_instead_of_failing():
+def test_keyword_call_forms_are_understood():
     class KwargsOnly(nn.Module):
         def __init__(self):
             super().__init__()
@@ -149,9 +150,22 @@ def test_unexpected_call_form_freezes_instead_of_failing():
             self.fc = nn.Linear(4 * 4, 2)
 
         def forward(self, x):
-            h = self.mid(torch.relu(self.conv(x)))
-            return self.fc(torch.flatten(input=h, start_dim=1))  # the flatten rule reads args[0]
+            h = self.mid(torch.relu(input=self.conv(x)))
+            return self.fc(torch.flatten(input=h, start_dim=1))
 
-    analysis = analyze(KwargsOnly().eval(), torch.randn(1, 3, 4, 4))
-    assert analysis.frozen_reasons["flatten"].startswith("rule failed")
-    assert [g.units for g in analysis.groups if g.prunable] == [4]  # conv's output is still free
+    model, x = KwargsOnly().eval(), torch.randn(1, 3, 4, 4)
+    analysis = analyze(model, x)
+    assert "flatten" not in analysis.frozen_reasons and "relu" not in analysis.frozen_reasons
+    assert sorted(g.units for g in analysis.groups if g.prunable) == [4, 4]  # conv and mid, through flatten
+    pruned = prune(model, x, speedup=1.3).module  # self-checked
+    assert pruned.mid.out_channels < 4 or pruned.conv.out_channels < 4
+
+
+def test_a_failing_rule_freezes_instead_of_failing():
+    def broken(ctx, node):
+        raise ValueError("this rule does not expect this call")
+
+    model = nn.Sequential(nn.Conv2d(3, 4, 1), nn.ReLU(), nn.Conv2d(4, 4, 1), nn.Conv2d(4, 2, 1))
+    analysis = analyze(model.eval(), torch.randn(1, 3, 2, 2), rules={nn.ReLU: broken})
+    assert analysis.frozen_reasons["_1"].startswith("rule failed: ValueError")
+    assert [g.units for g in analysis.groups if g.prunable] == [4]  # the second conv's output is still free

@@ -169,14 +169,15 @@ def _same_state(a: dict, b: dict) -> bool:
     return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
-def test_transform_round_trip_through_the_cli(tmp_path):
+def test_transform_round_trip_through_the_cli(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "200")  # the report table at full width, as in a terminal
     out, program, log = tmp_path / "pruned.pt", tmp_path / "pruned.pt2", tmp_path / "log.jsonl"
-    proc = run_cli("transform", *R20, *FAST, "--speedup", "2", "--out", str(out), "--export", str(program),
-                   "--log", str(log))
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    code, stdout, stderr = run_main(["transform", *R20, *FAST, "--speedup", "2", "--out", str(out),
+                                     "--export", str(program), "--log", str(log)], capsys)
+    assert code == 0, stderr[-3000:]
     for row in ("test accuracy", "right after removal", "FLOPs", "parameters", "latency (cpu, batch 1, 1 thr)",
                 "time per stage", "remove channels", "finetune", "save", "export", "total"):
-        assert row in proc.stdout, row
+        assert row in stdout, row
     # the file: plain data, loadable without running code
     saved = torch.load(out, weights_only=True)
     assert saved["format"] == "fxmeta.model" and saved["version"] == VERSION
@@ -192,8 +193,8 @@ def test_transform_round_trip_through_the_cli(tmp_path):
     with torch.no_grad():
         assert torch.allclose(model(x), exported(x), atol=1e-5)
     assert _same_state(model.state_dict(), saved["state_dict"])
-    from fxmeta.pruning.flops import count_flops
     from fxmeta.models import resnet20
+    from fxmeta.pruning.flops import count_flops
 
     assert count_flops(resnet20(in_channels=1), x[:1]) / count_flops(model, x[:1]) >= 2
     records = [json.loads(line) for line in log.read_text().splitlines()]
@@ -393,6 +394,7 @@ def test_interrupted_transform_resumes_to_the_weights_of_an_uninterrupted_run(tm
     assert epochs == [1, 2, 3, None]  # epoch 1 from the first run, 2 and 3 appended on resume, then the summary
 
 
+@pytest.mark.slow  # two torchrun processes: half a minute on 2 cores
 def test_ddp_two_cpu_processes(tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "fxmeta",

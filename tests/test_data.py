@@ -6,8 +6,8 @@ import pytest
 import torch
 from PIL import Image
 
-from fxmeta.training.data import DataSplits, load_data, make_loaders
 from fxmeta.errors import SpecError, UnsafeFileError
+from fxmeta.training.data import DataSplits, load_data, make_loaders
 
 torch.set_num_threads(1)
 

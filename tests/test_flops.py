@@ -9,7 +9,8 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from fxmeta.analysis.channels import analyze
 from fxmeta.pruning.flops import FlopModel, count_flops, count_params
-from fxmeta.pruning.pruner import _flop_model, prune
+from fxmeta.pruning.pruner import prune
+from fxmeta.pruning.selection import flop_model
 
 from helpers import randomize_bn
 
@@ -96,7 +97,7 @@ def test_analytic_flops_match_the_counter_before_and_after_pruning():
     model = randomize_bn(Mixed()).eval()
     x = torch.randn(2, 3, 8, 8)
     analysis = analyze(model, x)
-    assert _flop_model(analysis).evaluate() == count_flops(model, x)
+    assert flop_model(analysis).evaluate() == count_flops(model, x)
     result = prune(model, x, speedup=1.5)
     assert result.flops_after == count_flops(result.module, x)
     assert result.speedup == pytest.approx(count_flops(model, x) / result.flops_after)
@@ -105,7 +106,7 @@ def test_analytic_flops_match_the_counter_before_and_after_pruning():
 def test_resnet18_analytic_equals_counted():
     model = torchvision.models.resnet18().eval()
     x = torch.randn(1, 3, 64, 64)
-    assert _flop_model(analyze(model, x)).evaluate() == count_flops(model, x)
+    assert flop_model(analyze(model, x)).evaluate() == count_flops(model, x)
 
 
 @pytest.mark.slow

@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from fxmeta import models
-from fxmeta.ir.dump import to_text
 from fxmeta.ir import lower
+from fxmeta.ir.dump import to_text
 
 from helpers import TinyMLP
 

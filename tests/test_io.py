@@ -13,8 +13,8 @@ import torch
 from torch import nn
 
 import fxmeta
-from fxmeta.io import files as io
 from fxmeta.errors import FxmetaError, InputShapeError, OutputExistsError, SpecError, UnsafeFileError
+from fxmeta.io import files as io
 
 
 def tiny(num_classes: int = 10, in_channels: int = 3, width: int = 8) -> nn.Module:
@@ -328,7 +328,7 @@ def test_pruned_file_applies_plan_before_loading(tmp_path, fake_models, monkeypa
         seen["training"] = module.training
         return tiny(num_classes=3, width=plan["width"])  # the slimmer model
 
-    monkeypatch.setitem(sys.modules, "fxmeta.pruning.pruner", types.SimpleNamespace(apply_plan=apply_plan))
+    monkeypatch.setitem(sys.modules, "fxmeta.pruning.plan", types.SimpleNamespace(apply_plan=apply_plan))
     pruned = tiny(num_classes=3, width=4)
     path = tmp_path / "pruned.pt"
     io.save(path, pruned, spec="fxmeta:tiny", spec_kwargs={"num_classes": 3},
@@ -345,7 +345,7 @@ def test_pruned_file_applies_plan_before_loading(tmp_path, fake_models, monkeypa
 def test_pruned_file_without_pruner(tmp_path, fake_models, monkeypatch):
     path = tmp_path / "pruned.pt"
     io.save(path, tiny(width=4), spec="fxmeta:tiny", plan={"width": 4}, input_shape=(1, 3, 8, 8))
-    monkeypatch.setitem(sys.modules, "fxmeta.pruning.pruner", None)
+    monkeypatch.setitem(sys.modules, "fxmeta.pruning.plan", None)
     with pytest.raises(FxmetaError, match="cannot apply pruning plans"):
         io.resolve_model(str(path))
 

@@ -10,8 +10,8 @@ from torch import nn
 from fxmeta.errors import FxmetaError, OutputExistsError
 from fxmeta.io import load
 from fxmeta.ir import lower
-from fxmeta.metatrain.loop import meta_train
 from fxmeta.metanet import load_metanet
+from fxmeta.metatrain.loop import meta_train
 from fxmeta.metatrain.zoo import build_zoo, load_zoo
 
 torch.set_num_threads(1)
@@ -88,14 +88,12 @@ def test_metanet_refuses_graphs_of_unknown_kinds(zoo_dir, tmp_path):
 
 
 def test_prunable_objective_trains_through_the_masked_generated_network(zoo_dir, tmp_path):
-    from fxmeta.meta_train import MetaTrainConfig, _prepare, _train_step
-    from fxmeta.zoo import load_zoo as _load
+    from fxmeta.metatrain.loop import MetaTrainConfig, _make_metanet, _prepare, _train_step
 
-    zoo = _load(zoo_dir)
+    zoo = load_zoo(zoo_dir)
     config = MetaTrainConfig(objective="prunable", mask_speedups=(2.0, 3.0), mask_weight=1.0, width=8, depth=1,
                              batches_per_step=1, batch_size=32, progress=False, reg=0.0)
     data_model = _prepare(zoo.path(zoo.members[0]), torch.randn(1, 1, 8, 8), config)
-    from fxmeta.meta_train import _make_metanet
 
     x, y = torch.randn(32, 1, 8, 8), torch.randint(0, 10, (32,))
 

@@ -9,18 +9,8 @@ from torch import nn
 
 from fxmeta.errors import FxmetaError
 from fxmeta.ir import lower, raise_params
-from fxmeta.metanet.model import (
-    Metanet,
-    _Block,
-    _BlockPass,
-    _Chunk,
-    _Workspace,
-    has_torch_scatter,
-    learned_columns,
-    load_metanet,
-    save_metanet,
-    scatter_stats,
-)
+from fxmeta.metanet import Metanet, has_torch_scatter, learned_columns, load_metanet, save_metanet, scatter_stats
+from fxmeta.metanet.kernels import _Block, _BlockPass, _Chunk, _Workspace
 from fxmeta.models import resnet20
 
 from helpers import randomize_bn
@@ -81,7 +71,7 @@ def _pna_flat(msg, ids, n):
 
 
 def reference_forward(net: Metanet, graph) -> tuple[list, list]:
-    """The METHOD.md equations written directly on a (src, dst) edge list."""
+    """The equations of fxmeta.metanet.model's docstring, written directly on a (src, dst) edge list."""
     d, dtype, layers = net.config.width, net.flip.dtype, graph.layers
     node_scale = {}
     for kind in {la.node_kind for la in layers if la.node is not None}:

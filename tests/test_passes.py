@@ -46,7 +46,7 @@ def test_metanet_pass_leaves_the_module_and_replaces_the_ir():
     LowerPass(x)(gm)
     lowered = gm.meta["fxmeta.ir"]
     result = MetanetPass(_double_convs)(gm)
-    assert result.graph_module is gm and not result.modified
+    assert result.graph_module is gm and result.modified  # the IR it carries was replaced
     assert gm.meta["fxmeta.ir"] is not lowered
     assert torch.equal(gm.meta["fxmeta.ir"].layer("conv1").edge, lowered.layer("conv1").edge * 2)
 
@@ -100,3 +100,60 @@ def test_documented_pipeline_prunes_what_the_metanet_wrote():
     kept, original = out.get_submodule("conv1").weight, model.get_submodule("conv1").weight
     rows = [[torch.equal(k, 2 * o) for o in original] for k in kept.detach()]
     assert all(any(r) for r in rows)
+
+
+# --------------------------------------------------------------------------- under PassManager
+
+
+def test_pass_manager_wraps_fxmeta_errors_with_the_cause_kept():
+    gm = fx.symbolic_trace(_model())
+    with pytest.raises(Exception, match="'RaisePass' pass") as info:
+        PassManager([RaisePass()])(gm)
+    assert isinstance(info.value.__cause__, FxmetaError) and "run LowerPass first" in str(info.value.__cause__)
+
+
+def test_checks_run_after_each_pass_and_see_each_result():
+    from passes import check_ir
+
+    model, x = _model(), torch.randn(1, 1, 8, 8)
+    seen = []
+
+    def record(gm):
+        check_ir(gm)
+        seen.append("fxmeta.ir" in gm.meta)
+
+    pm = PassManager([LowerPass(x), MetanetPass(_double_convs), RaisePass()], run_checks_after_each_pass=True)
+    pm.add_checks(record)
+    pm(fx.symbolic_trace(model))
+    assert seen == [False, True, True, False]  # before the passes, after Lower, Metanet, Raise
+
+
+def test_a_broken_ir_fails_the_metanet_pass_ensures():
+    gm = fx.symbolic_trace(_model())
+    LowerPass(torch.randn(1, 1, 8, 8))(gm)
+
+    def drop_a_row(graph):
+        layer = graph.layers[1]
+        edges = [l.edge[:-1] if i == 1 else l.edge for i, l in enumerate(graph.layers)]
+        assert layer.edge is not None
+        return graph.with_features(edges, [l.node for l in graph.layers])
+
+    with pytest.raises(Exception, match="rows"):
+        MetanetPass(drop_a_row)(gm)
+
+
+def test_steps_repeat_the_whole_list_while_it_reports_changes():
+    model, x = _model(), torch.randn(2, 1, 8, 8)
+    calls = []
+
+    def counting(graph):
+        calls.append(1)
+        return _double_convs(graph)
+
+    out = PassManager([LowerPass(x), MetanetPass(counting), RaisePass()], steps=2)(fx.symbolic_trace(model))
+    assert len(calls) == 2  # every pass reports modified: the list ran twice, the metanet acted twice
+    conv = next(n for n, v in model.state_dict().items() if v.dim() == 4)
+    assert torch.equal(out.graph_module.state_dict()[conv], model.state_dict()[conv] * 4)
+    same = PassManager([LowerPass(x), RaisePass()], steps=3)(fx.symbolic_trace(model)).graph_module
+    with torch.no_grad():
+        assert torch.equal(same(x), model(x))  # lower -> raise is the identity, however often it runs

@@ -5,8 +5,8 @@ import torch
 
 from fxmeta.ir import lower, raise_params
 from fxmeta.metanet import Metanet
-from fxmeta.models import resnet20
 from fxmeta.metanet.pool import TensorPool
+from fxmeta.models import resnet20
 
 torch.set_num_threads(1)
 

@@ -5,14 +5,16 @@ import pytest
 import torch
 from torch import nn
 
-from fxmeta.channels import analyze
-from fxmeta.data import load_data, make_loaders
+from fxmeta.analysis.channels import analyze
 from fxmeta.errors import SpecError
-from fxmeta.masking import MaskedNetwork, calibrate_target, removal
 from fxmeta.models import get_model
-from fxmeta.prepare import PrepareConfig, PrunabilityObjective, prepare
-from fxmeta.pruner import _removed_from_plan, prune, slim
-from fxmeta.train import TrainConfig, recalibrate_bn, train
+from fxmeta.pruning.masking import MaskedNetwork, calibrate_target, removal
+from fxmeta.pruning.plan import removed_from_plan
+from fxmeta.pruning.pruner import prune
+from fxmeta.pruning.slimming import slim
+from fxmeta.training.data import load_data, make_loaders
+from fxmeta.training.loop import TrainConfig, evaluate, recalibrate_bn, train
+from fxmeta.training.prepare import PrepareConfig, PrunabilityObjective, prepare
 
 from helpers import randomize_bn
 
@@ -44,7 +46,7 @@ def test_removal_is_the_prunes_selection():
     for speedup in (2.0, 4.0):
         target = calibrate_target(analysis, speedup)
         got = removal(analysis, speedup, flops_target=target)
-        want = _removed_from_plan(analysis, prune(model, x, speedup).plan)
+        want = removed_from_plan(analysis, prune(model, x, speedup).plan)
         assert torch.equal(got, want)
 
 
@@ -103,8 +105,6 @@ def test_prepare_makes_the_prune_cheap(digits):
     loaders = make_loaders(digits, 128, seed=0)
 
     def pruned_acc(model: nn.Module) -> float:
-        from fxmeta.train import evaluate
-
         pruned = prune(model.eval(), x, 3.0).module
         recalibrate_bn(pruned, loaders.train, 5)
         return evaluate(pruned, loaders.val)["acc"]

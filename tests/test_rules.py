@@ -8,7 +8,6 @@ model whose removed parameter slices are set to zero.
 from __future__ import annotations
 
 import copy
-import operator
 
 import pytest
 import torch
@@ -22,6 +21,22 @@ from fxmeta.pruning.pruner import PLAN_FORMAT, apply_plan
 from helpers import randomize_bn
 
 torch.set_num_threads(1)
+
+
+
+@torch.fx.wrap
+def swish_leaf(x):
+    """A function torch.fx keeps as one call (a leaf): no rule knows it."""
+    return x * torch.sigmoid(x)
+
+
+class WrappedAct(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = nn.Conv2d(3, 4, 1), nn.Conv2d(4, 2, 1)
+
+    def forward(self, x):
+        return self.b(swish_leaf(self.a(x)))
 
 
 def half_plan(analysis, pick=lambda g: True):
@@ -385,7 +400,9 @@ def test_torchvision_swin_heads_and_mlp():
                                                window_size=[2, 2], num_classes=3)
     analysis, pruned = check(model, torch.randn(2, 3, 16, 16), min_groups=4)
     assert sorted(g.units for g in prunable(analysis)) == [2, 4, 64, 128]
-    assert "fxmeta.analysis.rules.table.shifted_window_attention" in pruned.code or "shifted_window_attention" in pruned.code
+    # the slimmed graph calls the vendored copy (which takes the new head count), not torchvision's
+    assert "fxmeta_analysis_rules_attention_shifted_window_attention" in pruned.code
+    assert "torchvision_models_swin_transformer_shifted_window_attention" not in pruned.code
 
 
 def test_torchvision_swin_v2_logit_scale_and_position_mlp():
@@ -480,14 +497,28 @@ def test_reductions_over_channels(op):
 
 
 def test_rule_table_is_extended_in_one_line():
-    from fxmeta.analysis.rules.table import RULES, elementwise
+    from fxmeta.analysis.rules.elementwise import elementwise
+    from fxmeta.analysis.rules.table import RULES, RuleTable
 
-    class Softsign2(nn.Module):  # a user "leaf" op class the table does not know
-        def forward(self, x):
-            return x / (1 + x.abs())
+    calls = []
 
-    assert operator.add in RULES and nn.Conv2d in RULES
-    table = dict(RULES)
-    table[Softsign2] = elementwise
-    model = nn.Sequential(nn.Conv2d(3, 4, 1), nn.Conv2d(4, 2, 1))
-    assert prunable(analyze(model.eval(), torch.randn(1, 3, 2, 2), rules=table))
+    def counted(ctx, node):
+        calls.append(node.name)
+        return elementwise(ctx, node)
+
+    model, x = WrappedAct().eval(), torch.randn(1, 3, 2, 2)
+    without = analyze(model, x)
+    assert list(without.probed.values()) == ["index map proven by probe"]  # unknown op: probed
+    table = RULES.with_rules({swish_leaf: counted})
+    assert isinstance(table, RuleTable) and swish_leaf in table and swish_leaf not in RULES
+    assert (RULES + {swish_leaf: counted})[swish_leaf] is counted
+    with pytest.raises(TypeError):
+        RULES[swish_leaf] = counted  # the default table is immutable
+    analysis = analyze(model, x, rules=table)
+    assert calls == ["swish_leaf"] and analysis.probed == {}
+    assert prunable(analysis)
+    calls.clear()
+    from fxmeta.pruning import prune
+
+    assert prune(model, x, speedup=1.2, rules={swish_leaf: counted}).speedup >= 1.2  # extra rules, one call
+    assert calls and swish_leaf not in RULES

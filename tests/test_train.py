@@ -8,9 +8,9 @@ import pytest
 import torch
 from torch import nn
 
-from fxmeta.training.data import load_data, make_loaders
 from fxmeta.errors import SpecError
 from fxmeta.models import get_model
+from fxmeta.training.data import load_data, make_loaders
 from fxmeta.training.loop import TrainConfig, evaluate, lr_factor, recalibrate_bn, resolve_amp, train
 
 torch.set_num_threads(1)
@@ -148,6 +148,7 @@ def _ddp_worker(out: str) -> None:
                 "history": result.history}, os.path.join(out, f"rank{rank}.pt"))
 
 
+@pytest.mark.slow  # two torchrun processes: half a minute on 2 cores
 def test_ddp_two_cpu_ranks(tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).parent)}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",

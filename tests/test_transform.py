@@ -13,13 +13,13 @@ import torch
 from torch import nn
 
 from fxmeta import io
-from fxmeta.training.data import load_data
 from fxmeta.errors import InputShapeError, SpecError
-from fxmeta.pruning.flops import count_flops
-from fxmeta.pipeline.latency import compare_latency, measure_latency
 from fxmeta.models import get_model
-from fxmeta.training.loop import TrainConfig
+from fxmeta.pipeline.latency import compare_latency, measure_latency
 from fxmeta.pipeline.transform import StageTimer, TransformConfig, check_model_fits, transform
+from fxmeta.pruning.flops import count_flops
+from fxmeta.training.data import load_data
+from fxmeta.training.loop import TrainConfig
 
 from helpers import randomize_bn
 

@@ -17,9 +17,8 @@ from torch import nn
 from torch.export import Dim, ExportedProgram
 
 from ..errors import UnsupportedModelError
+from ..tracing import _as_tuple, eval_mode
 from .files import _first_line, atomic_save
-from ..pipeline.latency import set_mode
-from ..tracing import _as_tuple
 
 
 def _dynamic_batch(module: nn.Module, args: tuple) -> ExportedProgram | None:
@@ -41,9 +40,7 @@ def export_program(module: nn.Module, example_input: Any, *, check: bool = True,
                    atol: float = 1e-5) -> ExportedProgram:
     """``torch.export`` ``module`` (in eval mode); with ``check``, its output must match the module's."""
     args = _as_tuple(example_input)
-    was_training = module.training
-    set_mode(module, False)
-    try:
+    with eval_mode(module):
         # A failed attempt prints the partial graph to stderr; it is retried or reported in one line.
         with torch.no_grad(), contextlib.redirect_stderr(io.StringIO()):
             program = _dynamic_batch(module, args)
@@ -57,8 +54,6 @@ def export_program(module: nn.Module, example_input: Any, *, check: bool = True,
                     ) from exc
             if check:
                 _check_same(module, program, args, atol)
-    finally:
-        set_mode(module, was_training)
     return program
 
 

@@ -321,7 +321,7 @@ def _from_saved(obj: dict, path: str, *, trust: bool, depth: int) -> LoadedModel
 
 def _apply_plan(module: nn.Module, plan: Any, shape: tuple[int, ...] | None, path: str) -> nn.Module:
     try:
-        from ..pruning.pruner import apply_plan
+        from ..pruning.plan import apply_plan
     except ImportError as exc:
         raise FxmetaError(
             f"{path} holds a pruned model, but this fxmeta cannot apply pruning plans "
@@ -413,7 +413,7 @@ def save(
     """Write ``module`` as an fxmeta model file, loadable with ``torch.load(weights_only=True)``.
 
     ``spec`` / ``spec_kwargs`` rebuild the architecture before pruning; ``plan`` (a pruned
-    model) is stored as plain data and handed to ``fxmeta.pruner.apply_plan`` on load.
+    model) is stored as plain data and handed to ``fxmeta.pruning.apply_plan`` on load.
     """
     if not isinstance(spec, str) or not spec:
         raise ValueError("save() needs the architecture spec the module was built from, e.g. spec='torchvision:resnet18'")

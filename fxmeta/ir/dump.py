@@ -7,12 +7,13 @@ channel granularity on request (``detail="channel"``) for small models.
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import networkx as nx
 from torch import Tensor
 
-from .graph import Layer, WeightGraph
+if TYPE_CHECKING:  # annotations only: the graph module imports this one for summary()
+    from .graph import Layer, WeightGraph
 
 
 def _num(x: float) -> str:
@@ -66,7 +67,7 @@ def to_text(graph: WeightGraph) -> str:
         f"node kinds: {', '.join(graph.node_kinds)}",
         f"edge kinds: {', '.join(graph.edge_kinds) or '-'}",
     ]
-    for i, layer in enumerate(graph.layers):
+    for layer in graph.layers:
         inputs = ", ".join(f"%{graph.layers[j].name}({n})" for j, n in producers(graph, layer))
         parts = [f"%{layer.name} = {layer.node_kind} nodes[{layer.start}:{layer.stop}]"]
         if layer.edge is not None:
@@ -127,7 +128,7 @@ def to_networkx(graph: WeightGraph, detail: str = "layer") -> nx.DiGraph:
     """A networkx DiGraph of layers (default) or of channels (``detail="channel"``)."""
     g = nx.DiGraph(model=type(graph.module).__name__)
     if detail == "channel":
-        for i, layer in enumerate(graph.layers):
+        for layer in graph.layers:
             for c in range(layer.count):
                 attrs = {"layer": layer.name, "kind": layer.node_kind, "channel": c}
                 if layer.node is not None:
@@ -142,7 +143,7 @@ def to_networkx(graph: WeightGraph, detail: str = "layer") -> nx.DiGraph:
             for (s, d), f in zip(index.t().tolist(), feats.tolist()):
                 g.add_edge(s, d, kind=layer.edge_kind, weight=" ".join(_num(x) for x in f))
         return g
-    for i, layer in enumerate(graph.layers):
+    for layer in graph.layers:
         g.add_node(layer.name, op=layer.op, kind=layer.node_kind, channels=layer.count)
     for layer in graph.layers:
         for j, n in producers(graph, layer):

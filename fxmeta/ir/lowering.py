@@ -13,15 +13,17 @@ from __future__ import annotations
 
 import operator
 from dataclasses import dataclass, field, replace
-from typing import Any, Callable
+from types import MappingProxyType
+from typing import Any, Callable, Mapping
 
 import torch
 import torch.fx as fx
-import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .. import ops
+from ..keys import AUTO_LEAVES, TENSOR_META
+from ..tracing import call_args, propagate_shapes, tensor_meta, trace
 from .graph import Layer, Slot, WeightGraph
-from ..tracing import tensor_meta, trace
 
 CONST = "const"  # env marker: a value computed only from parameters / constants
 
@@ -35,44 +37,16 @@ class Source:
     k: int = 1
 
 
-# -- module classification ------------------------------------------------------------
-_CONV = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
-_CONV_T = (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
+# -- op groups (fxmeta.ops, shared with channel analysis) ---------------------------------------
+_CONV = ops.CONV_MODULES
+_CONV_T = ops.CONV_TRANSPOSE_MODULES
+# isinstance checks on the base classes: subclasses (lazy, sync variants) fold the same way
 _BATCH_NORM = (nn.modules.batchnorm._BatchNorm, nn.GroupNorm, nn.modules.instancenorm._InstanceNorm)
-_UNARY_MODULES = (
-    nn.ReLU, nn.ReLU6, nn.GELU, nn.SiLU, nn.Sigmoid, nn.Tanh, nn.Hardswish, nn.Hardsigmoid,
-    nn.LeakyReLU, nn.ELU, nn.SELU, nn.CELU, nn.Mish, nn.Softplus, nn.Hardtanh, nn.Identity,
-    nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout,
-)
-_SPATIAL_MODULES = (
-    nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d, nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d,
-    nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool3d,
-    nn.AdaptiveMaxPool1d, nn.AdaptiveMaxPool2d, nn.AdaptiveMaxPool3d,
-    nn.LPPool1d, nn.LPPool2d, nn.Upsample, nn.UpsamplingNearest2d, nn.UpsamplingBilinear2d,
-    nn.ZeroPad2d, nn.ConstantPad2d, nn.ReflectionPad2d, nn.ReplicationPad2d,
-)
-
-_UNARY_FUNCS = {
-    torch.relu, torch.relu_, F.relu, F.relu_, F.relu6, F.gelu, F.silu, F.hardswish, F.hardsigmoid,
-    F.leaky_relu, F.elu, F.mish, F.softplus, F.hardtanh, torch.sigmoid, F.sigmoid, torch.tanh, F.tanh,
-    F.dropout, F.dropout1d, F.dropout2d, F.dropout3d, torch.clamp, torch.clone, torch.abs, torch.exp,
-    torch.neg, torch.sqrt, torch.square,
-}
-_UNARY_METHODS = {
-    "relu", "relu_", "sigmoid", "sigmoid_", "tanh", "contiguous", "clone", "clamp", "clamp_", "float",
-    "to", "type_as", "abs", "exp", "neg", "sqrt", "square", "detach", "hardswish", "gelu",
-}
-_SPATIAL_FUNCS = {
-    F.max_pool1d, F.max_pool2d, F.max_pool3d, F.avg_pool1d, F.avg_pool2d, F.avg_pool3d,
-    F.adaptive_avg_pool1d, F.adaptive_avg_pool2d, F.adaptive_avg_pool3d,
-    F.adaptive_max_pool1d, F.adaptive_max_pool2d, F.adaptive_max_pool3d, F.interpolate, F.pad,
-}
-_JUNCTIONS = {
-    operator.add: "add", operator.iadd: "add", torch.add: "add", "add": "add", "add_": "add",
-    operator.sub: "add", torch.sub: "add", "sub": "add",
-    operator.mul: "mul", operator.imul: "mul", torch.mul: "mul", "mul": "mul", "mul_": "mul",
-    operator.truediv: "mul", torch.div: "mul", "div": "mul",
-}
+_UNARY_MODULES = ops.ACTIVATION_MODULES
+_SPATIAL_MODULES = (*ops.POOL_MODULES, *ops.RESIZE_MODULES, *ops.PAD_MODULES)
+_UNARY = ops.ACTIVATION_FUNCTIONS | ops.ACTIVATION_METHODS | ops.IDENTITY_FUNCTIONS | ops.IDENTITY_METHODS
+_SPATIAL = ops.POOL_FUNCTIONS | ops.RESIZE_FUNCTIONS | ops.PAD_FUNCTIONS
+_JUNCTIONS = ops.JUNCTIONS
 
 
 def _target_key(node: fx.Node) -> Any:
@@ -233,7 +207,8 @@ class _Builder:
         return Source(dim, out_ids)
 
     def unary(self, node: fx.Node) -> Any:
-        return self.env.get(node.args[0]) if node.args and isinstance(node.args[0], fx.Node) else None
+        args = call_args(node)
+        return self.env.get(args[0]) if args and isinstance(args[0], fx.Node) else None
 
     def spatial(self, node: fx.Node) -> Source | None:
         src = self.unary(node)
@@ -276,9 +251,9 @@ def _view_rule(b: _Builder, node: fx.Node) -> Any:
     src = b.unary(node)
     if not isinstance(src, Source):
         return CONST if src is CONST else None
-    in_shape, out_shape = _shape(node.args[0]), _shape(node)
+    first, *args = call_args(node)
+    in_shape, out_shape = _shape(first), _shape(node)
     key = _target_key(node)
-    args = list(node.args[1:])
     if key in (torch.flatten, "flatten"):
         start = node.kwargs.get("start_dim", args[0] if args else 0)
         end = node.kwargs.get("end_dim", args[1] if len(args) > 1 else -1)
@@ -351,7 +326,7 @@ def _getitem_rule(b: _Builder, node: fx.Node) -> Any:
 
 def _split_rule(b: _Builder, node: fx.Node) -> Any:
     src = b.unary(node)
-    outs = node.meta.get("tensor_meta")
+    outs = node.meta.get(TENSOR_META)
     if not isinstance(src, Source) or not isinstance(outs, (tuple, list)):
         return None
     key = _target_key(node)
@@ -395,18 +370,19 @@ def _unary_rule(b: _Builder, node: fx.Node) -> Any:
     return b.unary(node)
 
 
-RULES: dict[Any, Callable[[_Builder, fx.Node], Any]] = {
+# Built once; read-only so that no caller can change how every later model is lowered.
+RULES: Mapping[Any, Callable[[_Builder, fx.Node], Any]] = MappingProxyType({
     operator.getitem: _getitem_rule,
     torch.cat: _cat_rule, torch.concat: _cat_rule, torch.concatenate: _cat_rule,
     torch.split: _split_rule, "split": _split_rule, torch.chunk: _split_rule, "chunk": _split_rule,
     torch.tensor_split: _split_rule,
-    **{f: _unary_rule for f in _UNARY_FUNCS}, **{m: _unary_rule for m in _UNARY_METHODS},
-    **{f: _spatial_rule for f in _SPATIAL_FUNCS},
+    **{op: _unary_rule for op in _UNARY},
+    **{op: _spatial_rule for op in _SPATIAL},
     **{k: _view_rule for k in (
         torch.flatten, "flatten", "view", "reshape", torch.reshape, "permute", torch.permute,
         "transpose", torch.transpose, torch.mean, "mean", torch.sum, "sum", torch.amax, "amax", "max",
         torch.amin, "amin", "squeeze", torch.squeeze, "unsqueeze", torch.unsqueeze)},
-}
+})
 
 
 def _module_rule(b: _Builder, node: fx.Node) -> Any:
@@ -432,8 +408,6 @@ def lower(model: nn.Module, example_input: Any = None, *, gm: fx.GraphModule | N
     if gm is None:
         gm = trace(model, example_input)
     elif example_input is not None:
-        from ..tracing import propagate_shapes
-
         propagate_shapes(gm, example_input)
     b = _Builder(gm)
     outputs: list[Tensor] = []
@@ -467,7 +441,7 @@ def lower(model: nn.Module, example_input: Any = None, *, gm: fx.GraphModule | N
                 src = b.env.get(out)
                 if isinstance(src, Source):
                     outputs.append(src.ids.clone())
-    for name in gm.meta.get("fxmeta.auto_leaves", {}):
+    for name in gm.meta.get(AUTO_LEAVES, {}):
         b.frozen.setdefault(name, "could not be traced; kept whole as a leaf")
     return _finish(b, outputs)
 

@@ -1,6 +1,6 @@
 """Large CPU buffers kept between metanetwork passes.
 
-A ResNet50 forward + backward of the metanetwork writes ~5 GiB of freshly allocated
+A ResNet50 forward + backward of the metanetwork writes gigabytes of freshly allocated
 memory (the edge states of every layer, their gradients and the decoded edges).
 Allocations that large come straight from the kernel, so every step pays a page fault
 (and the kernel's zeroing) per 4 KiB the first time it writes them. The pool keeps those buffers and hands one out again once nothing
@@ -16,7 +16,6 @@ import math
 
 import torch
 from torch import Tensor
-
 
 
 def _storage_users(t: Tensor) -> int | None:

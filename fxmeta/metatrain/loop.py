@@ -1,10 +1,10 @@
-"""Meta-training: teach the metanetwork to make networks easy to prune (METHOD.md).
+"""Meta-training: teach the metanetwork to make networks easy to prune.
 
-Each step takes one training data model of a zoo (``fxmeta.zoo``): its WeightGraph goes
+Each step takes one training data model of a zoo (``fxmeta.metatrain.zoo``): its WeightGraph goes
 through the metanetwork, the new tables are raised differentiably and the generated
 network runs with ``torch.func.functional_call`` (BatchNorm in eval mode) on training
 batches. The loss is the generated network's cross-entropy plus the group-sparsity
-penalty (``fxmeta.regularizer``) on its weights. The reference sums the cross-entropy
+penalty (``fxmeta.metatrain.regularizer``) on its weights. The reference sums the cross-entropy
 gradient over every batch of the training set per step and adds ``reg * gamma * theta``
 on top; we estimate that sum from ``batches_per_step`` batches (mean x batches per data
 epoch), so ``reg`` keeps the reference's meaning and scale.
@@ -30,9 +30,12 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import FxmetaError, OutputExistsError, SpecError
-from ..ir.graph import WeightGraph, lower, raise_graph, raise_params
+from ..ir.graph import WeightGraph
+from ..ir.lowering import lower
+from ..ir.raising import raise_graph, raise_params
+from ..metanet.files import load_metanet, save_metanet
 from ..metanet.model import FORMAT as METANET_FORMAT
-from ..metanet.model import Metanet, MetanetConfig, kinds_of, load_metanet, save_metanet
+from ..metanet.model import Metanet, MetanetConfig, kinds_of
 from .regularizer import GroupRegularizer, group_regularizer
 
 LAST, BEST, LOG = "last.pt", "best.pt", "log.jsonl"
@@ -43,7 +46,7 @@ CHECKPOINT_FORMAT = "fxmeta.meta-train/1"
 class MetaTrainConfig:
     """Meta-training settings; defaults follow the reference (AdamW 1e-3, wd 5e-4, reg 10, alpha 16).
 
-    ``objective="prunable"`` adds the prunability term (``fxmeta.masking``): the
+    ``objective="prunable"`` adds the prunability term (``fxmeta.pruning.masking``): the
     cross-entropy of the generated network with the channels that a prune to a target
     speed-up (one of ``mask_speedups``, drawn per step; default ``speedup``) would remove
     from it masked out, BatchNorm on batch statistics, weighted by ``mask_weight``.
@@ -122,7 +125,7 @@ class _Masking:
     flops: Any
 
     def removed(self, params: dict[str, torch.Tensor], pick: int) -> torch.Tensor:
-        from .masking import removal
+        from ..pruning.masking import removal
 
         speedup, target = self.targets[pick]
         return removal(self.network.analysis, speedup, flops_target=target, flops=self.flops,
@@ -135,8 +138,8 @@ def meta_train(zoo_dir: str | os.PathLike, out: str | os.PathLike = "metanet/", 
 
     Settings are the fields of :class:`MetaTrainConfig`, given as keywords (or as ``config``).
     """
-    from ..training.data import load_data, make_loaders
     from ..tracing import example_from_shape
+    from ..training.data import load_data, make_loaders
     from .zoo import load_zoo
 
     config = replace(config or MetaTrainConfig(), **settings)
@@ -228,8 +231,8 @@ def _prepare(path: str, example: torch.Tensor, config: MetaTrainConfig) -> _Data
     regularizer = group_regularizer(model, example, reg=config.reg, alpha=config.alpha)
     masking = None
     if config.objective == "prunable":
-        from .channels import analyze
-        from .masking import MaskedNetwork, analytic_flops, calibrate_target
+        from ..analysis.channels import analyze
+        from ..pruning.masking import MaskedNetwork, analytic_flops, calibrate_target
 
         analysis = analyze(graph.module, example)
         speedups = config.mask_speedups or (config.speedup,)

@@ -1,6 +1,6 @@
 """DepGraph group-norm sparsity: push the weak channel groups of a network towards zero.
 
-For every dependency group (``fxmeta.channels``) and every unit ``u`` of it (one channel
+For every dependency group (``fxmeta.analysis``) and every unit ``u`` of it (one channel
 and all parameter slices that must be removed with it), with ``sq_u`` the sum of squares
 of the unit's slices and ``n_u = sqrt(sq_u)``::
 

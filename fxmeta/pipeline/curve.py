@@ -16,7 +16,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from .errors import PruningError, SpecError
+from ..errors import PruningError, SpecError
 
 
 @dataclass
@@ -54,8 +54,8 @@ def prunability_curve(model: nn.Module, example_input: Any, eval_loader: DataLoa
                       round_to: int | None = None, ignore: Sequence[str] = (), device: str = "cpu",
                       progress: Any = None) -> Curve:
     """Prune ``model`` (left unchanged) to every target and score it right after removal."""
-    from .pruner import prune
-    from .train import evaluate, recalibrate_bn
+    from ..pruning.pruner import prune
+    from ..training.loop import evaluate, recalibrate_bn
 
     if not speedups:
         raise SpecError("give at least one speed-up")
@@ -82,7 +82,7 @@ def prunability_curve(model: nn.Module, example_input: Any, eval_loader: DataLoa
 
 
 def write_json(curves: list[Curve], path: str, force: bool = False) -> None:
-    from .io import atomic_write_text
+    from ..io.files import atomic_write_text
 
     atomic_write_text(json.dumps([c.to_json() for c in curves], indent=1), path, force=force)
 

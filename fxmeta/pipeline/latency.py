@@ -16,7 +16,7 @@ from typing import Any, Sequence
 import torch
 from torch import nn
 
-from ..tracing import _as_tuple
+from ..tracing import _as_tuple, eval_mode
 
 
 @dataclass
@@ -51,7 +51,11 @@ def _params_device(model: nn.Module) -> torch.device | None:
 
 
 def set_mode(model: nn.Module, training: bool) -> None:
-    """``model.train(training)``, tolerating torch.export modules, whose mode is fixed at export."""
+    """``model.train(training)``, tolerating torch.export modules, whose mode is fixed at export.
+
+    This sets every submodule to ``training``; to run a model and give it back as it was,
+    use ``fxmeta.tracing.eval_mode`` instead.
+    """
     try:
         model.train(training)
     except NotImplementedError:
@@ -102,13 +106,11 @@ def compare_latency(
     args = tuple(_batched(a, batch, device) for a in _as_tuple(example_input))
     first = next((a for a in args if isinstance(a, torch.Tensor) and a.dim() > 0), None)
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-    modes, old_threads = [m.training for m in models], torch.get_num_threads()
-    for m in models:
-        set_mode(m, False)
+    old_threads = torch.get_num_threads()
     torch.set_num_threads(threads)
     times: list[list[float]] = [[] for _ in models]
     try:
-        with torch.inference_mode():
+        with torch.inference_mode(), eval_mode(*models):
             for m in models:
                 for _ in range(warmup):
                     m(*args)
@@ -122,8 +124,6 @@ def compare_latency(
                     record.append((time.perf_counter() - t0) * 1000.0)
     finally:
         torch.set_num_threads(old_threads)
-        for m, mode in zip(models, modes):
-            set_mode(m, mode)
     return [_summary(t, warmup, int(first.shape[0]) if first is not None else 1, threads, str(device)) for t in times]
 
 

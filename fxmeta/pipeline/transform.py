@@ -24,13 +24,16 @@ import torch
 import torch.fx as fx
 from torch import nn
 
-from ..training.data import DataSplits, Loaders, make_loaders
 from ..errors import InputShapeError, PruningError, SpecError
+from ..ir.lowering import lower
+from ..ir.raising import raise_graph
+from ..metanet.rewriting import rewrite
 from ..pruning.flops import count_flops, count_params
-from .latency import Latency, compare_latency, set_mode
-from ..tracing import _as_tuple
+from ..tracing import _as_tuple, eval_mode
+from ..training.data import DataSplits, Loaders, make_loaders
 from ..training.loop import TrainConfig, distributed_context, evaluate, recalibrate_bn, resolve_device, train
 from ..training.prepare import PrepareConfig, prepare
+from .latency import Latency, compare_latency
 
 _RUN_FILE = "run.json"
 
@@ -161,10 +164,8 @@ def check_model_fits(model: nn.Module, example_input: Any, data: DataSplits | No
         raise InputShapeError(
             f"input shape {','.join(map(str, shape))} does not fit the data's samples "
             f"{'x'.join(map(str, data.input_shape))}; drop --input-shape or make it 1,{','.join(map(str, data.input_shape))}")
-    was_training = model.training
-    set_mode(model, False)
     try:
-        with torch.no_grad():
+        with torch.no_grad(), eval_mode(model):
             out = model(*_as_tuple(example_input))
     except Exception as exc:  # noqa: BLE001 - whatever the model raises, the input does not fit
         text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
@@ -172,8 +173,6 @@ def check_model_fits(model: nn.Module, example_input: Any, data: DataSplits | No
                         else "pass a fitting --input-shape")
         raise InputShapeError(f"{name} does not run on an input of shape {shape} "
                               f"({type(exc).__name__}: {text}); {hint}") from exc
-    finally:
-        set_mode(model, was_training)
     if data is None:
         return
     if not isinstance(out, torch.Tensor) or out.dim() != 2:
@@ -264,18 +263,13 @@ def _prune(model: nn.Module, x: Any, config: TransformConfig, exported: bool) ->
 
 
 def _rewrite_with_metanet(model: nn.Module, x: Any, metanet: Any, timer: StageTimer) -> fx.GraphModule:
-    """LowerPass → MetanetPass → RaisePass, timed one by one."""
-    from passes import LowerPass, MetanetPass, RaisePass
-
-    from ..tracing import trace
-
+    """lower → metanetwork → raise (``fxmeta.metanet.apply``), timed stage by stage."""
     with timer("lower"):
-        gm = trace(model, x)
-        gm = LowerPass(x)(gm).graph_module
+        graph = lower(model, x)
     with timer("metanet"):
-        gm = MetanetPass(metanet)(gm).graph_module
+        graph = rewrite(metanet, graph)
     with timer("raise"):
-        return RaisePass()(gm).graph_module
+        return raise_graph(graph)
 
 
 def transform(

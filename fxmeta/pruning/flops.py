@@ -9,8 +9,8 @@ much cheaper than they are (vit_b_16 is under-counted by about a third):
   (``aten._scaled_dot_product_flash_attention_for_cpu``) has no formula; the standard
   SDPA formula is registered for it.
 
-Counting runs in eval mode under ``no_grad`` and restores the module's mode afterwards,
-so BatchNorm statistics and other state are left untouched.
+Counting runs in eval mode under ``no_grad`` and restores every submodule's mode
+afterwards, so BatchNorm statistics and other state are left untouched.
 """
 from __future__ import annotations
 
@@ -19,6 +19,8 @@ from typing import Any
 import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
+
+from ..tracing import _as_tuple, eval_mode
 
 aten = torch.ops.aten
 
@@ -37,27 +39,20 @@ def _extra_formulas() -> dict[Any, Any]:
     return extra
 
 
-def _as_tuple(example_input: Any) -> tuple:
-    return tuple(example_input) if isinstance(example_input, (tuple, list)) else (example_input,)
-
-
 def count_flops(model: nn.Module, example_input: Any) -> int:
     """FLOPs of one forward pass of ``model`` on ``example_input`` (a multiply-add is 2 FLOPs).
 
-    Runs in eval mode without gradients and restores the training flag afterwards.
+    Runs in eval mode without gradients and restores every submodule's train/eval flag.
     """
-    was_training = model.training
     fast_path = torch.backends.mha.get_fastpath_enabled()
-    model.eval()
     torch.backends.mha.set_fastpath_enabled(False)
     try:
         counter = FlopCounterMode(display=False, custom_mapping=_extra_formulas())
-        with torch.no_grad(), counter:
+        with torch.no_grad(), eval_mode(model), counter:
             model(*_as_tuple(example_input))
         return int(counter.get_total_flops())
     finally:
         torch.backends.mha.set_fastpath_enabled(fast_path)
-        model.train(was_training)
 
 
 def count_params(model: nn.Module) -> int:

@@ -12,7 +12,7 @@ meta-training backpropagates through it into the metanetwork (``torch.func.funct
 with generated parameters, which keep the model's names).
 
 :func:`removal` picks the units a prune to a FLOPs target would remove, with the same
-importance, ranking and selection as :func:`fxmeta.pruner.prune`.
+importance, ranking and selection as :func:`fxmeta.prune`.
 """
 from __future__ import annotations
 
@@ -23,10 +23,14 @@ import torch
 import torch.fx as fx
 from torch import Tensor, nn
 
-from .channels import ChannelAnalysis, Dims
-from .errors import PruningError
+from ..analysis.channels import ChannelAnalysis
+from ..analysis.spaces import Dims
+from ..errors import PruningError
+from ..keys import TENSOR_META
 from .flops import FlopModel, count_flops
-from .pruner import _candidates, _check_speedup, _flop_model, _importance_fn, _removed_mask, _select, slim
+from .importance import importance_fn
+from .pruner import _check_speedup, reach
+from .selection import candidates, flop_model, removed_mask, select
 
 _KEEP_PREFIX = "fxmeta_keep"
 
@@ -88,7 +92,7 @@ class MaskedNetwork(nn.Module):
                 continue  # model inputs and outputs are never pruned
             spec = _value_dims(analysis.values.get(node.name), candidate, analysis)
             if spec:
-                meta = node.meta.get("tensor_meta")
+                meta = node.meta.get(TENSOR_META)
                 ndim = len(meta.shape)
                 dims = [d for d, _ in spec]
                 module = Keep(ndim, dims, [int(meta.shape[d]) for d in dims])
@@ -146,7 +150,7 @@ class _Root(nn.Module):
 def analytic_flops(analysis: ChannelAnalysis) -> tuple[FlopModel, int]:
     """The analytic FLOPs model of ``analysis`` (frozen ops as a constant) and the measured total."""
     base = count_flops(analysis.gm, analysis.example_input)
-    model = _flop_model(analysis)
+    model = flop_model(analysis)
     model.constant = base - model.evaluate()
     return model, base
 
@@ -163,32 +167,26 @@ def removal(analysis: ChannelAnalysis, speedup: float, importance: Any = "l2", *
     than the graph's own (e.g. a metanetwork's output, by the same names).
     """
     _check_speedup(speedup)
-    score = _importance_fn(importance, seed)
+    score = importance_fn(importance, seed)
     if params is not None:
         score = (lambda fn: lambda group, _own: fn(group, params))(score)
-    c = _candidates(analysis, score, round_to, min_keep)
+    c = candidates(analysis, score, round_to, min_keep)
     if not c.groups:
         raise PruningError("the model has no prunable channel groups: there is nothing to mask")
     model, base = flops or analytic_flops(analysis)
-    counts = _select(analysis, c, model, base, flops_target or float(speedup), min_keep, round_to)
-    return _removed_mask(c, counts, analysis.uf.size)
+    counts = select(analysis, c, model, base, flops_target or float(speedup), min_keep, round_to)
+    return removed_mask(c, counts, analysis.uf.size)
 
 
 def calibrate_target(analysis: ChannelAnalysis, speedup: float, importance: Any = "l2", *,
                      round_to: int | None = None, min_keep: float = 0.1, seed: int = 0) -> float:
     """The analytic FLOPs target whose selection measures at least ``speedup`` once slimmed.
 
-    The analytic model misses FLOPs of ops without a term; ``prune`` corrects for that by
-    slimming, measuring and aiming higher. Doing that once up front lets the masks be
-    recomputed often without slimming the network each time."""
-    target = float(speedup)
-    flops = analytic_flops(analysis)
-    base = flops[1]
-    for _ in range(4):
-        removed = removal(analysis, speedup, importance, round_to=round_to, min_keep=min_keep, seed=seed,
-                          flops_target=target, flops=flops)
-        measured = base / max(count_flops(slim(analysis, removed), analysis.example_input), 1)
-        if measured >= speedup * (1 - 1e-9):
-            return target
-        target *= speedup / measured * 1.001
-    raise PruningError(f"reached only {measured:.3g}x of the {speedup:.3g}x FLOPs target")
+    ``prune`` finds it by slimming and measuring (``fxmeta.pruning.pruner.reach``); doing
+    that once up front lets the masks be recomputed often without slimming each time."""
+    _check_speedup(speedup)
+    c = candidates(analysis, importance_fn(importance, seed), round_to, min_keep)
+    if not c.groups:
+        raise PruningError("the model has no prunable channel groups: there is nothing to mask")
+    model, base = analytic_flops(analysis)
+    return reach(analysis, c, model, base, float(speedup), min_keep, round_to).target

@@ -226,7 +226,8 @@ def _to_rgb(img: Any) -> Any:
 
 
 def _load_imagefolder(root: Path, seed: int, size: int) -> DataSplits:
-    from torchvision import datasets, transforms as T
+    from torchvision import datasets
+    from torchvision import transforms as T
 
     for sub in ("train", "val"):
         if not (root / sub).is_dir():

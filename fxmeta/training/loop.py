@@ -28,9 +28,9 @@ import torch.distributed as dist
 from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler
 
-from .data import DataSplits, Loaders, ShardSampler, make_loaders
 from ..errors import SpecError
 from ..io.files import atomic_save
+from .data import DataSplits, Loaders, ShardSampler, make_loaders
 
 _CHECKPOINT = "last.pt"
 _FORMAT = 1
@@ -230,7 +230,7 @@ def recalibrate_bn(model: nn.Module, loader: DataLoader, batches: int = 20,
 
 
 class Objective(Protocol):
-    """A training loss other than plain cross-entropy (e.g. ``fxmeta.prepare``'s).
+    """A training loss other than plain cross-entropy (e.g. ``fxmeta.training.prepare``'s).
 
     ``wrap`` gives the module the loop runs (and wraps in DDP) in place of the model;
     ``begin_epoch`` / ``before_step`` run before each epoch and each step, after the

@@ -2,7 +2,7 @@
 
 The objective is ``CE(net(x)) + weight * CE(masked(x))``, where ``masked`` is the same
 network with the channels that a prune to the target speed-up would remove masked out
-and BatchNorm on batch statistics (:class:`fxmeta.masking.MaskedNetwork`): the loss of
+and BatchNorm on batch statistics (:class:`fxmeta.pruning.masking.MaskedNetwork`): the loss of
 the network as it will be after removal and recalibration. Training on it moves the
 function out of the channels that will go and makes the importance ranking true, so
 that the prune that follows costs little accuracy before any finetune.
@@ -27,9 +27,9 @@ from typing import Any, Sequence
 import torch
 from torch import Tensor, nn
 
-from .channels import analyze
-from .errors import SpecError
-from .masking import MaskedNetwork, analytic_flops, calibrate_target, removal
+from ..analysis.channels import analyze
+from ..errors import SpecError
+from ..pruning.masking import MaskedNetwork, analytic_flops, calibrate_target, removal
 
 
 @dataclass
@@ -77,7 +77,7 @@ class _Pair(nn.Module):
 class PrunabilityObjective:
     """``CE(net) + weight * CE(net with the channels a prune to a target removes masked)``.
 
-    A :class:`fxmeta.train.Objective`: ``train(model, data, config, objective)`` trains on it.
+    A :class:`fxmeta.training.loop.Objective`: ``train(model, data, config, objective)`` trains on it.
     Build it on the CPU model, before training moves it."""
 
     def __init__(self, model: nn.Module, example_input: Any, speedups: Sequence[float], *, weight: float = 1.0,
@@ -128,11 +128,11 @@ def prepare(model: nn.Module, example_input: Any, data: Any, train_config: Any, 
             ignore: Sequence[str] = (), min_keep: float = 0.1) -> Any:
     """Train ``model`` in place for ``train_config.epochs`` epochs on the prunability objective.
 
-    Returns the :class:`fxmeta.train.TrainResult` with the last epoch's weights (the mask
+    Returns the :class:`fxmeta.training.loop.TrainResult` with the last epoch's weights (the mask
     moves with the weights, so no earlier epoch is scored on what the prune will see)."""
     from dataclasses import replace
 
-    from .train import train
+    from .loop import train
 
     objective = PrunabilityObjective(model.cpu(), example_input, speedups, weight=weight, mask_every=mask_every,
                                      importance=importance, round_to=round_to, ignore=ignore, min_keep=min_keep,

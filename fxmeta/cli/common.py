@@ -1,0 +1,314 @@
+"""What the commands share: model / output / training arguments, loading, notes, the report table.
+
+Under ``torchrun`` only rank 0 prints (``is_main_process``).
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from typing import Any, Sequence
+
+import torch
+from rich.console import Console
+from rich.table import Table
+
+from ..errors import FxmetaError, InputShapeError, OutputExistsError, SpecError
+
+SPEC_HELP = (
+    "model spec: torchvision:NAME, fxmeta:NAME, module.path:factory, path/to/file.py:factory, "
+    "SPEC@weights.pt, an fxmeta model file (.pt), or a torch.export program (.pt2, needs --trust)"
+)
+
+DEMO_MODEL = "fxmeta:resnet20"  # what demo and zoo train when given no MODEL
+
+err = Console(stderr=True, highlight=False)
+
+
+def _add_model_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("model", metavar="MODEL", help=SPEC_HELP)
+    p.add_argument("--input-shape", metavar="N,C,H,W",
+                   help="example input shape (default: the model family's usual shape)")
+    p.add_argument("--num-classes", type=int, help="build the architecture with this many outputs")
+    p.add_argument("--in-channels", type=int, help="build fxmeta models with this many input channels")
+    p.add_argument("--trust", action="store_true",
+                   help="allow loading files that run code when read (pickled modules, .pt2, factory specs in files)")
+
+
+def load_model_and_input(args: argparse.Namespace):
+    """Resolve ``args.model`` and build a reproducible example input for it."""
+    from ..io.files import parse_input_shape, resolve_model
+    from ..tracing import example_from_shape
+
+    # Architectures built from a spec get reproducible random weights (dumps diff cleanly).
+    torch.manual_seed(0)
+    loaded = resolve_model(args.model, trust=args.trust, num_classes=args.num_classes,
+                           in_channels=args.in_channels)
+    if args.input_shape:
+        shape = parse_input_shape(args.input_shape)
+    elif loaded.default_input_shape:
+        shape = tuple(loaded.default_input_shape)
+    else:
+        raise FxmetaError(f"no default input shape is known for {args.model}: pass --input-shape N,C,H,W")
+    return loaded, example_from_shape(shape)
+
+
+def write_output(text: str, out: str | None, force: bool, inputs: Sequence[str]) -> None:
+    """Print ``text``, or write it atomically to ``out``."""
+    if out is None:
+        sys.stdout.write(text)
+        return
+    from ..io.files import atomic_write_text, check_output_path
+
+    check_output_path(out, list(inputs), force)
+    atomic_write_text(text, out, force=force)
+    err.print(f"wrote {out}")
+
+
+def is_main_process() -> bool:
+    """True unless this is a non-zero rank of a torchrun job (which must stay quiet)."""
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+def _note(text: str) -> None:
+    if is_main_process():
+        err.print(text, soft_wrap=True)
+
+
+def _stage_note(name: str) -> None:
+    _note(f"[dim]> {name}[/]")
+
+
+# ------------------------------------------------------------------------ arguments
+
+
+def _number(text: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+
+
+def _add_prune_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("pruning")
+    g.add_argument("--speedup", type=_number, default=2.0, metavar="X",
+                   help="target FLOPs ratio original / pruned, >= 1 (default: 2.0)")
+    g.add_argument("--importance", choices=["l2", "l1", "random"], default="l2",
+                   help="channel-group importance used to pick what to remove (default: l2, the group's L2 norm)")
+    g.add_argument("--round-to", type=int, metavar="N",
+                   help="keep channel counts multiples of N (e.g. 8) so kernels stay fast")
+    g.add_argument("--ignore", action="append", default=[], metavar="LAYER",
+                   help="never prune this layer (module name, repeatable)")
+    g.add_argument("--no-check", dest="check", action="store_false",
+                   help="skip the self-check that the pruned model equals the original with the removed channels zeroed")
+    g.add_argument("--latency-threads", type=int, default=1, metavar="N",
+                   help="torch threads while timing inference (default: 1, for stable numbers)")
+    g.add_argument("--latency-batch", type=int, default=1, metavar="N",
+                   help="batch size while timing inference (default: 1)")
+
+
+def _add_output_args(p: argparse.ArgumentParser, required: bool = True) -> None:
+    g = p.add_argument_group("output")
+    g.add_argument("--out", required=required, metavar="FILE",
+                   help="write the pruned model here (fxmeta model file, loads with torch.load(weights_only=True) "
+                        "and fxmeta.load)")
+    g.add_argument("--export", metavar="FILE.pt2",
+                   help="also write a torch.export program that runs without fxmeta (torch.export.load)")
+    g.add_argument("--force", action="store_true", help="overwrite output files that exist")
+
+
+def _add_train_args(p: argparse.ArgumentParser, epochs: int) -> None:
+    g = p.add_argument_group("finetuning (needs --data)")
+    g.add_argument("--data", metavar="SPEC",
+                   help="training data: digits, cifar10:PATH, cifar100:PATH, imagefolder:PATH or module.path:function; "
+                        "without it there is no finetuning and no accuracy")
+    g.add_argument("--image-size", type=int, metavar="N", help="resize the data's images to NxN")
+    g.add_argument("--epochs", type=int, default=epochs, metavar="N",
+                   help=f"finetuning epochs after channel removal (default: {epochs})")
+    g.add_argument("--adapt-epochs", type=int, default=0, metavar="N",
+                   help="short finetune between the metanetwork and channel removal (default: 0)")
+    g.add_argument("--bn-batches", type=int, default=20, metavar="N",
+                   help="recompute the BatchNorm statistics on N training batches right after channel removal, "
+                        "before finetuning; restores much of the accuracy removal costs (default: 20; 0: off)")
+    g.add_argument("--batch-size", type=int, default=128, metavar="B", help="per-process batch size (default: 128)")
+    g.add_argument("--lr", type=float, default=0.01, help="peak learning rate, cosine schedule (default: 0.01)")
+    g.add_argument("--optimizer", choices=["sgd", "adamw"], default="sgd", help="(default: sgd)")
+    g.add_argument("--weight-decay", type=float, default=5e-4, metavar="W", help="(default: 5e-4)")
+    g.add_argument("--device", default="auto", metavar="auto|cpu|cuda",
+                   help="training device; auto picks CUDA when available (default: auto)")
+    g.add_argument("--amp", choices=["auto", "off", "bf16", "fp16"], default="auto",
+                   help="mixed precision; auto: bf16/fp16 on CUDA, off on CPU (default: auto)")
+    g.add_argument("--workers", type=int, default=0, metavar="N", help="data loader worker processes (default: 0)")
+    g.add_argument("--seed", type=int, default=0, help="seed for data order, augmentation and splits (default: 0)")
+    g.add_argument("--checkpoint-dir", metavar="DIR",
+                   help="checkpoint every epoch here (default: OUT.ckpt, removed after success; a given DIR is kept)")
+    g.add_argument("--resume", action="store_true", help="continue an interrupted run from its checkpoints")
+    g.add_argument("--log", "--log-file", dest="log", metavar="FILE.jsonl",
+                   help="write per-epoch metrics as JSON lines (appended to on --resume); under torchrun spell it "
+                        "--log-file, torchrun's own parser reads --log as an abbreviation of its options")
+    g.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar / per-epoch lines")
+
+
+def _add_prepare_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("prepare for pruning (needs --data)")
+    g.add_argument("--prepare-epochs", type=int, default=0, metavar="N",
+                   help="before channel removal, train N epochs on the prunability objective: the loss of the "
+                        "network plus the loss of the network with the channels the prune will remove masked out. "
+                        "Recommended without --metanet, e.g. 5-10 (default: 0, off)")
+    g.add_argument("--prepare-speedups", metavar="X[,Y...]",
+                   help="FLOPs targets whose masks the prepare stage trains, one drawn per step "
+                        "(default: --speedup)")
+    g.add_argument("--prepare-weight", type=_number, default=1.0, metavar="W",
+                   help="weight of the masked network's loss (default: 1)")
+    g.add_argument("--prepare-mask-every", type=int, default=0, metavar="STEPS",
+                   help="recompute the mask every STEPS steps as well as at every epoch start (default: 0, "
+                        "once per epoch)")
+    g.add_argument("--prepare-lr", type=_number, metavar="LR", help="learning rate of the prepare stage (default: --lr)")
+
+
+def _prepare_config(args: argparse.Namespace):
+    from ..training.prepare import PrepareConfig
+
+    speedups = ()
+    if getattr(args, "prepare_speedups", None):
+        try:
+            speedups = tuple(float(v) for v in args.prepare_speedups.split(","))
+        except ValueError:
+            raise SpecError(f"--prepare-speedups wants numbers separated by commas, got {args.prepare_speedups!r}"
+                            ) from None
+    return PrepareConfig(epochs=getattr(args, "prepare_epochs", 0), speedups=speedups,
+                         weight=getattr(args, "prepare_weight", 1.0), mask_every=getattr(args, "prepare_mask_every", 0),
+                         lr=getattr(args, "prepare_lr", None))
+
+
+def _train_config(args: argparse.Namespace):
+    from ..training.loop import TrainConfig
+
+    if args.epochs < 0 or args.adapt_epochs < 0:
+        raise SpecError("--epochs and --adapt-epochs must be >= 0")
+    return TrainConfig(
+        epochs=args.epochs, lr=args.lr, optimizer=args.optimizer, weight_decay=args.weight_decay,
+        batch_size=args.batch_size, num_workers=args.workers, device=args.device, amp=args.amp,
+        seed=args.seed, log_path=args.log, progress=args.progress and is_main_process(),
+    )
+
+
+def _transform_config(args: argparse.Namespace, *, finetune: Any = None, checkpoint_dir: str | None = None):
+    from ..pipeline.transform import TransformConfig
+    from ..training.loop import TrainConfig
+
+    return TransformConfig(
+        speedup=args.speedup, importance=args.importance, round_to=args.round_to, ignore=tuple(args.ignore),
+        check=args.check, adapt_epochs=getattr(args, "adapt_epochs", 0), bn_batches=getattr(args, "bn_batches", 0),
+        prepare=_prepare_config(args),
+        finetune=finetune or TrainConfig(epochs=0, device="cpu", progress=False),
+        checkpoint_dir=checkpoint_dir, resume=getattr(args, "resume", False),
+        latency_threads=args.latency_threads, latency_batch=args.latency_batch,
+    )
+
+
+def _check_outputs(args: argparse.Namespace, inputs: list[str]) -> None:
+    from ..io.files import check_output_path
+
+    outs = [o for o in (args.out, args.export) if o]
+    if len(outs) == 2 and os.path.abspath(outs[0]) == os.path.abspath(outs[1]):
+        raise OutputExistsError(f"--out and --export are both {args.out}; give them different paths")
+    for out in outs:
+        check_output_path(out, inputs, args.force)
+        folder = os.path.dirname(os.path.abspath(out))
+        if not os.path.isdir(folder):
+            raise FxmetaError(f"output folder {folder} does not exist; create it first")
+
+
+def _load_data(args: argparse.Namespace):
+    if not getattr(args, "data", None):
+        return None
+    from ..training.data import load_data
+
+    if args.image_size is not None and args.image_size < 1:
+        raise SpecError(f"--image-size must be >= 1, got {args.image_size}")
+    return load_data(args.data, seed=args.seed, image_size=args.image_size)
+
+
+def _load_model(args: argparse.Namespace, data) -> tuple[Any, Any]:
+    """The model and an example input: from --input-shape, else the data's sample shape,
+    else the model family's usual shape."""
+    import torch
+
+    from ..io.files import parse_input_shape, resolve_model
+    from ..tracing import example_from_shape
+
+    torch.manual_seed(args.seed if hasattr(args, "seed") else 0)  # spec-built models: reproducible weights
+    shape = parse_input_shape(args.input_shape) if args.input_shape else None
+    loaded = resolve_model(args.model, trust=args.trust, num_classes=args.num_classes, in_channels=args.in_channels)
+    if shape is None:
+        if data is not None:
+            shape = (1, *data.input_shape)
+        elif loaded.default_input_shape:
+            shape = tuple(loaded.default_input_shape)
+        else:
+            raise InputShapeError(f"no default input shape is known for {args.model}: pass --input-shape N,C,H,W")
+    return loaded, example_from_shape(shape)
+
+
+def _save_spec(loaded: Any, model_arg: str) -> tuple[str, dict]:
+    """Spec that rebuilds the network that was pruned (a pruned input file: that file)."""
+    if loaded.plan is not None:
+        return os.path.abspath(model_arg), {}
+    return loaded.spec, dict(loaded.spec_kwargs)
+
+
+# ---------------------------------------------------------------------------- table
+
+
+def _si(n: float) -> str:
+    for unit, scale in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if abs(n) >= scale:
+            return f"{n / scale:.3g} {unit}"
+    return f"{n:.3g}"
+
+
+def _pct(x: float | None) -> str:
+    return "-" if x is None else f"{100 * x:.2f}%"
+
+
+def render_table(title: str, metrics: dict[str, Any], stages: list[tuple[str, float]]) -> list[Table]:
+    """The before / after table and the time-per-stage table."""
+    before, after = metrics["before"], metrics["after"]
+    table = Table(title=title, title_justify="left")
+    table.add_column("")
+    table.add_column("original", justify="right")
+    table.add_column("pruned", justify="right")
+    table.add_column("change", justify="right")
+    if before["accuracy"] is not None:
+        delta = 100 * (after["accuracy"] - before["accuracy"])
+        table.add_row("test accuracy", _pct(before["accuracy"]), _pct(after["accuracy"]), f"{delta:+.2f} pt")
+        table.add_row("  right after removal", "", _pct(metrics["removed_accuracy"]), "")
+        if metrics.get("recalibrated_accuracy") is not None:
+            table.add_row("  + BatchNorm recalibration", "", _pct(metrics["recalibrated_accuracy"]), "")
+    else:
+        table.add_row("test accuracy", "-", "-", "no data")
+    table.add_row("FLOPs", _si(before["flops"]), _si(after["flops"]), f"{metrics['flops_speedup']:.2f}x fewer")
+    table.add_row("parameters", _si(before["params"]), _si(after["params"]), f"{100 * metrics['params_ratio']:.1f}% kept")
+    if before["latency"] and after["latency"]:
+        lat = before["latency"]
+        where = f"{lat['device']}, batch {lat['batch']}, {lat['threads']} thr"
+        table.add_row(f"latency ({where})", f"{before['latency']['median_ms']:.3g} ms",
+                      f"{after['latency']['median_ms']:.3g} ms", f"{metrics['latency_speedup']:.2f}x faster")
+    times = Table(title="time per stage", title_justify="left")
+    times.add_column("stage")
+    times.add_column("seconds", justify="right")
+    for name, sec in stages:
+        times.add_row(name, f"{sec:.2f}")
+    times.add_row("total", f"{sum(s for _, s in stages):.2f}", style="bold")
+    return [table, times]
+
+
+def _print_report(title: str, metrics: dict[str, Any], stages: list[tuple[str, float]]) -> None:
+    if not is_main_process():
+        return
+    out = Console(highlight=False)
+    for table in render_table(title, metrics, stages):
+        out.print(table)
+    for note in metrics.get("notes", []):
+        out.print(f"note: {note}")

@@ -1,0 +1,63 @@
+"""``fxmeta meta-train``: train a metanetwork on a zoo of data models."""
+from __future__ import annotations
+
+import argparse
+
+from .common import _note, _number, _pct
+
+
+def cmd_meta_train(args: argparse.Namespace) -> int:
+    from ..metatrain.loop import MetaTrainConfig, meta_train
+
+    config = MetaTrainConfig(
+        epochs=args.epochs, lr=args.lr, weight_decay=args.weight_decay, width=args.width, depth=args.depth,
+        ratio=args.ratio, reg=args.reg, alpha=args.alpha, batches_per_step=args.batches_per_step,
+        batch_size=args.batch_size, speedup=args.speedup, eval_bn_batches=args.eval_bn_batches,
+        eval_finetune_epochs=args.eval_finetune_epochs, seed=args.seed, init=args.init, resume=args.resume,
+        force=args.force, progress=args.progress)
+    if args.init:
+        from ..metanet.files import load_metanet_file
+
+        load_metanet_file(args.init)  # a missing or broken file fails now, not after loading the zoo
+    result = meta_train(args.zoo, args.out, config=config)
+    _note(f"best epoch {result.best_epoch} (validation accuracy after a {args.speedup:g}x prune: "
+          f"{_pct(result.best_score if result.best_score >= 0 else None)}): {result.best_path}")
+    _note(f"next: fxmeta transform MODEL --metanet {result.best_path} --data SPEC --out pruned.pt")
+    return 0
+
+
+def register_meta_train(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "meta-train", help="train a metanetwork on a zoo of data models",
+        description="Meta-train a graph metanetwork on the data models of ZOO (from fxmeta zoo): each step rewrites "
+                    "one data model and trains on its cross-entropy plus a group-sparsity penalty; after every "
+                    "epoch the held-out members are pruned to --speedup and the best epoch is kept as "
+                    "OUT/best.pt (OUT/last.pt resumes, OUT/log.jsonl logs).",
+        epilog="example: fxmeta meta-train zoo/ --out metanet/ --epochs 20")
+    p.add_argument("zoo", metavar="ZOO", help="zoo folder written by fxmeta zoo")
+    p.add_argument("--out", default="metanet/", metavar="DIR", help="checkpoint folder (default: metanet/)")
+    p.add_argument("--epochs", type=int, default=20, metavar="N", help="(default: 20)")
+    p.add_argument("--lr", type=float, default=1e-3, help="AdamW learning rate (default: 1e-3)")
+    p.add_argument("--weight-decay", type=float, default=5e-4, metavar="W", help="(default: 5e-4)")
+    p.add_argument("--width", type=int, default=32, metavar="D", help="hidden width of the metanetwork (default: 32)")
+    p.add_argument("--depth", type=int, default=6, metavar="L", help="message-passing layers (default: 6)")
+    p.add_argument("--ratio", type=float, default=0.01,
+                   help="output = input + ratio * decoder(h); small keeps an untrained metanet near the identity "
+                        "(default: 0.01)")
+    p.add_argument("--reg", type=float, default=10.0, help="group-sparsity strength (default: 10)")
+    p.add_argument("--alpha", type=float, default=16.0, help="group-sparsity weighting base (default: 16)")
+    p.add_argument("--batches-per-step", type=int, default=4, metavar="N", help="(default: 4)")
+    p.add_argument("--batch-size", type=int, default=128, metavar="B", help="(default: 128)")
+    p.add_argument("--speedup", type=_number, default=2.0, metavar="X",
+                   help="FLOPs target of the validation prune that picks the best epoch (default: 2.0)")
+    p.add_argument("--eval-bn-batches", type=int, default=20, metavar="N",
+                   help="training batches that recompute the pruned models' BatchNorm statistics in that "
+                        "validation, before scoring and finetuning; 0: keep the stored ones (default: 20)")
+    p.add_argument("--eval-finetune-epochs", type=int, default=1, metavar="N",
+                   help="finetuning epochs in that validation; 0: score right after the BatchNorm step (default: 1)")
+    p.add_argument("--seed", type=int, default=0, help="(default: 0)")
+    p.add_argument("--init", metavar="FILE", help="start from this metanetwork instead of a fresh one")
+    p.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
+    p.add_argument("--force", action="store_true", help="start over even if OUT holds checkpoints")
+    p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar / epoch lines")
+    p.set_defaults(func=cmd_meta_train)

@@ -1,0 +1,13 @@
+"""The keys fxmeta stores state under in ``gm.meta`` and ``node.meta``, defined once.
+
+Passes hand state to each other through these (see ``passes``): the example input, the
+IR, the pruning plan. ``TENSOR_META`` is torch's own key, written by shape propagation.
+"""
+
+EXAMPLE_INPUT = "fxmeta.example_input"  # gm.meta: the input shapes were propagated with
+IR = "fxmeta.ir"  # gm.meta: the WeightGraph lowered from this module (LowerPass, MetanetPass)
+PLAN = "fxmeta.plan"  # gm.meta: the pruning plan that produced this module
+SPEEDUP = "fxmeta.speedup"  # gm.meta: measured FLOPs ratio original / pruned
+TRACED = "fxmeta.traced"  # gm.meta: set on modules traced by fxmeta.trace (shapes may be re-propagated)
+AUTO_LEAVES = "fxmeta.auto_leaves"  # gm.meta: {module name: why it could not be traced through}
+TENSOR_META = "tensor_meta"  # node.meta: TensorMetadata of the node's output (torch.fx ShapeProp)
