@@ -68,6 +68,7 @@ class Settings:
     finetune_lrs: tuple[tuple[str, float], ...] = (("resnet20", 0.05), ("resnet56", 0.01))  # quality.py, on val
     bn_batches: int = 20
     sweep_seed: int = 100
+    sweep_arch: str = "resnet20"  # the choices made on it serve every family
     sweep_targets: tuple[float, ...] = (4.0, 8.0)
     # (weight, lr, mask_every): the prepare grid; weight 1 / lr 0.01 / once per epoch first
     prepare_grid: tuple[tuple[float, float, int], ...] = (
@@ -405,7 +406,7 @@ def write_report(bench: Bench, cells: list[dict], choices: dict, sweep: dict, me
             lines.append(f"| {arch} | DepGraph+SL | reg {reg}{mark} | {_pct(score)} |")
     for arch in s.archs:
         if arch not in sweep:
-            lines.append(f"| {arch} | all | the {sweep_arch(s)} choices | — |")
+            lines.append(f"| {arch} | all | the {s.sweep_arch} choices | — |")
     lines.append("")
     lines += ["## Test accuracy (%), mean ± std over seeds", ""]
     for arch in s.archs:
@@ -454,10 +455,6 @@ def write_report(bench: Bench, cells: list[dict], choices: dict, sweep: dict, me
     (out.with_suffix(".json")).write_text(json.dumps({"meta": meta, "settings": asdict(s), "choices": choices,
                                                       "sweep": sweep, "cells": cells}, indent=1))
     write_plot(cells, s, out.with_suffix(".png"))
-
-
-def sweep_arch(s: Settings) -> str:
-    return s.archs[0]
 
 
 def write_plot(cells: list[dict], s: Settings, path: Path) -> None:
@@ -516,7 +513,7 @@ def main(argv: list[str] | None = None) -> None:
     bench = Bench(s, cache)
     t0, load_start = time.time(), "/".join(f"{x:.2f}" for x in os.getloadavg())
     sweep: dict = {}
-    chosen_for = choose(bench, sweep_arch(s), sweep)  # the first family's choices serve every family
+    chosen_for = choose(bench, s.sweep_arch, sweep)
     cells = []
     for arch in s.archs:
         for seed in s.seeds:

@@ -1,10 +1,10 @@
 """Wall time and results of `fxmeta demo`, the README's main job, as a user runs it.
 
 Each run is a fresh `python -m fxmeta demo` process: first with an empty cache (the base
-network is trained), then again with the warm cache (the base network is loaded). With
-the committed metanetwork present, the importance-only run (`--no-metanet`) is measured
-too, at the same finetuning budget. Per-stage times, accuracy, FLOPs and latency come
-from the run's metrics.json; the total is the process's wall time (start-up included).
+network is trained), then again with the warm cache (the base network is loaded). Every
+run prunes three ways at the same epoch budget (importance alone, prepared, metanetwork);
+the table has a row per column of the demo. Per-stage times, accuracy, FLOPs and latency
+come from the run's metrics.json; the wall time is the whole process (start-up included).
 
     python -m benchmarks.transform_report [--seeds 0] [--threads 2]
 """
@@ -45,18 +45,18 @@ def _fmt_pct(x: float | None) -> str:
 
 
 def table(rows: list[tuple[str, int, dict]]) -> list[str]:
-    stages = []
-    for _, _, r in rows:
-        stages += [s for s in r["metrics"]["stages"] if s not in stages]
-    head = ["run", "seed", "wall s", *[f"{s} s" for s in stages], "acc before %", "acc after removal %",
+    entries = [(name, seed, r, column, m) for name, seed, r in rows for column, m in r["metrics"]["methods"].items()]
+    stages: list[str] = []
+    for *_, m in entries:
+        stages += [s for s in m["stages"] if s not in stages]
+    head = ["run", "seed", "wall s", "column", *[f"{s} s" for s in stages], "acc before %", "acc after removal %",
             "acc after BatchNorm recalibration %", "acc after finetune %", "FLOPs x", "params kept %", "latency x",
             "latency ms before / after"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for name, seed, r in rows:
-        m = r["metrics"]
+    for name, seed, r, column, m in entries:
         lat_b, lat_a = m["before"]["latency"], m["after"]["latency"]
-        cells = [name, str(seed), f"{r['wall_s']:.1f}", *[f"{m['stages'].get(s, 0):.2f}" if s in m["stages"] else "-"
-                                                           for s in stages],
+        cells = [name, str(seed), f"{r['wall_s']:.1f}", column,
+                 *[f"{m['stages'][s]:.2f}" if s in m["stages"] else "-" for s in stages],
                  _fmt_pct(m["before"]["accuracy"]), _fmt_pct(m["removed_accuracy"]),
                  _fmt_pct(m.get("recalibrated_accuracy")), _fmt_pct(m["after"]["accuracy"]),
                  f"{m['flops_speedup']:.2f}", f"{100 * m['params_ratio']:.1f}", f"{m['latency_speedup']:.2f}",
@@ -73,27 +73,26 @@ def main() -> None:
     args = parser.parse_args()
     from ._env import header
 
-    modes = [("metanet", []), ("importance", ["--no-metanet"])] if METANET.is_file() else [("importance", [])]
     rows: list[tuple[str, int, dict]] = []
     with tempfile.TemporaryDirectory() as tmp:
         for seed in args.seeds:
-            cache = Path(tmp) / f"cache{seed}"
-            for i, (mode, extra) in enumerate(modes):
-                out = Path(tmp) / f"out-{mode}-{seed}"
-                if i == 0:
-                    rows.append((f"{mode}, empty cache", seed, run_demo(cache, out, seed, args.threads, extra)))
-                rows.append((f"{mode}, warm cache", seed, run_demo(cache, out, seed, args.threads, extra)))
-                print(f"seed {seed} {mode}: {rows[-1][2]['wall_s']:.1f} s", flush=True)
+            cache, out = Path(tmp) / f"cache{seed}", Path(tmp) / f"out{seed}"
+            for state in ("empty cache", "warm cache"):
+                rows.append((state, seed, run_demo(cache, out, seed, args.threads, [])))
+                print(f"seed {seed} {state}: {rows[-1][2]['wall_s']:.1f} s", flush=True)
     cold = [r["wall_s"] for name, _, r in rows if "empty cache" in name]
     demo_cmd = rows[0][2]["command"]
     lat = rows[0][2]["metrics"]["before"]["latency"]
+    columns = ", ".join(rows[0][2]["metrics"]["methods"])
     text = [
         "# `fxmeta demo`: wall time and results",
         "",
         header(f"python -m benchmarks.transform_report --seeds {' '.join(map(str, args.seeds))} "
                f"--threads {args.threads}", args.threads, seeds=", ".join(map(str, args.seeds))),
         f"- demo command: `{demo_cmd}` (defaults otherwise: fxmeta:resnet20, digits 16x16, 15 base epochs, "
-        "BatchNorm recalibration on 10 batches, 10 finetune epochs, 2x FLOPs target)",
+        "2x FLOPs target, BatchNorm recalibration on 20 batches, 10 epochs per column: importance 10 finetune; "
+        "prepared 5 prepare + 5 finetune; metanetwork 2 adapt + 8 finetune)",
+        f"- columns: {columns}",
         f"- metanetwork: {'fxmeta/assets/' + METANET.name if METANET.is_file() else 'none committed: importance pruning'}",
         f"- 1-minute load average before each run: {', '.join('%.1f' % r[2]['load_before'] for r in rows)} "
         "(the machine is shared; times scale with it)",

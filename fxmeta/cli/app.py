@@ -10,7 +10,7 @@ import sys
 from typing import Sequence
 
 from ..errors import FxmetaError
-from . import demo, dump, meta_train, transform, zoo
+from . import curve, demo, dump, meta_train, transform, zoo
 from .common import err
 
 
@@ -28,6 +28,7 @@ def build_parser() -> argparse.ArgumentParser:
     transform.register_transform(sub)
     transform.register_prune(sub)
     demo.register_demo(sub)
+    curve.register_curve(sub)
     zoo.register_zoo(sub)
     meta_train.register_meta_train(sub)
     return parser

@@ -3,7 +3,17 @@ from __future__ import annotations
 
 import argparse
 
+from ..errors import SpecError
 from .common import _note, _number, _pct
+
+
+def _speedups(text: str | None) -> tuple[float, ...]:
+    if not text:
+        return ()
+    try:
+        return tuple(float(v) for v in text.split(","))
+    except ValueError:
+        raise SpecError(f"expected numbers separated by commas, got {text!r}") from None
 
 
 def cmd_meta_train(args: argparse.Namespace) -> int:
@@ -13,7 +23,8 @@ def cmd_meta_train(args: argparse.Namespace) -> int:
         epochs=args.epochs, lr=args.lr, weight_decay=args.weight_decay, width=args.width, depth=args.depth,
         ratio=args.ratio, reg=args.reg, alpha=args.alpha, batches_per_step=args.batches_per_step,
         batch_size=args.batch_size, speedup=args.speedup, eval_bn_batches=args.eval_bn_batches,
-        eval_finetune_epochs=args.eval_finetune_epochs, seed=args.seed, init=args.init, resume=args.resume,
+        eval_finetune_epochs=args.eval_finetune_epochs, objective=args.objective, mask_weight=args.mask_weight,
+        mask_speedups=_speedups(args.mask_speedups), seed=args.seed, init=args.init, resume=args.resume,
         force=args.force, progress=args.progress)
     if args.init:
         from ..metanet.files import load_metanet_file
@@ -55,6 +66,14 @@ def register_meta_train(sub: argparse._SubParsersAction) -> None:
                         "validation, before scoring and finetuning; 0: keep the stored ones (default: 20)")
     p.add_argument("--eval-finetune-epochs", type=int, default=1, metavar="N",
                    help="finetuning epochs in that validation; 0: score right after the BatchNorm step (default: 1)")
+    p.add_argument("--objective", choices=["reference", "prunable"], default="reference",
+                   help="reference: the generated network's cross-entropy + group-sparsity penalty (the paper's); "
+                        "prunable: also the cross-entropy of the generated network with the channels a prune to "
+                        "one of --mask-speedups removes masked out (default: reference)")
+    p.add_argument("--mask-weight", type=_number, default=1.0, metavar="W",
+                   help="weight of the masked term of --objective prunable (default: 1)")
+    p.add_argument("--mask-speedups", metavar="X[,Y...]",
+                   help="FLOPs targets of the masked term, one drawn per step (default: --speedup)")
     p.add_argument("--seed", type=int, default=0, help="(default: 0)")
     p.add_argument("--init", metavar="FILE", help="start from this metanetwork instead of a fresh one")
     p.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")

@@ -1,0 +1,246 @@
+"""Prunability on held-out networks: accuracy right after pruning + BatchNorm recalibration.
+
+The metanetwork's promise is a network that keeps its accuracy right after channels are
+removed, from one forward pass. This measures it on base networks no metanetwork saw
+(``benchmarks.prepare``'s base networks, seeds 0-4; the zoo uses seeds 1000+), at
+2/3/4/8x, with BatchNorm recomputed on the same training batches for every method and no
+finetune:
+
+- ``metanet (prunable)``: meta-trained with ``objective="prunable"`` (the generated
+  network's cross-entropy + the cross-entropy of the generated network with the channels
+  a prune to a drawn target removes masked out), then fxmeta prune (l2);
+- ``metanet (reference)``: meta-trained with the reference objective (cross-entropy +
+  group-sparsity penalty), then fxmeta prune (l2);
+- ``fxmeta-l2`` and ``random``: the base network pruned as it is;
+- ``DepGraph+SL``: after its sparsity-learning epochs (``benchmarks.prepare``'s, cached);
+- ``prepared``: ``fxmeta.prepare`` for 5 epochs on the network itself, the per-network
+  oracle the metanetwork should amortise.
+
+Both metanetworks come from one zoo of ResNet20s (8 training + 2 held-out members); the
+checkpoint is chosen by ``meta_train`` on the held-out members' validation accuracy
+after a prune to ``select_speedup`` + recalibration (validation only, never test). The
+ResNet20 metanetworks are also applied to ResNet56 base networks (transfer).
+
+    python -m benchmarks.prunability          # resumable; caches under ~/.cache/fxmeta-bench
+Results: ``benchmarks/results/prunability.{md,json}``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from benchmarks.prepare import FULL as PREPARE
+from benchmarks.prepare import Bench, _key, _mean_std, _pct, _versions, choose, say
+
+RESULTS = Path(__file__).resolve().parent / "results"
+DATA_SPEC = "benchmarks.quality:digits16"  # the same 16x16 digits as benchmarks.prepare, loadable by name
+METHODS = ("metanet (prunable)", "metanet (reference)", "fxmeta-l2", "DepGraph+SL", "random", "prepared")
+
+
+@dataclass(frozen=True)
+class Settings:
+    family: str = "resnet20"
+    transfer: tuple[str, ...] = ("resnet56",)
+    seeds: tuple[int, ...] = (0, 1, 2, 3, 4)
+    targets: tuple[float, ...] = (2.0, 3.0, 4.0, 8.0)
+    zoo_count: int = 10
+    zoo_val: int = 2
+    zoo_seed: int = 1000
+    zoo_epochs: int = 20
+    zoo_lr: float = 0.1
+    meta_epochs: int = 20
+    width: int = 32
+    depth: int = 6
+    ratio: float = 0.01
+    batches_per_step: int = 4
+    select_speedup: float = 4.0
+    # the two objectives; reg 0.2 = the reference's 10 rescaled to ~8 batches per step (quality.py's reasoning)
+    objectives: tuple[tuple[str, tuple], ...] = (
+        ("prunable", (("objective", "prunable"), ("mask_speedups", (2.0, 4.0, 8.0)), ("mask_weight", 1.0),
+                      ("reg", 0.0))),
+        ("reference", (("objective", "reference"), ("reg", 0.2))),
+    )
+
+
+def build_zoo_once(s: Settings, cache: Path) -> tuple[Path, float]:
+    from fxmeta.metatrain.zoo import build_zoo
+
+    folder = cache / f"zoo-{s.family}-{_key([s.zoo_count, s.zoo_val, s.zoo_seed, s.zoo_epochs, s.zoo_lr])}"
+    stamp = folder / "seconds.json"
+    if stamp.is_file():
+        return folder, json.loads(stamp.read_text())["seconds"]
+    t0 = time.perf_counter()
+    say(f"zoo: {s.zoo_count} {s.family} members, seeds {s.zoo_seed}.., {s.zoo_epochs} epochs")
+    build_zoo(f"fxmeta:{s.family}", data=DATA_SPEC, count=s.zoo_count, out=folder, prune_speedup=1.0,
+              epochs=s.zoo_epochs, finetune_epochs=0, seed=s.zoo_seed, val_count=s.zoo_val, lr=s.zoo_lr,
+              progress=False, trust=True)
+    seconds = time.perf_counter() - t0
+    stamp.write_text(json.dumps({"seconds": seconds}))
+    return folder, seconds
+
+
+def meta_train_once(s: Settings, zoo: Path, name: str, options: dict, cache: Path) -> dict:
+    from fxmeta.metanet.files import load_metanet
+    from fxmeta.metatrain.loop import meta_train
+
+    settings = dict(width=s.width, depth=s.depth, ratio=s.ratio, batches_per_step=s.batches_per_step,
+                    speedup=s.select_speedup, eval_finetune_epochs=0, progress=False, **options)
+    folder = cache / f"metanet-{name}-{_key([str(zoo), s.meta_epochs, settings])}"
+    done = folder / "done.json"
+    if done.is_file():
+        info = json.loads(done.read_text())
+        return {**info, "metanet": load_metanet(str(folder / "best.pt"))}
+    t0 = time.perf_counter()
+    say(f"meta-training ({name}): {s.meta_epochs} epochs, {options}")
+    result = meta_train(zoo, folder, epochs=s.meta_epochs, force=True, **settings)
+    info = {"seconds": time.perf_counter() - t0, "best_epoch": result.best_epoch, "best_score": result.best_score,
+            "history": [{k: v for k, v in h.items() if k != "val"} for h in result.history], "options": options}
+    done.write_text(json.dumps(info))
+    say(f"meta-training ({name}): best epoch {result.best_epoch}, held-out score {result.best_score:.4f}, "
+        f"{info['seconds']:.0f} s")
+    return {**info, "metanet": result.metanet}
+
+
+def cell(bench: Bench, arch: str, seed: int, method: str, target: float, hp: dict, metanets: dict) -> dict:
+    from fxmeta.errors import FxmetaError
+
+    path = bench.cache / "prunability-cells" / f"{arch}-s{seed}-{method.replace(' ', '_')}-{target:g}x-" \
+                                               f"{_key([hp, metanets.get('key')])}.json"
+    if path.is_file():
+        return json.loads(path.read_text())
+    record: dict[str, Any] = {"arch": arch, "seed": seed, "method": method, "target": target}
+    base = bench.base(arch, seed)
+    t0 = time.perf_counter()
+    try:
+        if method.startswith("metanet"):
+            from fxmeta.metanet.rewriting import apply
+
+            start = apply(metanets[method.split("(")[1].rstrip(")")]["metanet"], base, bench.example)
+            kind, prune_hp = "fxmeta-l2", {}
+        elif method in ("DepGraph+SL", "prepared"):
+            start, _ = bench.pre_stage(arch, seed, method, target, hp)
+            kind, prune_hp = method, hp
+        else:
+            start, kind, prune_hp = base, method, {}
+        got = bench.prune(start, kind, target, prune_hp, seed)
+    except FxmetaError as exc:
+        got = {"error": str(exc)}
+    if "error" in got:
+        record["error"] = got["error"]
+    else:
+        raw, val, test = bench.after_prune(got["module"])
+        record.update(pruned_test_acc=raw, recal_val_acc=val, recal_test_acc=test,
+                      seconds=time.perf_counter() - t0)
+        say(f"{arch} s{seed} {method:>19} {target:g}x: right after {raw:.4f} -> recalibrated {test:.4f}")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(record))
+    return record
+
+
+def write_report(s: Settings, cells: list[dict], meta: dict, trained: dict, zoo_seconds: float, out: Path) -> None:
+    lines = ["# Prunability on held-out networks: accuracy right after pruning + BatchNorm recalibration", "",
+             f"- command: `{meta['command']}`", f"- date: {meta['date']}", f"- machine: {meta['machine']}, "
+             f"torch threads = {meta['threads']}",
+             f"- versions: {', '.join(f'{k} {v}' for k, v in meta['versions'].items())}",
+             f"- held-out base networks: seeds {', '.join(map(str, s.seeds))} (benchmarks.prepare's; zoo seeds "
+             f"{s.zoo_seed}..{s.zoo_seed + s.zoo_count - 1})",
+             f"- load average at start / end: {meta['load_start']} / {meta['load_end']}; run wall time "
+             f"{meta['minutes']:.1f} min", "",
+             "## Setup", "",
+             f"- zoo: {s.zoo_count} fxmeta {s.family} on digits 16x16 ({s.zoo_count - s.zoo_val} training, "
+             f"{s.zoo_val} held out), {s.zoo_epochs} epochs lr {s.zoo_lr:g}, no pre-pruning; built in "
+             f"{zoo_seconds / 60:.1f} min",
+             f"- metanetwork: width {s.width}, depth {s.depth}, ratio {s.ratio:g}, {s.meta_epochs} epochs "
+             f"(one step per training member per epoch), {s.batches_per_step} batches per step; checkpoint chosen on "
+             f"the held-out members' validation accuracy after a {s.select_speedup:g}x prune + recalibration",
+             "- every method: fxmeta's BatchNorm recalibration on the same 20 training batches right after "
+             "pruning, no finetune; test split (360 images) unless noted", "",
+             "| objective | settings | meta-training min | best epoch | held-out zoo score (val) | "
+             "zoo + meta-training per network pruned, s |", "|---|---|---|---|---|---|"]
+    n_pruned = len(s.seeds) * len(s.targets) * (1 + len(s.transfer))
+    for name, info in trained.items():
+        lines.append(f"| {name} | {info['options']} | {info['seconds'] / 60:.1f} | {info['best_epoch']} | "
+                     f"{_pct(info['best_score'])} | {(zoo_seconds + info['seconds']) / n_pruned:.0f} |")
+    lines.append("")
+    budget = {"metanet (prunable)": "0 (+ amortised meta-training)", "metanet (reference)":
+              "0 (+ amortised meta-training)", "fxmeta-l2": "0", "random": "0",
+              "DepGraph+SL": f"{PREPARE.pre_epochs} (sparsity learning)", "prepared": f"{PREPARE.pre_epochs} (prepare)"}
+    for arch in (s.family, *s.transfer):
+        lines += [f"## {arch}" + (" (transfer: metanetworks meta-trained on ResNet20)" if arch != s.family else ""),
+                  "", "| target | method | epochs on the network | n | test acc right after prune + recal (%) | "
+                      "diff to best baseline (pts ± SE) |", "|---|---|---|---|---|---|"]
+        for target in s.targets:
+            group = {m: [c for c in cells if (c["arch"], c["method"], c["target"]) == (arch, m, target)
+                         and "error" not in c] for m in METHODS}
+            baselines = ("fxmeta-l2", "DepGraph+SL", "random")
+            best = max(baselines, key=lambda m: statistics.fmean([c["recal_test_acc"] for c in group[m]])
+                       if group[m] else -1)
+            for method in METHODS:
+                ok = group[method]
+                if not ok:
+                    errs = [c.get("error", "") for c in cells if (c["arch"], c["method"], c["target"])
+                            == (arch, method, target)]
+                    if errs:
+                        lines.append(f"| {target:g}x | {method} | {budget[method]} | 0 | failed: {errs[0][:90]} | |")
+                    continue
+                m, sd = _mean_std([c["recal_test_acc"] for c in ok])
+                diff = ""
+                if method.startswith("metanet") or method == "prepared":
+                    by = {c["seed"]: c["recal_test_acc"] for c in group[best]}
+                    d = [c["recal_test_acc"] - by[c["seed"]] for c in ok if c["seed"] in by]
+                    if len(d) > 1:
+                        diff = (f"{100 * statistics.fmean(d):+.2f} ± {100 * statistics.stdev(d) / len(d) ** 0.5:.2f}"
+                                f" vs {best}")
+                lines.append(f"| {target:g}x | {method} | {budget[method]} | {len(ok)} | {_pct(m, sd)} | {diff} |")
+        lines.append("")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.with_suffix(".md").write_text("\n".join(lines) + "\n")
+    out.with_suffix(".json").write_text(json.dumps({"meta": meta, "trained": {k: {kk: vv for kk, vv in v.items()
+                                                                                  if kk != "metanet"}
+                                                                              for k, v in trained.items()},
+                                                    "cells": cells}, indent=1))
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(prog="python -m benchmarks.prunability", description=__doc__.split("\n\n")[0])
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--cache", default=os.path.expanduser("~/.cache/fxmeta-bench/prepare"))
+    p.add_argument("--no-transfer", action="store_true", help="skip the ResNet56 transfer rows")
+    args = p.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    s = Settings(transfer=() if args.no_transfer else Settings.transfer)
+    cache = Path(args.cache) / "full"
+    bench = Bench(PREPARE, cache)
+    t0, load_start = time.time(), "/".join(f"{x:.2f}" for x in os.getloadavg())
+    zoo, zoo_seconds = build_zoo_once(s, cache)
+    trained = {name: meta_train_once(s, zoo, name, dict(options), cache) for name, options in s.objectives}
+    chosen = choose(bench, PREPARE.sweep_arch, {})  # benchmarks.prepare's validation choices (cached)
+    metanets = {**trained, "key": _key([{k: v["best_epoch"] for k, v in trained.items()}, str(zoo)])}
+    cells = []
+    for arch in (s.family, *s.transfer):
+        for seed in s.seeds:
+            for target in s.targets:
+                for method in METHODS:
+                    hp = chosen.get(method, {})
+                    cells.append(cell(bench, arch, seed, method, target, hp, metanets))
+    meta = {"command": "python -m benchmarks.prunability" + (" --no-transfer" if args.no_transfer else "")
+            + (f" --threads {args.threads}" if args.threads != 1 else ""),
+            "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+            "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores", "threads": args.threads,
+            "versions": _versions(), "load_start": load_start,
+            "load_end": "/".join(f"{x:.2f}" for x in os.getloadavg()), "minutes": (time.time() - t0) / 60}
+    write_report(s, cells, meta, trained, zoo_seconds, RESULTS / "prunability")
+    say(f"wrote {RESULTS / 'prunability.md'}")
+
+
+if __name__ == "__main__":
+    main()

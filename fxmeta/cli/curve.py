@@ -1,0 +1,117 @@
+"""``fxmeta curve``: accuracy right after pruning at several FLOPs targets (the prunability curve)."""
+from __future__ import annotations
+
+import argparse
+import os
+
+from rich.console import Console
+from rich.table import Table
+
+from ..errors import SpecError
+from .common import _add_model_args, _load_data, _load_model, _note, _pct, is_main_process
+
+
+def _speedups(text: str) -> list[float]:
+    try:
+        values = [float(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise SpecError(f"--speedups wants numbers separated by commas, got {text!r}") from None
+    if not values or any(not v >= 1 for v in values):
+        raise SpecError(f"--speedups wants numbers >= 1, got {text!r}")
+    return values
+
+
+def cmd_curve(args: argparse.Namespace) -> int:
+    import torch
+
+    from ..io.files import check_output_path
+    from ..pipeline.curve import calibration_batches, plot, prunability_curve, write_json
+    from ..pipeline.transform import check_model_fits
+    from ..training.data import make_loaders
+
+    speedups = _speedups(args.speedups)
+    if args.bn_batches < 0 or args.batch_size < 1:
+        raise SpecError("--bn-batches must be >= 0 and --batch-size >= 1")
+    inputs = [args.model] + ([args.metanet] if args.metanet else [])
+    for out in (args.out, args.plot):
+        if out:
+            check_output_path(out, inputs, args.force)
+    if args.plot:
+        import importlib.util
+
+        if importlib.util.find_spec("matplotlib") is None:
+            raise SpecError("--plot needs matplotlib: pip install matplotlib")
+    metanet = None
+    if args.metanet:
+        from ..metanet.files import load_metanet_file
+
+        metanet = load_metanet_file(args.metanet)
+    torch.set_num_threads(args.threads)
+    data = _load_data(args)
+    loaded, x = _load_model(args, data)
+    check_model_fits(loaded.module, x, data, name=args.model)
+    loaders = make_loaders(data, args.batch_size, seed=args.seed)
+    split = loaders.val if args.split == "val" else loaders.test
+    calibration = calibration_batches(data.train, args.bn_batches, args.batch_size, args.seed)
+    models = [("model", loaded.module.eval())]
+    if metanet is not None:
+        from ..metanet.rewriting import apply
+
+        models.append(("model + metanetwork", apply(metanet, loaded.module, x).eval()))
+    curves = [prunability_curve(module, x, split, speedups, calibration=calibration, label=label, split=args.split,
+                                importance=args.importance, progress=lambda text: _note(f"[dim]> {text}[/]"))
+              for label, module in models]
+    if args.out:
+        write_json(curves, args.out, force=args.force)
+    if args.plot:
+        plot(curves, args.plot, force=args.force)
+    if is_main_process():
+        table = Table(title=f"{args.model}: {args.split} accuracy right after pruning "
+                            f"(BatchNorm recalibrated on {args.bn_batches} training batches)", title_justify="left")
+        table.add_column("target")
+        for c in curves:
+            table.add_column(f"{c.label}: FLOPs x", justify="right")
+            table.add_column("as pruned", justify="right")
+            table.add_column("recalibrated", justify="right")
+        table.add_row("unpruned", *[v for c in curves for v in ("1.00", _pct(c.unpruned), "")])
+        for i, target in enumerate(speedups):
+            row = [f"{target:g}x"]
+            for c in curves:
+                p = c.points[i]
+                row += (["-", "unreachable", ""] if p.error else
+                        [f"{p.flops_speedup:.2f}", _pct(p.accuracy), _pct(p.recalibrated_accuracy)])
+            table.add_row(*row)
+        Console(highlight=False).print(table)
+    written = [p for p in (args.out, args.plot) if p]
+    if written:
+        _note(f"wrote {', '.join(written)}")
+    return 0
+
+
+def register_curve(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "curve", help="accuracy right after pruning at several FLOPs targets (how easy a network is to prune)",
+        description="Prune MODEL to each of --speedups (fxmeta importance, self-checked) and measure accuracy on "
+                    "--split right after removal, as pruned and after recomputing BatchNorm statistics on a fixed "
+                    "set of training batches (the same at every target). No finetuning. With --metanet, the "
+                    "metanetwork's output is measured beside the model itself.",
+        epilog="example: fxmeta curve fxmeta:resnet20@base.pt --in-channels 1 --data digits --plot curve.png")
+    _add_model_args(p)
+    p.add_argument("--data", required=True, metavar="SPEC", help="data spec (digits, cifar10:PATH, ...)")
+    p.add_argument("--image-size", type=int, metavar="N", help="resize the data's images to NxN")
+    p.add_argument("--metanet", metavar="FILE", help="also measure the network this metanetwork generates")
+    p.add_argument("--speedups", default="1.5,2,3,4,6,8", metavar="X,Y,...",
+                   help="FLOPs targets (default: 1.5,2,3,4,6,8)")
+    p.add_argument("--importance", choices=["l2", "l1", "random"], default="l2", help="(default: l2)")
+    p.add_argument("--bn-batches", type=int, default=20, metavar="N",
+                   help="training batches that recompute BatchNorm statistics after removal; 0: off (default: 20)")
+    p.add_argument("--split", choices=["val", "test"], default="test",
+                   help="split to score on; use val when choosing anything by the curve (default: test)")
+    p.add_argument("--batch-size", type=int, default=128, metavar="B", help="(default: 128)")
+    p.add_argument("--seed", type=int, default=0, help="data split and calibration batches (default: 0)")
+    p.add_argument("--threads", type=int, default=max(1, min(4, os.cpu_count() or 1)), metavar="N",
+                   help="torch threads (default: up to 4)")
+    p.add_argument("--out", metavar="FILE.json", help="write the curves as JSON")
+    p.add_argument("--plot", metavar="FILE.png", help="plot the curves (needs matplotlib)")
+    p.add_argument("--force", action="store_true", help="overwrite --out / --plot if they exist")
+    p.set_defaults(func=cmd_curve)
