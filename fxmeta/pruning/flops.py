@@ -1,7 +1,7 @@
 """FLOPs and parameter counting with ``torch.utils.flop_counter.FlopCounterMode``.
 
 Two gaps of FlopCounterMode are closed here, both of which make attention models look
-much cheaper than they are (vit_b_16 is under-counted by about a third):
+much cheaper than they are (vision transformers most of all):
 
 * ``nn.MultiheadAttention`` in eval mode takes a fused "fast path" that the counter does
   not see at all; the fast path is switched off while counting.

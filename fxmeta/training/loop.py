@@ -202,8 +202,8 @@ def recalibrate_bn(model: nn.Module, loader: DataLoader, batches: int = 20,
     """Recompute every BatchNorm's running statistics on ``batches`` training batches, in place.
 
     Removing channels changes what each BatchNorm sees (a residual sum loses terms), so the
-    statistics stored from training no longer match: measured on digits ResNet20s pruned 2x,
-    test accuracy went from chance to 72-86 % with 20 batches and no finetuning. Only the
+    statistics stored from training no longer match and a pruned network can sit at chance
+    accuracy until they are recomputed (figures in benchmarks/results/). Only the
     BatchNorms run in training mode (dropout stays off); their statistics become the plain
     average over the batches. Returns ``model`` in eval mode.
     """

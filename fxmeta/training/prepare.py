@@ -92,7 +92,7 @@ class PrunabilityObjective:
         self._select = {"importance": importance, "round_to": round_to, "min_keep": min_keep, "seed": seed}
         self.analysis = analyze(model, example_input, ignore=tuple(ignore))
         self.masked = MaskedNetwork(self.analysis)
-        self._flops = analytic_flops(self.analysis)  # measured on the CPU, once
+        self._flops = analytic_flops(self.analysis)  # runs the model: once, while it is on the CPU
         self.targets = [calibrate_target(self.analysis, s, **self._select) for s in self.speedups]
         self.removed: list[Tensor] = []
         self._gen = torch.Generator()
