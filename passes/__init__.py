@@ -21,7 +21,8 @@ Under ``torch.fx.passes.infra.pass_manager.PassManager``:
 * ``steps > 1`` runs the whole list again while any pass reports ``modified``: every pass
   here changes something each time, so the list runs ``steps`` times. Lower → Raise is the
   identity and can repeat; MetanetPass and RemoveChannelsPass act again on each run
-  (weights rewritten twice, channels removed twice), so keep ``steps=1`` for those.
+  (weights rewritten twice, channels removed twice), so keep ``steps=1`` for those (and
+  for PreparePass, which trains again on every run).
 
 Run them before ``torch.compile``: compile backends take parameters as graph inputs and
 cannot change their shapes.
@@ -36,6 +37,7 @@ from fxmeta.keys import IR
 from .base import FxmetaPass
 from .lower import LowerPass, RaisePass
 from .metanet import MetanetPass
+from .prepare import PreparePass
 from .remove_channels import RemoveChannelsPass
 
 
@@ -47,4 +49,4 @@ def check_ir(graph_module: fx.GraphModule) -> None:
         graph.check()
 
 
-__all__ = ["FxmetaPass", "LowerPass", "MetanetPass", "RaisePass", "RemoveChannelsPass", "check_ir"]
+__all__ = ["FxmetaPass", "LowerPass", "MetanetPass", "PreparePass", "RaisePass", "RemoveChannelsPass", "check_ir"]

@@ -214,3 +214,18 @@ if __name__ == "__main__":
 
     if sys.argv[1:2] == ["--ddp-worker"]:
         _ddp_worker(sys.argv[2])
+
+
+def test_prepare_pass_before_remove_channels(digits):
+    from torch.fx.passes.infra.pass_manager import PassManager
+
+    from fxmeta.tracing import trace
+    from passes import PreparePass, RemoveChannelsPass
+
+    x = torch.randn(1, 1, 8, 8)
+    gm = trace(_resnet(7), x)
+    before = {k: v.clone() for k, v in gm.state_dict().items()}
+    result = PassManager([PreparePass(digits, [2.0], _config(epochs=1), example_input=x),
+                          RemoveChannelsPass(speedup=2.0, example_input=x)])(gm)
+    assert result.modified and result.graph_module.meta["fxmeta.speedup"] >= 2.0
+    assert any(not torch.equal(before[k], v) for k, v in gm.state_dict().items())  # trained in place
