@@ -69,7 +69,10 @@ class TransformConfig:
     latency_batch: int = 1
 
     def __post_init__(self) -> None:
-        if not isinstance(self.speedup, (int, float)) or not math.isfinite(self.speedup) or self.speedup < 1:
+        if not isinstance(self.speedup, (int, float)) or not math.isfinite(self.speedup):
+            raise SpecError(f"speed-up {self.speedup} is not a finite number; ask for the FLOPs ratio to reach, "
+                            "e.g. --speedup 2")
+        if self.speedup < 1:
             raise SpecError(f"speed-up {self.speedup} is below 1; ask for the FLOPs ratio to reach, e.g. --speedup 2")
         if self.adapt_epochs < 0:
             raise SpecError(f"adapt epochs must be >= 0, got {self.adapt_epochs}")
