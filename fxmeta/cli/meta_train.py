@@ -21,11 +21,11 @@ def cmd_meta_train(args: argparse.Namespace) -> int:
     from ..metatrain.zoo import load_zoo
 
     check_output(args.out, inputs=[args.zoo] + ([args.init] if args.init else []), kind="dir", what="--out")
-    load_zoo(args.zoo, trust=args.trust)  # a missing, damaged or untrusted zoo fails now
     if args.init:
         from ..metanet.files import load_metanet_file
 
         load_metanet_file(args.init)  # a missing or broken file fails now, not after loading the zoo
+    load_zoo(args.zoo, trust=args.trust)  # a missing, damaged or untrusted zoo fails now
     result = meta_train(args.zoo, args.out, config=config, trust=args.trust)
     _note(f"best epoch {result.best_epoch} (validation accuracy after a {args.speedup:g}x prune: "
           f"{_pct(result.best_score if result.best_score >= 0 else None)}): {result.best_path}")

@@ -338,7 +338,8 @@ def _from_saved(obj: dict, path: str, *, trust: bool, depth: int) -> LoadedModel
     for i, step in enumerate(plans):
         module = _apply_plan(module, step, shape, path if i == len(plans) - 1 else f"{path} (earlier plan {i + 1})")
     _load_state(module, state, path, spec)
-    return LoadedModel(module, spec, f"fxmeta model file {path}", shape, dict(kwargs), plan, plans, embedded)
+    return LoadedModel(module, spec, f"fxmeta model file {path}", shape, dict(kwargs), plan, plans,
+                       embedded or base.embedded)
 
 
 def _apply_plan(module: nn.Module, plan: Any, shape: tuple[int, ...] | None, path: str) -> nn.Module:

@@ -203,6 +203,7 @@ def _run_record(config: TransformConfig, extra: dict[str, Any]) -> dict[str, Any
 
 def _check_resume(folder: Path, record: dict[str, Any], resume: bool, is_main: bool) -> None:
     path = folder / _RUN_FILE
+    record = json.loads(json.dumps(record))  # as it reads back: tuples are lists there
     if resume and path.is_file():
         try:
             old = json.loads(path.read_text())

@@ -71,8 +71,8 @@ class TrainConfig:
             raise SpecError(f"device={self.device!r}; use auto, cpu, cuda or cuda:N")
         if self.epochs < 0 or self.batch_size < 1:
             raise SpecError(f"need epochs >= 0 and batch_size >= 1, got {self.epochs} and {self.batch_size}")
-        for name, low, strict in (("lr", 0.0, True), ("weight_decay", 0.0, False), ("momentum", 0.0, False),
-                                  ("gamma", 0.0, True), ("label_smoothing", 0.0, False)):
+        for name, low, strict in (("lr", 0.0, False), ("weight_decay", 0.0, False), ("momentum", 0.0, False),
+                                  ("gamma", 0.0, False), ("label_smoothing", 0.0, False)):
             v = getattr(self, name)
             if not isinstance(v, (int, float)) or not math.isfinite(v) or (v <= low if strict else v < low):
                 raise SpecError(f"{name} must be a finite number {'>' if strict else '>='} {low:g}, got {v}")
