@@ -299,7 +299,11 @@ def _load_user(module_name: str, func_name: str, seed: int, image_size: int | No
         raise SpecError(f"cannot load data function {where}: {exc}; {_SPEC_HELP}") from None
     params = inspect.signature(fn).parameters
     kwargs = {k: v for k, v in (("seed", seed), ("image_size", image_size)) if k in params}
-    result = fn(**kwargs)
+    try:
+        result = fn(**kwargs)
+    except Exception as exc:  # noqa: BLE001 - the user's function failing is a bad data spec
+        text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        raise SpecError(f"data function {where} failed: {type(exc).__name__}: {text}") from None
     if isinstance(result, DataSplits):
         return result
     if not isinstance(result, (tuple, list)) or len(result) not in (2, 3):
