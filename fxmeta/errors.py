@@ -27,3 +27,11 @@ class OutputExistsError(FxmetaError):
 
 class PruningError(FxmetaError):
     """Pruning cannot reach the target, or its self-check failed."""
+
+
+class DamagedFileError(SpecError):
+    """A file fxmeta wrote was changed or truncated: it does not match the file format."""
+
+
+class TrainingDivergedError(FxmetaError):
+    """Training produced a non-finite loss or non-finite weights."""

@@ -164,7 +164,13 @@ def analyze(
         elif node.op == "get_attr":
             value = ctx.param(node.target) if isinstance(_get_attr(gm, node.target), Tensor) else None
         elif node.op == "output":
-            ctx.freeze_value(ctx.value(node.args[0]), reason="model output")
+            # every tensor leaf of the output, however nested (dicts, tuples, lists, dataclass-like
+            # objects the tracer turned into nodes) is an output: its channels stay
+            for leaf in output_nodes(node.args[0]):
+                value = ctx.value(leaf)
+                if value is None:  # a node that holds no tracked tensor: what went into it is output
+                    value = tuple(ctx.value(a) for a in leaf.all_input_nodes)
+                ctx.freeze_value(value, reason="model output")
             continue
         elif node.op == "call_module" and node.target in auto_leaves:
             ctx.freeze_value(tuple(ctx.value(a) for a in node.all_input_nodes), reason="automatic leaf module")
@@ -201,6 +207,35 @@ def analyze(
         ignore=ignore,
         root_of=uf.roots(),
     )
+
+
+def output_nodes(arg: Any) -> list[fx.Node]:
+    """The nodes inside an output argument, through any nesting of tuples, lists, dicts and slices,
+    and through objects with ``__dict__`` or ``__dataclass_fields__`` (e.g. ModelOutput-like results)."""
+    found: list[fx.Node] = []
+    seen: set[int] = set()
+
+    def walk(v: Any) -> None:
+        if id(v) in seen:
+            return
+        seen.add(id(v))
+        if isinstance(v, fx.Node):
+            found.append(v)
+        elif isinstance(v, dict):
+            for item in v.values():
+                walk(item)
+        elif isinstance(v, (tuple, list)):
+            for item in v:
+                walk(item)
+        elif isinstance(v, slice):
+            for item in (v.start, v.stop, v.step):
+                walk(item)
+        elif hasattr(v, "__dataclass_fields__") or hasattr(v, "__dict__") and not isinstance(v, (type, Tensor)):
+            for item in vars(v).values():
+                walk(item)
+
+    walk(arg)
+    return found
 
 
 def _apply_rule(ctx: Context, rule: Callable, node: fx.Node) -> Value:

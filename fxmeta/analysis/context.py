@@ -56,6 +56,7 @@ class Context:
         self.probed: dict[str, str] = {}
         self.constants: dict[str, str] = {}
         self.node: fx.Node | None = None
+        self._tensor_names: dict[int, str] = {}  # id of a tensor -> the first name it was read under
 
     # -- reading
     def value(self, arg: Any) -> Value:
@@ -63,6 +64,8 @@ class Context:
             return self.values.get(arg.name)
         if isinstance(arg, (tuple, list)):
             return tuple(self.value(a) for a in arg)
+        if isinstance(arg, dict):
+            return tuple(self.value(a) for a in arg.values())
         return None
 
     def dims(self, arg: Any) -> Dims:
@@ -135,6 +138,11 @@ class Context:
                 else:
                     dims.append(None)
             self.param_values[name] = dims
+            first = self._tensor_names.setdefault(id(tensor), name)
+            if first != name:  # tied weights: one tensor under two names is pruned as one
+                for a, b in zip(self.param_values[first], dims):
+                    if a is not None and b is not None:
+                        self.union(a, b)
         return self.param_values[name]
 
     def module_param(self, node: fx.Node, attr: str) -> Dims | None:

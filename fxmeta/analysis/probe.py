@@ -39,6 +39,11 @@ def probe(ctx: Context, node: fx.Node, trials: int = 2) -> tuple[Value, str]:
     labelled = [(a, d) for a in inputs for d, l in enumerate(ctx.dims(a)) if not ctx.is_frozen(l)]
     if not labelled:
         return ctx.frozen_like(node), "no channel inputs"
+    integer_inputs = [a for a in inputs if not getattr(ctx.meta(a), "dtype", torch.float32).is_floating_point]
+    if integer_inputs:
+        # an integer tensor may hold channel numbers (an index): probing with made-up values proves nothing
+        ctx.freeze_value(tuple(ctx.value(a) for a in inputs), reason="unknown op with integer tensor inputs")
+        return ctx.frozen_like(node), "frozen: integer tensor inputs"
     if fn is None or not hasattr(meta, "shape") or not meta.dtype.is_floating_point:
         ctx.freeze_value(tuple(ctx.value(a) for a in inputs), reason="unknown op, not probeable")
         return ctx.frozen_like(node), "frozen: not probeable"

@@ -45,7 +45,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         err.print(f"[bold red]error[/]: {exc}", soft_wrap=True)
         return 2
     except KeyboardInterrupt:
-        err.print("[bold red]interrupted[/]: nothing was written")
+        err.print(f"[bold red]interrupted[/]: {_interrupt_note(args)}", soft_wrap=True)
         return 130
     except Exception as exc:  # noqa: BLE001 - last resort: one line, not a traceback
         if args.debug:
@@ -53,6 +53,24 @@ def main(argv: Sequence[str] | None = None) -> int:
         err.print(f"[bold red]internal error[/]: {type(exc).__name__}: {exc} (re-run with --debug for the traceback)",
                   soft_wrap=True)
         return 1
+
+
+def _interrupt_note(args: argparse.Namespace) -> str:
+    """What an interrupted command leaves behind: checkpoints to --resume from, or nothing."""
+    import os
+
+    out = getattr(args, "out", None)
+    if args.command in ("transform", "demo") and out:
+        folder = getattr(args, "checkpoint_dir", None) or f"{out}.ckpt"
+        kept = [os.path.join(folder, s, "last.pt") for s in ("adapt", "prepare", "finetune")]
+        if any(os.path.isfile(k) for k in kept):
+            return (f"the outputs were not written; the checkpoints in {folder} are kept: re-run the same "
+                    "command with --resume to continue")
+    if args.command == "meta-train" and out and os.path.isfile(os.path.join(out, "last.pt")):
+        return f"{os.path.join(out, 'last.pt')} is kept: re-run the same command with --resume to continue"
+    if args.command == "zoo" and out and os.path.isfile(os.path.join(out, "zoo.json")):
+        return f"the finished members in {out} are kept: re-run the same command to build the rest"
+    return "nothing was written"
 
 
 if __name__ == "__main__":  # pragma: no cover

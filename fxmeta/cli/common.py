@@ -44,7 +44,7 @@ def load_model_and_input(args: argparse.Namespace):
     torch.manual_seed(0)
     loaded = resolve_model(args.model, trust=args.trust, num_classes=args.num_classes,
                            in_channels=args.in_channels)
-    if args.input_shape:
+    if args.input_shape is not None:
         shape = parse_input_shape(args.input_shape)
     elif loaded.default_input_shape:
         shape = tuple(loaded.default_input_shape)
@@ -184,8 +184,7 @@ def _prepare_config(args: argparse.Namespace):
 def _train_config(args: argparse.Namespace):
     from ..training.loop import TrainConfig
 
-    if args.epochs < 0 or args.adapt_epochs < 0:
-        raise SpecError("--epochs and --adapt-epochs must be >= 0")
+    check_numbers(args)
     return TrainConfig(
         epochs=args.epochs, lr=args.lr, optimizer=args.optimizer, weight_decay=args.weight_decay,
         batch_size=args.batch_size, num_workers=args.workers, device=args.device, amp=args.amp,
@@ -207,17 +206,67 @@ def _transform_config(args: argparse.Namespace, *, finetune: Any = None, checkpo
     )
 
 
-def _check_outputs(args: argparse.Namespace, inputs: list[str]) -> None:
-    from ..io.files import check_output_path
+def stage_logs(log: str | None, stages: Sequence[str]) -> list[tuple[str, str]]:
+    """The log files of the stages before the finetune (the pipeline's naming: LOG.STAGE.jsonl)."""
+    if not log:
+        return []
+    stem, ext = os.path.splitext(log)
+    return [(f"--log ({stage} stage)", f"{stem}.{stage}{ext or '.jsonl'}") for stage in stages]
 
-    outs = [o for o in (args.out, args.export) if o]
-    if len(outs) == 2 and os.path.abspath(outs[0]) == os.path.abspath(outs[1]):
-        raise OutputExistsError(f"--out and --export are both {args.out}; give them different paths")
-    for out in outs:
-        check_output_path(out, inputs, args.force)
-        folder = os.path.dirname(os.path.abspath(out))
-        if not os.path.isdir(folder):
-            raise FxmetaError(f"output folder {folder} does not exist; create it first")
+
+def _check_outputs(args: argparse.Namespace, inputs: list[str], checkpoint_dir: str | None = None,
+                   log_stages: Sequence[str] = ()) -> None:
+    """Every path this run writes, checked before any work (``fxmeta.io.paths.check_outputs``)."""
+    from ..io.paths import check_outputs
+
+    log = getattr(args, "log", None)
+    resume = getattr(args, "resume", False)
+    files = [("--out", args.out), ("--export", args.export), ("--log", log), *stage_logs(log, log_stages)]
+    logs = [what for what, _ in files if what.startswith("--log")]
+    check_outputs(files, inputs=inputs, force=args.force, dirs=[("--checkpoint-dir", checkpoint_dir)],
+                  existing_ok=logs if resume else ())
+    if checkpoint_dir and not resume and not args.force:
+        held = [os.path.join(checkpoint_dir, *parts) for parts in
+                (("run.json",), ("adapt", "last.pt"), ("prepare", "last.pt"), ("finetune", "last.pt"))]
+        if any(os.path.isfile(p) for p in held):
+            raise OutputExistsError(f"{checkpoint_dir} holds the checkpoints of an earlier run; pass --resume to "
+                                    "continue it, or --force to start over (they are then overwritten)")
+
+
+def check_numbers(args: argparse.Namespace) -> None:
+    """Every numeric flag in range, before anything is loaded."""
+    import math
+
+    def need(name: str, ok: bool, what: str) -> None:
+        value = getattr(args, name.lstrip("-").replace("-", "_"), None)
+        if value is not None and not ok:
+            raise SpecError(f"{name} must be {what}, got {value}")
+
+    def val(name: str) -> Any:
+        return getattr(args, name, None)
+
+    def finite(v: Any) -> bool:
+        return isinstance(v, (int, float)) and math.isfinite(v)
+
+    for name in ("lr", "prepare_lr"):
+        v = val(name)
+        need("--" + name.replace("_", "-"), v is None or (finite(v) and v > 0), "a finite number > 0")
+    for name in ("weight_decay", "prepare_weight"):
+        v = val(name)
+        need("--" + name.replace("_", "-"), v is None or (finite(v) and v >= 0), "a finite number >= 0")
+    for name in ("workers", "epochs", "adapt_epochs", "bn_batches", "prepare_epochs", "prepare_mask_every",
+                 "finetune_epochs", "eval_bn_batches", "eval_finetune_epochs"):
+        v = val(name)
+        need("--" + name.replace("_", "-"), v is None or v >= 0, ">= 0")
+    for name in ("num_classes", "in_channels", "batch_size", "image_size", "round_to", "latency_threads",
+                 "latency_batch", "count", "width", "depth", "batches_per_step"):
+        v = val(name)
+        need("--" + name.replace("_", "-"), v is None or v >= 1, ">= 1")
+    shape = val("input_shape")
+    if shape is not None:
+        from ..io.files import parse_input_shape
+
+        parse_input_shape(shape)  # "" is an error, not the default
 
 
 def _load_data(args: argparse.Namespace):
@@ -239,7 +288,7 @@ def _load_model(args: argparse.Namespace, data) -> tuple[Any, Any]:
     from ..tracing import example_from_shape
 
     torch.manual_seed(args.seed if hasattr(args, "seed") else 0)  # spec-built models: reproducible weights
-    shape = parse_input_shape(args.input_shape) if args.input_shape else None
+    shape = parse_input_shape(args.input_shape) if args.input_shape is not None else None
     loaded = resolve_model(args.model, trust=args.trust, num_classes=args.num_classes, in_channels=args.in_channels)
     if shape is None:
         if data is not None:
@@ -252,9 +301,7 @@ def _load_model(args: argparse.Namespace, data) -> tuple[Any, Any]:
 
 
 def _save_spec(loaded: Any, model_arg: str) -> tuple[str, dict]:
-    """Spec that rebuilds the network that was pruned (a pruned input file: that file)."""
-    if loaded.plan is not None:
-        return os.path.abspath(model_arg), {}
+    """Spec that rebuilds the architecture of the network that was pruned (see ``LoadedModel.save_args``)."""
     return loaded.spec, dict(loaded.spec_kwargs)
 
 

@@ -7,14 +7,22 @@ from .common import _add_model_args, err, load_model_and_input, write_output
 
 
 def cmd_dump(args: argparse.Namespace) -> int:
+    from ..io.files import check_output_path
     from ..ir.dump import dump
     from ..ir.lowering import lower
 
+    if args.out is not None:
+        check_output_path(args.out, [args.model], args.force)  # before loading and lowering
     loaded, x = load_model_and_input(args)
     graph = lower(loaded.module, x)
     graph.check()
     for name, why in graph.frozen.items():
         err.print(f"[yellow]note[/]: {name}: {why}")
+    if not graph.layers:
+        hint = (" a torch.export program is an ATen-level graph, which the lowering rules do not cover: pass the "
+                "architecture spec with its weights (SPEC@weights.pt) instead" if str(args.model).endswith(".pt2")
+                else " it holds no layer the lowering knows (convolutions, linear layers, norms)")
+        err.print(f"[yellow]note[/]: the IR of {args.model} is empty;{hint}", soft_wrap=True)
     write_output(dump(graph, args.format, args.detail), args.out, args.force, [args.model])
     return 0
 

@@ -18,7 +18,9 @@ def _speedups(text: str | None) -> tuple[float, ...]:
 
 def cmd_meta_train(args: argparse.Namespace) -> int:
     from ..metatrain.loop import MetaTrainConfig, meta_train
+    from .common import check_numbers
 
+    check_numbers(args)
     config = MetaTrainConfig(
         epochs=args.epochs, lr=args.lr, weight_decay=args.weight_decay, width=args.width, depth=args.depth,
         ratio=args.ratio, reg=args.reg, alpha=args.alpha, batches_per_step=args.batches_per_step,
@@ -26,11 +28,16 @@ def cmd_meta_train(args: argparse.Namespace) -> int:
         eval_finetune_epochs=args.eval_finetune_epochs, objective=args.objective, mask_weight=args.mask_weight,
         mask_speedups=_speedups(args.mask_speedups), seed=args.seed, init=args.init, resume=args.resume,
         force=args.force, progress=args.progress)
+    from ..io.paths import check_output
+    from ..metatrain.zoo import load_zoo
+
+    check_output(args.out, inputs=[args.zoo] + ([args.init] if args.init else []), kind="dir", what="--out")
     if args.init:
         from ..metanet.files import load_metanet_file
 
         load_metanet_file(args.init)  # a missing or broken file fails now, not after loading the zoo
-    result = meta_train(args.zoo, args.out, config=config)
+    load_zoo(args.zoo, trust=args.trust)  # a missing, damaged or untrusted zoo fails now
+    result = meta_train(args.zoo, args.out, config=config, trust=args.trust)
     _note(f"best epoch {result.best_epoch} (validation accuracy after a {args.speedup:g}x prune: "
           f"{_pct(result.best_score if result.best_score >= 0 else None)}): {result.best_path}")
     _note(f"next: fxmeta transform MODEL --metanet {result.best_path} --data SPEC --out pruned.pt")
@@ -78,5 +85,7 @@ def register_meta_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--init", metavar="FILE", help="start from this metanetwork instead of a fresh one")
     p.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
     p.add_argument("--force", action="store_true", help="start over even if OUT holds checkpoints")
+    p.add_argument("--trust", action="store_true",
+                   help="allow a zoo whose manifest or members name code (a model factory, a data function)")
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar / epoch lines")
     p.set_defaults(func=cmd_meta_train)

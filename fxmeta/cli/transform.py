@@ -22,20 +22,20 @@ from .common import (
     _load_model,
     _note,
     _print_report,
-    _save_spec,
     _stage_note,
     _train_config,
     _transform_config,
+    check_numbers,
     is_main_process,
 )
 
 
 def _run(args: argparse.Namespace, *, with_training: bool) -> int:
     """transform and prune: validate, load, transform, save, report."""
-    import shutil
-
+    from ..io.paths import Created
     from ..pipeline.transform import StageTimer, check_model_fits, transform
 
+    check_numbers(args)
     finetune = _train_config(args) if with_training else None
     ckpt_dir = (args.checkpoint_dir or f"{args.out}.ckpt") if with_training and args.data else None
     if with_training and args.resume and not args.data:
@@ -46,7 +46,17 @@ def _run(args: argparse.Namespace, *, with_training: bool) -> int:
 
         resolve_device(finetune.device)  # CUDA asked for but absent
     inputs = [args.model] + ([args.metanet] if getattr(args, "metanet", None) else [])
-    _check_outputs(args, inputs)
+    if with_training and getattr(args, "data", None) and args.data.partition(":")[0] in (
+            "cifar10", "cifar100", "imagefolder"):
+        inputs.append(args.data.partition(":")[2])
+    stages = [s for s, on in (("adapt", getattr(args, "metanet", None) and config.adapt_epochs > 0),
+                              ("prepare", config.prepare.epochs > 0)) if on] if ckpt_dir else []
+    _check_outputs(args, inputs, ckpt_dir, stages)
+    created = Created()  # what this run adds to the checkpoint folder: all that cleanup may delete
+    if ckpt_dir and not args.checkpoint_dir:
+        for sub in ("", "adapt", "prepare", "finetune"):
+            created.folder(os.path.join(ckpt_dir, sub))
+            created.file(os.path.join(ckpt_dir, sub, "last.pt" if sub else "run.json"))
     data = _load_data(args) if with_training else None
     if getattr(args, "metanet", None):
         from ..metanet.files import load_metanet_file
@@ -69,8 +79,7 @@ def _run(args: argparse.Namespace, *, with_training: bool) -> int:
     result = transform(loaded.module, x, config, data=data, timer=timer, run_info=run_info)
     if is_main_process():
         _save_outputs(args, loaded, x, result, timer, run_info)
-        if ckpt_dir and not args.checkpoint_dir:
-            shutil.rmtree(ckpt_dir, ignore_errors=True)
+        created.remove()  # only fxmeta's own checkpoint files, and folders it made that are now empty
     title = f"{args.model}: {config.speedup:g}x FLOPs target" + (" with metanetwork" if config.metanet is not None else "")
     _print_report(title, result.metrics(), timer.items())
     _note(f"wrote {args.out}" + (f" and {args.export}" if args.export else ""))
@@ -81,12 +90,11 @@ def _save_outputs(args: argparse.Namespace, loaded: Any, x: Any, result: Any, ti
                   run_info: dict[str, Any]) -> None:
     from ..io.files import save
 
-    spec, spec_kwargs = _save_spec(loaded, args.model)
     metrics = result.metrics() | {"source": loaded.source, "run": run_info,
                                   "speedup_target": args.speedup}
     with timer("save"):
-        save(args.out, result.module, spec=spec, spec_kwargs=spec_kwargs, plan=result.plan, metrics=metrics,
-             input_shape=tuple(x.shape), force=args.force)
+        save(args.out, result.module, plan=result.plan, metrics=metrics, input_shape=tuple(x.shape),
+             force=args.force, **loaded.save_args())
     if args.export:
         from ..io.export import save_program
 

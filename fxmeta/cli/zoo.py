@@ -11,10 +11,14 @@ from .common import DEMO_MODEL, _note, _number, _pct
 
 
 def cmd_zoo(args: argparse.Namespace) -> int:
+    from ..io.paths import check_output
     from ..metatrain.zoo import build_zoo
     from ..pipeline.transform import TransformConfig
+    from .common import check_numbers
 
+    check_numbers(args)
     TransformConfig(speedup=args.prune_speedup)  # the same check as every other speed-up
+    check_output(args.out, kind="dir", what="--out")
     if min(args.epochs, args.finetune_epochs) < 0:
         raise SpecError("--epochs and --finetune-epochs must be >= 0")
     zoo = build_zoo(args.model, args.data, count=args.count, out=args.out, prune_speedup=args.prune_speedup,
@@ -56,6 +60,7 @@ def register_zoo(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--lr", type=float, default=0.1, help="training learning rate (default: 0.1; finetuning: a tenth)")
     p.add_argument("--batch-size", type=int, default=128, metavar="B", help="(default: 128)")
     p.add_argument("--seed", type=int, default=0, help="seed of the first member (default: 0)")
-    p.add_argument("--trust", action="store_true", help="allow a MODEL spec that imports code from a file")
+    p.add_argument("--trust", action="store_true",
+                   help="allow a MODEL spec that imports code from a file, and resuming a zoo whose manifest names code")
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no per-epoch lines")
     p.set_defaults(func=cmd_zoo)

@@ -39,15 +39,21 @@ from typing import Any, BinaryIO, Sequence
 import torch
 from torch import nn
 
-from ..errors import FxmetaError, InputShapeError, OutputExistsError, SpecError, UnsafeFileError
+from ..errors import FxmetaError, InputShapeError, OutputExistsError, SpecError
 from ..tracing import example_from_shape
+from .embed import file_bytes as _file_bytes
+from .embed import from_embedded as _from_embedded
+from .embed import is_torchscript as _is_torchscript
+from .paths import check_output
+from .schema import check_dtypes, check_model_payload, digest
+from .trust import TRUST_HINT, check_model_spec, require_trust
 
 FORMAT = "fxmeta.model"
 VERSION = 1
 MODEL_SUFFIXES = (".pt", ".pth", ".pt2")
 # A saved file's spec may name another file; this bounds such chains (and self-loops).
 _MAX_DEPTH = 4
-_TRUST_HINT = "Re-run with --trust (trust=True) if you trust its source"
+_TRUST_HINT = TRUST_HINT
 
 
 @dataclass
@@ -64,6 +70,16 @@ class LoadedModel:
     default_input_shape: tuple[int, ...] | None = None
     spec_kwargs: dict[str, Any] = field(default_factory=dict)
     plan: Any = None
+    # every plan from the architecture to this model, in order (``plan`` is the last)
+    plans: list = field(default_factory=list)
+    # the architecture itself when it is code (Python source, a pickled module, a
+    # torch.export program): stored in pruned files so that they load wherever they are copied
+    embedded: dict | None = None
+
+    def save_args(self) -> dict[str, Any]:
+        """What ``save`` needs besides the module and its new plan to rebuild this model's architecture."""
+        return {"spec": self.spec, "spec_kwargs": dict(self.spec_kwargs), "plans_before": list(self.plans),
+                "embedded": self.embedded}
 
 
 # ---------------------------------------------------------------------------- loading
@@ -97,6 +113,8 @@ def _resolve(spec: str, kwargs: dict[str, Any], *, trust: bool, from_file: str |
         raise SpecError(f"{from_file}: architecture specs refer to files {_MAX_DEPTH} levels deep (a loop?)")
     if not spec:
         raise SpecError("empty model spec; pass e.g. torchvision:resnet18, fxmeta:resnet56 or model.pt")
+    if os.path.isdir(spec):
+        raise SpecError(f"{spec} is a directory; give a model file or an architecture spec")
     if os.path.isfile(spec) and not spec.endswith(".py"):
         if kwargs:
             flags = ", ".join(f"{k}={v}" for k, v in kwargs.items())
@@ -114,11 +132,8 @@ def _resolve(spec: str, kwargs: dict[str, Any], *, trust: bool, from_file: str |
         raise SpecError(f"no such file: {spec}")
     target, sep, attr = spec.rpartition(":")
     if sep and target and attr:
-        if from_file is not None and not trust:
-            raise UnsafeFileError(
-                f"{from_file} builds its architecture with {spec}, which imports and runs that code. "
-                f"{_TRUST_HINT}."
-            )
+        if from_file is not None:
+            check_model_spec(spec, trust=trust, source=from_file)
         return _factory(target, attr, kwargs)
     if spec.endswith(".py"):
         raise SpecError(f"{spec} is Python source; name the function that builds the model: {spec}:factory")
@@ -178,9 +193,12 @@ def _fxmeta(name: str, kwargs: dict[str, Any]) -> LoadedModel:
 
 
 def _factory(target: str, attr: str, kwargs: dict[str, Any]) -> LoadedModel:
+    embedded = None
     if target.endswith(".py"):
         owner = _import_file(target)
         spec = f"{os.path.abspath(target)}:{attr}"
+        with open(target, encoding="utf-8") as f:
+            embedded = {"kind": "source", "file": os.path.basename(target), "factory": attr, "source": f.read()}
     else:
         try:
             owner = importlib.import_module(target)
@@ -200,7 +218,7 @@ def _factory(target: str, attr: str, kwargs: dict[str, Any]) -> LoadedModel:
         raise SpecError(f"{spec}({_kwargs_text(kwargs)}) failed: {type(exc).__name__}: {_first_line(exc)}") from exc
     if not isinstance(module, nn.Module):
         raise SpecError(f"{spec} returned a {type(module).__name__}, not a torch.nn.Module")
-    return LoadedModel(module, spec, spec, None, dict(kwargs))
+    return LoadedModel(module, spec, spec, None, dict(kwargs), embedded=embedded)
 
 
 def _import_file(path: str) -> Any:
@@ -257,7 +275,8 @@ def _load_file(path: str, *, trust: bool, depth: int) -> LoadedModel:
         return _load_export(path, trust=trust)
     obj = _torch_load(path, trust=trust)
     if isinstance(obj, nn.Module):
-        return LoadedModel(obj, os.path.abspath(path), f"pickled module {path}", None)
+        return LoadedModel(obj, os.path.abspath(path), f"pickled module {path}", None,
+                           embedded={"kind": "pickle", "data": _file_bytes(path)})
     if isinstance(obj, dict) and "format" in obj:
         return _from_saved(obj, path, trust=trust, depth=depth)
     if _is_state_dict(obj):
@@ -270,20 +289,21 @@ def _load_file(path: str, *, trust: bool, depth: int) -> LoadedModel:
 
 def _torch_load(path: str, *, trust: bool) -> Any:
     """torch.load without running code from the file; with ``trust`` a full unpickle."""
+    if _is_torchscript(path):
+        raise SpecError(f"{path} is a TorchScript archive, which fxmeta does not support (it cannot be traced); "
+                        "pass the architecture spec with its weights (SPEC@weights.pt) or the model as a "
+                        "torch.export program (.pt2, needs --trust)")
     try:
         return torch.load(path, weights_only=True, map_location="cpu")
     except pickle.UnpicklingError as exc:
         needs = _unsafe_globals(path, exc)
         if not needs:
             raise SpecError(f"{path} is not a file torch.load can read: {_first_line(exc)}") from exc
-        if not trust:
-            shown = ", ".join(needs[:3]) + (" ..." if len(needs) > 3 else "")
-            raise UnsafeFileError(
-                f"{path} is a pickled module or object (it needs {shown}); loading it runs code from the file. "
-                f"{_TRUST_HINT}, or save a state_dict with an architecture spec instead."
-            ) from exc
-    except (RuntimeError, EOFError, OSError, ValueError) as exc:
-        raise SpecError(f"{path} is not a file torch.load can read: {type(exc).__name__}: {_first_line(exc)}") from exc
+        shown = ", ".join(needs[:3]) + (" ..." if len(needs) > 3 else "")
+        require_trust(trust, path, f"is a pickled module or object (it needs {shown}); loading it runs code "
+                      "from the file", "save a state_dict with an architecture spec instead")
+    except Exception as exc:  # noqa: BLE001 - a damaged or foreign file: whatever the reader raises
+        raise SpecError(f"{path} is not a file torch.load can read: {type(exc).__name__}: {_first_line(exc)}") from None
     try:
         return torch.load(path, weights_only=False, map_location="cpu")
     except Exception as exc:  # noqa: BLE001 - e.g. the pickled classes cannot be imported here
@@ -304,19 +324,22 @@ def _unsafe_globals(path: str, exc: Exception) -> list[str]:
 def _from_saved(obj: dict, path: str, *, trust: bool, depth: int) -> LoadedModel:
     if obj.get("format") != FORMAT:
         raise SpecError(f"{path} has format {obj.get('format')!r}, not {FORMAT!r}")
-    version = obj.get("version")
-    if not isinstance(version, int) or version > VERSION:
-        raise SpecError(f"{path} is {FORMAT} version {version}; this fxmeta reads up to {VERSION}: update fxmeta")
-    spec, kwargs, state = obj.get("spec"), obj.get("spec_kwargs") or {}, obj.get("state_dict")
-    if not isinstance(spec, str) or not isinstance(kwargs, dict) or not _is_state_dict(state):
-        raise SpecError(f"{path} is a damaged {FORMAT} file (spec, spec_kwargs or state_dict missing)")
-    base = _resolve(spec, dict(kwargs), trust=trust, from_file=path, depth=depth + 1)
-    shape = tuple(int(d) for d in obj["input_shape"]) if obj.get("input_shape") else base.default_input_shape
+    check_model_payload(obj, path, FORMAT, VERSION)
+    spec, kwargs, state = obj["spec"], obj.get("spec_kwargs") or {}, obj["state_dict"]
+    embedded = obj.get("embedded")
+    if embedded is not None:
+        base = LoadedModel(_from_embedded(embedded, spec, dict(kwargs), path, trust=trust), spec, spec, None,
+                           dict(kwargs), embedded=embedded)
+    else:
+        base = _resolve(spec, dict(kwargs), trust=trust, from_file=path, depth=depth + 1)
+    shape = tuple(obj["input_shape"]) if obj.get("input_shape") else base.default_input_shape
     module, plan = base.module, obj.get("plan")
-    if plan is not None:
-        module = _apply_plan(module, plan, shape, path)
+    plans = [*obj.get("plans_before", []), plan] if plan is not None else []
+    for i, step in enumerate(plans):
+        module = _apply_plan(module, step, shape, path if i == len(plans) - 1 else f"{path} (earlier plan {i + 1})")
     _load_state(module, state, path, spec)
-    return LoadedModel(module, spec, f"fxmeta model file {path}", shape, dict(kwargs), plan)
+    return LoadedModel(module, spec, f"fxmeta model file {path}", shape, dict(kwargs), plan, plans,
+                       embedded or base.embedded)
 
 
 def _apply_plan(module: nn.Module, plan: Any, shape: tuple[int, ...] | None, path: str) -> nn.Module:
@@ -335,13 +358,10 @@ def _apply_plan(module: nn.Module, plan: Any, shape: tuple[int, ...] | None, pat
 
 
 def _load_export(path: str, *, trust: bool) -> LoadedModel:
-    if not trust:
-        # torch.export.load unpickles parts of the archive (its own docs: never load
-        # untrusted files), so a .pt2 gets the same treatment as a pickled module.
-        raise UnsafeFileError(
-            f"{path} is a torch.export program; torch.export.load unpickles parts of it, which can run code "
-            f"from the file. {_TRUST_HINT}, or save a state_dict with an architecture spec instead."
-        )
+    # torch.export.load unpickles parts of the archive (its own docs: never load
+    # untrusted files), so a .pt2 gets the same treatment as a pickled module.
+    require_trust(trust, path, "is a torch.export program; torch.export.load unpickles parts of it, which can run "
+                  "code from the file", "save a state_dict with an architecture spec instead")
     try:
         program = torch.export.load(path)
     except Exception as exc:  # noqa: BLE001 - any failure means the file is not a usable program
@@ -350,7 +370,8 @@ def _load_export(path: str, *, trust: bool) -> LoadedModel:
     args = (program.example_inputs or ((), {}))[0]
     if len(args) == 1 and isinstance(args[0], torch.Tensor):
         shape = tuple(args[0].shape)
-    return LoadedModel(program.module(), os.path.abspath(path), f"torch.export program {path}", shape)
+    return LoadedModel(program.module(), os.path.abspath(path), f"torch.export program {path}", shape,
+                       embedded={"kind": "export", "data": _file_bytes(path)})
 
 
 def _load_state(module: nn.Module, state: dict[str, torch.Tensor], path: str, spec: str) -> None:
@@ -369,6 +390,7 @@ def _load_state(module: nn.Module, state: dict[str, torch.Tensor], path: str, sp
         raise SpecError(
             f"{path} does not fit {spec}: {'; '.join(problems)}. Check the architecture spec and --num-classes."
         )
+    check_dtypes(own, state, path)
     module.load_state_dict(state, strict=True)
 
 
@@ -409,11 +431,17 @@ def save(
     metrics: Any = None,
     input_shape: Sequence[int] | None = None,
     force: bool = False,
+    plans_before: Sequence[Any] = (),
+    embedded: dict | None = None,
 ) -> None:
     """Write ``module`` as an fxmeta model file, loadable with ``torch.load(weights_only=True)``.
 
     ``spec`` / ``spec_kwargs`` rebuild the architecture before pruning; ``plan`` (a pruned
     model) is stored as plain data and handed to ``fxmeta.pruning.apply_plan`` on load.
+    ``plans_before`` are the plans that made the pruned model the module was pruned from
+    (applied first, in order), ``embedded`` the architecture itself when it is code (see
+    ``LoadedModel.embedded``): with both the file stands alone, wherever it is copied.
+    The file stores a checksum of its content: a damaged copy fails to load, never loads wrong.
     """
     if not isinstance(spec, str) or not spec:
         raise ValueError("save() needs the architecture spec the module was built from, e.g. spec='torchvision:resnet18'")
@@ -428,10 +456,17 @@ def save(
     }
     if plan is not None:
         payload["plan"] = plain_data(plan)
+        if plans_before:
+            payload["plans_before"] = plain_data(list(plans_before))
+    elif plans_before:
+        raise ValueError("save(): plans_before without a plan")
+    if embedded is not None:
+        payload["embedded"] = {k: (v if isinstance(v, torch.Tensor) else plain_data(v)) for k, v in embedded.items()}
     if metrics is not None:
         payload["metrics"] = plain_data(metrics)
     if input_shape is not None:
         payload["input_shape"] = [int(d) for d in input_shape]
+    payload["checksum"] = digest(payload)
     atomic_save(payload, path, force=force)
 
 
@@ -515,35 +550,9 @@ def _write(obj: Any, f: BinaryIO) -> None:
 
 
 def check_output_path(out: str | os.PathLike, inputs: Sequence[str], force: bool = False) -> None:
-    """Refuse an output path that is one of the inputs (even with ``force``) or exists (without)."""
-    out = os.fspath(out)
-    for spec in inputs:
-        for candidate in _spec_paths(os.fspath(spec)):
-            if _same_file(out, candidate):
-                raise OutputExistsError(f"{out} is also an input ({spec}); write the result to another path")
-    if os.path.exists(out) and not force:
-        raise OutputExistsError(f"{out} exists; pass --force to overwrite it, or choose another output path")
-
-
-def _spec_paths(spec: str) -> list[str]:
-    """The file paths a spec may name: itself, SPEC@FILE's parts, FILE.py:factory's file."""
-    paths = [spec]
-    if "@" in spec:
-        arch, weights = spec.rsplit("@", 1)
-        paths += [weights, *_spec_paths(arch)]
-    target, sep, _ = spec.rpartition(":")
-    if sep and target.endswith(".py"):
-        paths.append(target)
-    return [p for p in paths if p]
-
-
-def _same_file(a: str, b: str) -> bool:
-    if os.path.realpath(a) == os.path.realpath(b):
-        return True
-    try:
-        return os.path.samefile(a, b)  # hard links
-    except OSError:
-        return False
+    """Refuse an output path that is one of the inputs (even with ``force``), exists (without), is a
+    directory or cannot be written (``fxmeta.io.paths.check_output``)."""
+    check_output(out, inputs=inputs, force=force)
 
 
 def parse_input_shape(text: str) -> tuple[int, ...]:

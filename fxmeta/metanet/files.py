@@ -16,6 +16,9 @@ def save_metanet(net: Metanet, path: str, *, extra: dict[str, Any] | None = None
     obj = {"format": FORMAT, "config": net.config.to_dict(), "state_dict": net.state_dict()}
     if extra:
         obj["extra"] = extra
+    from ..io.schema import digest
+
+    obj["checksum"] = digest(obj)
     atomic_save(obj, path, force=force)
 
 
@@ -33,8 +36,21 @@ def load_metanet(path: str, scatter: str = "auto") -> Metanet:
     if not isinstance(obj, dict) or obj.get("format") != FORMAT:
         raise FxmetaError(f"{path} is not a metanet file (expected format {FORMAT!r}); "
                           "give a file written by fxmeta meta-training")
-    net = Metanet(MetanetConfig.from_dict(obj["config"]), scatter=scatter)
-    net.load_state_dict(obj["state_dict"])
+    from ..errors import DamagedFileError
+    from ..io.schema import check_metanet_payload
+
+    check_metanet_payload(obj, path)
+    try:
+        net = Metanet(MetanetConfig.from_dict(obj["config"]), scatter=scatter)
+        own = net.state_dict()
+        state = obj["state_dict"]
+        wrong = [k for k, v in own.items() if k in state and (state[k].shape != v.shape or state[k].dtype != v.dtype)]
+        if wrong or set(own) != set(state):
+            raise ValueError(f"its weights do not fit its config ({', '.join(wrong[:2]) or 'different keys'})")
+        net.load_state_dict(state)
+    except (KeyError, TypeError, ValueError, AttributeError, RuntimeError) as exc:
+        raise DamagedFileError(f"damaged file: {path}: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+                               ) from None
     return net
 
 

@@ -29,7 +29,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from ..errors import FxmetaError, OutputExistsError, SpecError
+from ..errors import FxmetaError, OutputExistsError, SpecError, TrainingDivergedError
 from ..ir.graph import WeightGraph
 from ..ir.lowering import lower
 from ..ir.raising import raise_graph, raise_params
@@ -133,10 +133,12 @@ class _Masking:
 
 
 def meta_train(zoo_dir: str | os.PathLike, out: str | os.PathLike = "metanet/", epochs: int | None = None,
-               config: MetaTrainConfig | None = None, **settings: Any) -> MetaTrainResult:
+               config: MetaTrainConfig | None = None, *, trust: bool = False, **settings: Any) -> MetaTrainResult:
     """Meta-train a metanetwork on the data models of ``zoo_dir``; write checkpoints to ``out``.
 
     Settings are the fields of :class:`MetaTrainConfig`, given as keywords (or as ``config``).
+    ``trust`` allows a zoo whose manifest or members name code (a user's model factory or
+    data function), which loading them runs.
     """
     from ..tracing import example_from_shape
     from ..training.data import load_data, make_loaders
@@ -145,16 +147,24 @@ def meta_train(zoo_dir: str | os.PathLike, out: str | os.PathLike = "metanet/", 
     config = replace(config or MetaTrainConfig(), **settings)
     if epochs is not None:
         config = replace(config, epochs=epochs)
-    zoo = load_zoo(zoo_dir)
+    zoo = load_zoo(zoo_dir, trust=trust)
     train_members, val_members = zoo.split("train"), zoo.split("val")
     if not train_members:
         raise FxmetaError(f"{zoo_dir} has no training data models; build the zoo with more members than val_count")
+    from ..io.paths import Created
+
+    created = Created()
+    created.folder(out)
     folder = _output_folder(out, config)
-    splits = load_data(zoo.data, seed=0)
-    loaders = make_loaders(splits, config.batch_size, seed=config.seed)
-    example = example_from_shape(zoo.input_shape)
-    train_models = [_prepare(zoo.path(m), example, config) for m in train_members]
-    val_models = [_prepare(zoo.path(m), example, config) for m in val_members]
+    try:
+        splits = load_data(zoo.data, seed=0)
+        loaders = make_loaders(splits, config.batch_size, seed=config.seed)
+        example = example_from_shape(zoo.input_shape)
+        train_models = [_prepare(zoo.path(m), example, config, trust) for m in train_members]
+        val_models = [_prepare(zoo.path(m), example, config, trust) for m in val_members]
+    except BaseException:
+        created.remove()  # a folder this run made, still empty: gone again
+        raise
     net = _make_metanet([d.graph for d in train_models + val_models], config)
     optimizer = torch.optim.AdamW(net.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     state = {"epoch": 0, "best_epoch": 0, "best_score": -1.0, "history": []}
@@ -181,6 +191,9 @@ def meta_train(zoo_dir: str | os.PathLike, out: str | os.PathLike = "metanet/", 
             picks = torch.Generator().manual_seed(config.seed * 1_000_003 + epoch)  # mask targets, resumable
             for step, i in enumerate(order.tolist()):
                 record = _train_step(net, optimizer, train_models[i], batches, config, ce_scale, picks)
+                if not math.isfinite(record["loss"]):
+                    raise TrainingDivergedError(f"meta-training diverged in epoch {epoch + 1}: the loss became "
+                                                f"{record['loss']}; lower --lr and start again")
                 record.update(epoch=epoch + 1, step=step + 1, lr=lr, model=os.path.basename(train_models[i].path))
                 log.write(record)
                 bar.update(task, advance=1, description=f"meta epoch {epoch + 1}/{config.epochs} "
@@ -220,10 +233,10 @@ def _output_folder(out: str | os.PathLike, config: MetaTrainConfig) -> Path:
     return folder
 
 
-def _prepare(path: str, example: torch.Tensor, config: MetaTrainConfig) -> _DataModel:
+def _prepare(path: str, example: torch.Tensor, config: MetaTrainConfig, trust: bool = False) -> _DataModel:
     from ..io.files import load
 
-    model = load(path).eval()
+    model = load(path, trust=trust).eval()
     for p in model.parameters():
         p.requires_grad_(False)  # data, not trained here: gradients go to the metanetwork only
     graph = lower(model, example)

@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from ..errors import FxmetaError, SpecError
+from ..errors import DamagedFileError, FxmetaError, SpecError
 
 MANIFEST = "zoo.json"
 FORMAT = "fxmeta.zoo/1"
@@ -56,17 +56,64 @@ class Zoo:
         return {"format": FORMAT, **data}
 
 
-def load_zoo(folder: str | os.PathLike) -> Zoo:
-    """Read a zoo folder's manifest; FxmetaError when there is none."""
+def load_zoo(folder: str | os.PathLike, *, trust: bool = False) -> Zoo:
+    """Read a zoo folder's manifest; FxmetaError when there is none, DamagedFileError when it is
+    malformed, UnsafeFileError when it names code (a model factory, a data function) and not ``trust``."""
+    from ..io.trust import check_data_spec, check_model_spec
+
     path = Path(folder) / MANIFEST
     if not path.is_file():
         raise FxmetaError(f"{folder} is not a model zoo (no {MANIFEST}); build one with fxmeta zoo / build_zoo()")
-    data = json.loads(path.read_text())
-    if data.get("format") != FORMAT:
-        raise FxmetaError(f"{path} has format {data.get('format')!r}, not {FORMAT!r}")
-    members = [ZooMember(**m) for m in data.pop("members")]
-    data.pop("format")
-    return Zoo(folder=os.fspath(folder), members=members, **data)
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise DamagedFileError(f"damaged file: {path}: not JSON ({type(exc).__name__}: {exc})") from None
+    if not isinstance(data, dict) or data.get("format") != FORMAT:
+        got = data.get("format") if isinstance(data, dict) else type(data).__name__
+        raise FxmetaError(f"{path} has format {got!r}, not {FORMAT!r}")
+    zoo = _check_manifest(data, path, os.fspath(folder))
+    check_model_spec(zoo.model_spec, trust=trust, source=str(path))
+    check_data_spec(zoo.data, trust=trust, source=str(path))
+    return zoo
+
+
+def _check_manifest(data: dict, path: Path, folder: str) -> Zoo:
+    problems = []
+
+    def need(ok: bool, text: str) -> None:
+        if not ok:
+            problems.append(text)
+
+    def is_int(v: Any) -> bool:
+        return isinstance(v, int) and not isinstance(v, bool)
+
+    for key in ("model_spec", "data"):
+        need(isinstance(data.get(key), str) and bool(data.get(key)), f"{key} is not a non-empty string")
+    need(isinstance(data.get("spec_kwargs"), dict), "spec_kwargs is not a dict")
+    need(isinstance(data.get("settings"), dict), "settings is not a dict")
+    shape = data.get("input_shape")
+    need(isinstance(shape, list) and bool(shape) and all(is_int(d) and d > 0 for d in shape),
+         "input_shape is not a list of positive integers")
+    members = data.get("members")
+    need(isinstance(members, list), "members is not a list")
+    fields = {"index", "file", "seed", "split", "metrics"}
+    for i, m in enumerate(members if isinstance(members, list) else []):
+        if not isinstance(m, dict) or set(m) - fields or not {"index", "file", "seed", "split"} <= set(m):
+            problems.append(f"members[{i}] is not a member record ({', '.join(sorted(fields))})")
+            continue
+        file = m["file"]
+        need(is_int(m["index"]) and m["index"] >= 0 and is_int(m["seed"]), f"members[{i}] index / seed invalid")
+        need(m["split"] in ("train", "val"), f"members[{i}].split is {m['split']!r}, not train or val")
+        need(isinstance(file, str) and bool(file) and not os.path.isabs(file) and ".." not in Path(file).parts,
+             f"members[{i}].file {file!r} is not a file name inside the zoo folder")
+        need(isinstance(m.get("metrics", {}), dict), f"members[{i}].metrics is not a dict")
+    if problems:
+        raise DamagedFileError(f"damaged file: {path}: {'; '.join(problems[:3])}")
+    rest = {k: v for k, v in data.items() if k not in ("format", "members")}
+    unknown = set(rest) - {"model_spec", "data", "spec_kwargs", "input_shape", "settings"}
+    if unknown:
+        raise DamagedFileError(f"damaged file: {path}: unknown keys {sorted(unknown)}")
+    return Zoo(folder=folder, members=[ZooMember(**m) for m in members], **rest)
 
 
 def _write_manifest(zoo: Zoo) -> None:
@@ -98,9 +145,17 @@ def build_zoo(
         raise SpecError(f"need count >= 1 and 0 <= val_count < count, got count={count}, val_count={val_count}")
     if prune_speedup < 1.0:
         raise SpecError(f"prune_speedup must be >= 1 (1 means no pre-pruning), got {prune_speedup}")
-    folder = Path(out)
+    from ..io.paths import Created, check_output
+
+    folder = Path(check_output(out, kind="dir", what="zoo folder"))
+    created = Created()
+    created.folder(folder)
+    try:
+        splits = load_data(data, seed=0)  # one fixed split for every member: same held-out data
+    except BaseException:
+        created.remove()
+        raise
     folder.mkdir(parents=True, exist_ok=True)
-    splits = load_data(data, seed=0)  # one fixed split for every member: same held-out data
     spec_kwargs = {"num_classes": splits.num_classes, "in_channels": splits.in_channels}
     input_shape = [1, *splits.input_shape]
     settings = {"count": count, "prune_speedup": prune_speedup, "epochs": epochs,
@@ -108,7 +163,7 @@ def build_zoo(
                 "batch_size": batch_size}
     zoo = Zoo(os.fspath(folder), model_spec, data, spec_kwargs, input_shape, settings)
     if (folder / MANIFEST).is_file():
-        old = load_zoo(folder)
+        old = load_zoo(folder, trust=True)  # only compared with the settings given here, nothing of it runs
         if (old.model_spec, old.data, old.settings) != (model_spec, data, settings):
             raise FxmetaError(f"{folder} holds a zoo built with other settings ({old.model_spec}, {old.data}, "
                               f"{old.settings}); use another folder or the same settings to resume")
@@ -122,7 +177,11 @@ def build_zoo(
         member_seed = seed + index
         split = "val" if index >= count - val_count else "train"
         say(f"member {index} ({split}, seed {member_seed}) ...")
-        member = _build_member(zoo, index, member_seed, split, splits, trust=trust, progress=progress)
+        try:
+            member = _build_member(zoo, index, member_seed, split, splits, trust=trust, progress=progress)
+        except BaseException:
+            created.remove()  # the folder, when this build made it and nothing was finished in it
+            raise
         zoo.members.append(member)
         zoo.members.sort(key=lambda m: m.index)
         _write_manifest(zoo)
@@ -140,7 +199,8 @@ def _build_member(zoo: Zoo, index: int, member_seed: int, split: str, splits: An
     settings = zoo.settings
     started = time.perf_counter()
     torch.manual_seed(member_seed)  # the architecture's initialisation draws from the global RNG
-    model = resolve_model(zoo.model_spec, trust=trust, **zoo.spec_kwargs).module
+    loaded = resolve_model(zoo.model_spec, trust=trust, **zoo.spec_kwargs)
+    model = loaded.module
     common = dict(batch_size=settings["batch_size"], seed=member_seed, progress=progress, device="cpu")
     trained = train(model, splits, TrainConfig(epochs=settings["epochs"], lr=settings["lr"], **common))
     metrics = {"trained_val_acc": trained.best_val_acc}
@@ -158,6 +218,7 @@ def _build_member(zoo: Zoo, index: int, member_seed: int, split: str, splits: An
         metrics["test_acc"] = tuned.test["acc"] if tuned.test else float("nan")
     metrics["seconds"] = round(time.perf_counter() - started, 2)
     file = f"member_{index:02d}.pt"
+    # the architecture travels with the file (embedded when it is code): members load from anywhere
     save(Path(zoo.folder) / file, module.eval(), spec=zoo.model_spec, spec_kwargs=zoo.spec_kwargs, plan=plan,
-         metrics=metrics, input_shape=zoo.input_shape, force=True)
+         metrics=metrics, input_shape=zoo.input_shape, force=True, embedded=loaded.embedded)
     return ZooMember(index, file, member_seed, split, metrics)

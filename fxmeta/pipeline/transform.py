@@ -69,7 +69,10 @@ class TransformConfig:
     latency_batch: int = 1
 
     def __post_init__(self) -> None:
-        if not isinstance(self.speedup, (int, float)) or not math.isfinite(self.speedup) or self.speedup < 1:
+        if not isinstance(self.speedup, (int, float)) or not math.isfinite(self.speedup):
+            raise SpecError(f"speed-up {self.speedup} is not a finite number; ask for the FLOPs ratio to reach, "
+                            "e.g. --speedup 2")
+        if self.speedup < 1:
             raise SpecError(f"speed-up {self.speedup} is below 1; ask for the FLOPs ratio to reach, e.g. --speedup 2")
         if self.adapt_epochs < 0:
             raise SpecError(f"adapt epochs must be >= 0, got {self.adapt_epochs}")
@@ -201,6 +204,7 @@ def _run_record(config: TransformConfig, extra: dict[str, Any]) -> dict[str, Any
 
 def _check_resume(folder: Path, record: dict[str, Any], resume: bool, is_main: bool) -> None:
     path = folder / _RUN_FILE
+    record = json.loads(json.dumps(record))  # as it reads back: tuples are lists there
     if resume and path.is_file():
         try:
             old = json.loads(path.read_text())

@@ -88,8 +88,9 @@ def select(analysis: ChannelAnalysis, c: Candidates, model: FlopModel, base: flo
     best = base / max(model.evaluate(removed_mask(c, removed_counts(c, total), n_ids)), 1.0)
     if best < target:
         raise PruningError(
-            f"speed-up {target:.3g}x is unreachable: at most {best:.3g}x with min_keep={min_keep}"
-            f"{f', round_to={round_to}' if round_to else ''}; lower the target or min_keep"
+            f"speed-up {target:.3g}x is unreachable: at most {best:.3g}x while every group keeps at least "
+            f"{min_keep:.0%} of its channels (library: min_keep={min_keep})"
+            f"{f' in multiples of {round_to} (--round-to)' if round_to else ''}; lower the target (--speedup)"
         )
     lo, hi = 0, total  # smallest k whose removal reaches the target
     while lo < hi:

@@ -116,7 +116,7 @@ class _ShapeChecker(fx.Interpreter):
             raise PruningError(
                 f"self-check failed: the pruned model fails at node {n.name!r}: {type(exc).__name__}: "
                 f"{str(exc).splitlines()[0] if str(exc) else ''}; involved: "
-                f"{_involved(analysis, n.name, self.s.removed, self.groups_of)}"
+                f"{_involved(analysis, n.name, self.s.removed, self.groups_of)}{_suggest(analysis, n.name)}"
             ) from exc
         meta = _extract_meta(out)
         if meta is not None:
@@ -129,6 +129,7 @@ class _ShapeChecker(fx.Interpreter):
                 raise PruningError(
                     f"self-check failed at node {n.name!r}: shape {got} instead of {want}; "
                     f"involved: {_involved(analysis, n.name, self.s.removed, self.groups_of)}"
+                    f"{_suggest(analysis, n.name)}"
                 )
         return out
 
@@ -193,6 +194,29 @@ def _involved(analysis: ChannelAnalysis, name: str, removed: Tensor, groups_of: 
     return ", ".join(sorted(keys)) or "no removed channels at this node"
 
 
+def _suggest(analysis: ChannelAnalysis, name: str) -> str:
+    """The module around a failing node, and how to keep it out of pruning."""
+    nodes = {n.name: n for n in analysis.gm.graph.nodes}
+    todo, seen = [nodes.get(name)], set()
+    while todo:  # the node itself, else the nearest module that feeds it
+        node = todo.pop(0)
+        if node is None or node.name in seen:
+            continue
+        seen.add(node.name)
+        module = None
+        if node.op == "call_module":
+            module = node.target
+        else:
+            stack = node.meta.get("nn_module_stack") or {}
+            names = [v[0] if isinstance(v, tuple) else k for k, v in stack.items()]
+            module = next((m for m in reversed(names) if m), None)
+        if module:
+            return (f"; the failing op is in or after module {module!r}: keep it whole with --ignore {module} "
+                    f"(ignore=[{module!r}]), or skip the check with --no-check at your own risk")
+        todo.extend(node.all_input_nodes)
+    return "; keep the layers around it whole with --ignore MODULE (ignore=[...])"
+
+
 def _locate_mismatch(analysis, pruned, removed, masks, x, rtol, groups_of) -> str:
     """Compare node by node to name the first value that goes wrong."""
     record: dict[str, Any] = {}
@@ -215,5 +239,5 @@ def _locate_mismatch(analysis, pruned, removed, masks, x, rtol, groups_of) -> st
         if not isinstance(got[node.name], Tensor) or not _close(got[node.name], ref, rtol):
             return (f"self-check failed: pruned model differs from the masked original at node {node.name!r} "
                     f"({node.op} {getattr(node.target, '__name__', node.target)}); "
-                    f"involved: {_involved(analysis, node.name, removed, groups_of)}")
+                    f"involved: {_involved(analysis, node.name, removed, groups_of)}{_suggest(analysis, node.name)}")
     return "self-check failed: pruned model output differs from the masked original (no single node found)"

@@ -129,6 +129,7 @@ def slim(analysis: ChannelAnalysis, removed: Tensor) -> fx.GraphModule:
         for dim, keep in cuts:
             t = t.index_select(dim, keep.to(t.device))
         _set_tensor(gm, name, t.contiguous())
+    _retie(analysis.gm, gm, by_param)
     owners = {name.rpartition(".")[0] for name in by_param}
     called = {n.target for n in gm.graph.nodes if n.op == "call_module"}
     for owner in sorted(owners - called):  # modules read only through get_attr
@@ -143,6 +144,36 @@ def slim(analysis: ChannelAnalysis, removed: Tensor) -> fx.GraphModule:
     return gm
 
 
+
+
+def _retie(old: nn.Module, gm: nn.Module, sliced: dict) -> None:
+    """Tensors shared under several names before slimming (tied weights) are shared again after."""
+    names: dict[int, list[str]] = {}
+    for name, t in [*old.named_parameters(remove_duplicate=False), *old.named_buffers(remove_duplicate=False)]:
+        names.setdefault(id(t), []).append(name)
+    for group in names.values():
+        if len(group) < 2 or not any(n in sliced for n in group):
+            continue
+        tensors = [_get_tensor(gm, n) for n in group]
+        first = tensors[0]
+        if all(t.shape == first.shape and torch.equal(t, first) for t in tensors[1:]):
+            for n in group[1:]:
+                owner_name, _, attr = n.rpartition(".")
+                owner = gm.get_submodule(owner_name) if owner_name else gm
+                if isinstance(first, nn.Parameter):
+                    setattr(owner, attr, first)
+                else:
+                    owner._buffers[attr] = first
+        else:
+            import warnings
+
+            warnings.warn(f"tied tensors {', '.join(group)} were pruned differently and are no longer tied",
+                          stacklevel=3)
+
+
+def _get_tensor(root: nn.Module, qualname: str) -> Tensor:
+    owner_name, _, attr = qualname.rpartition(".")
+    return getattr(root.get_submodule(owner_name) if owner_name else root, attr)
 
 
 def refresh_attributes(module: nn.Module) -> None:

@@ -225,6 +225,25 @@ def _to_rgb(img: Any) -> Any:
     return img.convert("RGB")  # grayscale / palette images too
 
 
+_MAX_CHECKED_IMAGES = 20_000
+
+
+def _check_images(paths: list[str], root: Path) -> None:
+    """Read the header of every image (of a sample beyond 20k) now: a broken file fails before training."""
+    from PIL import Image
+
+    if len(paths) > _MAX_CHECKED_IMAGES:
+        gen = np.random.default_rng(0)
+        paths = [paths[i] for i in gen.choice(len(paths), _MAX_CHECKED_IMAGES, replace=False)]
+    for path in paths:
+        try:
+            with Image.open(path) as img:
+                img.verify()
+        except Exception as exc:  # noqa: BLE001 - whatever PIL raises, the file is not a usable image
+            raise SpecError(f"imagefolder:{root}: {path} is not a readable image ({type(exc).__name__}); "
+                            "remove or replace it") from None
+
+
 def _load_imagefolder(root: Path, seed: int, size: int) -> DataSplits:
     from torchvision import datasets
     from torchvision import transforms as T
@@ -245,6 +264,10 @@ def _load_imagefolder(root: Path, seed: int, size: int) -> DataSplits:
     if test.classes != train_all.classes:
         raise SpecError(f"imagefolder:{root}: train and val have different class folders "
                         f"({len(train_all.classes)} vs {len(test.classes)}); make them the same")
+    if len(train_all) < 2 or len(test) < 1:
+        raise SpecError(f"imagefolder:{root}: too few images ({len(train_all)} in train, {len(test)} in val); "
+                        "train needs at least 2 (some are held out for validation), val at least 1")
+    _check_images([p for p, _ in train_all.samples + test.samples], root)
     keep, held = split_indices(train_all.targets, _VAL_FRACTION, seed)
     train, val = Subset(train_all, keep.tolist()), Subset(eval_all, held.tolist())
     return DataSplits(
@@ -276,7 +299,11 @@ def _load_user(module_name: str, func_name: str, seed: int, image_size: int | No
         raise SpecError(f"cannot load data function {where}: {exc}; {_SPEC_HELP}") from None
     params = inspect.signature(fn).parameters
     kwargs = {k: v for k, v in (("seed", seed), ("image_size", image_size)) if k in params}
-    result = fn(**kwargs)
+    try:
+        result = fn(**kwargs)
+    except Exception as exc:  # noqa: BLE001 - the user's function failing is a bad data spec
+        text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        raise SpecError(f"data function {where} failed: {type(exc).__name__}: {text}") from None
     if isinstance(result, DataSplits):
         return result
     if not isinstance(result, (tuple, list)) or len(result) not in (2, 3):

@@ -28,7 +28,7 @@ import torch.distributed as dist
 from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler
 
-from ..errors import SpecError
+from ..errors import SpecError, TrainingDivergedError
 from ..io.files import atomic_save
 from .data import DataSplits, Loaders, ShardSampler, make_loaders
 
@@ -71,6 +71,13 @@ class TrainConfig:
             raise SpecError(f"device={self.device!r}; use auto, cpu, cuda or cuda:N")
         if self.epochs < 0 or self.batch_size < 1:
             raise SpecError(f"need epochs >= 0 and batch_size >= 1, got {self.epochs} and {self.batch_size}")
+        for name, low, strict in (("lr", 0.0, False), ("weight_decay", 0.0, False), ("momentum", 0.0, False),
+                                  ("gamma", 0.0, False), ("label_smoothing", 0.0, False)):
+            v = getattr(self, name)
+            if not isinstance(v, (int, float)) or not math.isfinite(v) or (v <= low if strict else v < low):
+                raise SpecError(f"{name} must be a finite number {'>' if strict else '>='} {low:g}, got {v}")
+        if self.num_workers < 0:
+            raise SpecError(f"num_workers (--workers) must be >= 0, got {self.num_workers}")
         self.milestones = tuple(self.milestones)
 
 
@@ -352,6 +359,24 @@ class _JsonLog:
                 f.write(json.dumps(record) + "\n")
 
 
+def _check_finite(model: nn.Module, loss: float, epoch: int, lr: float, kept: Path | None) -> None:
+    """Stop a diverged run: a non-finite loss or weights are never trained on, saved or returned."""
+    what = None
+    if not math.isfinite(loss):
+        what = f"the training loss became {loss}"
+    else:
+        bad = next((k for k, v in model.state_dict().items()
+                    if v.is_floating_point() and not bool(torch.isfinite(v).all())), None)
+        if bad is not None:
+            what = f"the weights became NaN or infinite ({bad})"
+    if what is None:
+        return
+    where = (f"; the checkpoint of the last finite epoch ({epoch - 1}) is kept in {kept}" if kept and kept.is_file()
+             else "")
+    raise TrainingDivergedError(f"training diverged in epoch {epoch}: {what} at learning rate {lr:.3g}; "
+                                f"lower --lr (or --weight-decay) and start again; no model was saved{where}")
+
+
 def _make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
     if config.optimizer == "adamw":
         return torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
@@ -421,6 +446,7 @@ def train(model: nn.Module, data: DataSplits | Loaders, config: TrainConfig | No
                 steps = _tracked(bar, loaders.train, f"epoch {epoch + 1}/{config.epochs}")
                 fit = _train_epoch(net, loaders.train, optimizer, scaler, criterion, device, amp,
                                    channels_last, steps, objective)
+                _check_finite(model, fit["loss"], epoch + 1, lr, ckpt_path if run.epoch > 0 else None)
                 if ctx.distributed:
                     _average_buffers(model, ctx.world_size)
                 val = evaluate(model, loaders.val, device, amp=amp)

@@ -180,6 +180,23 @@ def _tensor_index(ctx: Context, node: fx.Node, src: fx.Node, idx: Any) -> Dims:
     return out
 
 
+def index_select(ctx: Context, node: fx.Node) -> Dims:
+    """``index_select(x, dim, index)``: the selected dim is frozen (its index holds channel numbers
+    that slimming would have to rewrite); every other dim passes through unchanged."""
+    x = node.args[0]
+    dims = Dims(ctx.dims(x))
+    d = _norm_dim(ctx.arg(node, 1, "dim", 0), len(dims))
+    ctx.freeze(dims[d], reason="index_select: indexed by a tensor")
+    dims[d] = None
+    return dims
+
+
+def gather(ctx: Context, node: fx.Node) -> Any:
+    """gather / scatter / take and friends: index tensors name entries of every dim: freeze all."""
+    ctx.freeze_value(tuple(ctx.value(a) for a in node.all_input_nodes), reason=f"indexed by a tensor ({node.target})")
+    return frozen_value(ctx.meta(node))
+
+
 def pad(ctx: Context, node: fx.Node) -> Dims:
     x = node.args[0]
     p = ctx.arg(node, 1, "pad")

@@ -39,7 +39,7 @@ from .attention import (
 )
 from .conv import conv_function, conv_module, einsum, embedding_module, linear_function, linear_module, matmul
 from .elementwise import elementwise, first_arg, freeze_dim, metadata, softmax_module
-from .index import cat, getitem, pad, split, stack, unbind
+from .index import cat, gather, getitem, index_select, pad, split, stack, unbind
 from .norm import (
     batchnorm_function,
     batchnorm_module,
@@ -171,6 +171,11 @@ def _build() -> RuleTable:
         torch.cat: cat, torch.concat: cat, torch.concatenate: cat, torch.stack: stack,
         torch.split: split, torch.chunk: split, "split": split, "chunk": split,
         torch.unbind: unbind, "unbind": unbind,
+        torch.index_select: index_select, "index_select": index_select,
+        torch.gather: gather, "gather": gather, torch.take_along_dim: gather, "take_along_dim": gather,
+        torch.take: gather, "take": gather, torch.scatter: gather, "scatter": gather,
+        torch.scatter_add: gather, "scatter_add": gather, torch.index_add: gather, "index_add": gather,
+        torch.index_copy: gather, "index_copy": gather, torch.index_put: gather, "index_put": gather,
         operator.getitem: getitem,
         torch.flatten: reshape_like(None), "flatten": reshape_like(None),
         torch.reshape: reshape_like(1), "reshape": reshape_like(1), "view": reshape_like(1),
