@@ -229,3 +229,26 @@ def test_prepare_pass_before_remove_channels(digits):
                           RemoveChannelsPass(speedup=2.0, example_input=x)])(gm)
     assert result.modified and result.graph_module.meta["fxmeta.speedup"] >= 2.0
     assert any(not torch.equal(before[k], v) for k, v in gm.state_dict().items())  # trained in place
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["resnet18", "mobilenet_v2", "densenet121", "shufflenet_v2_x0_5", "regnet_y_400mf",
+                                  "efficientnet_b0", "convnext_tiny", "vit_b_16"])
+def test_masked_network_equals_the_pruned_network_on_torchvision(name):
+    import torchvision
+
+    torch.manual_seed(0)
+    size = 224 if name == "vit_b_16" else 64
+    model = randomize_bn(torchvision.models.get_model(name, num_classes=10)).eval()  # no dropout / drop-path
+    x = torch.randn(1, 3, size, size)
+    analysis = analyze(model, x)
+    removed = removal(analysis, 2.0, flops_target=calibrate_target(analysis, 2.0))
+    masked = MaskedNetwork(analysis)
+    masked.set_removed(removed)
+    pruned = slim(analysis, removed)
+    for m in pruned.modules():  # the masked network's BatchNorm runs on batch statistics: so does this one
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            m.train()
+    batch = torch.randn(4, 3, size, size)
+    with torch.no_grad():
+        torch.testing.assert_close(masked(batch), pruned(batch), atol=1e-4, rtol=1e-3)

@@ -192,14 +192,13 @@ def _describe(out: Any) -> str:
 def _run_record(config: TransformConfig, extra: dict[str, Any]) -> dict[str, Any]:
     """What decides the pruned network before finetuning: a resumed run must match it."""
     metanet = config.metanet
-    record = {
+    return {
         "speedup": config.speedup, "importance": config.importance, "round_to": config.round_to,
         "ignore": list(config.ignore), "adapt_epochs": config.adapt_epochs, "seed": config.finetune.seed,
         "prepare": asdict(config.prepare),
         "metanet": os.path.abspath(os.fspath(metanet)) if isinstance(metanet, (str, os.PathLike)) else
         (None if metanet is None else type(metanet).__name__), **extra,
     }
-    return json.loads(json.dumps(record))  # as it reads back from run.json (tuples become lists)
 
 
 def _check_resume(folder: Path, record: dict[str, Any], resume: bool, is_main: bool) -> None:
