@@ -24,7 +24,7 @@ def _speedups(text: str) -> list[float]:
 def cmd_curve(args: argparse.Namespace) -> int:
     import torch
 
-    from ..io.files import check_output_path
+    from ..io.paths import check_outputs
     from ..pipeline.curve import calibration_batches, plot, prunability_curve, write_json
     from ..pipeline.transform import check_model_fits
     from ..training.data import make_loaders
@@ -33,9 +33,7 @@ def cmd_curve(args: argparse.Namespace) -> int:
     if args.bn_batches < 0 or args.batch_size < 1:
         raise SpecError("--bn-batches must be >= 0 and --batch-size >= 1")
     inputs = [args.model] + ([args.metanet] if args.metanet else [])
-    for out in (args.out, args.plot):
-        if out:
-            check_output_path(out, inputs, args.force)
+    check_outputs([("--out", args.out), ("--plot", args.plot)], inputs=inputs, force=args.force)
     if args.plot:
         import importlib.util
 

@@ -11,7 +11,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from ..errors import FxmetaError, OutputExistsError, SpecError
+from ..errors import FxmetaError, SpecError
 from .common import DEMO_MODEL, _note, _number, _pct, _si, _stage_note, is_main_process
 
 DEMO_METANET = Path(__file__).parent.parent / "assets" / "metanet_digits.pt"
@@ -84,13 +84,13 @@ def _resolve_demo_model(spec: str, data: Any) -> Any:
 def _demo_outputs(args: argparse.Namespace) -> dict[str, str]:
     if not args.out:
         return {}
-    folder = Path(args.out)
-    if folder.exists() and not folder.is_dir():
-        raise OutputExistsError(f"--out {folder} is a file; give a folder for the demo's results")
+    from ..io.paths import check_output
+
+    folder = Path(check_output(args.out, kind="dir", what="--out"))
     outs = {name: str(folder / name) for name in ("pruned.pt", "pruned.pt2", "metrics.json")}
-    for path in outs.values():
-        if os.path.exists(path) and not args.force:
-            raise OutputExistsError(f"{path} exists; pass --force to overwrite it, or choose another --out folder")
+    if folder.is_dir():  # else nothing can be in the way: the folder is made before writing
+        for name, path in outs.items():
+            check_output(path, force=args.force, what=f"--out {name}")
     return outs
 
 
