@@ -68,6 +68,10 @@ class Settings:
     finetune_lrs: tuple[tuple[str, float], ...] = (("resnet20", 0.05), ("resnet56", 0.01))  # quality.py, on val
     bn_batches: int = 20
     sweep_seed: int = 100
+    # a base network whose training failed (validation accuracy below this) is no network to prune:
+    # it is replaced by the next spare seed, decided on validation accuracy only
+    min_base_val: float = 0.9
+    spare_seeds: tuple[int, ...] = (5, 6, 7)
     sweep_arch: str = "resnet20"  # the choices made on it serve every family
     sweep_targets: tuple[float, ...] = (4.0, 8.0)
     # (weight, lr, mask_every): the prepare grid; weight 1 / lr 0.01 / once per epoch first
@@ -154,6 +158,30 @@ class Bench:
         model, _ = self.cached_model(f"base-{arch}-s{seed}", [arch, seed, s.base_epochs, s.base_lrs, s.batch_size,
                                                               s.image_size], build)
         return model
+
+    def usable_seeds(self, arch: str) -> tuple[list[int], dict[int, float]]:
+        """``s.seeds`` with every base network below ``min_base_val`` replaced by a spare seed."""
+        from fxmeta.errors import FxmetaError
+
+        used, rejected = [], {}
+        spares = [sd for sd in self.s.spare_seeds if sd not in self.s.seeds]
+        for seed in self.s.seeds:
+            while True:
+                try:
+                    self.base(arch, seed)
+                    val = self.base_info(arch, seed)["val_acc"]
+                except FxmetaError as exc:  # e.g. training diverged
+                    say(f"{arch} seed {seed}: base training failed: {exc}")
+                    val = 0.0
+                if val >= self.s.min_base_val:
+                    used.append(seed)
+                    break
+                rejected[seed] = val
+                if not spares:
+                    raise SystemExit(f"{arch}: base network seed {seed} reached only {val:.3f} val acc and no "
+                                     "spare seed is left")
+                seed = spares.pop(0)
+        return used, rejected
 
     def base_info(self, arch: str, seed: int) -> dict:
         path = next((self.cache / "models").glob(f"base-{arch}-s{seed}-*.json"))
@@ -367,13 +395,17 @@ def _versions() -> dict:
     return out
 
 
-def write_report(bench: Bench, cells: list[dict], choices: dict, sweep: dict, meta: dict, out: Path) -> None:
+def write_report(bench: Bench, cells: list[dict], choices: dict, sweep: dict, meta: dict, out: Path,
+                 seeds_of: dict[str, tuple[list[int], dict[int, float]]]) -> None:
     s = bench.s
     lines = ["# Prepare for pruning vs DepGraph+SL, fxmeta l2 and random (equal epoch budget)", ""]
     lines += [f"- command: `{meta['command']}`", f"- date: {meta['date']}",
               f"- machine: {meta['machine']}, torch threads = {meta['threads']}",
               f"- versions: {', '.join(f'{k} {v}' for k, v in meta['versions'].items())}",
-              f"- seeds: {', '.join(map(str, s.seeds))} (base networks); sweep network: seed {s.sweep_seed}",
+              f"- base networks: seeds {'; '.join(f'{a} ' + ', '.join(map(str, u)) for a, (u, _) in seeds_of.items())}"
+              f"; sweep network: seed {s.sweep_seed}"
+              + "".join(f"; {a} seed {sd} replaced by a spare seed: its training failed (val acc {100 * v:.1f} % < "
+                        f"{100 * s.min_base_val:.0f} %)" for a, (_, rej) in seeds_of.items() for sd, v in rej.items()),
               f"- load average (1/5/15 min) at start: {meta['load_start']}; at end: {meta['load_end']}",
               f"- run wall time: {meta['minutes']:.1f} min", ""]
     lines += ["## Setup", "",
@@ -410,7 +442,7 @@ def write_report(bench: Bench, cells: list[dict], choices: dict, sweep: dict, me
     lines.append("")
     lines += ["## Test accuracy (%), mean ± std over seeds", ""]
     for arch in s.archs:
-        base_acc = [bench.base_info(arch, sd)["test_acc"] for sd in s.seeds]
+        base_acc = [bench.base_info(arch, sd)["test_acc"] for sd in seeds_of[arch][0]]
         lines += [f"### {arch} (unpruned: {_pct(*_mean_std(base_acc))})", "",
                   "| target | method | n | FLOPs x | right after prune + recal | after finetune | pre-stage s | "
                   "finetune s |", "|---|---|---|---|---|---|---|---|"]
@@ -514,11 +546,10 @@ def main(argv: list[str] | None = None) -> None:
     t0, load_start = time.time(), "/".join(f"{x:.2f}" for x in os.getloadavg())
     sweep: dict = {}
     chosen_for = choose(bench, s.sweep_arch, sweep)
-    cells = []
+    cells, seeds_of = [], {}
     for arch in s.archs:
-        for seed in s.seeds:
-            bench.base(arch, seed)
-        for seed in s.seeds:
+        seeds_of[arch] = bench.usable_seeds(arch)
+        for seed in seeds_of[arch][0]:
             for target in s.targets:
                 for method in METHODS:
                     cells.append(bench.cell(arch, seed, method, target, chosen_for[method]))
@@ -529,7 +560,7 @@ def main(argv: list[str] | None = None) -> None:
             f"{os.cpu_count()} cores", "threads": args.threads, "versions": _versions(), "load_start": load_start,
             "load_end": "/".join(f"{x:.2f}" for x in os.getloadavg()), "minutes": (time.time() - t0) / 60}
     out = (cache / "prepare") if args.quick else RESULTS / "prepare"
-    write_report(bench, cells, chosen_for, sweep, meta, out)
+    write_report(bench, cells, chosen_for, sweep, meta, out, seeds_of)
     say(f"wrote {out.with_suffix('.md')}")
 
 
