@@ -57,7 +57,7 @@ class Settings:
     zoo_seed: int = 1000
     zoo_epochs: int = 20
     zoo_lr: float = 0.1
-    meta_epochs: int = 20
+    meta_epochs: int = 12
     width: int = 32
     depth: int = 6
     ratio: float = 0.01
