@@ -5,6 +5,7 @@ Under ``torchrun`` only rank 0 prints (``is_main_process``).
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 from typing import Any, Sequence
@@ -166,16 +167,23 @@ def _add_prepare_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--prepare-lr", type=_number, metavar="LR", help="learning rate of the prepare stage (default: --lr)")
 
 
+def speedup_list(text: str | None, flag: str) -> tuple[float, ...]:
+    """A comma-separated list of FLOPs targets (each >= 1); empty or None gives ()."""
+    if not text:
+        return ()
+    try:
+        values = tuple(float(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise SpecError(f"{flag} wants numbers separated by commas, got {text!r}") from None
+    if not values or any(not (math.isfinite(v) and v >= 1) for v in values):
+        raise SpecError(f"{flag} wants finite numbers >= 1, got {text!r}")
+    return values
+
+
 def _prepare_config(args: argparse.Namespace):
     from ..training.prepare import PrepareConfig
 
-    speedups = ()
-    if getattr(args, "prepare_speedups", None):
-        try:
-            speedups = tuple(float(v) for v in args.prepare_speedups.split(","))
-        except ValueError:
-            raise SpecError(f"--prepare-speedups wants numbers separated by commas, got {args.prepare_speedups!r}"
-                            ) from None
+    speedups = speedup_list(getattr(args, "prepare_speedups", None), "--prepare-speedups")
     return PrepareConfig(epochs=getattr(args, "prepare_epochs", 0), speedups=speedups,
                          weight=getattr(args, "prepare_weight", 1.0), mask_every=getattr(args, "prepare_mask_every", 0),
                          lr=getattr(args, "prepare_lr", None))

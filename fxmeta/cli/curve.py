@@ -8,17 +8,7 @@ from rich.console import Console
 from rich.table import Table
 
 from ..errors import SpecError
-from .common import _add_model_args, _load_data, _load_model, _note, _pct, is_main_process
-
-
-def _speedups(text: str) -> list[float]:
-    try:
-        values = [float(v) for v in text.split(",") if v.strip()]
-    except ValueError:
-        raise SpecError(f"--speedups wants numbers separated by commas, got {text!r}") from None
-    if not values or any(not v >= 1 for v in values):
-        raise SpecError(f"--speedups wants numbers >= 1, got {text!r}")
-    return values
+from .common import _add_model_args, _load_data, _load_model, _note, _pct, is_main_process, speedup_list
 
 
 def cmd_curve(args: argparse.Namespace) -> int:
@@ -29,7 +19,9 @@ def cmd_curve(args: argparse.Namespace) -> int:
     from ..pipeline.transform import check_model_fits
     from ..training.data import make_loaders
 
-    speedups = _speedups(args.speedups)
+    speedups = list(speedup_list(args.speedups, "--speedups"))
+    if not speedups:
+        raise SpecError("--speedups needs at least one target")
     if args.bn_batches < 0 or args.batch_size < 1:
         raise SpecError("--bn-batches must be >= 0 and --batch-size >= 1")
     inputs = [args.model] + ([args.metanet] if args.metanet else [])

@@ -3,17 +3,7 @@ from __future__ import annotations
 
 import argparse
 
-from ..errors import SpecError
-from .common import _note, _number, _pct
-
-
-def _speedups(text: str | None) -> tuple[float, ...]:
-    if not text:
-        return ()
-    try:
-        return tuple(float(v) for v in text.split(","))
-    except ValueError:
-        raise SpecError(f"expected numbers separated by commas, got {text!r}") from None
+from .common import _note, _number, _pct, speedup_list
 
 
 def cmd_meta_train(args: argparse.Namespace) -> int:
@@ -26,8 +16,8 @@ def cmd_meta_train(args: argparse.Namespace) -> int:
         ratio=args.ratio, reg=args.reg, alpha=args.alpha, batches_per_step=args.batches_per_step,
         batch_size=args.batch_size, speedup=args.speedup, eval_bn_batches=args.eval_bn_batches,
         eval_finetune_epochs=args.eval_finetune_epochs, objective=args.objective, mask_weight=args.mask_weight,
-        mask_speedups=_speedups(args.mask_speedups), seed=args.seed, init=args.init, resume=args.resume,
-        force=args.force, progress=args.progress)
+        mask_speedups=speedup_list(args.mask_speedups, "--mask-speedups"), seed=args.seed, init=args.init,
+        resume=args.resume, force=args.force, progress=args.progress)
     from ..io.paths import check_output
     from ..metatrain.zoo import load_zoo
 
