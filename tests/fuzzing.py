@@ -72,6 +72,8 @@ def _leaves(value) -> list[torch.Tensor]:
 
 
 def kill_removable_units(model: nn.Module, x: torch.Tensor, min_keep: float) -> None:
+    """Zero every slice of all but the strongest units of each group (tied parameters too): those
+    channels are dead, so removing them must leave the model's output exactly as it is."""
     params = dict(model.named_parameters(remove_duplicate=False))
     with torch.no_grad():
         for g in analyze(model, x).groups:

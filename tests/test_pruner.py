@@ -8,6 +8,7 @@ import re
 import pytest
 import torch
 import torchvision
+from fuzzing import kill_removable_units
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
@@ -181,19 +182,6 @@ def test_remove_channels_pass():
 # --------------------------------------------------------------------------- random graphs
 
 
-def _kill_removable_units(model: nn.Module, x: torch.Tensor, min_keep: float) -> None:
-    """Zero every slice of all but the strongest units of each group: those channels are dead,
-    so removing them must leave the model's output exactly as it is."""
-    params = dict(model.named_parameters())
-    with torch.no_grad():
-        for g in analyze(model, x).groups:
-            if not g.prunable:
-                continue
-            dead = torch.arange(max(1, math.ceil(min_keep * g.units)), g.units)
-            for name, dim, index in g.slices:
-                params[name].movedim(dim, 0)[index[dead].flatten()] = 0.0
-
-
 @settings(max_examples=30, deadline=None)
 @given(random_nets(), st.floats(1.05, 3.0), st.sampled_from([None, 2]))
 def test_random_graphs_prune_to_the_unpruned_output(case, speedup, round_to):
@@ -202,7 +190,7 @@ def test_random_graphs_prune_to_the_unpruned_output(case, speedup, round_to):
     model, in_ch = case
     model = randomize_bn(model).eval()
     x = torch.randn(2, in_ch, 6, 6)
-    _kill_removable_units(model, x, min_keep=0.25)
+    kill_removable_units(model, x, min_keep=0.25)
     for _attempt in range(3):
         try:
             result = prune(model, x, speedup=speedup, round_to=round_to, min_keep=0.25, check=False)
