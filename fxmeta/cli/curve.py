@@ -15,8 +15,8 @@ def cmd_curve(args: argparse.Namespace) -> int:
     import torch
 
     from ..io.paths import check_outputs
-    from ..pipeline.curve import calibration_batches, plot, prunability_curve, write_json
     from ..pipeline.transform import check_model_fits
+    from ..training.curve import calibration_batches, plot, prunability_curve, write_json
     from ..training.data import make_loaders
 
     speedups = list(speedup_list(args.speedups, "--speedups"))
