@@ -31,9 +31,10 @@ import torch
 import torch.fx as fx
 from torch import Tensor, nn
 
+from ..capture import trace
 from ..errors import UnsupportedModelError
-from ..keys import AUTO_LEAVES, TENSOR_META, TRACED
-from ..tracing import _keep_unused_state, eval_mode, normalize_call_args, propagate_shapes, trace
+from ..keys import AUTO_LEAVES, CAPTURE, TENSOR_META, TRACED, UNMAPPED_OPS
+from ..tracing import _keep_unused_state, eval_mode, normalize_call_args, propagate_shapes
 from .context import Context
 from .groups import Group, build_groups
 from .probe import probe
@@ -89,12 +90,12 @@ def _lookup_rule(gm: fx.GraphModule, node: fx.Node, rules: Mapping) -> Callable 
 
 
 def _analysis_graph(model: nn.Module, example_input: Any, ignore: Sequence[str] = (),
-                    rules: RuleTable = RULES) -> fx.GraphModule:
+                    rules: RuleTable = RULES, capture: str = "auto") -> fx.GraphModule:
     """A traced copy of the model's graph (parameters shared) that analysis may rewrite."""
-    traced = trace(model, example_input)
+    traced = trace(model, example_input, capture=capture)
     gm = fx.GraphModule(traced, copy.deepcopy(traced.graph), class_name=type(traced).__name__)
     _keep_unused_state(traced, gm)
-    for key in (TRACED, AUTO_LEAVES):  # other meta (IR, plans) describes the old model
+    for key in (TRACED, AUTO_LEAVES, CAPTURE, UNMAPPED_OPS):  # other meta (IR, plans) describes the old model
         if key in traced.meta:
             gm.meta[key] = copy.copy(traced.meta[key])
     gm.training = traced.training  # the submodules are the user's: their flags stay as they are
@@ -134,6 +135,7 @@ def analyze(
     example_input: Any,
     ignore: Sequence[str] = (),
     rules: Mapping[Any, Callable] | None = None,
+    capture: str = "auto",
 ) -> ChannelAnalysis:
     """Channel spaces and dependency groups of ``model`` on ``example_input``.
 
@@ -149,10 +151,11 @@ def analyze(
 
     ``group.prunable`` tells whether removing its units lowers FLOPs. ``rules`` are extra
     rules ({op: rule}) layered over the default table, or a complete ``RuleTable``
-    (``fxmeta.analysis.rules.table``).
+    (``fxmeta.analysis.rules.table``). ``model`` may be a torch.export ``ExportedProgram``;
+    ``capture`` says how a module becomes a graph (``fxmeta.capture.trace``).
     """
     rules = resolve_rules(rules)
-    gm = _analysis_graph(model, example_input, ignore, rules)
+    gm = _analysis_graph(model, example_input, ignore, rules, capture)
     uf = UnionFind()
     ctx = Context(gm, uf)
     auto_leaves = gm.meta.get(AUTO_LEAVES, {})
