@@ -262,8 +262,9 @@ def _prune(model: nn.Module, x: Any, config: TransformConfig, exported: bool) ->
     except PruningError as exc:
         if not exported:
             raise
-        raise PruningError(f"{exc}; a torch.export program is an ATen-level graph, which the channel rules do not "
-                           "cover: pass the architecture spec with its weights (SPEC@weights.pt) instead") from exc
+        raise PruningError(f"{exc}; the module of a torch.export program is an ATen-level graph, which the channel "
+                           "rules do not cover: capture the program itself (fxmeta.capture.trace, or leave out "
+                           "--capture fx)") from exc
 
 
 def _rewrite_with_metanet(model: nn.Module, x: Any, metanet: Any, timer: StageTimer) -> fx.GraphModule:
