@@ -290,3 +290,11 @@ def test_cli_dump_gives_the_same_ir_through_either_capture(capsys):
     dumped = capsys.readouterr().out
     assert cli.main(["dump", "fxmeta:resnet20", "--capture", "fx", "--input-shape", "1,3,32,32"]) == 0
     assert capsys.readouterr().out == dumped  # the same IR either way
+
+
+def test_the_transform_pipeline_takes_a_program():
+    from fxmeta.pipeline.transform import TransformConfig, transform
+
+    model, x, program = _case("resnet20")
+    result = transform(program, x, TransformConfig(speedup=2.0))
+    assert result.plan["capture"] == "export" and result.plan["groups"] == fxmeta.prune(model, x).plan["groups"]

@@ -17,6 +17,7 @@ from __future__ import annotations
 from typing import Any, Sequence
 
 import torch.fx as fx
+from torch import nn
 from torch.export import ExportedProgram
 
 from ..errors import UnsupportedModelError
@@ -46,6 +47,9 @@ def trace(model: Any, example_input: Any = None, *, capture: str = "auto",
     """
     if capture not in CAPTURES:
         raise UnsupportedModelError(f"capture must be one of {', '.join(CAPTURES)}, got {capture!r}")
+    if not isinstance(model, nn.Module) and not is_program(model):
+        raise UnsupportedModelError(f"expected a torch.nn.Module or a torch.export ExportedProgram, got "
+                                    f"{type(model).__name__}; pass the model object itself")
     if is_program(model):
         if capture == "fx":
             raise UnsupportedModelError("a torch.export program is captured with capture='export' (or 'auto'); "
@@ -59,7 +63,10 @@ def trace(model: Any, example_input: Any = None, *, capture: str = "auto",
         try:
             gm = fx_trace(model, extra_leaves=extra_leaves)
         except UnsupportedModelError as fx_error:
-            if capture == "fx" or example_input is None:
+            if capture == "fx":
+                raise UnsupportedModelError(f"{fx_error} Or capture it with torch.export (capture='export', "
+                                            "--capture export).") from fx_error
+            if example_input is None:
                 raise
             try:
                 gm = from_program(export_static(model, example_input), example_input)

@@ -390,6 +390,8 @@ ATEN: dict[Any, tuple[Handler, ...]] = {
     aten.pow.Tensor_Scalar: (fn(operator.pow, "self", "exponent"),),
     aten.maximum.default: (fn(torch.maximum, "self", "other"),),
     aten.minimum.default: (fn(torch.minimum, "self", "other"),),
+    **{getattr(aten, n).Tensor: (fn(getattr(operator, n), "self", "other"),) for n in ("gt", "lt", "ge", "le", "eq", "ne")},
+    **{getattr(aten, n).Scalar: (fn(getattr(operator, n), "self", "other"),) for n in ("gt", "lt", "ge", "le", "eq", "ne")},
     aten.where.self: (fn(torch.where, "condition", "self", "other"),),
     aten.masked_fill.Scalar: (method("masked_fill", "self", "mask", "value"),),
     # copies and casts
@@ -428,6 +430,7 @@ ATEN: dict[Any, tuple[Handler, ...]] = {
     aten.constant_pad_nd.default: (fn(F.pad, "self", "pad", value="value"),),
     # reductions, pooling, attention, products
     aten.mean.dim: (fn(torch.mean, "self", "dim", "keepdim", dtype="dtype"),),
+    aten.sum.default: (fn(torch.sum, "self", dtype="dtype"),),
     aten.sum.dim_IntList: (fn(torch.sum, "self", "dim", "keepdim", dtype="dtype"),),
     aten.amax.default: (fn(torch.amax, "self", "dim", "keepdim"),),
     aten.softmax.int: (fn(torch.softmax, "self", "dim", dtype="dtype"),),

@@ -24,6 +24,7 @@ import torch
 import torch.fx as fx
 from torch import nn
 
+from ..capture import is_program, trace
 from ..errors import InputShapeError, PruningError, SpecError
 from ..ir.lowering import lower
 from ..ir.raising import raise_graph
@@ -295,6 +296,8 @@ def transform(
     run (e.g. the model spec) and must match when resuming from checkpoints.
     """
     config = config or TransformConfig()
+    if is_program(model):  # a torch.export program: its captured torch-level graph is the model
+        model = trace(model, example_input)
     model, exported = _plain_module(model)
     timer = timer or StageTimer()
     notes: list[str] = []
