@@ -289,7 +289,8 @@ def transform(
 ) -> TransformResult:
     """Prune ``model`` to ``config.speedup`` x fewer FLOPs and finetune it on ``data``.
 
-    ``model``'s weights are left as they are; it is put in eval mode, on the CPU.
+    ``model``'s weights are left as they are; it is put in eval mode, on the CPU. It may be
+    a torch.export program (captured with ``fxmeta.capture.trace``).
 
     ``timer`` collects the wall time of each stage (pass one to add your own stages
     such as loading and saving); ``run_info`` is extra plain data that identifies the
