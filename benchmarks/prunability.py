@@ -43,7 +43,11 @@ from benchmarks.prepare import Bench, _key, _mean_std, _pct, _versions, choose, 
 
 RESULTS = Path(__file__).resolve().parent / "results"
 DATA_SPEC = "benchmarks.quality:digits16"  # the same 16x16 digits as benchmarks.prepare, loadable by name
-METHODS = ("metanet (prunable)", "metanet (reference)", "fxmeta-l2", "DepGraph+SL", "random", "prepared")
+BASELINES = ("fxmeta-l2", "DepGraph+SL", "random", "prepared")
+
+
+def methods(s: "Settings") -> tuple[str, ...]:
+    return (*(f"metanet ({name})" for name, _ in s.objectives), *BASELINES)
 
 
 @dataclass(frozen=True)
@@ -63,11 +67,18 @@ class Settings:
     ratio: float = 0.01
     batches_per_step: int = 4
     select_speedup: float = 4.0
-    # the two objectives; reg 0.2 = the reference's 10 rescaled to ~8 batches per step (quality.py's reasoning)
+    # the objective sweep; reg 0.2 = the reference's 10 rescaled to ~8 batches per step (quality.py's reasoning).
+    # "prunable" / "reference": ratio 0.01 as the reference; "prunable r1": ratio 1 from a zero-initialised
+    # decoder (the metanet starts as the identity but may change weights by their own size); "nodes r1 4x":
+    # only node tables (norm scales and shifts, biases) change, one mask target
     objectives: tuple[tuple[str, tuple], ...] = (
         ("prunable", (("objective", "prunable"), ("mask_speedups", (2.0, 4.0, 8.0)), ("mask_weight", 1.0),
                       ("reg", 0.0))),
         ("reference", (("objective", "reference"), ("reg", 0.2))),
+        ("prunable r1", (("objective", "prunable"), ("mask_speedups", (2.0, 4.0, 8.0)), ("mask_weight", 1.0),
+                         ("reg", 0.0), ("ratio", 1.0), ("zero_init", True))),
+        ("nodes r1 4x", (("objective", "prunable"), ("mask_speedups", (4.0,)), ("mask_weight", 1.0),
+                         ("reg", 0.0), ("ratio", 1.0), ("zero_init", True), ("learn", "nodes"), ("lr", 3e-3))),
     )
 
 
@@ -87,13 +98,13 @@ def meta_train_once(s: Settings, zoo: Path, name: str, options: dict, cache: Pat
     from fxmeta.metanet.files import load_metanet
     from fxmeta.metatrain.loop import meta_train
 
-    settings = dict(width=s.width, depth=s.depth, ratio=s.ratio, batches_per_step=s.batches_per_step,
-                    speedup=s.select_speedup, eval_finetune_epochs=0, progress=False, **options)
-    folder = cache / f"metanet-{name}-{_key([str(zoo), s.meta_epochs, settings])}"
+    settings = {**dict(width=s.width, depth=s.depth, ratio=s.ratio, batches_per_step=s.batches_per_step,
+                       speedup=s.select_speedup, eval_finetune_epochs=0, progress=False), **options}
+    folder = cache / f"metanet-{name.replace(' ', '-')}-{_key([str(zoo), s.meta_epochs, settings])}"
     done = folder / "done.json"
     if done.is_file():
         info = json.loads(done.read_text())
-        return {**info, "metanet": load_metanet(str(folder / "best.pt"))}
+        return {**info, "baseline": _baseline(folder), "metanet": load_metanet(str(folder / "best.pt"))}
     t0 = time.perf_counter()
     say(f"meta-training ({name}): {s.meta_epochs} epochs, {options}")
     result = meta_train(zoo, folder, epochs=s.meta_epochs, force=True, trust=True, **settings)
@@ -102,14 +113,23 @@ def meta_train_once(s: Settings, zoo: Path, name: str, options: dict, cache: Pat
     done.write_text(json.dumps(info))
     say(f"meta-training ({name}): best epoch {result.best_epoch}, held-out score {result.best_score:.4f}, "
         f"{info['seconds']:.0f} s")
-    return {**info, "metanet": result.metanet}
+    return {**info, "baseline": _baseline(folder), "metanet": result.metanet}
+
+
+def _baseline(folder: Path) -> float:
+    """The held-out zoo score without a metanetwork (meta-training logs it as epoch 0)."""
+    for line in (folder / "log.jsonl").read_text().splitlines():
+        record = json.loads(line)
+        if record.get("baseline"):
+            return float(record["score"])
+    return float("nan")
 
 
 def cell(bench: Bench, arch: str, seed: int, method: str, target: float, hp: dict, metanets: dict) -> dict:
     from fxmeta.errors import FxmetaError
 
     path = bench.cache / "prunability-cells" / f"{arch}-s{seed}-{method.replace(' ', '_')}-{target:g}x-" \
-                                               f"{_key([hp, metanets.get('key')])}.json"
+                                               f"{_key([hp, metanets.get(method, {}).get('key')])}.json"
     if path.is_file():
         return json.loads(path.read_text())
     record: dict[str, Any] = {"arch": arch, "seed": seed, "method": method, "target": target}
@@ -119,7 +139,7 @@ def cell(bench: Bench, arch: str, seed: int, method: str, target: float, hp: dic
         if method.startswith("metanet"):
             from fxmeta.metanet.rewriting import apply
 
-            start = apply(metanets[method.split("(")[1].rstrip(")")]["metanet"], base, bench.example)
+            start = apply(metanets[method]["metanet"], base, bench.example)
             kind, prune_hp = "fxmeta-l2", {}
         elif method in ("DepGraph+SL", "prepared"):
             start, _ = bench.pre_stage(arch, seed, method, target, hp)
@@ -141,45 +161,52 @@ def cell(bench: Bench, arch: str, seed: int, method: str, target: float, hp: dic
     return record
 
 
-def write_report(s: Settings, cells: list[dict], meta: dict, trained: dict, zoo_seconds: float, out: Path) -> None:
+def write_report(s: Settings, cells: list[dict], meta: dict, trained: dict, zoo_seconds: float, seeds: dict,
+                 out: Path) -> None:
+    used = "; ".join(f"{arch} {', '.join(map(str, sd))}" for arch, sd in seeds.items())
     lines = ["# Prunability on held-out networks: accuracy right after pruning + BatchNorm recalibration", "",
              f"- command: `{meta['command']}`", f"- date: {meta['date']}", f"- machine: {meta['machine']}, "
              f"torch threads = {meta['threads']}",
              f"- versions: {', '.join(f'{k} {v}' for k, v in meta['versions'].items())}",
-             f"- held-out base networks: seeds {', '.join(map(str, s.seeds))} (benchmarks.prepare's; zoo seeds "
-             f"{s.zoo_seed}..{s.zoo_seed + s.zoo_count - 1})",
+             f"- held-out base networks (benchmarks.prepare's, with its spare-seed rule): seeds {used}; zoo seeds "
+             f"{s.zoo_seed}..{s.zoo_seed + s.zoo_count - 1}",
              f"- load average at start / end: {meta['load_start']} / {meta['load_end']}; run wall time "
              f"{meta['minutes']:.1f} min", "",
              "## Setup", "",
              f"- zoo: {s.zoo_count} fxmeta {s.family} on digits 16x16 ({s.zoo_count - s.zoo_val} training, "
              f"{s.zoo_val} held out), {s.zoo_epochs} epochs lr {s.zoo_lr:g}, no pre-pruning; built in "
              f"{zoo_seconds / 60:.1f} min",
-             f"- metanetwork: width {s.width}, depth {s.depth}, ratio {s.ratio:g}, {s.meta_epochs} epochs "
-             f"(one step per training member per epoch), {s.batches_per_step} batches per step; checkpoint chosen on "
-             f"the held-out members' validation accuracy after a {s.select_speedup:g}x prune + recalibration",
+             f"- metanetwork: width {s.width}, depth {s.depth}, ratio {s.ratio:g} unless the objective sets it, "
+             f"{s.meta_epochs} epochs (one step per training member per epoch), {s.batches_per_step} batches per step; "
+             f"checkpoint chosen on the held-out zoo members' validation accuracy after a {s.select_speedup:g}x "
+             "prune + recalibration (`fxmeta.training.curve`)",
              "- every method: fxmeta's BatchNorm recalibration on the same 20 training batches right after "
              "pruning, no finetune; test split (360 images) unless noted", "",
-             "| objective | settings | meta-training min | best epoch | held-out zoo score (val) | "
-             "zoo + meta-training per network pruned, s |", "|---|---|---|---|---|---|"]
-    n_pruned = len(s.seeds) * len(s.targets) * (1 + len(s.transfer))
+             "## The objective sweep (choices on held-out zoo members' validation split only)", "",
+             "| objective | settings | meta-training min | best epoch | held-out zoo score (val) | score by epoch "
+             "(epoch 0 = no metanet) | zoo + meta-training per network pruned, s |", "|---|---|---|---|---|---|---|"]
+    n_pruned = sum(len(sd) for sd in seeds.values()) * len(s.targets)
     for name, info in trained.items():
+        curve = " ".join(f"{100 * h['score']:.0f}" for h in [{"score": info.get("baseline", float("nan"))},
+                                                              *info["history"]])
         lines.append(f"| {name} | {info['options']} | {info['seconds'] / 60:.1f} | {info['best_epoch']} | "
-                     f"{_pct(info['best_score'])} | {(zoo_seconds + info['seconds']) / n_pruned:.0f} |")
+                     f"{_pct(info['best_score'])} | {curve} | {(zoo_seconds + info['seconds']) / n_pruned:.0f} |")
     lines.append("")
-    budget = {"metanet (prunable)": "0 (+ amortised meta-training)", "metanet (reference)":
-              "0 (+ amortised meta-training)", "fxmeta-l2": "0", "random": "0",
-              "DepGraph+SL": f"{PREPARE.pre_epochs} (sparsity learning)", "prepared": f"{PREPARE.pre_epochs} (prepare)"}
+    all_methods = methods(s)
+    budget = {m: "0 (+ amortised meta-training)" for m in all_methods if m.startswith("metanet")}
+    budget.update({"fxmeta-l2": "0", "random": "0", "DepGraph+SL": f"{PREPARE.pre_epochs} (sparsity learning)",
+                   "prepared": f"{PREPARE.pre_epochs} (prepare)"})
     for arch in (s.family, *s.transfer):
         lines += [f"## {arch}" + (" (transfer: metanetworks meta-trained on ResNet20)" if arch != s.family else ""),
                   "", "| target | method | epochs on the network | n | test acc right after prune + recal (%) | "
                       "diff to best baseline (pts ± SE) |", "|---|---|---|---|---|---|"]
         for target in s.targets:
             group = {m: [c for c in cells if (c["arch"], c["method"], c["target"]) == (arch, m, target)
-                         and "error" not in c] for m in METHODS}
+                         and "error" not in c] for m in all_methods}
             baselines = ("fxmeta-l2", "DepGraph+SL", "random")
             best = max(baselines, key=lambda m: statistics.fmean([c["recal_test_acc"] for c in group[m]])
                        if group[m] else -1)
-            for method in METHODS:
+            for method in all_methods:
                 ok = group[method]
                 if not ok:
                     errs = [c.get("error", "") for c in cells if (c["arch"], c["method"], c["target"])
@@ -203,6 +230,39 @@ def write_report(s: Settings, cells: list[dict], meta: dict, trained: dict, zoo_
                                                                                   if kk != "metanet"}
                                                                               for k, v in trained.items()},
                                                     "cells": cells}, indent=1))
+    _plot(s, cells, out.with_suffix(".png"))
+
+
+def _plot(s: Settings, cells: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    archs = (s.family, *s.transfer)
+    fig, axes = plt.subplots(1, len(archs), figsize=(6 * len(archs), 4.2), squeeze=False)
+    for ax, arch in zip(axes[0], archs):
+        for method in methods(s):
+            xs, ms, sds = [], [], []
+            for target in s.targets:
+                acc = [c["recal_test_acc"] for c in cells if (c["arch"], c["method"], c["target"]) ==
+                       (arch, method, target) and "error" not in c]
+                if acc:
+                    xs.append(target)
+                    ms.append(100 * statistics.fmean(acc))
+                    sds.append(100 * statistics.stdev(acc) if len(acc) > 1 else 0.0)
+            if xs:
+                ax.errorbar(xs, ms, yerr=sds, marker="o", capsize=3, label=method)
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(list(s.targets), [f"{t:g}x" for t in s.targets])
+        ax.set_xlabel("FLOPs speed-up target")
+        ax.set_ylabel("test acc right after prune + recal (%)")
+        ax.set_title(arch + (" (transfer)" if arch != s.family else ""))
+        ax.grid(alpha=0.3)
+    axes[0][0].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -217,14 +277,16 @@ def main(argv: list[str] | None = None) -> None:
     bench = Bench(PREPARE, cache)
     t0, load_start = time.time(), "/".join(f"{x:.2f}" for x in os.getloadavg())
     zoo, zoo_seconds = build_zoo_once(s, cache)
-    trained = {name: meta_train_once(s, zoo, name, dict(options), cache) for name, options in s.objectives}
+    trained = {f"metanet ({name})": meta_train_once(s, zoo, name, dict(options), cache)
+               for name, options in s.objectives}
     chosen = choose(bench, PREPARE.sweep_arch, {})  # benchmarks.prepare's validation choices (cached)
-    metanets = {**trained, "key": _key([{k: v["best_epoch"] for k, v in trained.items()}, str(zoo)])}
+    metanets = {m: {**info, "key": _key([info["best_epoch"], info["options"], str(zoo)])} for m, info in trained.items()}
+    seeds = {arch: bench.usable_seeds(arch)[0] for arch in (s.family, *s.transfer)}
     cells = []
     for arch in (s.family, *s.transfer):
-        for seed in s.seeds:
+        for seed in seeds[arch]:
             for target in s.targets:
-                for method in METHODS:
+                for method in methods(s):
                     hp = chosen.get(method, {})
                     cells.append(cell(bench, arch, seed, method, target, hp, metanets))
     meta = {"command": "python -m benchmarks.prunability" + (" --no-transfer" if args.no_transfer else "")
@@ -233,7 +295,7 @@ def main(argv: list[str] | None = None) -> None:
             "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores", "threads": args.threads,
             "versions": _versions(), "load_start": load_start,
             "load_end": "/".join(f"{x:.2f}" for x in os.getloadavg()), "minutes": (time.time() - t0) / 60}
-    write_report(s, cells, meta, trained, zoo_seconds, RESULTS / "prunability")
+    write_report(s, cells, meta, trained, zoo_seconds, seeds, RESULTS / "prunability")
     say(f"wrote {RESULTS / 'prunability.md'}")
 
 

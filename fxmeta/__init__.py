@@ -39,7 +39,7 @@ _LAZY = {
     "prune": "fxmeta.pruning.pruner",
     "PruneResult": "fxmeta.pruning.pruner",
     "prepare": "fxmeta.training.prepare",
-    "prunability_curve": "fxmeta.pipeline.curve",
+    "prunability_curve": "fxmeta.training.curve",
     "Metanet": "fxmeta.metanet.model",
     "load_metanet": "fxmeta.metanet.files",
     "meta_train": "fxmeta.metatrain.loop",

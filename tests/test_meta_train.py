@@ -114,3 +114,36 @@ def test_prunable_objective_trains_through_the_masked_generated_network(zoo_dir,
     assert any(not torch.allclose(a, b) for a, b in zip(with_mask, without))  # and it reaches the metanetwork
     with pytest.raises(Exception, match="objective"):
         MetaTrainConfig(objective="other")
+
+
+def test_zero_init_starts_as_the_identity_and_learn_nodes_keeps_the_edges(zoo_dir):
+    from fxmeta.metatrain.loop import MetaTrainConfig, _make_metanet, _prepare, _train_step
+
+    zoo = load_zoo(zoo_dir)
+    example = torch.randn(1, 1, 8, 8)
+    x, y = torch.randn(32, 1, 8, 8), torch.randint(0, 10, (32,))
+    for learn in ("all", "nodes"):
+        config = MetaTrainConfig(objective="prunable", mask_speedups=(2.0,), width=8, depth=1, ratio=1.0,
+                                 zero_init=True, learn=learn, batches_per_step=1, batch_size=32, progress=False,
+                                 reg=0.0)
+        data_model = _prepare(zoo.path(zoo.members[0]), example, config)
+        net = _make_metanet([data_model.graph], config)
+        graph = data_model.graph
+        with torch.no_grad():
+            out = net(graph)
+        for a, b in zip(graph.layers, out.layers):  # identity at step 0, even with ratio 1
+            for t in ("edge", "node"):
+                if getattr(a, t) is not None:
+                    assert torch.equal(getattr(a, t), getattr(b, t))
+        optimizer = torch.optim.AdamW([p for p in net.parameters() if p.requires_grad], lr=1e-2)
+        for _ in range(2):
+            _train_step(net, optimizer, data_model, iter([(x, y)] * 2), config, 1, torch.Generator())
+        with torch.no_grad():
+            out = net(graph)
+        edges_moved = any(not torch.equal(a.edge, b.edge) for a, b in zip(graph.layers, out.layers)
+                          if a.edge is not None and a.learned_edges)
+        nodes_moved = any(not torch.equal(a.node, b.node) for a, b in zip(graph.layers, out.layers)
+                          if a.node is not None)
+        assert nodes_moved and edges_moved == (learn == "all")
+    with pytest.raises(Exception, match="learn"):
+        MetaTrainConfig(learn="edges")

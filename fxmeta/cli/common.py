@@ -143,8 +143,8 @@ def _add_output_args(p: argparse.ArgumentParser, required: bool = True) -> None:
 def _add_train_args(p: argparse.ArgumentParser, epochs: int) -> None:
     g = p.add_argument_group("finetuning (needs --data)")
     g.add_argument("--data", metavar="SPEC",
-                   help="training data: digits, cifar10:PATH, cifar100:PATH, imagefolder:PATH or module.path:function; "
-                        "without it there is no finetuning and no accuracy")
+                   help="training data: digits, mnist5k, cifar10:PATH, cifar100:PATH, imagefolder:PATH or "
+                        "module.path:function; without it there is no finetuning and no accuracy")
     g.add_argument("--image-size", type=int, metavar="N", help="resize the data's images to NxN")
     g.add_argument("--epochs", type=int, default=epochs, metavar="N",
                    help=f"finetuning epochs after channel removal (default: {epochs})")

@@ -15,8 +15,8 @@ def cmd_curve(args: argparse.Namespace) -> int:
     import torch
 
     from ..io.paths import check_outputs
-    from ..pipeline.curve import calibration_batches, plot, prunability_curve, write_json
     from ..pipeline.transform import check_model_fits
+    from ..training.curve import calibration_batches, plot, prunability_curve, write_json
     from ..training.data import make_loaders
 
     speedups = list(speedup_list(args.speedups, "--speedups"))
@@ -87,7 +87,7 @@ def register_curve(sub: argparse._SubParsersAction) -> None:
                     "metanetwork's output is measured beside the model itself.",
         epilog="example: fxmeta curve fxmeta:resnet20@base.pt --in-channels 1 --data digits --plot curve.png")
     _add_model_args(p)
-    p.add_argument("--data", required=True, metavar="SPEC", help="data spec (digits, cifar10:PATH, ...)")
+    p.add_argument("--data", required=True, metavar="SPEC", help="data spec (digits, mnist5k, cifar10:PATH, ...)")
     p.add_argument("--image-size", type=int, metavar="N", help="resize the data's images to NxN")
     p.add_argument("--metanet", metavar="FILE", help="also measure the network this metanetwork generates")
     p.add_argument("--speedups", default="1.5,2,3,4,6,8", metavar="X,Y,...",

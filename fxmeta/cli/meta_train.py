@@ -13,7 +13,8 @@ def cmd_meta_train(args: argparse.Namespace) -> int:
     check_numbers(args)
     config = MetaTrainConfig(
         epochs=args.epochs, lr=args.lr, weight_decay=args.weight_decay, width=args.width, depth=args.depth,
-        ratio=args.ratio, reg=args.reg, alpha=args.alpha, batches_per_step=args.batches_per_step,
+        ratio=args.ratio, zero_init=args.zero_init, learn=args.learn, reg=args.reg, alpha=args.alpha,
+        batches_per_step=args.batches_per_step,
         batch_size=args.batch_size, speedup=args.speedup, eval_bn_batches=args.eval_bn_batches,
         eval_finetune_epochs=args.eval_finetune_epochs, objective=args.objective, mask_weight=args.mask_weight,
         mask_speedups=speedup_list(args.mask_speedups, "--mask-speedups"), seed=args.seed, init=args.init,
@@ -52,6 +53,12 @@ def register_meta_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--ratio", type=float, default=0.01,
                    help="output = input + ratio * decoder(h); small keeps an untrained metanet near the identity "
                         "(default: 0.01)")
+    p.add_argument("--zero-init", action="store_true",
+                   help="start the decoders' last layers at zero: the metanet begins as the identity, so a large "
+                        "--ratio (e.g. 1) is safe")
+    p.add_argument("--learn", choices=["all", "nodes"], default="all",
+                   help="what the metanet may change: all tables, or only node tables (norm scales and shifts, "
+                        "biases) (default: all)")
     p.add_argument("--reg", type=float, default=10.0, help="group-sparsity strength (default: 10)")
     p.add_argument("--alpha", type=float, default=16.0, help="group-sparsity weighting base (default: 16)")
     p.add_argument("--batches-per-step", type=int, default=4, metavar="N", help="(default: 4)")

@@ -13,7 +13,7 @@ from ..errors import UnsafeFileError
 
 TRUST_HINT = "Re-run with --trust (trust=True) if you trust its source"
 
-_BUILTIN_DATA = re.compile(r"(digits|(cifar10|cifar100|imagefolder):.*)", re.S)
+_BUILTIN_DATA = re.compile(r"(digits|mnist5k|(cifar10|cifar100|imagefolder):.*)", re.S)
 
 
 def require_trust(trust: bool, source: str, what: str, alternative: str = "") -> None:

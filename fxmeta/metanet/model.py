@@ -172,6 +172,20 @@ class Metanet(nn.Module):
         nodes, edges = kinds_of(graph)
         return cls(MetanetConfig(nodes, edges, width, depth, ratio, chunk), scatter=scatter)
 
+    def zero_outputs(self, edges: bool = True, nodes: bool = True) -> None:
+        """Set the decoders' last layers to zero: the metanet becomes the identity on graphs.
+
+        Why: with a zero last layer the first steps start from the network itself, so ``ratio``
+        can be large (1: changes of the weights' own size) without an untrained metanet
+        scrambling the network; the last layer still gets gradients and moves first.
+        """
+        codecs = ([*self.edge_codecs.values()] if edges else []) + ([*self.node_codecs.values()] if nodes else [])
+        with torch.no_grad():
+            for codec in codecs:
+                if hasattr(codec, "dec"):
+                    codec.dec[3].weight.zero_()
+                    codec.dec[3].bias.zero_()
+
     def check_graph(self, graph: WeightGraph) -> None:
         """Raise FxmetaError unless every kind of ``graph`` is one this metanet knows."""
         nodes, edges = kinds_of(graph)

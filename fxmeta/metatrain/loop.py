@@ -68,6 +68,8 @@ class MetaTrainConfig:
     eval_bn_batches: int = 20  # BatchNorm recalibration of the pruned held-out models before scoring
     eval_finetune_epochs: int = 1
     objective: str = "reference"  # "reference" | "prunable"
+    zero_init: bool = False  # decoders' last layers start at zero (Metanet.zero_outputs): identity at step 0
+    learn: str = "all"  # "all" | "nodes": with "nodes" only node tables (norm scales, biases) change
     mask_weight: float = 1.0
     mask_speedups: tuple[float, ...] = ()
     seed: int = 0
@@ -83,6 +85,8 @@ class MetaTrainConfig:
             raise SpecError("need eval_bn_batches >= 0 and eval_finetune_epochs >= 0")
         if self.speedup < 1.0:
             raise SpecError(f"speedup must be >= 1, got {self.speedup}")
+        if self.learn not in ("all", "nodes"):
+            raise SpecError(f"learn={self.learn!r} is not one of all, nodes")
         if self.objective not in ("reference", "prunable"):
             raise SpecError(f"objective={self.objective!r} is not one of reference, prunable")
         if not math.isfinite(self.mask_weight) or self.mask_weight < 0:
@@ -166,7 +170,8 @@ def meta_train(zoo_dir: str | os.PathLike, out: str | os.PathLike = "metanet/", 
         created.remove()  # a folder this run made, still empty: gone again
         raise
     net = _make_metanet([d.graph for d in train_models + val_models], config)
-    optimizer = torch.optim.AdamW(net.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    optimizer = torch.optim.AdamW([p for p in net.parameters() if p.requires_grad], lr=config.lr,
+                                  weight_decay=config.weight_decay)
     state = {"epoch": 0, "best_epoch": 0, "best_score": -1.0, "history": []}
     if config.resume and (folder / LAST).is_file():
         state = _load_last(folder / LAST, net, optimizer)
@@ -259,6 +264,7 @@ def _make_metanet(graphs: list[WeightGraph], config: MetaTrainConfig) -> Metanet
         net = load_metanet(config.init)
         for graph in graphs:
             net.check_graph(graph)
+        _restrict(net, config.learn)
         return net
     nodes: dict[str, list[str]] = {}
     edges: dict[str, int] = {}
@@ -271,7 +277,20 @@ def _make_metanet(graphs: list[WeightGraph], config: MetaTrainConfig) -> Metanet
             if edges.setdefault(kind, k) != k:
                 raise FxmetaError(f"edge kind {kind!r} has different widths in different data models")
     torch.manual_seed(config.seed)
-    return Metanet(MetanetConfig(nodes, edges, config.width, config.depth, config.ratio))
+    net = Metanet(MetanetConfig(nodes, edges, config.width, config.depth, config.ratio))
+    if config.zero_init:
+        net.zero_outputs()
+    _restrict(net, config.learn)
+    return net
+
+
+def _restrict(net: Metanet, learn: str) -> None:
+    """With ``learn="nodes"`` the edge decoders output zero and are not trained: only node tables
+    (norm scales and shifts, biases) change, a far smaller space to generalise in."""
+    if learn == "nodes":
+        net.zero_outputs(nodes=False)
+        for codec in net.edge_codecs.values():
+            codec.dec.requires_grad_(False)
 
 
 def _forever(loader):
@@ -314,13 +333,17 @@ def _train_step(net: Metanet, optimizer: torch.optim.Optimizer, data_model: _Dat
 
 def _validate(net: Metanet | None, models: list[_DataModel], loaders, example: torch.Tensor,
               config: MetaTrainConfig, finetune_lr: float) -> dict:
-    """Per held-out data model: accuracy after the metanetwork (none: the model itself), after
-    pruning to the target speed-up, after recomputing its BatchNorm statistics (``eval_bn_batches``
-    training batches) and after a short finetune from there; ``score`` averages the last one
-    measured (right after pruning most networks are at chance, so that would not rank anything)."""
+    """Per held-out data model: accuracy after the metanetwork (none: the model itself), and its
+    prunability curve point at the target speed-up (``fxmeta.training.curve``): right after pruning,
+    and after recomputing BatchNorm statistics on ``eval_bn_batches`` fixed training batches (the
+    same batches every epoch, so epochs compare); then, optionally, after a short finetune from
+    there. ``score`` averages the last one measured."""
     from ..pruning.pruner import prune
+    from ..training.curve import calibration_batches, prunability_curve
     from ..training.loop import TrainConfig, evaluate, recalibrate_bn, train
 
+    calibration = calibration_batches(loaders.train.dataset, config.eval_bn_batches, config.batch_size,
+                                      seed=config.seed) if config.eval_bn_batches > 0 else []
     results = []
     for data_model in models:
         graph = data_model.graph
@@ -331,14 +354,19 @@ def _validate(net: Metanet | None, models: list[_DataModel], loaders, example: t
         module = raise_graph(graph).eval()
         for p in module.parameters():
             p.requires_grad_(True)  # the data model's were switched off; the finetune trains them
-        entry = {"model": os.path.basename(data_model.path), "acc": evaluate(module, loaders.val)["acc"]}
-        pruned = prune(module, example, speedup=config.speedup)
-        entry["speedup"] = pruned.speedup
-        entry["pruned_acc"] = evaluate(pruned.module, loaders.val)["acc"]
-        if config.eval_bn_batches > 0:
-            recalibrate_bn(pruned.module, loaders.train, batches=config.eval_bn_batches)
-            entry["recalibrated_acc"] = evaluate(pruned.module, loaders.val)["acc"]
+        curve = prunability_curve(module, example, loaders.val, [config.speedup], calibration=calibration,
+                                  label=os.path.basename(data_model.path), split="val")
+        point = curve.points[0]
+        if point.error:
+            raise FxmetaError(f"held-out {curve.label} cannot be pruned to {config.speedup:g}x: {point.error}")
+        entry = {"model": curve.label, "acc": curve.unpruned, "speedup": point.flops_speedup,
+                 "pruned_acc": point.accuracy}
+        if point.recalibrated_accuracy is not None:
+            entry["recalibrated_acc"] = point.recalibrated_accuracy
         if config.eval_finetune_epochs > 0:
+            pruned = prune(module, example, speedup=config.speedup)
+            if calibration:
+                recalibrate_bn(pruned.module, calibration, len(calibration))
             tuned = train(pruned.module, loaders, TrainConfig(epochs=config.eval_finetune_epochs, lr=finetune_lr,
                                                               seed=config.seed, progress=False, device="cpu"))
             entry["finetuned_acc"] = evaluate(tuned.model, loaders.val)["acc"]

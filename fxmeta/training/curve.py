@@ -55,7 +55,7 @@ def prunability_curve(model: nn.Module, example_input: Any, eval_loader: DataLoa
                       progress: Any = None) -> Curve:
     """Prune ``model`` (left unchanged) to every target and score it right after removal."""
     from ..pruning.pruner import prune
-    from ..training.loop import evaluate, recalibrate_bn
+    from .loop import evaluate, recalibrate_bn
 
     if not speedups:
         raise SpecError("give at least one speed-up")
