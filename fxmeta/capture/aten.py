@@ -23,7 +23,12 @@ holds, with the same arguments. The non-obvious ones:
 * in-place ops (``relu_``, ``add_``, ``hardtanh_`` ...) stay in place (``torch.relu_``,
   ``operator.iadd``, ``inplace=True``): the program may read the updated tensor again.
 * ``select`` / ``slice`` are ``x[...]`` (``Tensor.__getitem__`` makes the same views);
-  ``sym_size`` is ``x.size(d)``.
+  ``index.Tensor(x, [None, i])`` is ``x[:, i]`` (the full slice is a view of all of ``x``,
+  the advanced index the same ``aten.index``); ``sym_size`` is ``x.size(d)``.
+* ``addmm(bias, x, w)`` with a plain (not transposed) weight is ``torch.addmm`` itself:
+  GPT-2's ``Conv1D`` stores its weight as (in, out) and calls exactly that.
+* factories (``arange``, ``new_ones`` ...) keep the program's dtype and device arguments,
+  so they build the same tensors; they only ever feed masks and positions.
 """
 from __future__ import annotations
 
@@ -312,6 +317,19 @@ def slice_(a: Args) -> Lowered:
     return Lowered("call_function", operator.getitem, (a["self"], (slice(None),) * _dim(a) + (item,)))
 
 
+def index(a: Args) -> Lowered:
+    """aten.index.Tensor(x, [None, i, ...]) -> x[:, i, ...] (None stands for a full slice)."""
+    items = tuple(slice(None) if i is None else i for i in a["indices"])
+    return Lowered("call_function", operator.getitem, (a["self"], items))
+
+
+def addmm_plain(a: Args) -> Lowered | None:
+    """aten.addmm(bias, x, w) with unit factors -> torch.addmm (the call GPT-2's Conv1D makes)."""
+    if a["beta"] != 1 or a["alpha"] != 1:
+        return None
+    return fn(torch.addmm, "self", "mat1", "mat2")(a)
+
+
 def _alpha_one(a: Args) -> bool:
     return a["alpha"] == 1
 
@@ -326,6 +344,11 @@ def _binary(op: Callable, op_alpha: Callable | None = None) -> Handler:
 
 def _elu_plain(a: Args) -> bool:
     return a["scale"] == 1 and a["input_scale"] == 1
+
+
+def _strided(a: Args) -> bool:
+    """``Tensor.to`` takes no layout: only the (default) strided one can be dropped."""
+    return a["layout"] in (None, torch.strided)
 
 
 def _no_mode(a: Args) -> bool:
@@ -347,7 +370,7 @@ ATEN: dict[Any, tuple[Handler, ...]] = {
     aten.conv_transpose3d.input: (conv_transpose,),
     aten.convolution.default: (convolution,),
     aten.linear.default: (linear, fn(F.linear, "input", "weight", "bias")),
-    aten.addmm.default: (addmm,),
+    aten.addmm.default: (addmm, addmm_plain),
     aten.mm.default: (mm, fn(torch.matmul, "self", "mat2")),
     aten.batch_norm.default: (batch_norm, fn(F.batch_norm, "input", "running_mean", "running_var", "weight", "bias",
                                              "training", "momentum", "eps")),
@@ -393,11 +416,31 @@ ATEN: dict[Any, tuple[Handler, ...]] = {
     **{getattr(aten, n).Tensor: (fn(getattr(operator, n), "self", "other"),) for n in ("gt", "lt", "ge", "le", "eq", "ne")},
     **{getattr(aten, n).Scalar: (fn(getattr(operator, n), "self", "other"),) for n in ("gt", "lt", "ge", "le", "eq", "ne")},
     aten.where.self: (fn(torch.where, "condition", "self", "other"),),
+    aten.__and__.Tensor: (fn(operator.and_, "self", "other"),),
+    aten.__or__.Tensor: (fn(operator.or_, "self", "other"),),
+    aten.bitwise_not.default: (fn(torch.bitwise_not, "self"),),
+    aten.logical_not.default: (fn(torch.logical_not, "self"),),
+    aten.cumsum.default: (fn(torch.cumsum, "self", "dim", dtype="dtype"),),
+    aten.diff.default: (fn(torch.diff, "self", "n", "dim", "prepend", "append"),),
     aten.masked_fill.Scalar: (method("masked_fill", "self", "mask", "value"),),
     # copies and casts
     aten.clone.default: (fn(torch.clone, "self"),),
     aten.contiguous.default: (method("contiguous", "self"),),
     aten.to.dtype: (method("to", "self", "dtype"),),
+    aten.to.dtype_layout: (when(_strided, method("to", "self", dtype="dtype", device="device")),),
+    aten.to.device: (method("to", "self", "device", "dtype"),),
+    aten.alias.default: (method("view_as", "self", "self"),),
+    aten._assert_tensor_metadata.default: (fn(torch._assert_tensor_metadata, "a", size="size", stride="stride",
+                                              dtype="dtype", device="device", layout="layout"),),
+    # factories (masks, positions)
+    aten.arange.default: (fn(torch.arange, "end", dtype="dtype", device="device"),),
+    aten.arange.start: (fn(torch.arange, "start", "end", dtype="dtype", device="device"),),
+    aten.arange.start_step: (fn(torch.arange, "start", "end", "step", dtype="dtype", device="device"),),
+    aten.new_ones.default: (method("new_ones", "self", "size", dtype="dtype", device="device"),),
+    aten.new_zeros.default: (method("new_zeros", "self", "size", dtype="dtype", device="device"),),
+    aten.full.default: (fn(torch.full, "size", "fill_value", dtype="dtype", device="device"),),
+    aten.zeros.default: (fn(torch.zeros, "size", dtype="dtype", device="device"),),
+    aten.ones.default: (fn(torch.ones, "size", dtype="dtype", device="device"),),
     aten.detach.default: (method("detach", "self"),),
     # shapes
     aten.view.default: (method("view", "self", "size"),),
@@ -423,6 +466,7 @@ ATEN: dict[Any, tuple[Handler, ...]] = {
     aten.chunk.default: (fn(torch.chunk, "self", "chunks", "dim"),),
     aten.unbind.int: (fn(torch.unbind, "self", "dim"),),
     aten.select.int: (select,),
+    aten.index.Tensor: (index,),
     aten.slice.Tensor: (slice_,),
     aten.index_select.default: (fn(torch.index_select, "self", "dim", "index"),),
     aten.gather.default: (fn(torch.gather, "self", "dim", "index"),),

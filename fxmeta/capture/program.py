@@ -24,6 +24,7 @@ import torch.fx as fx
 from torch import Tensor, nn
 from torch.export import ExportedProgram
 from torch.export.graph_signature import InputKind, OutputKind
+from torch.fx.graph import _PyTreeCodeGen, _PyTreeInfo
 from torch.utils import _pytree as pytree
 
 from ..errors import UnsupportedModelError, first_line
@@ -213,8 +214,12 @@ class _Converter:
         return self.graph.call_function(node.target, self.new_arg(node.args), self.new_arg(node.kwargs))
 
     def output(self, node: fx.Node) -> None:
-        flat = [self.new_arg(v) for v in node.args[0]]
-        self.graph.output(pytree.tree_unflatten(flat, self.program.call_spec.out_spec))
+        # The graph returns the flat leaves and its generated forward rebuilds the program's own
+        # output structure (a ModelOutput stays a ModelOutput, not the dict fx would write).
+        spec = self.program.call_spec
+        self.graph.output([self.new_arg(v) for v in node.args[0]])
+        names = [n.name for n in self.graph.nodes if n.op == "placeholder"]
+        self.graph._codegen = _PyTreeCodeGen(_PyTreeInfo(names, spec.in_spec, spec.out_spec))
 
     def finish(self) -> fx.GraphModule:
         for n in reversed(list(self.graph.nodes)):  # weights absorbed by modules, and their transposes
