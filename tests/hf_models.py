@@ -30,3 +30,20 @@ def make(name: str) -> tuple[nn.Module, Tensor]:
     model.config.use_cache = False
     x = torch.randn(1, 3, 32, 32) if name == "vit" else torch.randint(0, 128, (1, 16))
     return model.eval(), x
+
+
+# (parameter, dim) whose size is the MLP intermediate width, the head count x head size and the hidden width
+WIDTHS = {
+    "llama": {"mlp": ("model.layers.0.mlp.up_proj.weight", 0), "heads": ("model.layers.0.self_attn.q_proj.weight", 0),
+              "hidden": ("model.embed_tokens.weight", 1)},
+    "qwen2": {"mlp": ("model.layers.0.mlp.up_proj.weight", 0), "heads": ("model.layers.0.self_attn.q_proj.weight", 0),
+              "hidden": ("model.embed_tokens.weight", 1)},
+    "gpt2": {"mlp": ("transformer.h.0.mlp.c_fc.weight", 1), "heads": ("transformer.h.0.attn.c_proj.weight", 0),
+             "hidden": ("transformer.wte.weight", 1)},
+    "bert": {"mlp": ("bert.encoder.layer.0.intermediate.dense.weight", 0),
+             "heads": ("bert.encoder.layer.0.attention.self.query.weight", 0),
+             "hidden": ("bert.embeddings.word_embeddings.weight", 1)},
+    "vit": {"mlp": ("vit.layers.0.mlp.fc1.weight", 0), "heads": ("vit.layers.0.attention.q_proj.weight", 0),
+            "hidden": ("vit.embeddings.patch_embeddings.projection.weight", 0)},
+}
+TIED = {"llama": ("model.embed_tokens.weight", "lm_head.weight"), "gpt2": ("transformer.wte.weight", "lm_head.weight")}

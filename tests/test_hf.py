@@ -3,9 +3,10 @@ from __future__ import annotations
 
 import pytest
 import torch
-from hf_models import NAMES, make
+from hf_models import NAMES, TIED, WIDTHS, make
 from torch.utils import _pytree as pytree
 
+import fxmeta
 from fxmeta.capture import from_program
 from fxmeta.keys import UNMAPPED_OPS
 
@@ -24,3 +25,32 @@ def test_programs_are_captured_exactly_with_every_op_in_the_table(name):
     assert type(got) is type(want)  # the ModelOutput, not the dict fx would write
     assert all(torch.equal(a, b) for a, b in zip(pytree.tree_leaves(want), pytree.tree_leaves(got)))
     assert {n for n, _ in gm.named_parameters()} <= {n for n, _ in model.named_parameters(remove_duplicate=False)}
+
+
+def _width(module, name: str, which: str) -> int:
+    param, dim = WIDTHS[name][which]
+    return module.get_parameter(param).shape[dim]
+
+
+def _pruned(name: str, speedup: float):
+    model, x = make(name)
+    result = fxmeta.prune(model, x, speedup=speedup)  # self-checked
+    with torch.no_grad():
+        want, got = model(x), result.module(x)
+    assert type(got) is type(want)
+    assert [t.shape for t in pytree.tree_leaves(want)] == [t.shape for t in pytree.tree_leaves(got)]  # outputs stay
+    if name in TIED:
+        a, b = TIED[name]
+        assert result.module.get_parameter(a) is result.module.get_parameter(b)
+    return model, result
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_the_mlp_intermediate_is_pruned(name):
+    model, result = _pruned(name, 1.3)
+    assert result.speedup >= 1.3
+    assert _width(result.module, name, "mlp") < _width(model, name, "mlp")
+    if name in ("llama", "qwen2"):  # SwiGLU: gate and up projections lose the same channels
+        layer = "model.layers.0.mlp"
+        gate, up = (result.module.get_parameter(f"{layer}.{p}_proj.weight") for p in ("gate", "up"))
+        assert gate.shape == up.shape

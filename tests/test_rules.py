@@ -522,3 +522,21 @@ def test_rule_table_is_extended_in_one_line():
 
     assert prune(model, x, speedup=1.2, rules={swish_leaf: counted}).speedup >= 1.2  # extra rules, one call
     assert calls and swish_leaf not in RULES
+
+
+class Conv1DMLP(nn.Module):
+    """GPT-2's Conv1D: the weight is stored (in, out) and called through torch.addmm."""
+
+    def __init__(self):
+        super().__init__()
+        self.w1, self.b1 = nn.Parameter(torch.randn(8, 16)), nn.Parameter(torch.randn(16))
+        self.w2, self.b2 = nn.Parameter(torch.randn(16, 4)), nn.Parameter(torch.randn(4))
+
+    def forward(self, x):
+        return torch.addmm(self.b2, torch.relu(torch.addmm(self.b1, x, self.w1)), self.w2)
+
+
+def test_addmm_with_a_plain_weight_is_a_linear_layer():
+    analysis, pruned = check(Conv1DMLP(), torch.randn(5, 8))
+    assert [g.units for g in prunable(analysis)] == [16]
+    assert pruned.w1.shape == (8, 8) and pruned.w2.shape == (8, 4)
