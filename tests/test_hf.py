@@ -7,8 +7,10 @@ from hf_models import NAMES, TIED, WIDTHS, make
 from torch.utils import _pytree as pytree
 
 import fxmeta
+from fxmeta.analysis.channels import analyze
 from fxmeta.capture import from_program
 from fxmeta.keys import UNMAPPED_OPS
+from fxmeta.pruning.pruner import PLAN_FORMAT, apply_plan
 
 pytest.importorskip("transformers", minversion="5")
 torch.set_num_threads(1)
@@ -54,3 +56,27 @@ def test_the_mlp_intermediate_is_pruned(name):
         layer = "model.layers.0.mlp"
         gate, up = (result.module.get_parameter(f"{layer}.{p}_proj.weight") for p in ("gate", "up"))
         assert gate.shape == up.shape
+
+
+def _remove(model, x, analysis, param: str, units: list[int]):
+    """Apply a plan that removes ``units`` of the one group owning ``param``; self-checked."""
+    (group,) = [g for g in analysis.groups if param in {n for n, _, _ in g.slices}]
+    plan = {"format": PLAN_FORMAT, "ignore": [], "groups": [{"key": group.key, "units": group.units,
+                                                           "removed": units}]}
+    return group, apply_plan(model, plan, x)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_whole_attention_heads_are_removed(name):
+    model, x = make(name)
+    analysis = analyze(model, x)
+    param, dim = WIDTHS[name]["heads"]
+    group, pruned = _remove(model, x, analysis, param, [0])
+    heads = 2 if name in ("llama", "qwen2") else 4  # GQA: a unit is a kv head with its two query heads
+    assert group.units == heads
+    assert pruned.get_parameter(param).shape[dim] == 64 - 64 // heads
+    if name in ("llama", "qwen2"):
+        k = pruned.get_parameter(param.replace("q_proj", "k_proj"))
+        assert k.shape[0] == 16  # one kv head of 16 left, with its two query heads (32 rows of q_proj)
+    with torch.no_grad():
+        assert pytree.tree_leaves(pruned(x))[0].shape == pytree.tree_leaves(model(x))[0].shape

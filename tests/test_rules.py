@@ -540,3 +540,24 @@ def test_addmm_with_a_plain_weight_is_a_linear_layer():
     analysis, pruned = check(Conv1DMLP(), torch.randn(5, 8))
     assert [g.units for g in prunable(analysis)] == [16]
     assert pruned.w1.shape == (8, 8) and pruned.w2.shape == (8, 4)
+
+
+class MaskedHeads(nn.Module):
+    """Attention with a causal mask broadcast over batch and heads, as Hugging Face models pass it."""
+
+    def __init__(self):
+        super().__init__()
+        self.qkv, self.proj = nn.Linear(16, 48), nn.Linear(16, 16)
+        self.register_buffer("mask", torch.triu(torch.full((6, 6), float("-inf")), 1)[None, None])
+
+    def forward(self, x):
+        b, n, c = x.shape
+        q, k, v = self.qkv(x).reshape(b, n, 3, 4, 4).permute(2, 0, 3, 1, 4).unbind(0)
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=self.mask)
+        return self.proj(y.transpose(1, 2).reshape(b, n, c))
+
+
+def test_a_mask_broadcast_over_heads_leaves_heads_prunable():
+    analysis, pruned = check(MaskedHeads(), torch.randn(2, 6, 16))
+    assert [g.units for g in prunable(analysis)] == [4]
+    assert pruned.qkv.weight.shape == (24, 16)
