@@ -10,7 +10,9 @@ import fxmeta
 from fxmeta.analysis.channels import analyze
 from fxmeta.capture import from_program
 from fxmeta.keys import UNMAPPED_OPS
+from fxmeta.pruning.masking import MaskedNetwork, calibrate_target, removal
 from fxmeta.pruning.pruner import PLAN_FORMAT, apply_plan
+from fxmeta.pruning.slimming import slim
 
 pytest.importorskip("transformers", minversion="5")
 torch.set_num_threads(1)
@@ -34,9 +36,9 @@ def _width(module, name: str, which: str) -> int:
     return module.get_parameter(param).shape[dim]
 
 
-def _pruned(name: str, speedup: float):
+def _pruned(name: str, speedup: float, **kwargs):
     model, x = make(name)
-    result = fxmeta.prune(model, x, speedup=speedup)  # self-checked
+    result = fxmeta.prune(model, x, speedup=speedup, **kwargs)  # self-checked
     with torch.no_grad():
         want, got = model(x), result.module(x)
     assert type(got) is type(want)
@@ -58,9 +60,9 @@ def test_the_mlp_intermediate_is_pruned(name):
         assert gate.shape == up.shape
 
 
-def _remove(model, x, analysis, param: str, units: list[int]):
-    """Apply a plan that removes ``units`` of the one group owning ``param``; self-checked."""
-    (group,) = [g for g in analysis.groups if param in {n for n, _, _ in g.slices}]
+def _remove(model, x, analysis, param: str, dim: int, units: list[int]):
+    """Apply a plan that removes ``units`` of the one group owning dim ``dim`` of ``param``; self-checked."""
+    (group,) = [g for g in analysis.groups if (param, dim) in {(n, d) for n, d, _ in g.slices}]
     plan = {"format": PLAN_FORMAT, "ignore": [], "groups": [{"key": group.key, "units": group.units,
                                                            "removed": units}]}
     return group, apply_plan(model, plan, x)
@@ -71,7 +73,7 @@ def test_whole_attention_heads_are_removed(name):
     model, x = make(name)
     analysis = analyze(model, x)
     param, dim = WIDTHS[name]["heads"]
-    group, pruned = _remove(model, x, analysis, param, [0])
+    group, pruned = _remove(model, x, analysis, param, dim, [0])
     heads = 2 if name in ("llama", "qwen2") else 4  # GQA: a unit is a kv head with its two query heads
     assert group.units == heads
     assert pruned.get_parameter(param).shape[dim] == 64 - 64 // heads
@@ -80,3 +82,40 @@ def test_whole_attention_heads_are_removed(name):
         assert k.shape[0] == 16  # one kv head of 16 left, with its two query heads (32 rows of q_proj)
     with torch.no_grad():
         assert pytree.tree_leaves(pruned(x))[0].shape == pytree.tree_leaves(model(x))[0].shape
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_half_of_every_group_goes_hidden_width_included(name):
+    """Hidden width through every norm (statistics over the kept channels), heads and MLP at once."""
+    model, x = make(name)
+    analysis = analyze(model, x)
+    groups = [g for g in analysis.groups if g.prunable]
+    plan = {"format": PLAN_FORMAT, "ignore": [], "groups": [
+        {"key": g.key, "units": g.units, "removed": list(range(0, g.units, 2))} for g in groups]}
+    pruned = apply_plan(model, plan, x)  # self-checked
+    assert {w: _width(pruned, name, w) for w in WIDTHS[name]} == {
+        w: _width(model, name, w) // 2 for w in WIDTHS[name]}
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_two_times_fewer_flops_from_hidden_width_heads_and_mlp(name):
+    # Random weights give the L2 criterion nothing to tell units apart by, and it drains the MLP
+    # first; random importance spreads the removal over every kind of group.
+    model, result = _pruned(name, 2.0, importance="random")
+    assert result.speedup >= 2.0
+    assert all(_width(result.module, name, w) < _width(model, name, w) for w in WIDTHS[name])
+
+
+@pytest.mark.parametrize("name", ["llama", "bert"])
+def test_the_masked_network_keeps_norm_statistics_over_the_kept_channels(name):
+    """What the prepare stage trains through equals the pruned network, hidden width pruned."""
+    model, x = make(name)
+    analysis = analyze(model, x)
+    removed = removal(analysis, 2.0, importance="random", flops_target=calibrate_target(analysis, 2.0,
+                                                                                      importance="random"))
+    masked = MaskedNetwork(analysis)
+    masked.set_removed(removed)
+    with torch.no_grad():
+        want, got = slim(analysis, removed)(x), masked(x)
+    for a, b in zip(pytree.tree_leaves(want), pytree.tree_leaves(got)):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)

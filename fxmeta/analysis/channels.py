@@ -24,7 +24,7 @@ else freezes the touching spaces.
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Sequence
 
 import torch
@@ -60,6 +60,7 @@ class ChannelAnalysis:
     probed: dict[str, str]
     ignore: tuple[str, ...] = ()
     root_of: Tensor | None = None  # root of every id, fixed once the analysis is done
+    references: dict[str, Callable] = field(default_factory=dict)  # node -> statistics over kept entries
 
     def group(self, key: str) -> Group:
         for g in self.groups:
@@ -209,6 +210,7 @@ def analyze(
         probed=ctx.probed,
         ignore=ignore,
         root_of=uf.roots(),
+        references=ctx.references,
     )
 
 
@@ -248,6 +250,7 @@ def _apply_rule(ctx: Context, rule: Callable, node: fx.Node) -> Value:
         return rule(ctx, node)
     except Exception as exc:  # noqa: BLE001 - unions made so far only couple more: still safe
         del ctx.flop_terms[n_terms:], ctx.slim_hooks[n_hooks:]
+        ctx.references.pop(node.name, None)
         ctx.freeze_value(tuple(ctx.value(a) for a in node.all_input_nodes),
                          reason=f"rule failed: {type(exc).__name__}: {exc}"[:200])
         return frozen_value(node.meta.get(TENSOR_META))
