@@ -119,3 +119,12 @@ def test_the_masked_network_keeps_norm_statistics_over_the_kept_channels(name):
         want, got = slim(analysis, removed)(x), masked(x)
     for a, b in zip(pytree.tree_leaves(want), pytree.tree_leaves(got)):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
+
+
+def test_a_pruned_program_is_shipped_as_a_program():
+    model, x = make("llama")
+    result = fxmeta.prune(torch.export.export(model, (x,)), x, speedup=2.0, importance="random")
+    with torch.no_grad():
+        want, got = result.module(x), result.program.module()(x)
+    assert type(got) is type(want)
+    torch.testing.assert_close(got.logits, want.logits)
