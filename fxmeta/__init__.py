@@ -2,7 +2,8 @@
 
 Public API (imported lazily so ``import fxmeta`` stays fast)::
 
-    fxmeta.trace(model, example_input)          -> fx.GraphModule with shapes
+    fxmeta.trace(model, example_input)          -> fx.GraphModule with shapes (model: nn.Module or
+                                                   torch.export program; capture="auto"|"fx"|"export")
     fxmeta.lower(model, example_input)          -> WeightGraph (the IR)
     fxmeta.raise_graph(graph)                   -> fx.GraphModule with the IR's weights
     fxmeta.raise_params(graph)                  -> {name: tensor}, differentiable
@@ -29,7 +30,7 @@ from .errors import (
 __version__ = "0.1.0"
 
 _LAZY = {
-    "trace": "fxmeta.tracing",
+    "trace": "fxmeta.capture",
     "lower": "fxmeta.ir.lowering",
     "raise_graph": "fxmeta.ir.raising",
     "raise_params": "fxmeta.ir.raising",

@@ -1,4 +1,5 @@
 """One exception type per kind of user mistake; messages say what to do next."""
+from __future__ import annotations
 
 
 class FxmetaError(Exception):
@@ -35,3 +36,9 @@ class DamagedFileError(SpecError):
 
 class TrainingDivergedError(FxmetaError):
     """Training produced a non-finite loss or non-finite weights."""
+
+
+def first_line(exc: BaseException) -> str:
+    """The first line of an exception's message (its type name when it has none), for one-line errors."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__

@@ -11,3 +11,5 @@ SPEEDUP = "fxmeta.speedup"  # gm.meta: measured FLOPs ratio original / pruned
 TRACED = "fxmeta.traced"  # gm.meta: set on modules traced by fxmeta.trace (shapes may be re-propagated)
 AUTO_LEAVES = "fxmeta.auto_leaves"  # gm.meta: {module name: why it could not be traced through}
 TENSOR_META = "tensor_meta"  # node.meta: TensorMetadata of the node's output (torch.fx ShapeProp)
+CAPTURE = "fxmeta.capture"  # gm.meta: how the graph was captured, "fx" (symbolic tracing) or "export" (torch.export)
+UNMAPPED_OPS = "fxmeta.unmapped_ops"  # gm.meta: {ATen op: count} kept as they are by capture (probed or frozen)

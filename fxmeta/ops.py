@@ -37,7 +37,7 @@ ACTIVATION_METHODS = frozenset({
 # -- ops that return their input's values (copies, casts, device moves) -------------------------
 IDENTITY_FUNCTIONS = frozenset({torch.clone})
 IDENTITY_METHODS = frozenset({
-    "contiguous", "clone", "detach", "float", "to", "type_as", "half", "double", "bfloat16", "cpu", "cuda",
+    "contiguous", "clone", "detach", "float", "to", "type_as", "view_as", "half", "double", "bfloat16", "cpu", "cuda",
 })
 
 # -- two tensors in, entry by entry: the IR makes a junction node of these ----------------------

@@ -124,7 +124,8 @@ def test_errors_are_one_line_and_write_nothing(case, files, capsys):
 
 # Found while pruning, after the checks: the stages run so far are listed, then one error line.
 PIPELINE_ERRORS = {
-    "pt2 is an ATen graph": (["prune", "{d}/prog.pt2", "--trust", "--out", "{d}/o.pt"], "ATen-level graph"),
+    "pt2 traced with fx is an ATen graph": (["prune", "{d}/prog.pt2", "--trust", "--capture", "fx", "--out",
+                                             "{d}/o.pt"], "ATen-level graph"),
     "unreachable speedup": (["prune", *R20, "--speedup", "1000", "--out", "{d}/o.pt"], "unreachable"),
 }
 

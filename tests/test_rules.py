@@ -15,7 +15,8 @@ import torch.nn.functional as F
 import torchvision
 from torch import nn
 
-from fxmeta.analysis.channels import analyze
+from fxmeta.analysis.channels import analyze, flat_labels
+from fxmeta.pruning.plan import removed_from_plan
 from fxmeta.pruning.pruner import PLAN_FORMAT, apply_plan
 
 from helpers import randomize_bn
@@ -59,6 +60,14 @@ def zeroed(model, analysis, plan):
     return ref
 
 
+def _prunes_statistics(analysis, plan):
+    """Does the plan remove channels a norm or mean runs its statistics over?"""
+    removed = removed_from_plan(analysis, plan)
+    nodes = {n.name: n for n in analysis.gm.graph.nodes}
+    return any(bool(removed[analysis.roots(labels)].any())
+               for name in analysis.references for labels in flat_labels(analysis.values[nodes[name].args[0].name]))
+
+
 def check(model, x, pick=lambda g: True, min_groups=1):
     """Prune half of each picked group; compare with the zeroed reference. Returns (analysis, pruned)."""
     model = randomize_bn(model).eval()
@@ -66,11 +75,13 @@ def check(model, x, pick=lambda g: True, min_groups=1):
     plan = half_plan(analysis, pick)
     assert len(plan["groups"]) >= min_groups, [g.key for g in analysis.groups]
     pruned = apply_plan(model, plan, x)  # runs the self-check
-    ref = zeroed(model, analysis, plan)
     with torch.no_grad():
-        want, got = ref(x), pruned(x)
+        got = pruned(x)
     assert got.shape == model(x).shape
-    assert torch.allclose(got, want, rtol=1e-4, atol=1e-5 * float(want.abs().max())), float((got - want).abs().max())
+    if not _prunes_statistics(analysis, plan):  # else zeroing is not the reference (see rules.statistics)
+        with torch.no_grad():
+            want = zeroed(model, analysis, plan)(x)
+        assert torch.allclose(got, want, rtol=1e-4, atol=1e-5 * float(want.abs().max())), float((got - want).abs().max())
     before = sum(p.numel() for p in model.parameters())
     assert sum(p.numel() for p in pruned.parameters()) < before
     return analysis, pruned
@@ -139,13 +150,23 @@ def test_transposed_conv(groups):
     assert up.in_channels < 6
 
 
-def test_linear_and_layernorm_dims_are_frozen():
+def test_layernorm_channels_go_and_its_statistics_run_over_the_kept_ones():
     model = nn.Sequential(nn.Linear(5, 8), nn.GELU(), nn.Linear(8, 6), nn.LayerNorm(6), nn.Linear(6, 7), nn.ReLU(),
                           nn.Linear(7, 3))
-    analysis, pruned = check(model, torch.randn(4, 5))
+    nn.init.uniform_(model[3].weight, 0.5, 1.5), nn.init.uniform_(model[3].bias, -0.5, 0.5)
+    x = torch.randn(4, 5)
+    analysis, pruned = check(model, x)
     lin = modules(pruned, nn.Linear)
-    assert [l.out_features for l in lin] == [4, 6, 3, 3]  # LayerNorm statistics run over the 6
-    assert pruned.get_submodule("3").normalized_shape == (6,)
+    assert [l.out_features for l in lin] == [4, 3, 3, 3]
+    assert pruned.get_submodule("3").normalized_shape == (3,)
+    # the reference the self-check used, written out: LayerNorm over the three channels that stay
+    k8, k6 = torch.tensor([1, 3, 5, 7]), torch.tensor([1, 3, 5])
+    with torch.no_grad():
+        h = F.linear(F.gelu(model[0](x))[:, k8], model[2].weight[k6][:, k8], model[2].bias[k6])
+        h = F.layer_norm(h, (3,), model[3].weight[k6], model[3].bias[k6])
+        h = F.relu(F.linear(h, model[4].weight[k6][:, k6], model[4].bias[k6]))
+        want = F.linear(h, model[6].weight[:, k6], model[6].bias)
+        assert torch.allclose(pruned(x), want, atol=1e-6)
 
 
 def test_groupnorm_removes_whole_groups():
@@ -391,7 +412,7 @@ def test_torchvision_vit_heads_and_mlp():
     model = torchvision.models.VisionTransformer(image_size=16, patch_size=8, num_layers=2, num_heads=4,
                                                  hidden_dim=16, mlp_dim=32, num_classes=3)
     analysis, pruned = check(model, torch.randn(2, 3, 16, 16), min_groups=4)
-    assert sorted(g.units for g in prunable(analysis)) == [4, 4, 32, 32]
+    assert sorted(g.units for g in prunable(analysis)) == [4, 4, 16, 32, 32]  # 16: the hidden width
     assert pruned.encoder.layers.encoder_layer_0.self_attention.num_heads == 2
 
 
@@ -399,7 +420,7 @@ def test_torchvision_swin_heads_and_mlp():
     model = torchvision.models.SwinTransformer(patch_size=[4, 4], embed_dim=16, depths=[1, 1], num_heads=[2, 4],
                                                window_size=[2, 2], num_classes=3)
     analysis, pruned = check(model, torch.randn(2, 3, 16, 16), min_groups=4)
-    assert sorted(g.units for g in prunable(analysis)) == [2, 4, 64, 128]
+    assert sorted(g.units for g in prunable(analysis)) == [2, 4, 16, 32, 64, 128]  # 16, 32: stage widths
     # the slimmed graph calls the vendored copy (which takes the new head count), not torchvision's
     assert "fxmeta_analysis_rules_attention_shifted_window_attention" in pruned.code
     assert "torchvision_models_swin_transformer_shifted_window_attention" not in pruned.code
@@ -490,9 +511,9 @@ def test_reductions_over_channels(op):
             return self.b(h * g)
 
     analysis = analyze(Net().eval(), torch.randn(2, 3, 4, 4))
-    # softmax and mean depend on how many channels there are; a sum does not
-    assert bool(prunable(analysis)) == (op == "sum")
-    if op == "sum":
+    # softmax depends on every channel; a sum does not, and a mean is a statistic over the kept ones
+    assert bool(prunable(analysis)) == (op != "softmax")
+    if op != "softmax":
         check(Net(), torch.randn(2, 3, 4, 4))
 
 
@@ -522,3 +543,42 @@ def test_rule_table_is_extended_in_one_line():
 
     assert prune(model, x, speedup=1.2, rules={swish_leaf: counted}).speedup >= 1.2  # extra rules, one call
     assert calls and swish_leaf not in RULES
+
+
+class Conv1DMLP(nn.Module):
+    """GPT-2's Conv1D: the weight is stored (in, out) and called through torch.addmm."""
+
+    def __init__(self):
+        super().__init__()
+        self.w1, self.b1 = nn.Parameter(torch.randn(8, 16)), nn.Parameter(torch.randn(16))
+        self.w2, self.b2 = nn.Parameter(torch.randn(16, 4)), nn.Parameter(torch.randn(4))
+
+    def forward(self, x):
+        return torch.addmm(self.b2, torch.relu(torch.addmm(self.b1, x, self.w1)), self.w2)
+
+
+def test_addmm_with_a_plain_weight_is_a_linear_layer():
+    analysis, pruned = check(Conv1DMLP(), torch.randn(5, 8))
+    assert [g.units for g in prunable(analysis)] == [16]
+    assert pruned.w1.shape == (8, 8) and pruned.w2.shape == (8, 4)
+
+
+class MaskedHeads(nn.Module):
+    """Attention with a causal mask broadcast over batch and heads, as Hugging Face models pass it."""
+
+    def __init__(self):
+        super().__init__()
+        self.qkv, self.proj = nn.Linear(16, 48), nn.Linear(16, 16)
+        self.register_buffer("mask", torch.triu(torch.full((6, 6), float("-inf")), 1)[None, None])
+
+    def forward(self, x):
+        b, n, c = x.shape
+        q, k, v = self.qkv(x).reshape(b, n, 3, 4, 4).permute(2, 0, 3, 1, 4).unbind(0)
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=self.mask)
+        return self.proj(y.transpose(1, 2).reshape(b, n, c))
+
+
+def test_a_mask_broadcast_over_heads_leaves_heads_prunable():
+    analysis, pruned = check(MaskedHeads(), torch.randn(2, 6, 16))
+    assert [g.units for g in prunable(analysis)] == [4]
+    assert pruned.qkv.weight.shape == (24, 16)

@@ -24,16 +24,17 @@ else freezes the touching spaces.
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Sequence
 
 import torch
 import torch.fx as fx
 from torch import Tensor, nn
 
+from ..capture import trace
 from ..errors import UnsupportedModelError
-from ..keys import AUTO_LEAVES, TENSOR_META, TRACED
-from ..tracing import _keep_unused_state, eval_mode, normalize_call_args, propagate_shapes, trace
+from ..keys import AUTO_LEAVES, CAPTURE, TENSOR_META, TRACED, UNMAPPED_OPS
+from ..tracing import _keep_unused_state, eval_mode, normalize_call_args, propagate_shapes
 from .context import Context
 from .groups import Group, build_groups
 from .probe import probe
@@ -59,6 +60,7 @@ class ChannelAnalysis:
     probed: dict[str, str]
     ignore: tuple[str, ...] = ()
     root_of: Tensor | None = None  # root of every id, fixed once the analysis is done
+    references: dict[str, Callable] = field(default_factory=dict)  # node -> statistics over kept entries
 
     def group(self, key: str) -> Group:
         for g in self.groups:
@@ -89,12 +91,12 @@ def _lookup_rule(gm: fx.GraphModule, node: fx.Node, rules: Mapping) -> Callable 
 
 
 def _analysis_graph(model: nn.Module, example_input: Any, ignore: Sequence[str] = (),
-                    rules: RuleTable = RULES) -> fx.GraphModule:
+                    rules: RuleTable = RULES, capture: str = "auto") -> fx.GraphModule:
     """A traced copy of the model's graph (parameters shared) that analysis may rewrite."""
-    traced = trace(model, example_input)
+    traced = trace(model, example_input, capture=capture)
     gm = fx.GraphModule(traced, copy.deepcopy(traced.graph), class_name=type(traced).__name__)
     _keep_unused_state(traced, gm)
-    for key in (TRACED, AUTO_LEAVES):  # other meta (IR, plans) describes the old model
+    for key in (TRACED, AUTO_LEAVES, CAPTURE, UNMAPPED_OPS):  # other meta (IR, plans) describes the old model
         if key in traced.meta:
             gm.meta[key] = copy.copy(traced.meta[key])
     gm.training = traced.training  # the submodules are the user's: their flags stay as they are
@@ -134,6 +136,7 @@ def analyze(
     example_input: Any,
     ignore: Sequence[str] = (),
     rules: Mapping[Any, Callable] | None = None,
+    capture: str = "auto",
 ) -> ChannelAnalysis:
     """Channel spaces and dependency groups of ``model`` on ``example_input``.
 
@@ -149,10 +152,11 @@ def analyze(
 
     ``group.prunable`` tells whether removing its units lowers FLOPs. ``rules`` are extra
     rules ({op: rule}) layered over the default table, or a complete ``RuleTable``
-    (``fxmeta.analysis.rules.table``).
+    (``fxmeta.analysis.rules.table``). ``model`` may be a torch.export ``ExportedProgram``;
+    ``capture`` says how a module becomes a graph (``fxmeta.capture.trace``).
     """
     rules = resolve_rules(rules)
-    gm = _analysis_graph(model, example_input, ignore, rules)
+    gm = _analysis_graph(model, example_input, ignore, rules, capture)
     uf = UnionFind()
     ctx = Context(gm, uf)
     auto_leaves = gm.meta.get(AUTO_LEAVES, {})
@@ -206,6 +210,7 @@ def analyze(
         probed=ctx.probed,
         ignore=ignore,
         root_of=uf.roots(),
+        references=ctx.references,
     )
 
 
@@ -245,6 +250,7 @@ def _apply_rule(ctx: Context, rule: Callable, node: fx.Node) -> Value:
         return rule(ctx, node)
     except Exception as exc:  # noqa: BLE001 - unions made so far only couple more: still safe
         del ctx.flop_terms[n_terms:], ctx.slim_hooks[n_hooks:]
+        ctx.references.pop(node.name, None)
         ctx.freeze_value(tuple(ctx.value(a) for a in node.all_input_nodes),
                          reason=f"rule failed: {type(exc).__name__}: {exc}"[:200])
         return frozen_value(node.meta.get(TENSOR_META))

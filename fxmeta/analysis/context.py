@@ -37,6 +37,10 @@ class SlimView(Protocol):
 
 SlimHook = Callable[[SlimView, fx.Node], None]
 
+# How the masked original computes a node whose statistics exclude removed entries:
+# ``reference(keep, args, kwargs)``, ``keep(labels)`` being True for the entries that stay.
+Reference = Callable[[Callable[[Tensor], Tensor], tuple, dict], Any]
+
 
 # --------------------------------------------------------------------------- context
 
@@ -52,6 +56,7 @@ class Context:
         self.param_values: dict[str, Dims] = {}
         self.flop_terms: list[FlopTerm] = []
         self.slim_hooks: list[tuple[str, Callable]] = []
+        self.references: dict[str, Reference] = {}
         self.frozen_reasons: dict[str, str] = {}
         self.probed: dict[str, str] = {}
         self.constants: dict[str, str] = {}
@@ -160,6 +165,11 @@ class Context:
     def on_slim(self, fn: Callable) -> None:
         """Run ``fn(slim_context, node)`` on this node when the graph is slimmed."""
         self.slim_hooks.append((self.node.name, fn))
+
+    def on_reference(self, fn: Reference) -> None:
+        """Compute this node as ``fn`` in the self-check's masked original: for a norm or mean over a
+        channel dim, the statistics run over the kept entries only, as they do once pruned."""
+        self.references[self.node.name] = fn
 
     def note_constant(self, text: str) -> None:
         """Record a forward-code constant of this node that slimming rewrites."""

@@ -34,6 +34,27 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--in-channels", type=int, help="build fxmeta models with this many input channels")
     p.add_argument("--trust", action="store_true",
                    help="allow loading files that run code when read (pickled modules, .pt2, factory specs in files)")
+    p.add_argument("--capture", choices=["auto", "fx", "export"], default="auto",
+                   help="how the model becomes a graph: fx (symbolic tracing), export (torch.export, then its ATen "
+                        "ops mapped to modules and torch calls), auto (fx; torch.export when fx cannot trace the "
+                        "model). A .pt2 program is captured from torch.export unless --capture fx (default: auto)")
+
+
+def capture_model(loaded: Any, x: Any, how: str) -> Any:
+    """``loaded`` with its module captured as ``--capture`` asks (``fxmeta.capture.trace``).
+
+    A .pt2 program is captured from the program itself (auto / export); ``fx`` traces its
+    ATen-level module as it is. For modules, ``auto`` is left to the stages (they capture
+    with fallback), ``fx`` and ``export`` capture here once, so every stage uses that graph."""
+    import dataclasses
+
+    from ..capture import trace
+
+    if loaded.program is not None:
+        return loaded if how == "fx" else dataclasses.replace(loaded, module=trace(loaded.program, x))
+    if how == "auto":
+        return loaded
+    return dataclasses.replace(loaded, module=trace(loaded.module, x, capture=how))
 
 
 def load_model_and_input(args: argparse.Namespace):
@@ -51,7 +72,8 @@ def load_model_and_input(args: argparse.Namespace):
         shape = tuple(loaded.default_input_shape)
     else:
         raise FxmetaError(f"no default input shape is known for {args.model}: pass --input-shape N,C,H,W")
-    return loaded, example_from_shape(shape)
+    x = example_from_shape(shape)
+    return capture_model(loaded, x, getattr(args, "capture", "auto")), x
 
 
 def write_output(text: str, out: str | None, force: bool, inputs: Sequence[str]) -> None:
@@ -305,7 +327,8 @@ def _load_model(args: argparse.Namespace, data) -> tuple[Any, Any]:
             shape = tuple(loaded.default_input_shape)
         else:
             raise InputShapeError(f"no default input shape is known for {args.model}: pass --input-shape N,C,H,W")
-    return loaded, example_from_shape(shape)
+    x = example_from_shape(shape)
+    return capture_model(loaded, x, getattr(args, "capture", "auto")), x
 
 
 def _save_spec(loaded: Any, model_arg: str) -> tuple[str, dict]:

@@ -19,8 +19,8 @@ def cmd_dump(args: argparse.Namespace) -> int:
     for name, why in graph.frozen.items():
         err.print(f"[yellow]note[/]: {name}: {why}")
     if not graph.layers:
-        hint = (" a torch.export program is an ATen-level graph, which the lowering rules do not cover: pass the "
-                "architecture spec with its weights (SPEC@weights.pt) instead" if str(args.model).endswith(".pt2")
+        hint = (" with --capture fx a torch.export program is an ATen-level graph, which the lowering rules do not "
+                "cover: drop --capture fx" if str(args.model).endswith(".pt2") and args.capture == "fx"
                 else " it holds no layer the lowering knows (convolutions, linear layers, norms)")
         err.print(f"[yellow]note[/]: the IR of {args.model} is empty;{hint}", soft_wrap=True)
     write_output(dump(graph, args.format, args.detail), args.out, args.force, [args.model])

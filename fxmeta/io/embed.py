@@ -62,12 +62,22 @@ def from_embedded(emb: dict, spec: str, kwargs: dict[str, Any], path: str, *, tr
         if not isinstance(module, nn.Module):
             raise DamagedFileError(f"damaged file: {path}: its embedded module is a {type(module).__name__}")
     else:
-        try:
-            module = torch.export.load(io.BytesIO(emb["data"].numpy().tobytes())).module()
-        except Exception as exc:  # noqa: BLE001
-            raise SpecError(f"cannot rebuild the torch.export program embedded in {path}: "
-                            f"{type(exc).__name__}: {_first_line(exc)}") from None
+        module = _load_program(emb, path).module()
     return module
+
+
+def embedded_program(emb: dict, path: str, *, trust: bool) -> torch.export.ExportedProgram:
+    """The torch.export program stored in the file itself (loading it unpickles: only with trust)."""
+    require_trust(trust, path, "embeds its architecture as a torch.export program; loading it unpickles parts of it")
+    return _load_program(emb, path)
+
+
+def _load_program(emb: dict, path: str) -> torch.export.ExportedProgram:
+    try:
+        return torch.export.load(io.BytesIO(emb["data"].numpy().tobytes()))
+    except Exception as exc:  # noqa: BLE001
+        raise SpecError(f"cannot rebuild the torch.export program embedded in {path}: "
+                        f"{type(exc).__name__}: {_first_line(exc)}") from None
 
 
 def _run_source(emb: dict, kwargs: dict[str, Any], path: str) -> nn.Module:

@@ -41,6 +41,7 @@ from torch import nn
 
 from ..errors import FxmetaError, InputShapeError, OutputExistsError, SpecError
 from ..tracing import example_from_shape
+from .embed import embedded_program as _embedded_program
 from .embed import file_bytes as _file_bytes
 from .embed import from_embedded as _from_embedded
 from .embed import is_torchscript as _is_torchscript
@@ -75,6 +76,8 @@ class LoadedModel:
     # the architecture itself when it is code (Python source, a pickled module, a
     # torch.export program): stored in pruned files so that they load wherever they are copied
     embedded: dict | None = None
+    # a torch.export program the module came from (a .pt2 file, or one embedded in a pruned file)
+    program: Any = None
 
     def save_args(self) -> dict[str, Any]:
         """What ``save`` needs besides the module and its new plan to rebuild this model's architecture."""
@@ -327,7 +330,10 @@ def _from_saved(obj: dict, path: str, *, trust: bool, depth: int) -> LoadedModel
     check_model_payload(obj, path, FORMAT, VERSION)
     spec, kwargs, state = obj["spec"], obj.get("spec_kwargs") or {}, obj["state_dict"]
     embedded = obj.get("embedded")
-    if embedded is not None:
+    if embedded is not None and embedded.get("kind") == "export":
+        program = _embedded_program(embedded, path, trust=trust)
+        base = LoadedModel(program.module(), spec, spec, None, dict(kwargs), embedded=embedded, program=program)
+    elif embedded is not None:
         base = LoadedModel(_from_embedded(embedded, spec, dict(kwargs), path, trust=trust), spec, spec, None,
                            dict(kwargs), embedded=embedded)
     else:
@@ -336,13 +342,19 @@ def _from_saved(obj: dict, path: str, *, trust: bool, depth: int) -> LoadedModel
     module, plan = base.module, obj.get("plan")
     plans = [*obj.get("plans_before", []), plan] if plan is not None else []
     for i, step in enumerate(plans):
-        module = _apply_plan(module, step, shape, path if i == len(plans) - 1 else f"{path} (earlier plan {i + 1})")
+        # a plan made on the captured program is replayed on the program itself
+        start = base.program if i == 0 and base.program is not None and _captured(step) else module
+        module = _apply_plan(start, step, shape, path if i == len(plans) - 1 else f"{path} (earlier plan {i + 1})")
     _load_state(module, state, path, spec)
     return LoadedModel(module, spec, f"fxmeta model file {path}", shape, dict(kwargs), plan, plans,
                        embedded or base.embedded)
 
 
-def _apply_plan(module: nn.Module, plan: Any, shape: tuple[int, ...] | None, path: str) -> nn.Module:
+def _captured(plan: Any) -> bool:
+    return isinstance(plan, dict) and plan.get("capture") == "export"
+
+
+def _apply_plan(module: Any, plan: Any, shape: tuple[int, ...] | None, path: str) -> nn.Module:
     try:
         from ..pruning.plan import apply_plan
     except ImportError as exc:
@@ -352,7 +364,7 @@ def _apply_plan(module: nn.Module, plan: Any, shape: tuple[int, ...] | None, pat
         ) from exc
     if shape is None:
         raise SpecError(f"{path} holds a pruning plan but no input_shape to trace the model with; save it again")
-    module.eval()
+    _set_eval(module)
     pruned = apply_plan(module, plan, example_from_shape(shape))
     return pruned if isinstance(pruned, nn.Module) else module
 
@@ -371,7 +383,7 @@ def _load_export(path: str, *, trust: bool) -> LoadedModel:
     if len(args) == 1 and isinstance(args[0], torch.Tensor):
         shape = tuple(args[0].shape)
     return LoadedModel(program.module(), os.path.abspath(path), f"torch.export program {path}", shape,
-                       embedded={"kind": "export", "data": _file_bytes(path)})
+                       embedded={"kind": "export", "data": _file_bytes(path)}, program=program)
 
 
 def _load_state(module: nn.Module, state: dict[str, torch.Tensor], path: str, spec: str) -> None:
@@ -394,7 +406,9 @@ def _load_state(module: nn.Module, state: dict[str, torch.Tensor], path: str, sp
     module.load_state_dict(state, strict=True)
 
 
-def _set_eval(module: nn.Module) -> None:
+def _set_eval(module: Any) -> None:
+    if not isinstance(module, nn.Module):
+        return  # a torch.export program: its mode was fixed when it was exported
     try:
         module.eval()
     except NotImplementedError:

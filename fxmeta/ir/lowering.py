@@ -21,8 +21,9 @@ import torch.fx as fx
 from torch import Tensor, nn
 
 from .. import ops
+from ..capture import trace
 from ..keys import AUTO_LEAVES, TENSOR_META
-from ..tracing import call_args, propagate_shapes, tensor_meta, trace
+from ..tracing import call_args, propagate_shapes, tensor_meta
 from .graph import Layer, Slot, WeightGraph
 
 CONST = "const"  # env marker: a value computed only from parameters / constants
@@ -403,10 +404,13 @@ def _module_rule(b: _Builder, node: fx.Node) -> Any:
     return None
 
 
-def lower(model: nn.Module, example_input: Any = None, *, gm: fx.GraphModule | None = None) -> WeightGraph:
-    """Trace ``model`` (or take the traced ``gm``) and lower it to a WeightGraph."""
+def lower(model: nn.Module, example_input: Any = None, *, gm: fx.GraphModule | None = None,
+          capture: str = "auto") -> WeightGraph:
+    """Trace ``model`` (or take the traced ``gm``) and lower it to a WeightGraph.
+
+    ``model`` may be a torch.export program; ``capture`` is as in ``fxmeta.capture.trace``."""
     if gm is None:
-        gm = trace(model, example_input)
+        gm = trace(model, example_input, capture=capture)
     elif example_input is not None:
         propagate_shapes(gm, example_input)
     b = _Builder(gm)

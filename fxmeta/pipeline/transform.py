@@ -24,6 +24,7 @@ import torch
 import torch.fx as fx
 from torch import nn
 
+from ..capture import is_program, trace
 from ..errors import InputShapeError, PruningError, SpecError
 from ..ir.lowering import lower
 from ..ir.raising import raise_graph
@@ -262,8 +263,9 @@ def _prune(model: nn.Module, x: Any, config: TransformConfig, exported: bool) ->
     except PruningError as exc:
         if not exported:
             raise
-        raise PruningError(f"{exc}; a torch.export program is an ATen-level graph, which the channel rules do not "
-                           "cover: pass the architecture spec with its weights (SPEC@weights.pt) instead") from exc
+        raise PruningError(f"{exc}; the module of a torch.export program is an ATen-level graph, which the channel "
+                           "rules do not cover: capture the program itself (fxmeta.capture.trace, or leave out "
+                           "--capture fx)") from exc
 
 
 def _rewrite_with_metanet(model: nn.Module, x: Any, metanet: Any, timer: StageTimer) -> fx.GraphModule:
@@ -287,13 +289,16 @@ def transform(
 ) -> TransformResult:
     """Prune ``model`` to ``config.speedup`` x fewer FLOPs and finetune it on ``data``.
 
-    ``model``'s weights are left as they are; it is put in eval mode, on the CPU.
+    ``model``'s weights are left as they are; it is put in eval mode, on the CPU. It may be
+    a torch.export program (captured with ``fxmeta.capture.trace``).
 
     ``timer`` collects the wall time of each stage (pass one to add your own stages
     such as loading and saving); ``run_info`` is extra plain data that identifies the
     run (e.g. the model spec) and must match when resuming from checkpoints.
     """
     config = config or TransformConfig()
+    if is_program(model):  # a torch.export program: its captured torch-level graph is the model
+        model = trace(model, example_input)
     model, exported = _plain_module(model)
     timer = timer or StageTimer()
     notes: list[str] = []

@@ -20,6 +20,7 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 
+from ..capture import is_program
 from ..tracing import _as_tuple, eval_mode
 
 aten = torch.ops.aten
@@ -43,7 +44,10 @@ def count_flops(model: nn.Module, example_input: Any) -> int:
     """FLOPs of one forward pass of ``model`` on ``example_input`` (a multiply-add is 2 FLOPs).
 
     Runs in eval mode without gradients and restores every submodule's train/eval flag.
+    ``model`` may be a torch.export program.
     """
+    if is_program(model):
+        model = model.module()
     fast_path = torch.backends.mha.get_fastpath_enabled()
     torch.backends.mha.set_fastpath_enabled(False)
     try:
@@ -57,6 +61,8 @@ def count_flops(model: nn.Module, example_input: Any) -> int:
 
 def count_params(model: nn.Module) -> int:
     """Number of parameter elements (shared parameters counted once)."""
+    if is_program(model):
+        model = model.module()
     return sum(p.numel() for p in model.parameters())
 
 

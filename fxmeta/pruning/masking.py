@@ -110,6 +110,13 @@ class MaskedNetwork(nn.Module):
         holder = nn.Module()
         for _, name, module, _ in keeps:
             holder.add_module(name, module)
+        # Norms and means over a pruned dim: statistics over the kept entries, as once pruned.
+        self.removed = torch.zeros(analysis.uf.size, dtype=torch.bool)
+        for node in graph.nodes:
+            if node.name in analysis.references:
+                name = f"{_KEEP_PREFIX}_stats_{node.name}"
+                holder.add_module(name, _KeptStatistics(analysis.references[node.name], self._keep))
+                node.op, node.target = "call_module", name
         for node, name, _, _ in keeps:
             with graph.inserting_after(node):
                 masked = graph.call_module(name, (node,))
@@ -123,13 +130,28 @@ class MaskedNetwork(nn.Module):
     def set_removed(self, removed: Tensor) -> None:
         """Mask the units flagged in ``removed`` (bool over the analysis' unit ids)."""
         removed = removed.cpu()
+        self.removed = removed.clone()
         for module, labels in self._keeps:
             for buf, lab in zip(module.masks(), labels):
                 keep = (~removed[self.analysis.roots(lab)]).to(buf.dtype)
                 buf.copy_(keep.view(buf.shape))
 
+    def _keep(self, labels: Tensor) -> Tensor:
+        return ~self.removed[self.analysis.roots(labels)]
+
     def forward(self, *args: Any) -> Any:
         return self.gm(*args)
+
+
+class _KeptStatistics(nn.Module):
+    """A norm or mean whose statistics run over the kept entries (``analysis.references``)."""
+
+    def __init__(self, reference: Any, keep: Any) -> None:
+        super().__init__()
+        self.reference, self.keep = reference, keep
+
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        return self.reference(self.keep, args, kwargs)
 
 
 class _Root(nn.Module):

@@ -51,10 +51,14 @@ def removed_from_plan(analysis: ChannelAnalysis, plan: dict) -> Tensor:
 
 
 def apply_plan(model: nn.Module, plan: dict, example_input: Any, check: bool = True,
-               rules: Mapping[Any, Callable] | None = None) -> fx.GraphModule:
-    """Replay a plan from ``fxmeta.prune`` on a (fresh) model of the same architecture."""
+               rules: Mapping[Any, Callable] | None = None, capture: str | None = None) -> fx.GraphModule:
+    """Replay a plan from ``fxmeta.prune`` on a (fresh) model of the same architecture.
+
+    The model is captured as the plan's model was (``plan["capture"]``) unless ``capture`` says otherwise."""
     ignore = tuple(plan.get("ignore", ())) if isinstance(plan, dict) else ()
-    analysis = analyze(model, example_input, ignore=ignore, rules=rules)
+    if capture is None:
+        capture = plan.get("capture", "auto") if isinstance(plan, dict) else "auto"
+    analysis = analyze(model, example_input, ignore=ignore, rules=rules, capture=capture)
     removed = removed_from_plan(analysis, plan)
     pruned = slim(analysis, removed)
     if check:

@@ -17,10 +17,12 @@ from typing import Any, Callable, Mapping, Sequence
 
 import torch.fx as fx
 from torch import Tensor, nn
+from torch.export import ExportedProgram
 
 from ..analysis.channels import ChannelAnalysis, analyze
+from ..capture import export_program, is_program
 from ..errors import PruningError
-from ..keys import PLAN
+from ..keys import CAPTURE, PLAN
 from .flops import FlopModel, count_flops, count_params
 from .importance import Importance, importance_fn
 from .plan import PLAN_FORMAT, apply_plan, make_plan
@@ -39,6 +41,8 @@ class PruneResult:
     ``speedup`` is the measured FLOPs ratio original / pruned; ``params_ratio`` is the
     fraction of parameters kept (pruned / original); ``plan`` is plain data that
     ``apply_plan`` replays (saveable with ``torch.save``, loadable with weights_only=True).
+    ``program`` is the pruned module as a torch.export program when the model was one
+    (``torch.export.save`` / ``load`` it; it runs without fxmeta), else None.
     """
 
     module: fx.GraphModule
@@ -50,6 +54,7 @@ class PruneResult:
     params_before: int
     params_after: int
     timings: dict[str, float] = field(default_factory=dict)  # seconds per stage
+    program: ExportedProgram | None = None
 
 
 
@@ -124,6 +129,7 @@ def prune(
     check: bool = True,
     seed: int = 0,
     rules: Mapping[Any, Callable] | None = None,
+    capture: str = "auto",
 ) -> PruneResult:
     """Remove channels until FLOPs(original) / FLOPs(pruned) >= ``speedup``.
 
@@ -136,6 +142,11 @@ def prune(
     the group, on any difference. ``rules`` adds channel rules ({op: rule}) over the default
     table for this call only (see ``fxmeta.analysis.rules.table``). The model itself is left
     unchanged, the train/eval flag of every submodule included.
+
+    ``model`` may be a torch.export ``ExportedProgram``: the result then also holds the
+    pruned program (``PruneResult.program``, exported with the same example input).
+    ``capture`` says how a module becomes a graph: "auto" (fx tracing, torch.export when
+    fx cannot trace it), "fx" or "export" (see ``fxmeta.capture.trace``).
     """
     _check_speedup(speedup)
     if round_to is not None and (not isinstance(round_to, int) or round_to < 1):
@@ -143,7 +154,7 @@ def prune(
     if not 0.0 <= min_keep <= 1.0:
         raise PruningError(f"min_keep must be within [0, 1], got {min_keep!r}")
     clock = _Clock()
-    analysis = analyze(model, example_input, ignore=ignore, rules=rules)
+    analysis = analyze(model, example_input, ignore=ignore, rules=rules, capture=capture)
     clock("analysis")
     c = candidates(analysis, importance_fn(importance, seed), round_to, min_keep)
     clock("importance")
@@ -164,10 +175,15 @@ def prune(
         self_check(analysis, pruned, removed, shapes_checked=True)
         clock("check")
     plan = make_plan(analysis, c, counts, {"speedup_target": float(speedup),
-                                        "importance": importance if isinstance(importance, str) else "custom"})
+                                        "importance": importance if isinstance(importance, str) else "custom",
+                                        "capture": analysis.gm.meta.get(CAPTURE, "fx")})
     pruned.meta[PLAN] = plan
     params_after = count_params(pruned)
+    program = None
+    if is_program(model):
+        program = export_program(pruned, example_input)
+        clock("export")
     return PruneResult(pruned, measured, params_after / max(params_before, 1), plan, flops_before, flops_after,
-                       params_before, params_after, clock.totals)
+                       params_before, params_after, clock.totals, program)
 
 

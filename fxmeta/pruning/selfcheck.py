@@ -1,5 +1,9 @@
 """The self-check: the pruned model must equal the original with the removed channels masked.
 
+Masked means zeroed, and, where a norm or mean runs over a pruned channel dim, left out of
+its statistics (``fxmeta.analysis.rules.statistics``): the pruned norm normalises over the
+channels that stay, and the reference does the same, so the check stays exact.
+
 A mismatch is a ``PruningError`` that names the node and the groups involved.
 """
 from __future__ import annotations
@@ -21,23 +25,40 @@ from .slimming import SlimContext, expected_shapes
 
 
 class _MaskedInterpreter(fx.Interpreter):
-    """Runs the original graph and zeroes removed entries of every value as it is made."""
+    """Runs the original graph and zeroes removed entries of every value as it is made.
+
+    Nodes with a reference (norms and means over a channel dim) are computed by it: their
+    statistics run over the kept entries only, as in the pruned model."""
 
     def __init__(self, gm: fx.GraphModule, masks: dict[str, list[tuple[tuple, int, Tensor]]],
-                 record: dict | None = None) -> None:
+                 record: dict | None = None, references: dict[str, Callable] | None = None,
+                 keep: Callable[[Tensor], Tensor] | None = None) -> None:
         super().__init__(gm)
         self.extra_traceback = False
         self.masks = masks
         self.record = record
+        self.references = references or {}
+        self.keep = keep
 
     def run_node(self, n: fx.Node) -> Any:
-        out = super().run_node(n)
+        if self.keep is not None and n.name in self.references:
+            args, kwargs = self.fetch_args_kwargs_from_env(n)
+            out = self.references[n.name](self.keep, args, kwargs)
+        else:
+            out = super().run_node(n)
         for path, dim, keep in self.masks.get(n.name, ()):
             out = _apply_at(out, path, lambda t, keep=keep, dim=dim: torch.where(
                 _bcast(keep.to(t.device), t, dim), t, torch.zeros((), dtype=t.dtype, device=t.device)))
         if self.record is not None:
             self.record[n.name] = out
         return out
+
+
+def _masked_original(analysis: ChannelAnalysis, masks: dict, removed: Tensor,
+                     record: dict | None = None) -> _MaskedInterpreter:
+    """The original with the removed units zeroed and left out of norm statistics: the reference."""
+    return _MaskedInterpreter(analysis.gm, masks, record, analysis.references,
+                              lambda labels: ~removed[analysis.roots(labels)])
 
 
 def _bcast(keep: Tensor, t: Tensor, dim: int) -> Tensor:
@@ -166,7 +187,7 @@ def self_check(analysis: ChannelAnalysis, pruned: fx.GraphModule, removed: Tenso
     masks = _masks(analysis, removed)
     x = _random_like(analysis.example_input, seed)
     with torch.no_grad(), eval_mode(analysis.gm, pruned):
-        ref = _leaves(_MaskedInterpreter(analysis.gm, masks).run(*x))
+        ref = _leaves(_masked_original(analysis, masks, removed).run(*x))
         got = _leaves(pruned(*x))
     if len(ref) == len(got) and all(_close(a, b, rtol) for a, b in zip(got, ref)):
         return
@@ -221,7 +242,7 @@ def _locate_mismatch(analysis, pruned, removed, masks, x, rtol, groups_of) -> st
     """Compare node by node to name the first value that goes wrong."""
     record: dict[str, Any] = {}
     with torch.no_grad(), eval_mode(analysis.gm, pruned):
-        _MaskedInterpreter(analysis.gm, masks, record).run(*x)
+        _masked_original(analysis, masks, removed, record).run(*x)
         got: dict[str, Any] = {}
         _MaskedInterpreter(pruned, {}, got).run(*x)
     s = SlimContext(analysis, pruned, removed)

@@ -28,9 +28,7 @@ def sdpa(ctx: Context, node: fx.Node) -> Dims:
         ctx.union(dq[i], dk[i], dv[i])
         out[i] = dq[i] if dq[i] is not None and dk[i] is not None and dv[i] is not None else None
     if isinstance(mask, fx.Node):
-        ctx.freeze_value(ctx.value(mask), reason="attention mask")
-        for i in range(len(sq) - 2):
-            ctx.freeze(out[i])
+        _mask(ctx, mask, out[:len(sq) - 2] + [dq[-2], dk[-2]], list(sq[:-1]) + [sk[-2]])
     out[-2], out[-1] = dq[-2], dv[-1]
     b = [out[i] for i in range(len(sq) - 2)]
     coef = 2 * _prod(n for n, l in zip(sq[:-2], b) if l is None) * sq[-2] * sk[-2]
@@ -38,6 +36,20 @@ def sdpa(ctx: Context, node: fx.Node) -> Dims:
     ctx.flops(coef * (sv[-1] if dv[-1] is None else 1), *b, dv[-1])
     return out
 
+
+
+def _mask(ctx: Context, mask: fx.Node, score_dims: list, score_shape: list[int]) -> None:
+    """The mask is added to (or selects) the scores (..., heads, Lq, Lk), broadcast against them:
+    a dim it has at full size goes with the scores' dim (heads are sliced in the mask too), a
+    broadcast size-1 dim stays as it is. HF models pass a (1, 1, Lq, Lk) mask, so heads stay free."""
+    md, ms = ctx.dims(mask), ctx.shape(mask)
+    off = len(score_shape) - len(ms)
+    for j, n in enumerate(ms):
+        i = j + off
+        if i >= 0 and n == score_shape[i] and n != 1:
+            ctx.union(md[j], score_dims[i])
+        else:
+            ctx.freeze(md[j], reason="attention mask")
 
 
 def mha_module(ctx: Context, node: fx.Node) -> Any:

@@ -165,6 +165,21 @@ def linear_function(ctx: Context, node: fx.Node) -> Dims:
     return _linear(ctx, node, node.args[0], ctx.dims(wnode), b, ctx.shape(wnode))
 
 
+def addmm(ctx: Context, node: fx.Node) -> Dims:
+    """``torch.addmm(bias, x, w)`` with ``w`` of shape (in, out): a linear layer with its weight
+    stored transposed (GPT-2's ``Conv1D``)."""
+    b, x, w = node.args[:3]
+    if len(node.args) > 3 or node.kwargs or not all(isinstance(t, fx.Node) for t in (b, x, w)):
+        return _freeze_all(ctx, node)
+    bd, xd, wd = ctx.dims(b), ctx.dims(x), ctx.dims(w)
+    if len(bd) != 1 or len(xd) != 2 or len(wd) != 2:
+        return _freeze_all(ctx, node)
+    ctx.union(xd[1], wd[0])
+    ctx.union(bd[0], wd[1])
+    ctx.flops(2 * ctx.shape(x)[0], wd[0], wd[1])
+    return Dims([xd[0], wd[1]])
+
+
 def embedding_module(ctx: Context, node: fx.Node) -> Dims:
     w = ctx.module_param(node, "weight")
     ctx.freeze(w[0], reason="embedding rows are looked up by index")

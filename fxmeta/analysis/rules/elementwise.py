@@ -34,6 +34,14 @@ def metadata(ctx: Context, node: fx.Node) -> Any:
     return frozen_value(ctx.meta(node))
 
 
+def assert_metadata(ctx: Context, node: fx.Node) -> Any:
+    """``torch._assert_tensor_metadata``: dtype / device / layout checks hold after slimming;
+    a checked size or stride would not, so it freezes the tensor."""
+    if ctx.arg(node, 1, "size") is not None or ctx.arg(node, 2, "stride") is not None:
+        ctx.freeze_value(ctx.value(node.args[0]), reason="size asserted")
+    return None
+
+
 def freeze_dim(dim_index: int, arg_name: str = "dim", default: int = -1):
     """Rule for ops that normalise over one dim (softmax ...): that dim is frozen."""
 

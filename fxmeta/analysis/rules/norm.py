@@ -2,11 +2,13 @@
 from __future__ import annotations
 
 import torch.fx as fx
+import torch.nn.functional as F
 from torch import nn
 
 from ..context import Context
 from ..spaces import Dims
 from .common import _freeze_all, _set_arg, _unite_rows
+from .statistics import narrow, widen
 
 # --------------------------------------------------------------------------- norms
 
@@ -93,33 +95,75 @@ def groupnorm_function(ctx: Context, node: fx.Node) -> Dims:
     return dims
 
 
-def _layernorm(ctx: Context, x: fx.Node, nshape, params: list[Dims | None]) -> Dims:
-    # Statistics run over the normalised dims: removing entries there is not the same as
-    # zeroing them, so those dims are frozen.
+def _layernorm(ctx: Context, node: fx.Node, x: fx.Node, nshape, params: list[Dims | None], eps: float) -> Dims:
+    """Over one normalised dim its channels are removable: the pruned norm's statistics run over
+    the kept entries, and so do the reference's (``rules.statistics``). Over several they stay."""
     dims = Dims(ctx.dims(x))
     k = len(nshape)
-    for i in range(len(dims) - k, len(dims)):
-        ctx.freeze(dims[i], reason="LayerNorm statistics run over this dim")
-        dims[i] = None
-    for p in params:
-        if p is not None:
-            ctx.freeze(*p)
+    if k != 1:
+        for i in range(len(dims) - k, len(dims)):
+            ctx.freeze(dims[i], reason="LayerNorm statistics run over several dims")
+            dims[i] = None
+        for p in params:
+            if p is not None:
+                ctx.freeze(*p)
+        return dims
+    c = dims[-1]
+    ctx.union(c, *[p[0] for p in params if p is not None])
+    if c is None:
+        return dims
+
+    def reference(keep, args, kwargs):
+        x_, w, b = _layernorm_tensors(ctx, node, args, kwargs)
+        y = F.layer_norm(narrow(keep, x_, {x_.dim() - 1: c}), (int(keep(c).sum()),),
+                         None if w is None else narrow(keep, w, {0: c}),
+                         None if b is None else narrow(keep, b, {0: c}), eps)
+        return widen(keep, y, x_, x_.dim() - 1, c)
+
+    ctx.on_reference(reference)
     return dims
+
+
+def _layernorm_tensors(ctx: Context, node: fx.Node, args: tuple, kwargs: dict) -> tuple:
+    """Input, weight and bias of a LayerNorm call as the interpreter sees them."""
+    if node.op == "call_module":
+        m = ctx.module(node)
+        return args[0], m.weight, m.bias
+    w = args[2] if len(args) > 2 else kwargs.get("weight")
+    b = args[3] if len(args) > 3 else kwargs.get("bias")
+    return args[0], w, b
 
 
 def layernorm_module(ctx: Context, node: fx.Node) -> Dims:
     m = ctx.module(node)
-    return _layernorm(ctx, node.args[0], m.normalized_shape,
-                      [ctx.module_param(node, "weight"), ctx.module_param(node, "bias")])
+    dims = _layernorm(ctx, node, node.args[0], m.normalized_shape,
+                      [ctx.module_param(node, "weight"), ctx.module_param(node, "bias")], m.eps)
+    x = node.args[0]
+
+    def slim(s, new_node):
+        s.module(new_node.target).normalized_shape = (int(s.new_shape(x)[-1]),)
+
+    if len(m.normalized_shape) == 1:
+        ctx.on_slim(slim)
+    return dims
 
 
 def layernorm_function(ctx: Context, node: fx.Node) -> Dims:
     ns = ctx.arg(node, 1, "normalized_shape")
     w, b = ctx.arg(node, 2, "weight"), ctx.arg(node, 3, "bias")
-    if isinstance(ns, fx.Node):
+    eps = ctx.arg(node, 4, "eps", 1e-5)
+    if isinstance(ns, fx.Node) or isinstance(eps, fx.Node):
         return _freeze_all(ctx, node)
     ns = [ns] if isinstance(ns, int) else list(ns)
-    return _layernorm(ctx, node.args[0], ns, [ctx.dims(a) if isinstance(a, fx.Node) else None for a in (w, b)])
+    x = node.args[0]
+    dims = _layernorm(ctx, node, x, ns, [ctx.dims(a) if isinstance(a, fx.Node) else None for a in (w, b)], eps)
+
+    def slim(s, new_node):
+        _set_arg(new_node, 1, "normalized_shape", (int(s.new_shape(x)[-1]),))
+
+    if len(ns) == 1:
+        ctx.on_slim(slim)
+    return dims
 
 
 def batchnorm_function(ctx: Context, node: fx.Node) -> Dims:

@@ -8,6 +8,7 @@ import torch.fx as fx
 from ..context import Context
 from ..spaces import Dims, frozen_value
 from .common import _freeze_all, _norm_dim
+from .statistics import call, narrow
 
 # --------------------------------------------------------------------------- pooling, reductions
 
@@ -46,7 +47,8 @@ def interpolate_dims(ctx: Context, node: fx.Node) -> int:
 
 
 def reduction(kind: str):
-    """sum-like reductions drop dims exactly; mean/max/var over a channel dim freeze it."""
+    """sum-like reductions drop dims exactly; mean / var / std over a channel dim are statistics
+    over the kept entries (``rules.statistics``); max over a channel dim freezes it."""
 
     def rule(ctx: Context, node: fx.Node) -> Any:
         x = node.args[0]
@@ -61,8 +63,13 @@ def reduction(kind: str):
             reduced = list(range(nd))
         else:
             reduced = [_norm_dim(i, nd) for i in ([d] if isinstance(d, int) else d)]
-        if kind != "sum":
+        if kind == "max":
             ctx.freeze(*[dims[i] for i in reduced], reason=f"{kind} over this dim")
+        elif kind != "sum":
+            over = {i: dims[i] for i in reduced if dims[i] is not None}
+            if over:
+                ctx.on_reference(lambda keep, args, kwargs: call(node, (narrow(keep, args[0], over),) + args[1:],
+                                                                 kwargs))
         if not hasattr(meta, "shape"):
             ctx.freeze(*dims)
             return frozen_value(meta)

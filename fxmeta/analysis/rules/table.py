@@ -37,8 +37,17 @@ from .attention import (
     swin_patch_merging_pad,
     swin_relative_position_bias,
 )
-from .conv import conv_function, conv_module, einsum, embedding_module, linear_function, linear_module, matmul
-from .elementwise import elementwise, first_arg, freeze_dim, metadata, softmax_module
+from .conv import (
+    addmm,
+    conv_function,
+    conv_module,
+    einsum,
+    embedding_module,
+    linear_function,
+    linear_module,
+    matmul,
+)
+from .elementwise import assert_metadata, elementwise, first_arg, freeze_dim, metadata, softmax_module
 from .index import cat, gather, getitem, index_select, pad, split, stack, unbind
 from .norm import (
     batchnorm_function,
@@ -164,7 +173,7 @@ def _build() -> RuleTable:
         # functions and methods
         F.conv1d: conv_function, F.conv2d: conv_function, F.conv3d: conv_function,
         F.conv_transpose1d: conv_function, F.conv_transpose2d: conv_function, F.conv_transpose3d: conv_function,
-        F.linear: linear_function,
+        F.linear: linear_function, torch.addmm: addmm,
         F.layer_norm: layernorm_function, F.group_norm: groupnorm_function, F.batch_norm: batchnorm_function,
         F.softmax: freeze_dim(1), F.log_softmax: freeze_dim(1), torch.softmax: freeze_dim(1),
         "softmax": freeze_dim(1), "log_softmax": freeze_dim(1),
@@ -193,6 +202,7 @@ def _build() -> RuleTable:
         torch.amax: reduction("max"), "amax": reduction("max"),
         torch.var: reduction("var"), "var": reduction("var"), torch.std: reduction("std"), "std": reduction("std"),
         getattr: metadata, "size": metadata, "dim": metadata, "numel": metadata, torch._assert: metadata,
+        torch._assert_tensor_metadata: assert_metadata,
         shifted_window_attention: swin_attention,
     })
     table.update(_torchvision_rules())
