@@ -11,12 +11,14 @@ finetune:
   a prune to a drawn target removes masked out), then fxmeta prune (l2);
 - ``metanet (reference)``: meta-trained with the reference objective (cross-entropy +
   group-sparsity penalty), then fxmeta prune (l2);
+- ``metanet (prunable r1)`` / ``metanet (nodes r1 4x)``: the prunable objective with
+  ratio 1 from zero-initialised decoders, all tables / node tables only (the sweep);
 - ``fxmeta-l2`` and ``random``: the base network pruned as it is;
 - ``DepGraph+SL``: after its sparsity-learning epochs (``benchmarks.prepare``'s, cached);
 - ``prepared``: ``fxmeta.prepare`` for 5 epochs on the network itself, the per-network
   oracle the metanetwork should amortise.
 
-Both metanetworks come from one zoo of ResNet20s (8 training + 2 held-out members); the
+All metanetworks come from one zoo of ResNet20s (8 training + 2 held-out members); the
 checkpoint is chosen by ``meta_train`` on the held-out members' validation accuracy
 after a prune to ``select_speedup`` + recalibration (validation only, never test). The
 ResNet20 metanetworks are also applied to ResNet56 base networks (transfer).

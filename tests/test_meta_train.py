@@ -147,3 +147,26 @@ def test_zero_init_starts_as_the_identity_and_learn_nodes_keeps_the_edges(zoo_di
         assert nodes_moved and edges_moved == (learn == "all")
     with pytest.raises(Exception, match="learn"):
         MetaTrainConfig(learn="edges")
+
+
+@pytest.mark.parametrize("objective", ["reference", "prunable"])
+def test_two_step_meta_training_with_each_objective_scores_with_the_curve(zoo_dir, tmp_path, objective):
+    from fxmeta.training.curve import calibration_batches, prunability_curve
+    from fxmeta.training.data import load_data, make_loaders
+
+    out = tmp_path / objective
+    settings = dict(width=8, depth=1, batches_per_step=1, batch_size=32, speedup=1.5, eval_finetune_epochs=0,
+                    eval_bn_batches=2, objective=objective, mask_speedups=(2.0,), progress=False)
+    meta_train(zoo_dir, out, epochs=1, **settings)  # 2 training members: 2 steps
+    records = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    steps = [r for r in records if "step" in r]
+    assert len(steps) == 2 and all(("masked_ce" in r) == (objective == "prunable") for r in steps)
+    # the score without a metanetwork is the prunability curve's point on the held-out member
+    zoo = load_zoo(zoo_dir)
+    member = load(zoo.path(zoo.split("val")[0]))
+    loaders = make_loaders(load_data(zoo.data, seed=0), 32, seed=0)
+    calibration = calibration_batches(loaders.train.dataset, 2, 32, seed=0)
+    point = prunability_curve(member, torch.randn(1, 1, 8, 8), loaders.val, [1.5], calibration=calibration,
+                              split="val").points[0]
+    baseline = next(r for r in records if r.get("baseline"))
+    assert baseline["score"] == pytest.approx(point.recalibrated_accuracy)
