@@ -275,6 +275,7 @@ def test_read_ir_dump_example_reads_json_and_graphml_alike(tmp_path):
     ("prune_torchvision.py", ["--model", "torchvision:resnet18"], "both reproduce the pruned model: True"),
     ("transform_own_model.py", ["--epochs", "1"], "same outputs"),
     ("compile_pipeline.py", [], "pipeline:"),
+    ("export_pipeline.py", [], "saved program vs pruned module"),
 ])
 def test_examples_run(script, args, expect, tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
