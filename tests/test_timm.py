@@ -54,9 +54,11 @@ def test_convnext_loses_stage_widths_and_mlp():
 def test_a_pruned_timm_file_loads_again(tmp_path, capsys):
     out = tmp_path / "convnext.pt"
     code = cli.main(["prune", "timm:convnext_atto", "--input-shape", "1,3,64,64", "--round-to", "8",
-                     "--out", str(out)])
+                     "--min-keep", "0.5", "--out", str(out)])
     assert code == 0, capsys.readouterr().err
     module = fxmeta.load(out)  # a library spec: no trust needed
     with torch.no_grad():
         assert module(torch.randn(1, 3, 64, 64)).shape == (1, 1000)
+    widths = [module.get_parameter(f"stages.{i}.blocks.0.mlp.fc1.weight").shape[0] for i in range(4)]
+    assert all(w >= 2 * full for w, full in zip(widths, (40, 80, 160, 320)))  # --min-keep 0.5: half stays
     assert torch.load(out, weights_only=True)["spec"] == "timm:convnext_atto"

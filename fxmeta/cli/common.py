@@ -147,6 +147,9 @@ def _add_prune_args(p: argparse.ArgumentParser) -> None:
                    help="channel-group importance used to pick what to remove (default: l2, the group's L2 norm)")
     g.add_argument("--round-to", type=int, metavar="N",
                    help="keep channel counts multiples of N (e.g. 8) so kernels stay fast")
+    g.add_argument("--min-keep", type=_number, default=0.1, metavar="F",
+                   help="the least fraction of every channel group that stays; 0.5 spreads the removal over "
+                        "every kind of group (e.g. a transformer's width, heads and MLP) (default: 0.1)")
     g.add_argument("--ignore", action="append", default=[], metavar="LAYER",
                    help="never prune this layer (module name, repeatable)")
     g.add_argument("--no-check", dest="check", action="store_false",
@@ -255,6 +258,7 @@ def _transform_config(args: argparse.Namespace, *, finetune: Any = None, checkpo
 
     return TransformConfig(
         speedup=args.speedup, importance=args.importance, round_to=args.round_to, ignore=tuple(args.ignore),
+        min_keep=getattr(args, "min_keep", 0.1),
         check=args.check, adapt_epochs=getattr(args, "adapt_epochs", 0), bn_batches=getattr(args, "bn_batches", 0),
         prepare=_prepare_config(args),
         finetune=finetune or TrainConfig(epochs=0, device="cpu", progress=False),
@@ -308,6 +312,8 @@ def check_numbers(args: argparse.Namespace) -> None:
     for name in ("lr", "prepare_lr"):
         v = val(name)
         need("--" + name.replace("_", "-"), v is None or (finite(v) and v > 0), "a finite number > 0")
+    v = val("min_keep")
+    need("--min-keep", v is None or (finite(v) and 0 <= v <= 1), "within [0, 1]")
     for name in ("weight_decay", "prepare_weight"):
         v = val(name)
         need("--" + name.replace("_", "-"), v is None or (finite(v) and v >= 0), "a finite number >= 0")
