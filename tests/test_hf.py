@@ -128,3 +128,20 @@ def test_a_pruned_program_is_shipped_as_a_program():
         want, got = result.module(x), result.program.module()(x)
     assert type(got) is type(want)
     torch.testing.assert_close(got.logits, want.logits)
+
+
+def test_t5_heads_are_one_group_through_the_shared_position_bias():
+    """T5 masks its relative position bias with torch.where(mask, bias, scalar) and shares it over layers."""
+    import transformers as tf
+
+    torch.manual_seed(0)
+    model = tf.T5EncoderModel(tf.T5Config(d_model=32, d_kv=8, d_ff=64, num_layers=2, num_heads=4,
+                                          vocab_size=64)).eval()
+    x = torch.randint(0, 64, (1, 8))
+    gm = from_program(torch.export.export(model, (x,)), x)
+    assert gm.meta[UNMAPPED_OPS] == {}
+    analysis = analyze(model, x)
+    bias = "encoder.block.0.layer.0.SelfAttention.relative_attention_bias.weight"
+    group, pruned = _remove(model, x, analysis, bias, 1, [0])  # self-checked
+    assert group.units == 4
+    assert all(pruned.get_parameter(f"encoder.block.{i}.layer.0.SelfAttention.q.weight").shape[0] == 24 for i in (0, 1))

@@ -15,6 +15,7 @@ from torch import nn
 import fxmeta
 from fxmeta.errors import FxmetaError, InputShapeError, OutputExistsError, SpecError, UnsafeFileError
 from fxmeta.io import files as io
+from fxmeta.io.libraries import _torchvision_shape
 
 
 def tiny(num_classes: int = 10, in_channels: int = 3, width: int = 8) -> nn.Module:
@@ -92,7 +93,7 @@ def test_torchvision_inception_default_shape_is_299():
 
 
 def test_torchvision_vit_default_shape_is_224():
-    assert io._torchvision_shape("vit_b_16", torch.nn.Module) == (1, 3, 224, 224)
+    assert _torchvision_shape("vit_b_16", torch.nn.Module) == (1, 3, 224, 224)
 
 
 def test_torchvision_errors():

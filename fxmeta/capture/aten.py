@@ -413,9 +413,13 @@ ATEN: dict[Any, tuple[Handler, ...]] = {
     aten.pow.Tensor_Scalar: (fn(operator.pow, "self", "exponent"),),
     aten.maximum.default: (fn(torch.maximum, "self", "other"),),
     aten.minimum.default: (fn(torch.minimum, "self", "other"),),
+    aten.min.other: (fn(torch.minimum, "self", "other"),),  # the same kernel under torch.min's name
     **{getattr(aten, n).Tensor: (fn(getattr(operator, n), "self", "other"),) for n in ("gt", "lt", "ge", "le", "eq", "ne")},
     **{getattr(aten, n).Scalar: (fn(getattr(operator, n), "self", "other"),) for n in ("gt", "lt", "ge", "le", "eq", "ne")},
     aten.where.self: (fn(torch.where, "condition", "self", "other"),),
+    # torch.where with one Python scalar calls these overloads itself (T5 masks its position bias so)
+    aten.where.ScalarOther: (fn(torch.where, "condition", "self", "other"),),
+    aten.where.ScalarSelf: (fn(torch.where, "condition", "self", "other"),),
     aten.__and__.Tensor: (fn(operator.and_, "self", "other"),),
     aten.__or__.Tensor: (fn(operator.or_, "self", "other"),),
     aten.bitwise_not.default: (fn(torch.bitwise_not, "self"),),
@@ -439,6 +443,8 @@ ATEN: dict[Any, tuple[Handler, ...]] = {
     aten.new_ones.default: (method("new_ones", "self", "size", dtype="dtype", device="device"),),
     aten.new_zeros.default: (method("new_zeros", "self", "size", dtype="dtype", device="device"),),
     aten.full.default: (fn(torch.full, "size", "fill_value", dtype="dtype", device="device"),),
+    aten.full_like.default: (fn(torch.full_like, "self", "fill_value", dtype="dtype", device="device",
+                                memory_format="memory_format"),),
     aten.zeros.default: (fn(torch.zeros, "size", dtype="dtype", device="device"),),
     aten.ones.default: (fn(torch.ones, "size", dtype="dtype", device="device"),),
     aten.detach.default: (method("detach", "self"),),

@@ -9,6 +9,8 @@ import argparse
 import sys
 from typing import Sequence
 
+from rich.markup import escape
+
 from ..errors import FxmetaError
 from . import curve, demo, dump, meta_train, transform, zoo
 from .common import err
@@ -42,7 +44,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except FxmetaError as exc:
         if args.debug:
             raise
-        err.print(f"[bold red]error[/]: {exc}", soft_wrap=True)
+        # escaped: messages such as "pip install 'fxmeta[hf]'" are text, not rich markup
+        err.print(f"[bold red]error[/]: {escape(str(exc))}", soft_wrap=True)
         return 2
     except KeyboardInterrupt:
         err.print(f"[bold red]interrupted[/]: {_interrupt_note(args)}", soft_wrap=True)
@@ -50,7 +53,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as exc:  # noqa: BLE001 - last resort: one line, not a traceback
         if args.debug:
             raise
-        err.print(f"[bold red]internal error[/]: {type(exc).__name__}: {exc} (re-run with --debug for the traceback)",
+        err.print(f"[bold red]internal error[/]: {type(exc).__name__}: {escape(str(exc))} (re-run with --debug for the traceback)",
                   soft_wrap=True)
         return 1
 

@@ -14,11 +14,12 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
-from ..errors import FxmetaError, InputShapeError, OutputExistsError, SpecError
+from ..errors import InputShapeError, OutputExistsError, SpecError
 
 SPEC_HELP = (
-    "model spec: torchvision:NAME, fxmeta:NAME, module.path:factory, path/to/file.py:factory, "
-    "SPEC@weights.pt, an fxmeta model file (.pt), or a torch.export program (.pt2, needs --trust)"
+    "model spec: torchvision:NAME, fxmeta:NAME, timm:NAME, hf:CONFIG.json or hf:FOLDER (transformers), "
+    "module.path:factory, path/to/file.py:factory, SPEC@weights.pt, an fxmeta model file (.pt), or a "
+    "torch.export program (.pt2, needs --trust)"
 )
 
 DEMO_MODEL = "fxmeta:resnet20"  # what demo and zoo train when given no MODEL
@@ -30,6 +31,13 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("model", metavar="MODEL", help=SPEC_HELP)
     p.add_argument("--input-shape", metavar="N,C,H,W",
                    help="example input shape (default: the model family's usual shape)")
+    p.add_argument("--input-dtype", metavar="DTYPE",
+                   help="example input dtype: float (default) or long for token ids, which are drawn from "
+                        "[0, vocab size) when the model names one (transformers configs), else [0, 2) "
+                        "(default: the model family's, long for hf: text models)")
+    p.add_argument("--example-input", metavar="FILE.pt",
+                   help="the example input itself: a tensor or a tuple of tensors (the positional inputs) saved "
+                        "with torch.save; read with weights_only=True. Replaces --input-shape / --input-dtype")
     p.add_argument("--num-classes", type=int, help="build the architecture with this many outputs")
     p.add_argument("--in-channels", type=int, help="build fxmeta models with this many input channels")
     p.add_argument("--trust", action="store_true",
@@ -53,27 +61,46 @@ def capture_model(loaded: Any, x: Any, how: str) -> Any:
     if loaded.program is not None:
         return loaded if how == "fx" else dataclasses.replace(loaded, module=trace(loaded.program, x))
     if how == "auto":
+        how = loaded.capture  # "export" for transformers models, which fx cannot trace
+    if how == "auto":
         return loaded
     return dataclasses.replace(loaded, module=trace(loaded.module, x, capture=how))
 
 
 def load_model_and_input(args: argparse.Namespace):
     """Resolve ``args.model`` and build a reproducible example input for it."""
-    from ..io.files import parse_input_shape, resolve_model
-    from ..tracing import example_from_shape
+    from ..io.files import resolve_model
 
     # Architectures built from a spec get reproducible random weights (dumps diff cleanly).
     torch.manual_seed(0)
     loaded = resolve_model(args.model, trust=args.trust, num_classes=args.num_classes,
                            in_channels=args.in_channels)
+    x = example_for(args, loaded)
+    return capture_model(loaded, x, getattr(args, "capture", "auto")), x
+
+
+def example_for(args: argparse.Namespace, loaded: Any, data_shape: Sequence[int] | None = None) -> Any:
+    """The example input: --example-input, else --input-shape / --input-dtype, else the data's
+    sample shape, else the model family's usual shape and dtype."""
+    from ..io.files import parse_input_shape
+    from ..io.inputs import example_input, load_example_input, parse_dtype
+
+    path = getattr(args, "example_input", None)
+    if path is not None:
+        if args.input_shape is not None or getattr(args, "input_dtype", None) is not None:
+            raise InputShapeError("--example-input is the input itself; drop --input-shape / --input-dtype")
+        return load_example_input(path)
+    dtype = parse_dtype(args.input_dtype) if getattr(args, "input_dtype", None) else loaded.default_input_dtype
     if args.input_shape is not None:
         shape = parse_input_shape(args.input_shape)
+    elif data_shape is not None:
+        shape = (1, *data_shape)
     elif loaded.default_input_shape:
         shape = tuple(loaded.default_input_shape)
     else:
-        raise FxmetaError(f"no default input shape is known for {args.model}: pass --input-shape N,C,H,W")
-    x = example_from_shape(shape)
-    return capture_model(loaded, x, getattr(args, "capture", "auto")), x
+        raise InputShapeError(f"no default input shape is known for {args.model}: pass --input-shape N,C,H,W "
+                              "or --example-input FILE.pt")
+    return example_input(shape, dtype, loaded.module)
 
 
 def write_output(text: str, out: str | None, force: bool, inputs: Sequence[str]) -> None:
@@ -120,6 +147,9 @@ def _add_prune_args(p: argparse.ArgumentParser) -> None:
                    help="channel-group importance used to pick what to remove (default: l2, the group's L2 norm)")
     g.add_argument("--round-to", type=int, metavar="N",
                    help="keep channel counts multiples of N (e.g. 8) so kernels stay fast")
+    g.add_argument("--min-keep", type=_number, default=0.1, metavar="F",
+                   help="the least fraction of every channel group that stays; 0.5 spreads the removal over "
+                        "every kind of group (e.g. a transformer's width, heads and MLP) (default: 0.1)")
     g.add_argument("--ignore", action="append", default=[], metavar="LAYER",
                    help="never prune this layer (module name, repeatable)")
     g.add_argument("--no-check", dest="check", action="store_false",
@@ -228,6 +258,7 @@ def _transform_config(args: argparse.Namespace, *, finetune: Any = None, checkpo
 
     return TransformConfig(
         speedup=args.speedup, importance=args.importance, round_to=args.round_to, ignore=tuple(args.ignore),
+        min_keep=getattr(args, "min_keep", 0.1),
         check=args.check, adapt_epochs=getattr(args, "adapt_epochs", 0), bn_batches=getattr(args, "bn_batches", 0),
         prepare=_prepare_config(args),
         finetune=finetune or TrainConfig(epochs=0, device="cpu", progress=False),
@@ -281,6 +312,8 @@ def check_numbers(args: argparse.Namespace) -> None:
     for name in ("lr", "prepare_lr"):
         v = val(name)
         need("--" + name.replace("_", "-"), v is None or (finite(v) and v > 0), "a finite number > 0")
+    v = val("min_keep")
+    need("--min-keep", v is None or (finite(v) and 0 <= v <= 1), "within [0, 1]")
     for name in ("weight_decay", "prepare_weight"):
         v = val(name)
         need("--" + name.replace("_", "-"), v is None or (finite(v) and v >= 0), "a finite number >= 0")
@@ -310,24 +343,16 @@ def _load_data(args: argparse.Namespace):
 
 
 def _load_model(args: argparse.Namespace, data) -> tuple[Any, Any]:
-    """The model and an example input: from --input-shape, else the data's sample shape,
-    else the model family's usual shape."""
+    """The model and an example input (``example_for``)."""
     import torch
 
     from ..io.files import parse_input_shape, resolve_model
-    from ..tracing import example_from_shape
 
     torch.manual_seed(args.seed if hasattr(args, "seed") else 0)  # spec-built models: reproducible weights
-    shape = parse_input_shape(args.input_shape) if args.input_shape is not None else None
+    if args.input_shape is not None:
+        parse_input_shape(args.input_shape)  # a bad shape fails before the model is built
     loaded = resolve_model(args.model, trust=args.trust, num_classes=args.num_classes, in_channels=args.in_channels)
-    if shape is None:
-        if data is not None:
-            shape = (1, *data.input_shape)
-        elif loaded.default_input_shape:
-            shape = tuple(loaded.default_input_shape)
-        else:
-            raise InputShapeError(f"no default input shape is known for {args.model}: pass --input-shape N,C,H,W")
-    x = example_from_shape(shape)
+    x = example_for(args, loaded, data.input_shape if data is not None else None)
     return capture_model(loaded, x, getattr(args, "capture", "auto")), x
 
 

@@ -32,6 +32,7 @@ from .common import (
 
 def _run(args: argparse.Namespace, *, with_training: bool) -> int:
     """transform and prune: validate, load, transform, save, report."""
+    from ..io.inputs import first_tensor
     from ..io.paths import Created
     from ..pipeline.transform import StageTimer, check_model_fits, transform
 
@@ -74,7 +75,7 @@ def _run(args: argparse.Namespace, *, with_training: bool) -> int:
     if ckpt_dir and args.resume and not os.path.isdir(ckpt_dir):
         _note(f"--resume: no checkpoints in {ckpt_dir}, starting from the beginning")
     timer.report = _stage_note  # everything is checked: from here on, say what runs
-    run_info = {"model": args.model, "data": getattr(args, "data", None), "input_shape": list(x.shape),
+    run_info = {"model": args.model, "data": getattr(args, "data", None), "input_shape": list(first_tensor(x).shape),
                 "metanet_file": os.path.abspath(args.metanet) if getattr(args, "metanet", None) else None}
     result = transform(loaded.module, x, config, data=data, timer=timer, run_info=run_info)
     if is_main_process():
@@ -93,8 +94,8 @@ def _save_outputs(args: argparse.Namespace, loaded: Any, x: Any, result: Any, ti
     metrics = result.metrics() | {"source": loaded.source, "run": run_info,
                                   "speedup_target": args.speedup}
     with timer("save"):
-        save(args.out, result.module, plan=result.plan, metrics=metrics, input_shape=tuple(x.shape),
-             force=args.force, **loaded.save_args())
+        save(args.out, result.module, plan=result.plan, metrics=metrics, example_input=x, force=args.force,
+             **loaded.save_args())
     if args.export:
         from ..io.export import save_program
 

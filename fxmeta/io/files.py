@@ -3,6 +3,8 @@
 A model spec is one of::
 
     torchvision:resnet50          a torchvision architecture, random init (never downloads)
+    hf:config.json / hf:FOLDER    a transformers model from a local config (+ the folder's weights)
+    timm:vit_tiny_patch16_224     a timm architecture, random init (see ``libraries``)
     fxmeta:resnet56               an architecture from fxmeta.models
     my_pkg.module:factory         import a module, call factory(**kwargs)
     path/to/file.py:factory       the same for a Python file
@@ -26,7 +28,6 @@ import enum
 import hashlib
 import importlib
 import importlib.util
-import inspect
 import numbers
 import os
 import pickle
@@ -40,11 +41,13 @@ import torch
 from torch import nn
 
 from ..errors import FxmetaError, InputShapeError, OutputExistsError, SpecError
-from ..tracing import example_from_shape
 from .embed import embedded_program as _embedded_program
 from .embed import file_bytes as _file_bytes
 from .embed import from_embedded as _from_embedded
 from .embed import is_torchscript as _is_torchscript
+from .inputs import DTYPES, dtype_name, example_input
+from .inputs import first_tensor as _first_tensor
+from .libraries import hf_model, timm_model, torchvision_model
 from .paths import check_output
 from .schema import check_dtypes, check_model_payload, digest
 from .trust import TRUST_HINT, check_model_spec, require_trust
@@ -78,6 +81,10 @@ class LoadedModel:
     embedded: dict | None = None
     # a torch.export program the module came from (a .pt2 file, or one embedded in a pruned file)
     program: Any = None
+    # what the example input is made of: token models take int64 ids
+    default_input_dtype: torch.dtype = torch.float32
+    # how the stages capture it when asked for "auto" (transformers models: "export")
+    capture: str = "auto"
 
     def save_args(self) -> dict[str, Any]:
         """What ``save`` needs besides the module and its new plan to rebuild this model's architecture."""
@@ -131,6 +138,10 @@ def _resolve(spec: str, kwargs: dict[str, Any], *, trust: bool, from_file: str |
         return _torchvision(name, kwargs)
     if prefix == "fxmeta":
         return _fxmeta(name, kwargs)
+    if prefix == "hf":
+        return _hf(name, kwargs)
+    if prefix == "timm":
+        return _timm(name, kwargs)
     if spec.endswith(MODEL_SUFFIXES):
         raise SpecError(f"no such file: {spec}")
     target, sep, attr = spec.rpartition(":")
@@ -147,35 +158,24 @@ def _resolve(spec: str, kwargs: dict[str, Any], *, trust: bool, from_file: str |
 
 
 def _torchvision(name: str, kwargs: dict[str, Any]) -> LoadedModel:
-    import torchvision
-
-    if "in_channels" in kwargs:
-        raise SpecError(f"torchvision:{name} takes 3 input channels; drop in_channels (--in-channels)")
-    for key in ("weights", "weights_backbone"):
-        if key in kwargs:
-            raise SpecError(f"torchvision:{name}: {key} is not accepted (nothing is downloaded); use SPEC@weights.pt")
-    try:
-        builder = torchvision.models.get_model_builder(name)
-    except ValueError as exc:
-        raise SpecError(f"unknown torchvision model {name!r}; see torchvision.models.list_models()") from exc
-    extra: dict[str, Any] = {"weights": None}
-    # Detection models default to a pretrained backbone, which would download.
-    if "weights_backbone" in inspect.signature(builder).parameters:
-        extra["weights_backbone"] = None
-    try:
-        module = torchvision.models.get_model(name, **extra, **kwargs)
-    except (TypeError, ValueError) as exc:
-        raise SpecError(f"torchvision:{name} does not accept {kwargs}: {_first_line(exc)}") from exc
-    return LoadedModel(module, f"torchvision:{name}", f"torchvision:{name}", _torchvision_shape(name, builder), dict(kwargs))
+    module, shape = torchvision_model(name, kwargs)
+    return LoadedModel(module, f"torchvision:{name}", f"torchvision:{name}", shape, dict(kwargs))
 
 
-def _torchvision_shape(name: str, builder: Any) -> tuple[int, ...] | None:
-    family = builder.__module__
-    if any(f".{kind}" in family for kind in ("video", "optical_flow", "detection")):
-        return None  # no single image-batch shape fits these
-    if "inception_v3" in name:
-        return (1, 3, 299, 299)
-    return (1, 3, 224, 224)
+def _timm(name: str, kwargs: dict[str, Any]) -> LoadedModel:
+    module, shape = timm_model(name, kwargs)
+    return LoadedModel(module, f"timm:{name}", f"timm:{name}", shape, dict(kwargs))
+
+
+def _hf(target: str, kwargs: dict[str, Any]) -> LoadedModel:
+    if not target:
+        raise SpecError("hf: needs a config.json or a folder holding one, e.g. hf:path/to/config.json")
+    # a spec read from a saved file keeps the path it was made from; its config travels in the kwargs
+    spec = f"hf:{target if 'config_json' in kwargs else os.path.abspath(target)}"
+    module, shape, dtype, rebuild = hf_model(target, kwargs)
+    saved = {k: v for k, v in kwargs.items() if k != "config_json"} | rebuild
+    # transformers models run Python control flow on shapes, which fx cannot trace
+    return LoadedModel(module, spec, spec, shape, saved, default_input_dtype=dtype, capture="export")
 
 
 def _fxmeta(name: str, kwargs: dict[str, Any]) -> LoadedModel:
@@ -339,22 +339,27 @@ def _from_saved(obj: dict, path: str, *, trust: bool, depth: int) -> LoadedModel
     else:
         base = _resolve(spec, dict(kwargs), trust=trust, from_file=path, depth=depth + 1)
     shape = tuple(obj["input_shape"]) if obj.get("input_shape") else base.default_input_shape
+    dtype = DTYPES[obj["input_dtype"]] if obj.get("input_dtype") else base.default_input_dtype
     module, plan = base.module, obj.get("plan")
     plans = [*obj.get("plans_before", []), plan] if plan is not None else []
+    if plans and shape is None:
+        raise SpecError(f"{path} holds a pruning plan but no input_shape to trace the model with; save it again")
+    if plans:  # the ids of token models must index the embedding: the example comes from the unpruned model
+        x = tuple(obj["example_input"]) if obj.get("example_input") else example_input(shape, dtype, base.module)
     for i, step in enumerate(plans):
         # a plan made on the captured program is replayed on the program itself
         start = base.program if i == 0 and base.program is not None and _captured(step) else module
-        module = _apply_plan(start, step, shape, path if i == len(plans) - 1 else f"{path} (earlier plan {i + 1})")
+        module = _apply_plan(start, step, x, path if i == len(plans) - 1 else f"{path} (earlier plan {i + 1})")
     _load_state(module, state, path, spec)
     return LoadedModel(module, spec, f"fxmeta model file {path}", shape, dict(kwargs), plan, plans,
-                       embedded or base.embedded)
+                       embedded or base.embedded, default_input_dtype=dtype, capture=base.capture)
 
 
 def _captured(plan: Any) -> bool:
     return isinstance(plan, dict) and plan.get("capture") == "export"
 
 
-def _apply_plan(module: Any, plan: Any, shape: tuple[int, ...] | None, path: str) -> nn.Module:
+def _apply_plan(module: Any, plan: Any, x: Any, path: str) -> nn.Module:
     try:
         from ..pruning.plan import apply_plan
     except ImportError as exc:
@@ -362,10 +367,8 @@ def _apply_plan(module: Any, plan: Any, shape: tuple[int, ...] | None, path: str
             f"{path} holds a pruned model, but this fxmeta cannot apply pruning plans "
             f"({type(exc).__name__}: {_first_line(exc)}); install a complete fxmeta"
         ) from exc
-    if shape is None:
-        raise SpecError(f"{path} holds a pruning plan but no input_shape to trace the model with; save it again")
     _set_eval(module)
-    pruned = apply_plan(module, plan, example_from_shape(shape))
+    pruned = apply_plan(module, plan, x)
     return pruned if isinstance(pruned, nn.Module) else module
 
 
@@ -447,6 +450,7 @@ def save(
     force: bool = False,
     plans_before: Sequence[Any] = (),
     embedded: dict | None = None,
+    example_input: Any = None,
 ) -> None:
     """Write ``module`` as an fxmeta model file, loadable with ``torch.load(weights_only=True)``.
 
@@ -455,10 +459,14 @@ def save(
     ``plans_before`` are the plans that made the pruned model the module was pruned from
     (applied first, in order), ``embedded`` the architecture itself when it is code (see
     ``LoadedModel.embedded``): with both the file stands alone, wherever it is copied.
+    ``example_input`` (what the model was pruned with) gives ``input_shape`` and records
+    its dtype (token ids are int64); a tuple of inputs is stored whole, to trace with on load.
     The file stores a checksum of its content: a damaged copy fails to load, never loads wrong.
     """
     if not isinstance(spec, str) or not spec:
         raise ValueError("save() needs the architecture spec the module was built from, e.g. spec='torchvision:resnet18'")
+    if example_input is not None and input_shape is None:
+        input_shape = tuple(_first_tensor(example_input).shape)
     if plan is not None and input_shape is None:
         raise ValueError("save() of a pruned model (plan given) needs input_shape to trace it again on load")
     payload: dict[str, Any] = {
@@ -480,6 +488,11 @@ def save(
         payload["metrics"] = plain_data(metrics)
     if input_shape is not None:
         payload["input_shape"] = [int(d) for d in input_shape]
+    if example_input is not None:
+        if not isinstance(example_input, torch.Tensor):
+            payload["example_input"] = [t.detach().to("cpu", copy=True) for t in example_input]
+        elif example_input.dtype != torch.float32:
+            payload["input_dtype"] = dtype_name(example_input.dtype)
     payload["checksum"] = digest(payload)
     atomic_save(payload, path, force=force)
 

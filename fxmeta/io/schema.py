@@ -20,6 +20,8 @@ from ..errors import DamagedFileError
 PLAN_FORMAT = "fxmeta.plan/1"
 _PLAIN = (type(None), bool, int, float, str)
 _MAX_PROBLEMS = 3
+# the input dtypes files record (``fxmeta.io.inputs.dtype_name``)
+_INPUT_DTYPES = ("float32", "float16", "bfloat16", "int64", "int32", "bool")
 
 
 def digest(obj: Any) -> str:
@@ -171,6 +173,13 @@ def check_model_payload(obj: dict, path: str, fmt: str, version: int) -> None:
     if shape is not None and (not isinstance(shape, list) or not shape
                               or not all(_is_int(d) and d > 0 for d in shape)):
         p.add(f"input_shape is {_type_name(shape)}, expected a list of positive integers")
+    dtype = obj.get("input_dtype")
+    if dtype is not None and dtype not in _INPUT_DTYPES:
+        p.add(f"input_dtype is {_type_name(dtype)}, expected one of {', '.join(_INPUT_DTYPES)}")
+    example = obj.get("example_input")
+    if example is not None and (not isinstance(example, list) or not example
+                                or not all(isinstance(t, torch.Tensor) for t in example)):
+        p.add(f"example_input is {_type_name(example)}, expected a list of tensors")
     plans = obj.get("plans_before", [])
     if not isinstance(plans, list):
         p.add(f"plans_before is {_type_name(plans)}, expected a list of pruning plans")

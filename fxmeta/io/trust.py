@@ -13,6 +13,9 @@ from ..errors import UnsafeFileError
 
 TRUST_HINT = "Re-run with --trust (trust=True) if you trust its source"
 
+# specs that build an installed library's architecture (``fxmeta.io.libraries``): no code from a file
+LIBRARY_PREFIXES = ("torchvision", "fxmeta", "hf", "timm")
+
 _BUILTIN_DATA = re.compile(r"(digits|mnist5k|(cifar10|cifar100|imagefolder):.*)", re.S)
 
 
@@ -29,7 +32,7 @@ def spec_runs_code(spec: str) -> bool:
     spec = spec.strip()
     arch = spec.rsplit("@", 1)[0] if "@" in spec else spec
     prefix = arch.partition(":")[0]
-    if prefix in ("torchvision", "fxmeta") or ":" not in arch:
+    if prefix in LIBRARY_PREFIXES or ":" not in arch:
         return False
     target, _, attr = arch.rpartition(":")
     return bool(target and attr)

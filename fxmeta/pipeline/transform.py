@@ -57,6 +57,7 @@ class TransformConfig:
     speedup: float = 2.0
     importance: str = "l2"
     round_to: int | None = None
+    min_keep: float = 0.1  # the least fraction of every group that stays (fxmeta.prune)
     ignore: tuple[str, ...] = ()
     check: bool = True
     metanet: Any = None
@@ -81,6 +82,8 @@ class TransformConfig:
             raise SpecError(f"BatchNorm recalibration batches must be >= 0, got {self.bn_batches}")
         if self.round_to is not None and self.round_to < 1:
             raise SpecError(f"round_to must be >= 1, got {self.round_to}")
+        if not 0.0 <= self.min_keep <= 1.0:
+            raise SpecError(f"min_keep must be within [0, 1], got {self.min_keep}")
         if self.latency_threads < 1 or self.latency_batch < 1:
             raise SpecError("latency threads and batch must be >= 1")
         if self.resume and not self.checkpoint_dir:
@@ -197,6 +200,8 @@ def _run_record(config: TransformConfig, extra: dict[str, Any]) -> dict[str, Any
         "speedup": config.speedup, "importance": config.importance, "round_to": config.round_to,
         "ignore": list(config.ignore), "adapt_epochs": config.adapt_epochs, "seed": config.finetune.seed,
         "prepare": asdict(config.prepare),
+        # only when set: the records of runs made before it existed stay resumable
+        **({"min_keep": config.min_keep} if config.min_keep != TransformConfig.min_keep else {}),
         "metanet": os.path.abspath(os.fspath(metanet)) if isinstance(metanet, (str, os.PathLike)) else
         (None if metanet is None else type(metanet).__name__), **extra,
     }
@@ -259,7 +264,7 @@ def _prune(model: nn.Module, x: Any, config: TransformConfig, exported: bool) ->
 
     try:
         return prune(model, x, speedup=config.speedup, importance=config.importance, round_to=config.round_to,
-                     ignore=config.ignore, check=config.check)
+                     ignore=config.ignore, min_keep=config.min_keep, check=config.check)
     except PruningError as exc:
         if not exported:
             raise
@@ -333,7 +338,7 @@ def transform(
                 work = prepare(start, example_input, loaders, _stage_config(config, "prepare", p.epochs, p.lr),
                                p.speedups or [config.speedup], weight=p.weight, mask_every=p.mask_every,
                                importance=config.importance, round_to=config.round_to,
-                               ignore=config.ignore).model.cpu()
+                               ignore=config.ignore, min_keep=config.min_keep).model.cpu()
         elif config.prepare.epochs > 0:
             notes.append("no data given: the prepare stage is skipped")
         with timer("remove channels"):

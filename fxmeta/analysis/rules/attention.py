@@ -27,7 +27,8 @@ def sdpa(ctx: Context, node: fx.Node) -> Dims:
     for i in range(len(sq) - 2):
         ctx.union(dq[i], dk[i], dv[i])
         out[i] = dq[i] if dq[i] is not None and dk[i] is not None and dv[i] is not None else None
-    if isinstance(mask, fx.Node):
+    # timm's blocks take ``attn_mask=None`` as an input of their own: traced, it is a node holding None
+    if isinstance(mask, fx.Node) and ctx.is_tensor(mask):
         _mask(ctx, mask, out[:len(sq) - 2] + [dq[-2], dk[-2]], list(sq[:-1]) + [sk[-2]])
     out[-2], out[-1] = dq[-2], dv[-1]
     b = [out[i] for i in range(len(sq) - 2)]

@@ -202,13 +202,19 @@ def pad(ctx: Context, node: fx.Node) -> Dims:
     p = ctx.arg(node, 1, "pad")
     mode = ctx.arg(node, 2, "mode", "constant")
     dims = Dims(ctx.dims(x))
-    if isinstance(p, fx.Node) or any(isinstance(v, fx.Node) for v in p):
+    if isinstance(p, fx.Node):
         return _freeze_all(ctx, node)
     nd = len(dims)
     for k in range(len(p) // 2):
         d = nd - 1 - k
         lo, hi = p[2 * k], p[2 * k + 1]
-        if (lo or hi) and dims[d] is not None:
+        if isinstance(lo, fx.Node) or isinstance(hi, fx.Node):
+            # an amount computed from a shape (timm's Swin pads H and W so): that dim is frozen,
+            # the dims padded by constants (its channels, by 0) stay free
+            if dims[d] is not None:
+                ctx.freeze(dims[d], reason="padding by a computed amount")
+                dims[d] = None
+        elif (lo or hi) and dims[d] is not None:
             if mode != "constant" or lo < 0 or hi < 0:
                 ctx.freeze(dims[d], reason="non-constant padding of a channel dim")
                 dims[d] = None
