@@ -15,7 +15,8 @@ finetune:
   ratio 1 from zero-initialised decoders, all tables / node tables only (the sweep);
 - ``fxmeta-l2`` and ``random``: the base network pruned as it is;
 - ``DepGraph+SL``: after its sparsity-learning epochs (``benchmarks.prepare``'s, cached);
-- ``prepared``: ``fxmeta.prepare`` for 5 epochs on the network itself, the per-network
+- ``prepared``: ``fxmeta.prepare`` for 5 epochs on the network itself (and, on ResNet20, for 1
+  epoch alone and after the best metanetwork), the per-network
   oracle the metanetwork should amortise.
 
 All metanetworks come from one zoo of ResNet20s (8 training + 2 held-out members); the
@@ -46,6 +47,14 @@ from benchmarks.prepare import Bench, _key, _mean_std, _pct, _versions, choose, 
 RESULTS = Path(__file__).resolve().parent / "results"
 DATA_SPEC = "benchmarks.quality:digits16"  # the same 16x16 digits as benchmarks.prepare, loadable by name
 BASELINES = ("fxmeta-l2", "DepGraph+SL", "random", "prepared")
+PREPARE_1 = "prepared 1 epoch"
+
+
+def one_epoch_methods(trained: dict) -> tuple[str, ...]:
+    """k = 1 on the family itself: one prepare epoch alone, and after the metanetwork with the best
+    held-out zoo score (validation), to see whether the metanetwork amortises part of prepare."""
+    best = max(trained, key=lambda m: trained[m]["best_score"])
+    return PREPARE_1, f"{best} + {PREPARE_1}"
 
 
 def methods(s: "Settings") -> tuple[str, ...]:
@@ -131,14 +140,27 @@ def cell(bench: Bench, arch: str, seed: int, method: str, target: float, hp: dic
     from fxmeta.errors import FxmetaError
 
     path = bench.cache / "prunability-cells" / f"{arch}-s{seed}-{method.replace(' ', '_')}-{target:g}x-" \
-                                               f"{_key([hp, metanets.get(method, {}).get('key')])}.json"
+                                               f"{_key([hp, metanets.get(method.split(' + ')[0], {}).get('key')])}.json"
     if path.is_file():
         return json.loads(path.read_text())
     record: dict[str, Any] = {"arch": arch, "seed": seed, "method": method, "target": target}
     base = bench.base(arch, seed)
     t0 = time.perf_counter()
     try:
-        if method.startswith("metanet"):
+        if method.endswith(PREPARE_1):  # one prepare epoch, on the network or on the metanetwork's output
+            import copy
+
+            from fxmeta.metanet.rewriting import apply
+            from fxmeta.training.prepare import prepare
+
+            start = copy.deepcopy(base)
+            if method.startswith("metanet"):
+                start = apply(metanets[method.split(" + ")[0]]["metanet"], start, bench.example)
+            config = bench.train_config(1, hp["lr"], seed)
+            start = prepare(start, bench.example, bench.data, config, [target], weight=hp["weight"],
+                            mask_every=hp["mask_every"]).model.cpu()
+            kind, prune_hp = "fxmeta-l2", {}
+        elif method.startswith("metanet"):
             from fxmeta.metanet.rewriting import apply
 
             start = apply(metanets[method]["metanet"], base, bench.example)
@@ -194,8 +216,10 @@ def write_report(s: Settings, cells: list[dict], meta: dict, trained: dict, zoo_
         lines.append(f"| {name} | {info['options']} | {info['seconds'] / 60:.1f} | {info['best_epoch']} | "
                      f"{_pct(info['best_score'])} | {curve} | {(zoo_seconds + info['seconds']) / n_pruned:.0f} |")
     lines.append("")
-    all_methods = methods(s)
+    all_methods = (*methods(s), *one_epoch_methods(trained))
     budget = {m: "0 (+ amortised meta-training)" for m in all_methods if m.startswith("metanet")}
+    budget.update({m: ("0 + 1 (prepare)" if m.startswith("metanet") else "1 (prepare)")
+                   for m in one_epoch_methods(trained)})
     budget.update({"fxmeta-l2": "0", "random": "0", "DepGraph+SL": f"{PREPARE.pre_epochs} (sparsity learning)",
                    "prepared": f"{PREPARE.pre_epochs} (prepare)"})
     for arch in (s.family, *s.transfer):
@@ -218,12 +242,14 @@ def write_report(s: Settings, cells: list[dict], meta: dict, trained: dict, zoo_
                     continue
                 m, sd = _mean_std([c["recal_test_acc"] for c in ok])
                 diff = ""
-                if method.startswith("metanet") or method == "prepared":
-                    by = {c["seed"]: c["recal_test_acc"] for c in group[best]}
+                if method.startswith("metanet") or method.startswith("prepared"):
+                    # a metanetwork before one prepare epoch is compared with that epoch alone (the oracle)
+                    ref = PREPARE_1 if method.endswith(" + " + PREPARE_1) else best
+                    by = {c["seed"]: c["recal_test_acc"] for c in group[ref]}
                     d = [c["recal_test_acc"] - by[c["seed"]] for c in ok if c["seed"] in by]
                     if len(d) > 1:
                         diff = (f"{100 * statistics.fmean(d):+.2f} ± {100 * statistics.stdev(d) / len(d) ** 0.5:.2f}"
-                                f" vs {best}")
+                                f" vs {ref}")
                 lines.append(f"| {target:g}x | {method} | {budget[method]} | {len(ok)} | {_pct(m, sd)} | {diff} |")
         lines.append("")
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -291,6 +317,10 @@ def main(argv: list[str] | None = None) -> None:
                 for method in methods(s):
                     hp = chosen.get(method, {})
                     cells.append(cell(bench, arch, seed, method, target, hp, metanets))
+    for seed in seeds[s.family]:
+        for target in s.targets:
+            for method in one_epoch_methods(trained):
+                cells.append(cell(bench, s.family, seed, method, target, chosen["prepared"], metanets))
     meta = {"command": "python -m benchmarks.prunability" + (" --no-transfer" if args.no_transfer else "")
             + (f" --threads {args.threads}" if args.threads != 1 else ""),
             "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
