@@ -1,10 +1,15 @@
 """Machine / version header shared by the benchmark scripts' result tables."""
 from __future__ import annotations
 
+import json
 import os
 import platform
+import subprocess
 import sys
+import tempfile
+import time
 from datetime import datetime, timezone
+from pathlib import Path
 
 import torch
 import torchvision
@@ -26,6 +31,26 @@ def header(command: str, threads: int, seeds: str = "-") -> str:
         "- load average (1/5/15 min) when the table was written: " + " / ".join(f"{v:.1f}" for v in os.getloadavg())
         + f" on {os.cpu_count()} cores (above the core count, other work shared the machine)",
     ]) + "\n"
+
+
+def spawn_cell(module: str, args: list[str], timeout: float) -> dict:
+    """Run one table cell as ``python -m MODULE ARGS --out FILE`` in its own process (a crash or
+    a hang costs that cell only) and return the JSON it wrote, or a "no" entry saying why."""
+    with tempfile.NamedTemporaryFile(suffix=".json", delete=False) as f:
+        out = f.name
+    t0 = time.perf_counter()
+    try:
+        proc = subprocess.run([sys.executable, "-m", module, *args, "--out", out], timeout=timeout,
+                              capture_output=True, text=True, cwd=Path(__file__).resolve().parent.parent)
+        text = Path(out).read_text() if os.path.getsize(out) else ""
+        if text:
+            return json.loads(text)
+        tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or [f"exit code {proc.returncode}"]
+        return {"status": "no", "why": f"crashed ({proc.returncode}): {tail[0][:200]}"}
+    except subprocess.TimeoutExpired:
+        return {"status": "no", "why": f"timed out after {timeout} s", "seconds": time.perf_counter() - t0}
+    finally:
+        os.unlink(out)
 
 
 def peak_rss_mib() -> float:

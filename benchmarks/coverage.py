@@ -26,9 +26,6 @@ import copy
 import json
 import os
 import resource
-import subprocess
-import sys
-import tempfile
 import time
 import traceback
 from pathlib import Path
@@ -174,23 +171,10 @@ def _params(name: str) -> int:
 
 
 def _spawn(name: str, tool: str, args) -> dict:
-    with tempfile.NamedTemporaryFile(suffix=".json", delete=False) as f:
-        out = f.name
-    cmd = [sys.executable, "-m", "benchmarks.coverage", "--cell", name, tool, "--threads", str(args.threads), "--mem-gib",
-           str(args.mem_gib), "--out", out]
-    t0 = time.perf_counter()
-    limit = args.tp_timeout if tool == "tp" else args.timeout
-    try:
-        proc = subprocess.run(cmd, timeout=limit, capture_output=True, text=True, cwd=HERE.parent)
-        text = Path(out).read_text() if os.path.getsize(out) else ""
-        if text:
-            return json.loads(text)
-        tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or [f"exit code {proc.returncode}"]
-        return {"status": "no", "why": f"crashed ({proc.returncode}): {tail[0][:200]}"}
-    except subprocess.TimeoutExpired:
-        return {"status": "no", "why": f"timed out after {limit} s", "seconds": time.perf_counter() - t0}
-    finally:
-        os.unlink(out)
+    from ._env import spawn_cell
+
+    return spawn_cell("benchmarks.coverage", ["--cell", name, tool, "--threads", str(args.threads), "--mem-gib",
+                                              str(args.mem_gib)], args.tp_timeout if tool == "tp" else args.timeout)
 
 
 def _fmt(cell: dict, tool: str) -> str:

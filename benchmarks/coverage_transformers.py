@@ -31,9 +31,6 @@ import copy
 import json
 import os
 import re
-import subprocess
-import sys
-import tempfile
 import time
 import traceback
 from pathlib import Path
@@ -221,21 +218,9 @@ def run_cell(name: str, tool: str, out: str) -> None:
 
 
 def _spawn(name: str, tool: str, timeout: int) -> dict:
-    with tempfile.NamedTemporaryFile(suffix=".json", delete=False) as f:
-        out = f.name
-    cmd = [sys.executable, "-m", "benchmarks.coverage_transformers", "--cell", name, tool, "--out", out]
-    t0 = time.perf_counter()
-    try:
-        proc = subprocess.run(cmd, timeout=timeout, capture_output=True, text=True, cwd=HERE.parent)
-        text = Path(out).read_text() if os.path.getsize(out) else ""
-        if text:
-            return json.loads(text)
-        tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or [f"exit code {proc.returncode}"]
-        return {"status": "no", "why": f"crashed ({proc.returncode}): {tail[0][:200]}"}
-    except subprocess.TimeoutExpired:
-        return {"status": "no", "why": f"timed out after {timeout} s", "seconds": time.perf_counter() - t0}
-    finally:
-        os.unlink(out)
+    from benchmarks._env import spawn_cell
+
+    return spawn_cell("benchmarks.coverage_transformers", ["--cell", name, tool], timeout)
 
 
 def _fmt_widths(cell: dict) -> str:
