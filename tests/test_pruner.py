@@ -3,12 +3,11 @@ from __future__ import annotations
 
 import io
 import math
-import re
 
 import pytest
 import torch
 import torchvision
-from fuzzing import kill_removable_units
+from fuzzing import dag_case
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
@@ -188,26 +187,9 @@ def test_random_graphs_prune_to_the_unpruned_output(case, speedup, round_to):
     """Oracle independent of the self-check: with the removable units dead, the pruned model
     must compute what the original computes, unmasked."""
     model, in_ch = case
-    model = randomize_bn(model).eval()
-    x = torch.randn(2, in_ch, 6, 6)
-    kill_removable_units(model, x, min_keep=0.25)
-    for _attempt in range(3):
-        try:
-            result = prune(model, x, speedup=speedup, round_to=round_to, min_keep=0.25, check=False)
-            break
-        except PruningError as exc:  # a small random graph may not allow the target: the error must say so
-            reachable = re.search(r"at most ([0-9.]+)x", str(exc))
-            if reachable is None:
-                assert "no prunable channel groups" in str(exc), str(exc)
-                assert not any(g.prunable for g in analyze(model, x).groups)
-                return
-            assert float(reachable.group(1)) < speedup
-            speedup = max(1.0, float(reachable.group(1)) * 0.98)
-    assert result.speedup >= speedup
-    with torch.no_grad():
-        y = torch.randn(3, in_ch, 6, 6)
-        for inp in (x, y):
-            assert torch.allclose(result.module(inp), model(inp), rtol=1e-4, atol=1e-5)
+    # tests/fuzzing.py's dag_case: dead units, prune (a target out of reach must be said so), compare
+    assert dag_case(model, in_ch, speedup, round_to) in ("ok", "skipped: nothing prunable",
+                                                          "skipped: target out of reach")
 
 
 # --------------------------------------------------------------------------- torchvision (slow)
