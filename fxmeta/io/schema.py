@@ -196,11 +196,16 @@ def check_model_payload(obj: dict, path: str, fmt: str, version: int) -> None:
         _check_embedded(obj["embedded"], p)
     if "metrics" in obj and not isinstance(obj["metrics"], dict):
         p.add(f"metrics is {_type_name(obj['metrics'])}, expected a dict")
+    _check_checksum(obj, p)
+    p.raise_any()
+
+
+def _check_checksum(obj: dict, p: _Problems) -> None:
+    """A stored checksum must match the rest of the file (checked once the structure is sound)."""
     checksum = obj.get("checksum")
     if checksum is not None and not p.items:
         if not isinstance(checksum, str) or checksum != digest({k: v for k, v in obj.items() if k != "checksum"}):
             p.add("its content does not match its checksum (changed or corrupted after it was written)")
-    p.raise_any()
 
 
 def check_dtypes(own: dict, state: dict, path: str) -> None:
@@ -220,8 +225,5 @@ def check_metanet_payload(obj: dict, path: str) -> None:
     check_state_dict(obj.get("state_dict"), "state_dict", p)
     if "extra" in obj and not isinstance(obj["extra"], dict):
         p.add(f"extra is {_type_name(obj['extra'])}, expected a dict")
-    checksum = obj.get("checksum")
-    if checksum is not None and not p.items:
-        if not isinstance(checksum, str) or checksum != digest({k: v for k, v in obj.items() if k != "checksum"}):
-            p.add("its content does not match its checksum (changed or corrupted after it was written)")
+    _check_checksum(obj, p)
     p.raise_any()
