@@ -237,8 +237,8 @@ class Bench:
                 return {"error": found["error"]}
             return {"module": found["module"], "seconds": time.perf_counter() - t0}
         try:
-            result = prune(model, self.example, speedup=target, importance="random" if method == "random" else "l2",
-                           seed=seed)
+            importance = hp.get("importance") or ("random" if method == "random" else "l2")
+            result = prune(model, self.example, speedup=target, importance=importance, seed=seed)
         except PruningError as exc:
             return {"error": str(exc)}
         return {"module": result.module, "seconds": time.perf_counter() - t0}

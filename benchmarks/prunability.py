@@ -90,6 +90,9 @@ class Settings:
                          ("reg", 0.0), ("ratio", 1.0), ("zero_init", True))),
         ("nodes r1 4x", (("objective", "prunable"), ("mask_speedups", (4.0,)), ("mask_weight", 1.0),
                          ("reg", 0.0), ("ratio", 1.0), ("zero_init", True), ("learn", "nodes"), ("lr", 3e-3))),
+        # told the prune (fxmeta.metanet.condition): removal flags + the masked-loss gradient on 2 batches
+        ("conditioned", (("objective", "prunable"), ("conditioned", True), ("mask_speedups", (2.0, 4.0, 8.0)),
+                         ("mask_weight", 1.0), ("reg", 0.0), ("ratio", 1.0), ("zero_init", True))),
     )
 
 
@@ -136,6 +139,14 @@ def _baseline(folder: Path) -> float:
     return float("nan")
 
 
+def _rewrite(metanet: Any, bench: Bench, model: torch.nn.Module, target: float) -> tuple[torch.nn.Module, Any]:
+    """The metanetwork's output for a prune to ``target`` and the importance to prune it with (a
+    conditioned metanetwork takes its gradient on the first of the shared calibration batches)."""
+    from fxmeta.metanet.rewriting import apply_for_prune
+
+    return apply_for_prune(metanet, model, bench.example, target, bench.calibration)
+
+
 def cell(bench: Bench, arch: str, seed: int, method: str, target: float, hp: dict, metanets: dict) -> dict:
     from fxmeta.errors import FxmetaError
 
@@ -150,21 +161,18 @@ def cell(bench: Bench, arch: str, seed: int, method: str, target: float, hp: dic
         if method.endswith(PREPARE_1):  # one prepare epoch, on the network or on the metanetwork's output
             import copy
 
-            from fxmeta.metanet.rewriting import apply
             from fxmeta.training.prepare import prepare
 
-            start = copy.deepcopy(base)
+            start, importance = copy.deepcopy(base), "l2"
             if method.startswith("metanet"):
-                start = apply(metanets[method.split(" + ")[0]]["metanet"], start, bench.example)
+                start, importance = _rewrite(metanets[method.split(" + ")[0]]["metanet"], bench, start, target)
             config = bench.train_config(1, hp["lr"], seed)
             start = prepare(start, bench.example, bench.data, config, [target], weight=hp["weight"],
-                            mask_every=hp["mask_every"]).model.cpu()
-            kind, prune_hp = "fxmeta-l2", {}
+                            mask_every=hp["mask_every"], importance=importance).model.cpu()
+            kind, prune_hp = "fxmeta-l2", {"importance": importance}
         elif method.startswith("metanet"):
-            from fxmeta.metanet.rewriting import apply
-
-            start = apply(metanets[method]["metanet"], base, bench.example)
-            kind, prune_hp = "fxmeta-l2", {}
+            start, importance = _rewrite(metanets[method]["metanet"], bench, base, target)
+            kind, prune_hp = "fxmeta-l2", {"importance": importance}
         elif method in ("DepGraph+SL", "prepared"):
             start, _ = bench.pre_stage(arch, seed, method, target, hp)
             kind, prune_hp = method, hp
@@ -218,6 +226,8 @@ def write_report(s: Settings, cells: list[dict], meta: dict, trained: dict, zoo_
     lines.append("")
     all_methods = (*methods(s), *one_epoch_methods(trained))
     budget = {m: "0 (+ amortised meta-training)" for m in all_methods if m.startswith("metanet")}
+    budget.update({m: "0 + gradient on 2 batches (+ amortised meta-training)" for m in all_methods
+                   if m.startswith("metanet (conditioned)")})
     budget.update({m: ("0 + 1 (prepare)" if m.startswith("metanet") else "1 (prepare)")
                    for m in one_epoch_methods(trained)})
     budget.update({"fxmeta-l2": "0", "random": "0", "DepGraph+SL": f"{PREPARE.pre_epochs} (sparsity learning)",

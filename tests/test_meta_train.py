@@ -114,6 +114,8 @@ def test_prunable_objective_trains_through_the_masked_generated_network(zoo_dir,
     assert any(not torch.allclose(a, b) for a, b in zip(with_mask, without))  # and it reaches the metanetwork
     with pytest.raises(Exception, match="objective"):
         MetaTrainConfig(objective="other")
+    with pytest.raises(Exception, match="prunable"):
+        MetaTrainConfig(objective="reference", conditioned=True)
 
 
 def test_zero_init_starts_as_the_identity_and_learn_nodes_keeps_the_edges(zoo_dir):
@@ -149,18 +151,23 @@ def test_zero_init_starts_as_the_identity_and_learn_nodes_keeps_the_edges(zoo_di
         MetaTrainConfig(learn="edges")
 
 
-@pytest.mark.parametrize("objective", ["reference", "prunable"])
+@pytest.mark.parametrize("objective", ["reference", "prunable", "conditioned"])
 def test_two_step_meta_training_with_each_objective_scores_with_the_curve(zoo_dir, tmp_path, objective):
     from fxmeta.training.curve import calibration_batches, prunability_curve
     from fxmeta.training.data import load_data, make_loaders
 
     out = tmp_path / objective
+    conditioned = objective == "conditioned"
     settings = dict(width=8, depth=1, batches_per_step=1, batch_size=32, speedup=1.5, eval_finetune_epochs=0,
-                    eval_bn_batches=2, objective=objective, mask_speedups=(2.0,), progress=False)
-    meta_train(zoo_dir, out, epochs=1, **settings)  # 2 training members: 2 steps
+                    eval_bn_batches=2, objective="prunable" if conditioned else objective, mask_speedups=(2.0,),
+                    conditioned=conditioned, progress=False)
+    result = meta_train(zoo_dir, out, epochs=1, **settings)  # 2 training members: 2 steps
+    assert result.metanet.conditioned == conditioned
     records = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
     steps = [r for r in records if "step" in r]
-    assert len(steps) == 2 and all(("masked_ce" in r) == (objective == "prunable") for r in steps)
+    assert len(steps) == 2 and all(("masked_ce" in r) == (objective != "reference") for r in steps)
+    scored = next(r for r in records if r.get("epoch") == 1 and "score" in r)
+    assert 0.0 <= scored["score"] <= 1.0
     # the score without a metanetwork is the prunability curve's point on the held-out member
     zoo = load_zoo(zoo_dir)
     member = load(zoo.path(zoo.split("val")[0]))

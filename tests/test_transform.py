@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from fxmeta import io
-from fxmeta.errors import InputShapeError, SpecError
+from fxmeta.errors import FxmetaError, InputShapeError, SpecError
 from fxmeta.models import get_model
 from fxmeta.pipeline.latency import compare_latency, measure_latency
 from fxmeta.pipeline.transform import StageTimer, TransformConfig, check_model_fits, transform
@@ -283,3 +283,20 @@ def test_examples_run(script, args, expect, tmp_path):
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert expect in proc.stdout
+
+
+def test_a_conditioned_metanet_needs_data_and_fixes_the_channels_that_go(digits):
+    from fxmeta.ir import lower
+    from fxmeta.metanet import Metanet
+    from fxmeta.metanet.condition import FEATURES
+
+    model = _r20()
+    net = Metanet.for_graph(lower(model, X), width=8, depth=1, ratio=1.0, condition=len(FEATURES))
+    with pytest.raises(FxmetaError, match="training batches"):
+        transform(model, X, TransformConfig(speedup=1.5, metanet=net))
+    net.zero_outputs()  # the identity: the prune it was told is the l2 prune of the original
+    result = transform(model, X, TransformConfig(speedup=1.5, metanet=net, finetune=_finetune(epochs=0)), data=digits)
+    plain = transform(model, X, TransformConfig(speedup=1.5))
+    assert [n for n, _ in result.stages][1:4] == ["lower", "metanet", "raise"]
+    assert {k: v.shape for k, v in result.module.state_dict().items()} == \
+        {k: v.shape for k, v in plain.module.state_dict().items()}

@@ -322,7 +322,7 @@ def check_numbers(args: argparse.Namespace) -> None:
         v = val(name)
         need("--" + name.replace("_", "-"), v is None or v >= 0, ">= 0")
     for name in ("num_classes", "in_channels", "batch_size", "image_size", "round_to", "latency_threads",
-                 "latency_batch", "count", "width", "depth", "batches_per_step"):
+                 "latency_batch", "count", "width", "depth", "batches_per_step", "grad_batches"):
         v = val(name)
         need("--" + name.replace("_", "-"), v is None or v >= 1, ">= 1")
     shape = val("input_shape")

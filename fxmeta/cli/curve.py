@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import os
+from typing import Any
 
 from rich.console import Console
 from rich.table import Table
@@ -43,14 +44,13 @@ def cmd_curve(args: argparse.Namespace) -> int:
     loaders = make_loaders(data, args.batch_size, seed=args.seed)
     split = loaders.val if args.split == "val" else loaders.test
     calibration = calibration_batches(data.train, args.bn_batches, args.batch_size, args.seed)
-    models = [("model", loaded.module.eval())]
-    if metanet is not None:
-        from ..metanet.rewriting import apply
+    def progress(text: str) -> None:
+        _note(f"[dim]> {text}[/]")
 
-        models.append(("model + metanetwork", apply(metanet, loaded.module, x).eval()))
-    curves = [prunability_curve(module, x, split, speedups, calibration=calibration, label=label, split=args.split,
-                                importance=args.importance, progress=lambda text: _note(f"[dim]> {text}[/]"))
-              for label, module in models]
+    curves = [prunability_curve(loaded.module.eval(), x, split, speedups, calibration=calibration, label="model",
+                                split=args.split, importance=args.importance, progress=progress)]
+    if metanet is not None:
+        curves.append(_metanet_curve(metanet, loaded.module, x, data, split, speedups, calibration, args, progress))
     if args.out:
         write_json(curves, args.out, force=args.force)
     if args.plot:
@@ -76,6 +76,30 @@ def cmd_curve(args: argparse.Namespace) -> int:
     if written:
         _note(f"wrote {', '.join(written)}")
     return 0
+
+
+def _metanet_curve(metanet: Any, model: Any, x: Any, data: Any, split: Any, speedups: list[float],
+                   calibration: list, args: argparse.Namespace, progress: Any) -> Any:
+    """The curve of the metanetwork's output. A conditioned metanetwork rewrites once per target (it is
+    told each prune); its unpruned accuracy is that of the first target's rewrite."""
+    from ..metanet.rewriting import apply, apply_for_prune
+    from ..training.curve import calibration_batches, prunability_curve
+
+    label = "model + metanetwork"
+    if not metanet.conditioned:
+        return prunability_curve(apply(metanet, model, x).eval(), x, split, speedups, calibration=calibration,
+                                 label=label, split=args.split, importance=args.importance, progress=progress)
+    batches = calibration_batches(data.train, metanet.config.condition_batches, args.batch_size, args.seed)
+    merged = None
+    for target in speedups:
+        module, importance = apply_for_prune(metanet, model, x, target, batches, args.importance)
+        curve = prunability_curve(module.eval(), x, split, [target], calibration=calibration, label=label,
+                                  split=args.split, importance=importance, progress=progress)
+        if merged is None:
+            merged = curve
+        else:
+            merged.points += curve.points
+    return merged
 
 
 def register_curve(sub: argparse._SubParsersAction) -> None:

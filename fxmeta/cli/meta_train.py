@@ -17,7 +17,8 @@ def cmd_meta_train(args: argparse.Namespace) -> int:
         batches_per_step=args.batches_per_step,
         batch_size=args.batch_size, speedup=args.speedup, eval_bn_batches=args.eval_bn_batches,
         eval_finetune_epochs=args.eval_finetune_epochs, objective=args.objective, mask_weight=args.mask_weight,
-        mask_speedups=speedup_list(args.mask_speedups, "--mask-speedups"), seed=args.seed, init=args.init,
+        mask_speedups=speedup_list(args.mask_speedups, "--mask-speedups"), conditioned=args.conditioned,
+        grad_batches=args.grad_batches, seed=args.seed, init=args.init,
         resume=args.resume, force=args.force, progress=args.progress)
     from ..io.paths import check_output
     from ..metatrain.zoo import load_zoo
@@ -78,6 +79,12 @@ def register_meta_train(sub: argparse._SubParsersAction) -> None:
                    help="weight of the masked term of --objective prunable (default: 1)")
     p.add_argument("--mask-speedups", metavar="X[,Y...]",
                    help="FLOPs targets of the masked term, one drawn per step (default: --speedup)")
+    p.add_argument("--conditioned", action="store_true",
+                   help="with --objective prunable: tell the metanet the prune (the channels an importance prune "
+                        "of the original weights removes, and the masked-loss gradient on --grad-batches training "
+                        "batches); its output is then pruned to exactly those channels, and using it needs data")
+    p.add_argument("--grad-batches", type=int, default=2, metavar="N",
+                   help="training batches of the gradient input of --conditioned (default: 2)")
     p.add_argument("--seed", type=int, default=0, help="(default: 0)")
     p.add_argument("--init", metavar="FILE", help="start from this metanetwork instead of a fresh one")
     p.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")

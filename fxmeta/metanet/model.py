@@ -70,6 +70,9 @@ class MetanetConfig:
     # ResNet50 layer is ~250 chunks (every torch op is a thread-pool region; fewer, larger ones
     # suffer less when threads wait for each other on a busy machine)
     chunk: int = 1 << 20
+    # node inputs that announce the prune (fxmeta.metanet.condition); 0: an unconditioned metanet
+    condition: int = 0
+    condition_batches: int = 2  # training batches its gradient input is taken on
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -160,6 +163,8 @@ class Metanet(nn.Module):
         if len(self.node_codecs) != len(config.node_kinds) or len(self.edge_codecs) != len(config.edge_kinds):
             raise FxmetaError("two kinds differ only by '.' vs '_'; rename one of them in the lowering")
         self.layers = nn.ModuleList(_MPLayer(d) for _ in range(config.depth))
+        if config.condition:
+            self.condition = nn.Linear(config.condition, d)  # added to every node's encoding
         self.register_buffer("flip", torch.cat([torch.ones(d // 2), -torch.ones(d - d // 2)]), persistent=False)
         # edge states, their gradients and decoded edges reuse the previous step's memory (metanet/pool.py);
         # ``net.pool.clear()`` hands it back
@@ -167,10 +172,10 @@ class Metanet(nn.Module):
 
     @classmethod
     def for_graph(cls, graph: WeightGraph, width: int = 32, depth: int = 6, ratio: float = 0.01,
-                  chunk: int = 1 << 20, scatter: str = "auto") -> "Metanet":
+                  chunk: int = 1 << 20, scatter: str = "auto", condition: int = 0) -> "Metanet":
         """A metanet for the node and edge kinds of ``graph`` (kinds are stored in its config)."""
         nodes, edges = kinds_of(graph)
-        return cls(MetanetConfig(nodes, edges, width, depth, ratio, chunk), scatter=scatter)
+        return cls(MetanetConfig(nodes, edges, width, depth, ratio, chunk, condition), scatter=scatter)
 
     def zero_outputs(self, edges: bool = True, nodes: bool = True) -> None:
         """Set the decoders' last layers to zero: the metanet becomes the identity on graphs.
@@ -202,12 +207,25 @@ class Metanet(nn.Module):
                     f"{sorted(known_e)}; meta-train a metanet on models of this family")
 
     # -- forward ------------------------------------------------------------------------------
-    def forward(self, graph: WeightGraph) -> WeightGraph:
+    @property
+    def conditioned(self) -> bool:
+        return self.config.condition > 0
+
+    def forward(self, graph: WeightGraph, condition: Tensor | None = None) -> WeightGraph:
         """A graph of the same structure with new features, differentiable w.r.t. this module.
 
-        The input graph is data: no gradient flows into its tables.
+        The input graph is data: no gradient flows into its tables. A conditioned metanet
+        (``config.condition > 0``) also takes the (nodes, condition) features of
+        ``fxmeta.metanet.condition.Condition.features``.
         """
         self.check_graph(graph)
+        if self.conditioned:
+            if condition is None or tuple(condition.shape) != (graph.num_nodes, self.config.condition):
+                got = "none" if condition is None else tuple(condition.shape)
+                raise FxmetaError(f"this metanet is conditioned on the prune: it needs a ({graph.num_nodes}, "
+                                  f"{self.config.condition}) condition (fxmeta.metanet.condition), got {got}")
+        elif condition is not None:
+            raise FxmetaError("this metanet is not conditioned on the prune; call it without a condition")
         d, layers, n_nodes = self.config.width, graph.layers, graph.num_nodes
         dtype = self.flip.dtype
         blocks = _plan(graph, d, self.config.chunk)
@@ -227,6 +245,8 @@ class Metanet(nn.Module):
         ws = _Workspace(max((b.max_chunk for b in blocks), default=0) * d, dtype, self.pool)
         ws.reuse_grads = True
         h = self._encode_nodes(graph, dtype)
+        if condition is not None:
+            h = h + self.condition(condition.detach().to(dtype))
         states: list[Tensor | None] = [None] * len(blocks)
         decoded: list[Tensor | None] = [None] * len(blocks)
         for depth, mp in enumerate(self.layers):

@@ -2,11 +2,11 @@
 from __future__ import annotations
 
 import os
-from typing import Any
+from typing import Any, Sequence
 
 import torch
 import torch.fx as fx
-from torch import nn
+from torch import Tensor, nn
 
 from ..errors import FxmetaError, UnsupportedModelError
 from ..ir.graph import WeightGraph
@@ -16,11 +16,11 @@ from ..tracing import eval_mode
 from .files import load_metanet_file
 
 
-def rewrite(metanet: Any, graph: WeightGraph) -> WeightGraph:
+def rewrite(metanet: Any, graph: WeightGraph, condition: Tensor | None = None) -> WeightGraph:
     """One metanetwork forward pass over ``graph``, without gradients, in eval mode."""
     try:
         with torch.no_grad(), eval_mode(metanet):
-            out = metanet(graph)
+            out = metanet(graph) if condition is None else metanet(graph, condition)
     except FxmetaError:
         raise
     except Exception as exc:  # noqa: BLE001 - e.g. a layer kind the metanetwork was not trained on
@@ -34,13 +34,54 @@ def rewrite(metanet: Any, graph: WeightGraph) -> WeightGraph:
     return out
 
 
+def _load(metanet: Any) -> Any:
+    return load_metanet_file(metanet) if isinstance(metanet, (str, os.PathLike)) else metanet
+
+
 def apply(metanet: Any, model: nn.Module, example_input: Any) -> fx.GraphModule:
     """``model`` with the weights ``metanet`` generates for it: lower, rewrite, raise.
 
     ``metanet`` is a Metanet or the path of a saved one. The model is left unchanged;
-    the result is a new GraphModule with the same architecture.
+    the result is a new GraphModule with the same architecture. A metanetwork conditioned
+    on the prune needs the target and data: use :func:`apply_for_prune`.
     """
-    if isinstance(metanet, (str, os.PathLike)):
-        metanet = load_metanet_file(metanet)
+    metanet = _load(metanet)
+    if getattr(metanet, "conditioned", False):
+        raise FxmetaError("this metanetwork is conditioned on the prune: it needs the target speed-up and a few "
+                          "training batches (fxmeta.metanet.rewriting.apply_for_prune, or --data on the command line)")
     graph = lower(model, example_input)
     return raise_graph(rewrite(metanet, graph))
+
+
+def rewrite_for_prune(metanet: Any, graph: WeightGraph, example_input: Any, speedup: float,
+                      batches: Sequence[tuple[Tensor, Tensor]], importance: str = "l2", *,
+                      round_to: int | None = None, min_keep: float = 0.1,
+                      ignore: Sequence[str] = ()) -> tuple[WeightGraph, Any]:
+    """The metanetwork's rewrite of ``graph`` for a prune to ``speedup``, and the importance to prune it with.
+
+    An unconditioned metanetwork rewrites as :func:`rewrite` and the importance stays; a
+    conditioned one (``fxmeta.metanet.condition``) is told the prune of the original weights
+    and the masked-loss gradient on ``batches`` (its ``condition_batches`` first ones), and the
+    returned importance makes ``fxmeta.prune`` (with the same ``round_to``, ``min_keep`` and
+    ``ignore``) remove exactly the channels it was told."""
+    metanet = _load(metanet)
+    if not getattr(metanet, "conditioned", False):
+        return rewrite(metanet, graph), importance
+    from .condition import Condition
+
+    need = metanet.config.condition_batches
+    batches = list(batches)[:need]
+    if not batches:
+        raise FxmetaError("this metanetwork is conditioned on the prune and needs training batches for its "
+                          "gradient input; give data (--data)")
+    condition = Condition(graph, example_input, speedup, importance, round_to, min_keep, ignore)
+    return rewrite(metanet, graph, condition.features(batches)), condition.importance()
+
+
+def apply_for_prune(metanet: Any, model: nn.Module, example_input: Any, speedup: float,
+                    batches: Sequence[tuple[Tensor, Tensor]], importance: str = "l2",
+                    **prune_settings: Any) -> tuple[fx.GraphModule, Any]:
+    """:func:`rewrite_for_prune` on ``model``: the rewritten module and the importance to prune it with."""
+    graph, chosen = rewrite_for_prune(metanet, lower(model, example_input), example_input, speedup, batches,
+                                      importance, **prune_settings)
+    return raise_graph(graph), chosen

@@ -50,6 +50,11 @@ class MetaTrainConfig:
     cross-entropy of the generated network with the channels that a prune to a target
     speed-up (one of ``mask_speedups``, drawn per step; default ``speedup``) would remove
     from it masked out, BatchNorm on batch statistics, weighted by ``mask_weight``.
+
+    ``conditioned=True`` (prunable objective only) trains a metanetwork that is told the prune
+    (``fxmeta.metanet.condition``): per step the target's channels are fixed from the member's
+    original weights, its nodes get the removal flags and the masked-loss gradient on
+    ``grad_batches`` training batches, and the masked term removes exactly those channels.
     """
 
     epochs: int = 20
@@ -72,6 +77,8 @@ class MetaTrainConfig:
     learn: str = "all"  # "all" | "nodes": with "nodes" only node tables (norm scales, biases) change
     mask_weight: float = 1.0
     mask_speedups: tuple[float, ...] = ()
+    conditioned: bool = False
+    grad_batches: int = 2
     seed: int = 0
     init: str | None = None  # start from this metanet file instead of a fresh one
     resume: bool = False
@@ -89,6 +96,11 @@ class MetaTrainConfig:
             raise SpecError(f"learn={self.learn!r} is not one of all, nodes")
         if self.objective not in ("reference", "prunable"):
             raise SpecError(f"objective={self.objective!r} is not one of reference, prunable")
+        if self.conditioned and self.objective != "prunable":
+            raise SpecError("a conditioned metanetwork trains with the prunable objective: pass objective='prunable' "
+                            "(--objective prunable)")
+        if self.grad_batches < 1:
+            raise SpecError(f"grad_batches must be >= 1, got {self.grad_batches}")
         if not math.isfinite(self.mask_weight) or self.mask_weight < 0:
             raise SpecError(f"mask_weight must be a finite number >= 0, got {self.mask_weight}")
         self.mask_speedups = tuple(float(s) for s in self.mask_speedups)
@@ -118,6 +130,16 @@ class _DataModel:
     graph: WeightGraph
     regularizer: GroupRegularizer
     masking: Any = None  # _Masking for the prunable objective
+    example: Any = None
+    conditions: dict[float, Any] = field(default_factory=dict)  # speed-up -> metanet.condition.Condition
+
+    def condition(self, speedup: float) -> Any:
+        """The fixed prune of this member to ``speedup`` (built once)."""
+        from ..metanet.condition import Condition
+
+        if speedup not in self.conditions:
+            self.conditions[speedup] = Condition(self.graph, self.example, speedup)
+        return self.conditions[speedup]
 
 
 @dataclass
@@ -248,6 +270,11 @@ def _prepare(path: str, example: torch.Tensor, config: MetaTrainConfig, trust: b
     graph.module.eval()
     regularizer = group_regularizer(model, example, reg=config.reg, alpha=config.alpha)
     masking = None
+    if config.conditioned:
+        data_model = _DataModel(path, graph, regularizer, None, example)
+        for speedup in config.mask_speedups or (config.speedup,):
+            data_model.condition(speedup)
+        return data_model
     if config.objective == "prunable":
         from ..analysis.channels import analyze
         from ..pruning.masking import MaskedNetwork, analytic_flops, calibrate_target
@@ -256,12 +283,15 @@ def _prepare(path: str, example: torch.Tensor, config: MetaTrainConfig, trust: b
         speedups = config.mask_speedups or (config.speedup,)
         masking = _Masking(MaskedNetwork(analysis), [(s, calibrate_target(analysis, s)) for s in speedups],
                            analytic_flops(analysis))
-    return _DataModel(path, graph, regularizer, masking)
+    return _DataModel(path, graph, regularizer, masking, example)
 
 
 def _make_metanet(graphs: list[WeightGraph], config: MetaTrainConfig) -> Metanet:
     if config.init:
         net = load_metanet(config.init)
+        if net.conditioned != config.conditioned:
+            raise FxmetaError(f"{config.init} is {'a' if net.conditioned else 'not a'} conditioned metanetwork; "
+                              f"{'pass' if net.conditioned else 'leave out'} conditioned=True (--conditioned)")
         for graph in graphs:
             net.check_graph(graph)
         _restrict(net, config.learn)
@@ -277,7 +307,11 @@ def _make_metanet(graphs: list[WeightGraph], config: MetaTrainConfig) -> Metanet
             if edges.setdefault(kind, k) != k:
                 raise FxmetaError(f"edge kind {kind!r} has different widths in different data models")
     torch.manual_seed(config.seed)
-    net = Metanet(MetanetConfig(nodes, edges, config.width, config.depth, config.ratio))
+    from ..metanet.condition import FEATURES
+
+    condition = len(FEATURES) if config.conditioned else 0
+    net = Metanet(MetanetConfig(nodes, edges, config.width, config.depth, config.ratio, condition=condition,
+                                condition_batches=config.grad_batches))
     if config.zero_init:
         net.zero_outputs()
     _restrict(net, config.learn)
@@ -301,21 +335,31 @@ def _forever(loader):
 def _train_step(net: Metanet, optimizer: torch.optim.Optimizer, data_model: _DataModel, batches,
                 config: MetaTrainConfig, ce_scale: int, picks: torch.Generator | None = None) -> dict:
     started = time.perf_counter()
-    params = raise_params(net(data_model.graph))
-    masking = data_model.masking
+    masking, masked_net = data_model.masking, None
+    if data_model.conditions:  # a conditioned metanet: the prune is fixed first and announced
+        targets = list(data_model.conditions)
+        pick = int(torch.randint(len(targets), (), generator=picks)) if len(targets) > 1 and picks is not None else 0
+        condition = data_model.conditions[targets[pick]]
+        features = condition.features([next(batches) for _ in range(config.grad_batches)])
+        params = raise_params(net(data_model.graph, features))
+        condition.network.set_removed(condition.removed)
+        masked_net = condition.network.gm
+    else:
+        params = raise_params(net(data_model.graph))
     if masking is not None:
         n = len(masking.targets)
         pick = int(torch.randint(n, (), generator=picks)) if n > 1 and picks is not None else 0
         masking.network.set_removed(masking.removed(params, pick))
+        masked_net = masking.network.gm
     ce = masked_ce = 0.0
     correct = total = 0
     for _ in range(config.batches_per_step):
         x, y = next(batches)
         out = torch.func.functional_call(data_model.graph.module, params, (x,))
         ce = ce + F.cross_entropy(out, y) / config.batches_per_step
-        if masking is not None:
+        if masked_net is not None:
             # the generated network as the prune will leave it, BatchNorm on this batch's statistics
-            masked = torch.func.functional_call(masking.network.gm, params, (x,), strict=False)
+            masked = torch.func.functional_call(masked_net, params, (x,), strict=False)
             masked_ce = masked_ce + F.cross_entropy(masked, y) / config.batches_per_step
         correct += int((out.argmax(1) == y).sum())
         total += len(y)
@@ -326,7 +370,7 @@ def _train_step(net: Metanet, optimizer: torch.optim.Optimizer, data_model: _Dat
     optimizer.step()
     record = {"ce": ce.item(), "penalty": penalty.item(), "loss": loss.item(), "acc": correct / max(total, 1),
               "seconds": round(time.perf_counter() - started, 3)}
-    if masking is not None:
+    if masked_net is not None:
         record["masked_ce"] = masked_ce.item()
     return record
 
@@ -344,18 +388,24 @@ def _validate(net: Metanet | None, models: list[_DataModel], loaders, example: t
 
     calibration = calibration_batches(loaders.train.dataset, config.eval_bn_batches, config.batch_size,
                                       seed=config.seed) if config.eval_bn_batches > 0 else []
+    grad_batches = calibration[:config.grad_batches] or calibration_batches(
+        loaders.train.dataset, config.grad_batches, config.batch_size, seed=config.seed)
     results = []
     for data_model in models:
-        graph = data_model.graph
+        graph, importance = data_model.graph, "l2"
         if net is not None:
             net.eval()
+            condition = None
+            if net.conditioned:  # told the prune to the validation target; gradient on fixed training batches
+                fixed = data_model.condition(config.speedup)
+                condition, importance = fixed.features(grad_batches), fixed.importance()
             with torch.no_grad():
-                graph = net(graph)
+                graph = net(graph, condition)
         module = raise_graph(graph).eval()
         for p in module.parameters():
             p.requires_grad_(True)  # the data model's were switched off; the finetune trains them
         curve = prunability_curve(module, example, loaders.val, [config.speedup], calibration=calibration,
-                                  label=os.path.basename(data_model.path), split="val")
+                                  label=os.path.basename(data_model.path), split="val", importance=importance)
         point = curve.points[0]
         if point.error:
             raise FxmetaError(f"held-out {curve.label} cannot be pruned to {config.speedup:g}x: {point.error}")
@@ -364,7 +414,7 @@ def _validate(net: Metanet | None, models: list[_DataModel], loaders, example: t
         if point.recalibrated_accuracy is not None:
             entry["recalibrated_acc"] = point.recalibrated_accuracy
         if config.eval_finetune_epochs > 0:
-            pruned = prune(module, example, speedup=config.speedup)
+            pruned = prune(module, example, speedup=config.speedup, importance=importance)
             if calibration:
                 recalibrate_bn(pruned.module, calibration, len(calibration))
             tuned = train(pruned.module, loaders, TrainConfig(epochs=config.eval_finetune_epochs, lr=finetune_lr,

@@ -28,7 +28,7 @@ from ..capture import is_program, trace
 from ..errors import InputShapeError, PruningError, SpecError
 from ..ir.lowering import lower
 from ..ir.raising import raise_graph
-from ..metanet.rewriting import rewrite
+from ..metanet.rewriting import rewrite_for_prune
 from ..pruning.flops import count_flops, count_params
 from ..tracing import _as_tuple, eval_mode
 from ..training.data import DataSplits, Loaders, make_loaders
@@ -259,11 +259,11 @@ def _plain_module(model: nn.Module) -> tuple[nn.Module, bool]:
         return fx.GraphModule(model, model.graph), True
 
 
-def _prune(model: nn.Module, x: Any, config: TransformConfig, exported: bool) -> Any:
+def _prune(model: nn.Module, x: Any, config: TransformConfig, exported: bool, importance: Any) -> Any:
     from ..pruning.pruner import prune
 
     try:
-        return prune(model, x, speedup=config.speedup, importance=config.importance, round_to=config.round_to,
+        return prune(model, x, speedup=config.speedup, importance=importance, round_to=config.round_to,
                      ignore=config.ignore, min_keep=config.min_keep, check=config.check)
     except PruningError as exc:
         if not exported:
@@ -273,14 +273,22 @@ def _prune(model: nn.Module, x: Any, config: TransformConfig, exported: bool) ->
                            "--capture fx)") from exc
 
 
-def _rewrite_with_metanet(model: nn.Module, x: Any, metanet: Any, timer: StageTimer) -> fx.GraphModule:
-    """lower → metanetwork → raise (``fxmeta.metanet.apply``), timed stage by stage."""
+def _rewrite_with_metanet(model: nn.Module, x: Any, config: TransformConfig, data: DataSplits | None,
+                          timer: StageTimer) -> tuple[fx.GraphModule, Any]:
+    """lower → metanetwork → raise (``fxmeta.metanet.rewriting.apply_for_prune``), timed stage by
+    stage; also the importance the prune then uses (a conditioned metanetwork fixes the channels)."""
+    from ..training.curve import calibration_batches
+
     with timer("lower"):
         graph = lower(model, x)
     with timer("metanet"):
-        graph = rewrite(metanet, graph)
+        batches = [] if data is None else calibration_batches(data.train, 2, config.finetune.batch_size,
+                                                              seed=config.finetune.seed)
+        graph, importance = rewrite_for_prune(config.metanet, graph, x, config.speedup, batches, config.importance,
+                                              round_to=config.round_to, min_keep=config.min_keep,
+                                              ignore=config.ignore)
     with timer("raise"):
-        return raise_graph(graph)
+        return raise_graph(graph), importance
 
 
 def transform(
@@ -325,8 +333,9 @@ def transform(
             before = _measure(model, example_input, loaders, device)
         model.cpu()
         work: nn.Module = model
+        importance: Any = config.importance
         if config.metanet is not None:
-            work = _rewrite_with_metanet(model, example_input, config.metanet, timer)
+            work, importance = _rewrite_with_metanet(model, example_input, config, data, timer)
             if data is not None and config.adapt_epochs > 0:
                 with timer("adapt finetune"):
                     work = train(work, loaders, _stage_config(config, "adapt", config.adapt_epochs)).model.cpu()
@@ -337,12 +346,12 @@ def transform(
                 start = copy.deepcopy(work) if work is model else work
                 work = prepare(start, example_input, loaders, _stage_config(config, "prepare", p.epochs, p.lr),
                                p.speedups or [config.speedup], weight=p.weight, mask_every=p.mask_every,
-                               importance=config.importance, round_to=config.round_to,
+                               importance=importance, round_to=config.round_to,
                                ignore=config.ignore, min_keep=config.min_keep).model.cpu()
         elif config.prepare.epochs > 0:
             notes.append("no data given: the prepare stage is skipped")
         with timer("remove channels"):
-            pruned = _prune(work.eval(), example_input, config, exported)
+            pruned = _prune(work.eval(), example_input, config, exported, importance)
         module, removed_acc, recalibrated_acc, best_epoch = pruned.module, None, None, None
         if loaders is not None:
             module.to(device)

@@ -1,0 +1,140 @@
+"""What a conditioned metanetwork is told about the prune it prepares a network for.
+
+An unconditioned metanetwork has to guess which channels a later prune will remove, and
+then make the network robust to losing them, from the weights alone. A conditioned one is
+told: the prune is fixed first (the units an importance prune of the *original* weights to
+the target removes), and every graph node gets, next to its own tables, the features
+
+* ``removed``: 1 for a channel the prune removes, ``candidate``: 1 for a channel that a
+  prune may remove at all (0 for frozen channels, inputs, outputs);
+* the gradient of the masked network's cross-entropy (``fxmeta.pruning.masking``: the
+  network with the removed channels zeroed, BatchNorm on batch statistics) at the original
+  weights, on a few training batches, summarised per node: its Taylor score over incoming
+  weights and own parameters (sum of ``gradient * value``), over outgoing weights, the
+  root-mean-square gradient of its incoming weights, and the gradient of each column of
+  its node table (up to ``NODE_GRADIENTS``); each of these is divided by its
+  root-mean-square over the graph, so they compare across networks.
+
+The metanetwork's output is then pruned with the importance of the original weights
+(:meth:`Condition.importance`), so exactly the announced channels go. The gradient makes
+this a data-aware rewrite: it costs one forward and backward pass of the network on the
+given batches (the same training batches BatchNorm recalibration uses).
+"""
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from ..errors import FxmetaError
+from ..ir.graph import WeightGraph
+from ..ir.raising import raise_params
+
+NODE_GRADIENTS = 8
+FEATURES = ("removed", "candidate", "taylor_in", "taylor_out", "grad_rms",
+            *(f"node_grad{i}" for i in range(NODE_GRADIENTS)))
+
+
+def node_units(graph: WeightGraph, analysis: Any) -> Tensor:
+    """Per graph node, the analysis unit of its channel (-1 where the node has none).
+
+    Layers are named after the module (or fx node) that produces their channels; the
+    analysis labels that value's channel dim (1 for conv-like outputs, the last for linear)."""
+    by_target: dict[str, Any] = {}
+    by_name: dict[str, Any] = {}
+    for node in analysis.gm.graph.nodes:
+        by_name[node.name] = node
+        if node.op == "call_module":
+            by_target.setdefault(node.target, node)
+    units = torch.full((graph.num_nodes,), -1, dtype=torch.long)
+    for layer in graph.layers:
+        node = by_target.get(layer.name) or by_name.get(layer.name)
+        value = analysis.values.get(node.name) if node is not None else None
+        if not isinstance(value, list) or not value:
+            continue
+        labels = value[1 if len(value) >= 3 else len(value) - 1]
+        if labels is None or len(labels) != layer.count:
+            continue
+        units[layer.start:layer.stop] = analysis.roots(labels)
+    return units
+
+
+class Condition:
+    """The fixed prune of one network and the node features that announce it.
+
+    ``graph`` is the network's WeightGraph; ``speedup`` the FLOPs target. The mask is the
+    one ``fxmeta.prune(..., importance=importance)`` picks on the original weights."""
+
+    def __init__(self, graph: WeightGraph, example_input: Any, speedup: float, importance: str = "l2",
+                 round_to: int | None = None, min_keep: float = 0.1, ignore: Sequence[str] = ()) -> None:
+        from ..analysis.channels import analyze
+        from ..pruning.importance import importance_fn
+        from ..pruning.masking import MaskedNetwork, analytic_flops, calibrate_target, removal
+
+        self.graph = graph
+        self.speedup = float(speedup)
+        analysis = analyze(graph.module, example_input, tuple(ignore))
+        self.network = MaskedNetwork(analysis)
+        self.original = {k: v.detach() for k, v in raise_params(graph).items()}
+        score = importance_fn(importance, 0)
+        self._score = score
+        target = calibrate_target(analysis, speedup, importance, round_to=round_to, min_keep=min_keep)
+        self.removed = removal(analysis, speedup, importance, round_to=round_to, min_keep=min_keep,
+                               flops_target=target, flops=analytic_flops(analysis), params=self.original)
+        candidate = torch.zeros(analysis.uf.size, dtype=torch.bool)
+        for group in analysis.groups:
+            if group.prunable:
+                candidate[group.roots] = True
+        units = node_units(graph, analysis)
+        known = units >= 0
+        if not bool(known.any()):
+            raise FxmetaError("no graph node maps to a channel of the analysis: this model cannot be conditioned")
+        self.flags = torch.zeros(graph.num_nodes, 2)
+        self.flags[known, 0] = self.removed[units[known]].float()
+        self.flags[known, 1] = candidate[units[known]].float()
+
+    def importance(self):
+        """The importance that makes ``fxmeta.prune`` remove exactly the announced channels: the
+        original weights' scores, whatever weights the pruned module holds."""
+        score, original = self._score, self.original
+        return lambda group, _params: score(group, original)
+
+    def features(self, batches: Sequence[tuple[Tensor, Tensor]]) -> Tensor:
+        """The (nodes, len(FEATURES)) condition, the gradient taken on ``batches`` of (x, y)."""
+        if not batches:
+            raise FxmetaError("a conditioned metanetwork needs at least one training batch for its gradient input")
+        graph = self.graph
+        n = graph.num_nodes
+        out = torch.zeros(n, len(FEATURES))
+        out[:, :2] = self.flags
+        self.network.set_removed(self.removed)
+        edges = [None if la.edge is None else la.edge.detach().clone().requires_grad_(la.learned_edges)
+                 for la in graph.layers]
+        nodes = [None if la.node is None else la.node.detach().clone().requires_grad_(True) for la in graph.layers]
+        params = raise_params(graph.with_features(edges, nodes))
+        loss = 0.0
+        with torch.enable_grad():
+            for x, y in batches:
+                logits = torch.func.functional_call(self.network.gm, params, (x,), strict=False)
+                loss = loss + F.cross_entropy(logits, y) / len(batches)
+        leaves = [t for t in (*edges, *nodes) if t is not None and t.requires_grad]
+        grads = dict(zip(map(id, leaves), torch.autograd.grad(loss, leaves, allow_unused=True)))
+        taylor_in, taylor_out, grad_sq = torch.zeros(n), torch.zeros(n), torch.zeros(n)
+        for layer, edge, node in zip(graph.layers, edges, nodes):
+            g = grads.get(id(edge)) if edge is not None else None
+            if g is not None:
+                taylor = (g * edge.detach()).sum(-1)  # (out, in per group)
+                taylor_in[layer.start:layer.stop] += taylor.sum(1)
+                grad_sq[layer.start:layer.stop] += g.pow(2).mean((1, 2))
+                taylor_out.index_add_(0, layer.edge_index()[0], taylor.reshape(-1))
+            g = grads.get(id(node)) if node is not None else None
+            if g is not None:
+                taylor_in[layer.start:layer.stop] += (g * node.detach()).sum(1)
+                k = min(NODE_GRADIENTS, g.shape[1])
+                out[layer.start:layer.stop, 5:5 + k] = g[:, :k]
+        out[:, 2], out[:, 3], out[:, 4] = taylor_in, taylor_out, grad_sq.sqrt()
+        rms = out[:, 2:].pow(2).mean(0).sqrt()
+        out[:, 2:] /= torch.where(rms > 0, rms, torch.ones_like(rms))
+        return out.detach()
