@@ -12,7 +12,13 @@ same number of training epochs after its base training, split in two stages:
      normalizer="max"), global, 400 iterative steps until fxmeta's FLOPs count reaches the
      target;
    - ``fxmeta-l2`` and ``random``: plain training epochs (same lr as the prepare stage),
-     then fxmeta's prune with l2 / random importance.
+     then fxmeta's prune with l2 / random importance;
+   - ``metanet + prepared``: the committed conditioned metanetwork
+     (``fxmeta/assets/metanet_digits.pt``, meta-trained on a zoo of other seeds; it takes the
+     masked-loss gradient on the first 2 of the shared calibration batches), then
+     ``fxmeta.prepare`` on its output, pruned to the channels the metanetwork was told;
+   - ``metanet``: the metanetwork's output alone, pruned the same way: 0 epochs here, so
+     its finetune gets ``pre_epochs + finetune_epochs`` epochs (the same total).
 2. prune to the target, recompute BatchNorm statistics on the same ``bn_batches``
    training batches for every method, then ``finetune_epochs`` epochs of finetuning
    (``fxmeta.train``, best validation epoch).
@@ -51,7 +57,10 @@ from typing import Any
 import torch
 
 RESULTS = Path(__file__).resolve().parent / "results"
-METHODS = ("prepared", "DepGraph+SL", "fxmeta-l2", "random")
+METHODS = ("prepared", "DepGraph+SL", "fxmeta-l2", "random", "metanet + prepared", "metanet")
+PAIRS = (("prepared", "DepGraph+SL"), ("metanet + prepared", "prepared"), ("metanet + prepared", "DepGraph+SL"),
+         ("metanet", "fxmeta-l2"), ("metanet", "DepGraph+SL"))
+METANET = Path(__file__).resolve().parent.parent / "fxmeta" / "assets" / "metanet_digits.pt"
 
 
 @dataclass(frozen=True)
@@ -80,6 +89,13 @@ class Settings:
     sl_lr: float = 0.01
     sl_regs: tuple[float, ...] = (5e-4, 5e-3, 5e-2)
     tp_steps: int = 400
+    # the metanetwork rows (the ResNet20 metanetwork, transferred to ResNet56 at two targets: its cells
+    # cost ~2.5 min each there)
+    metanet_targets: tuple[tuple[str, tuple[float, ...]], ...] = (("resnet20", (2.0, 4.0, 8.0, 16.0)),
+                                                                  ("resnet56", (4.0, 8.0)))
+
+    def runs(self, arch: str, method: str, target: float) -> bool:
+        return not method.startswith("metanet") or target in dict(self.metanet_targets).get(arch, ())
 
     def lr_of(self, table: tuple, arch: str) -> float:
         return dict(table)[arch]
@@ -88,7 +104,11 @@ class Settings:
 FULL = Settings()
 QUICK = Settings(archs=("resnet20",), seeds=(0, 1), targets=(4.0, 8.0), base_epochs=4, pre_epochs=2,
                  finetune_epochs=1, prepare_grid=((1.0, 0.01, 0), (2.0, 0.01, 0)), sl_regs=(5e-3,),
-                 sweep_targets=(4.0,), bn_batches=5)
+                 sweep_targets=(4.0,), bn_batches=5, metanet_targets=(("resnet20", (4.0,)),))
+
+
+def _file_digest(path: Path) -> str:
+    return hashlib.sha1(path.read_bytes()).hexdigest()[:10]
 
 
 def _key(obj: Any) -> str:
@@ -197,15 +217,25 @@ class Bench:
         s = self.s
         epochs = s.pre_epochs
         parts = [arch, seed, method, hp, epochs, s.batch_size, s.base_epochs, s.base_lrs]
-        if method == "prepared":
+        per_target = method in ("prepared", "metanet + prepared", "metanet")
+        if per_target:
             parts.append(target)
+        if method.startswith("metanet"):
+            parts += [_file_digest(METANET), s.bn_batches]
 
         def build(only_architecture: bool = False):
             model = copy.deepcopy(self.base(arch, seed))
             if only_architecture:
                 return model, {}
             t0 = time.perf_counter()
-            if method == "prepared":
+            if method.startswith("metanet"):
+                model, importance = self.rewrite(model, target)
+                if method == "metanet":
+                    return model, {"seconds": time.perf_counter() - t0, "epoch_seconds": []}
+                config = self.train_config(epochs, hp["lr"], seed)
+                result = prepare(model, self.example, self.data, config, [target], weight=hp["weight"],
+                                 mask_every=hp["mask_every"], importance=importance)
+            elif method == "prepared":
                 config = self.train_config(epochs, hp["lr"], seed)
                 result = prepare(model, self.example, self.data, config, [target], weight=hp["weight"],
                                  mask_every=hp["mask_every"])
@@ -218,8 +248,28 @@ class Bench:
             seconds = time.perf_counter() - t0
             return result.model.cpu(), {"seconds": seconds, "epoch_seconds": [h["seconds"] for h in result.history]}
 
-        tag = f"pre-{arch}-s{seed}-{method}" + (f"-{target:g}x" if method == "prepared" else "")
+        tag = f"pre-{arch}-s{seed}-{method.replace(' + ', '+')}" + (f"-{target:g}x" if per_target else "")
+        if method.startswith("metanet"):  # the rewritten network is a GraphModule: rebuilt, not loaded
+            model, info = build()
+            return model, info
         return self.cached_model(tag, parts, build)
+
+    def rewrite(self, model: torch.nn.Module, target: float) -> tuple[torch.nn.Module, Any]:
+        """The committed metanetwork's output for a prune to ``target`` and the importance that prunes
+        it to the channels it was told (``fxmeta.metanet.rewriting.apply_for_prune``)."""
+        from fxmeta.metanet import load_metanet
+        from fxmeta.metanet.rewriting import apply_for_prune
+
+        if not hasattr(self, "_metanet"):
+            self._metanet = load_metanet(str(METANET))
+        return apply_for_prune(self._metanet, model, self.example, target, self.calibration)
+
+    def told_importance(self, arch: str, seed: int, target: float) -> Any:
+        """The importance that removes the channels the metanetwork was told for this base network."""
+        from fxmeta.ir.lowering import lower
+        from fxmeta.metanet.condition import Condition
+
+        return Condition(lower(self.base(arch, seed), self.example), self.example, target).importance()
 
     # ------------------------------------------------------------------------ cells
 
@@ -258,13 +308,17 @@ class Bench:
         s = self.s
         parts = [hp, s.image_size, s.base_epochs, s.base_lrs, s.batch_size, s.pre_epochs, s.finetune_epochs,
                  s.finetune_lrs, s.bn_batches, s.sl_lr, s.tp_steps]
-        path = self.cache / "cells" / f"{arch}-s{seed}-{method}-{target:g}x-{_key(parts)}.json"
+        if method.startswith("metanet"):
+            parts.append(_file_digest(METANET))
+        path = self.cache / "cells" / f"{arch}-s{seed}-{method.replace(' + ', '+')}-{target:g}x-{_key(parts)}.json"
         if path.is_file():
             return json.loads(path.read_text())
         start, pre = self.pre_stage(arch, seed, method, target, hp)
         record: dict[str, Any] = {"arch": arch, "seed": seed, "method": method, "target": target, "hp": hp,
                                   "pre_seconds": pre["seconds"], "pre_epoch_seconds": pre["epoch_seconds"]}
-        got = self.prune(start, method, target, hp, seed)
+        prune_hp = {**hp, "importance": self.told_importance(arch, seed, target)} if method.startswith("metanet") \
+            else hp
+        got = self.prune(start, method, target, prune_hp, seed)
         if "error" in got:
             record["error"] = got["error"]
         else:
@@ -277,8 +331,8 @@ class Bench:
             for p in module.parameters():
                 p.requires_grad_(True)
             t0 = time.perf_counter()
-            tuned = train(module, self.data, self.train_config(s.finetune_epochs, s.lr_of(s.finetune_lrs, arch),
-                                                               seed))
+            epochs = s.finetune_epochs + (s.pre_epochs if method == "metanet" else 0)  # the same total budget
+            tuned = train(module, self.data, self.train_config(epochs, s.lr_of(s.finetune_lrs, arch), seed))
             record.update(finetune_seconds=time.perf_counter() - t0, finetuned_val_acc=tuned.best_val_acc,
                           finetuned_test_acc=tuned.test["acc"])
             say(f"{arch} s{seed} {method:>11} {target:>4g}x: {record['flops_speedup']:.2f}x, "
@@ -348,7 +402,8 @@ def choose(bench: Bench, arch: str, log: dict) -> dict[str, dict]:
     best_reg = max(sl_scores, key=lambda r: (sl_scores[r], -r))
     log[arch] = {"prepare": prepare_scores, "sl_reg": {str(k): v for k, v in sl_scores.items()},
                  "chosen": {"prepared": best_prepare, "DepGraph+SL": {"reg": best_reg}}}
-    return {"prepared": best_prepare, "DepGraph+SL": {"reg": best_reg}, "fxmeta-l2": {"lr": plain_lr},
+    return {"prepared": best_prepare, "metanet + prepared": best_prepare, "metanet": {},
+            "DepGraph+SL": {"reg": best_reg}, "fxmeta-l2": {"lr": plain_lr},
             "random": {"lr": plain_lr}}
 
 
@@ -424,7 +479,12 @@ def write_report(bench: Bench, cells: list[dict], choices: dict, sweep: dict, me
               "count reaches the target; classifier ignored",
               "- prepared: `fxmeta.prepare` at the target (CE + weight x CE of the network with the channels a prune "
               "to the target removes masked, BatchNorm on batch statistics, mask from fxmeta's l2 selection), "
-              "last epoch kept, then fxmeta prune (l2)", ""]
+              "last epoch kept, then fxmeta prune (l2)",
+              "- metanet + prepared / metanet: the committed conditioned metanetwork (fxmeta/assets/metanet_digits.pt, "
+              "meta-trained on ResNet20s of other seeds; its gradient input on the first 2 of the shared calibration "
+              f"batches), then {s.pre_epochs} prepare epochs on its output / none, pruned to the channels the "
+              f"metanetwork was told; `metanet` finetunes {s.pre_epochs + s.finetune_epochs} epochs (the same total). "
+              "Targets: " + "; ".join(f"{a} {', '.join(f'{t:g}x' for t in ts)}" for a, ts in s.metanet_targets), ""]
     lines += ["## Hyper-parameters, chosen on validation (never test)", "",
               f"Scored on the sweep network (seed {s.sweep_seed}): validation accuracy right after a prune + "
               f"recalibration, mean over {', '.join(f'{t:g}x' for t in s.sweep_targets)}.", "",
@@ -462,15 +522,19 @@ def write_report(bench: Bench, cells: list[dict], choices: dict, sweep: dict, me
                              f"{_pct(*stat['recal_test_acc'])} | {_pct(*stat['finetuned_test_acc'])} | "
                              f"{stat['pre_seconds'][0]:.0f} | {stat['finetune_seconds'][0]:.0f} |")
         lines.append("")
-        lines += [f"prepared − DepGraph+SL, paired over seeds ({arch}):", "",
-                  "| target | right after prune + recal (pts ± SE) | after finetune (pts ± SE) | n |",
-                  "|---|---|---|---|"]
-        for target in s.targets:
-            a = paired(cells, arch, target, "recal_test_acc", "prepared", "DepGraph+SL")
-            b = paired(cells, arch, target, "finetuned_test_acc", "prepared", "DepGraph+SL")
-            lines.append(f"| {target:g}x | {100 * a[0]:+.2f} ± {100 * a[1]:.2f} | {100 * b[0]:+.2f} ± "
-                         f"{100 * b[1]:.2f} | {a[2]} |")
-        lines.append("")
+        for first, second in PAIRS:
+            rows = [(t, paired(cells, arch, t, "recal_test_acc", first, second),
+                     paired(cells, arch, t, "finetuned_test_acc", first, second)) for t in s.targets]
+            rows = [r for r in rows if r[1][2] > 1]
+            if not rows:
+                continue
+            lines += [f"{first} − {second}, paired over seeds ({arch}):", "",
+                      "| target | right after prune + recal (pts ± SE) | after finetune (pts ± SE) | n |",
+                      "|---|---|---|---|"]
+            for target, a, b in rows:
+                lines.append(f"| {target:g}x | {100 * a[0]:+.2f} ± {100 * a[1]:.2f} | {100 * b[0]:+.2f} ± "
+                             f"{100 * b[1]:.2f} | {a[2]} |")
+            lines.append("")
     lines += ["## Cost of one epoch", ""]
     for arch in s.archs:
         per = {}
@@ -552,7 +616,8 @@ def main(argv: list[str] | None = None) -> None:
         for seed in seeds_of[arch][0]:
             for target in s.targets:
                 for method in METHODS:
-                    cells.append(bench.cell(arch, seed, method, target, chosen_for[method]))
+                    if s.runs(arch, method, target):
+                        cells.append(bench.cell(arch, seed, method, target, chosen_for[method]))
     meta = {"command": "python -m benchmarks.prepare" + (" --quick" if args.quick else "")
             + (f" --archs {args.archs}" if args.archs else "") + (f" --seeds {args.seeds}" if args.seeds else "")
             + (f" --threads {args.threads}" if args.threads != 1 else ""),
