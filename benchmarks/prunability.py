@@ -15,6 +15,9 @@ finetune:
   ratio 1 from zero-initialised decoders, all tables / node tables only (the sweep);
 - ``fxmeta-l2`` and ``random``: the base network pruned as it is;
 - ``DepGraph+SL``: after its sparsity-learning epochs (``benchmarks.prepare``'s, cached);
+- ``one gradient step``: the conditioned metanetwork's data alone, without it: one SGD step
+  on the masked loss (the same fixed prune, the same 2 calibration batches), lr from
+  ``STEP_LRS`` chosen on the held-out zoo members' validation split, then the same prune;
 - ``prepared``: ``fxmeta.prepare`` for 5 epochs on the network itself (and, on ResNet20, for 1
   epoch alone and after the best metanetwork), the per-network
   oracle the metanetwork should amortise.
@@ -46,7 +49,9 @@ from benchmarks.prepare import Bench, _key, _mean_std, _pct, _versions, choose, 
 
 RESULTS = Path(__file__).resolve().parent / "results"
 DATA_SPEC = "benchmarks.quality:digits16"  # the same 16x16 digits as benchmarks.prepare, loadable by name
-BASELINES = ("fxmeta-l2", "DepGraph+SL", "random", "prepared")
+GRAD_STEP = "one gradient step"
+BASELINES = ("fxmeta-l2", "DepGraph+SL", "random", "prepared", GRAD_STEP)
+STEP_LRS = (0.01, 0.03, 0.1, 0.3, 1.0)
 PREPARE_1 = "prepared 1 epoch"
 
 
@@ -93,6 +98,13 @@ class Settings:
         # told the prune (fxmeta.metanet.condition): removal flags + the masked-loss gradient on 2 batches
         ("conditioned", (("objective", "prunable"), ("conditioned", True), ("mask_speedups", (2.0, 4.0, 8.0)),
                          ("mask_weight", 1.0), ("reg", 0.0), ("ratio", 1.0), ("zero_init", True))),
+        # the same, longer (36 epochs: 288 steps), and with the gradient input on 8 batches instead of 2
+        ("conditioned 36ep", (("objective", "prunable"), ("conditioned", True), ("mask_speedups", (2.0, 4.0, 8.0)),
+                              ("mask_weight", 1.0), ("reg", 0.0), ("ratio", 1.0), ("zero_init", True),
+                              ("epochs", 36))),
+        ("conditioned g8", (("objective", "prunable"), ("conditioned", True), ("mask_speedups", (2.0, 4.0, 8.0)),
+                            ("mask_weight", 1.0), ("reg", 0.0), ("ratio", 1.0), ("zero_init", True),
+                            ("grad_batches", 8))),
     )
 
 
@@ -112,18 +124,21 @@ def meta_train_once(s: Settings, zoo: Path, name: str, options: dict, cache: Pat
     from fxmeta.metanet.files import load_metanet
     from fxmeta.metatrain.loop import meta_train
 
+    options = dict(options)
+    epochs = options.pop("epochs", s.meta_epochs)
     settings = {**dict(width=s.width, depth=s.depth, ratio=s.ratio, batches_per_step=s.batches_per_step,
                        speedup=s.select_speedup, eval_finetune_epochs=0, progress=False), **options}
-    folder = cache / f"metanet-{name.replace(' ', '-')}-{_key([str(zoo), s.meta_epochs, settings])}"
+    folder = cache / f"metanet-{name.replace(' ', '-')}-{_key([str(zoo), epochs, settings])}"
     done = folder / "done.json"
     if done.is_file():
         info = json.loads(done.read_text())
         return {**info, "baseline": _baseline(folder), "metanet": load_metanet(str(folder / "best.pt"))}
     t0 = time.perf_counter()
-    say(f"meta-training ({name}): {s.meta_epochs} epochs, {options}")
-    result = meta_train(zoo, folder, epochs=s.meta_epochs, force=True, trust=True, **settings)
+    say(f"meta-training ({name}): {epochs} epochs, {options}")
+    result = meta_train(zoo, folder, epochs=epochs, force=True, trust=True, **settings)
     info = {"seconds": time.perf_counter() - t0, "best_epoch": result.best_epoch, "best_score": result.best_score,
-            "history": [{k: v for k, v in h.items() if k != "val"} for h in result.history], "options": options}
+            "history": [{k: v for k, v in h.items() if k != "val"} for h in result.history],
+            "options": options if epochs == s.meta_epochs else {**options, "epochs": epochs}}
     done.write_text(json.dumps(info))
     say(f"meta-training ({name}): best epoch {result.best_epoch}, held-out score {result.best_score:.4f}, "
         f"{info['seconds']:.0f} s")
@@ -145,6 +160,57 @@ def _rewrite(metanet: Any, bench: Bench, model: torch.nn.Module, target: float) 
     from fxmeta.metanet.rewriting import apply_for_prune
 
     return apply_for_prune(metanet, model, bench.example, target, bench.calibration)
+
+
+def gradient_step(model: torch.nn.Module, bench: Bench, target: float, lr: float) -> tuple[torch.nn.Module, Any]:
+    """One SGD step of ``model``'s weights on the masked loss of the prune fixed by its own weights, on
+    the first 2 calibration batches (what the conditioned metanetwork sees), and that prune's importance."""
+    import torch.nn.functional as F
+
+    from fxmeta.ir import lower, raise_graph
+    from fxmeta.metanet.condition import Condition
+
+    graph = lower(model, bench.example)
+    condition = Condition(graph, bench.example, target)
+    condition.network.set_removed(condition.removed)
+    params = {k: v.detach().clone().requires_grad_(True) for k, v in graph.module.named_parameters()}
+    batches = bench.calibration[:2]
+    loss = sum(F.cross_entropy(torch.func.functional_call(condition.network.gm, params, (x,), strict=False), y)
+               for x, y in batches) / len(batches)
+    grads = torch.autograd.grad(loss, list(params.values()))
+    module = raise_graph(graph)
+    stepped = {k: (v - lr * g).detach() for (k, v), g in zip(params.items(), grads)}
+    module.load_state_dict(stepped, strict=False)
+    return module, condition.importance()
+
+
+def choose_step_lr(bench: Bench, s: Settings, zoo: Path) -> tuple[dict, dict]:
+    """The gradient step's lr: the best mean validation accuracy on the held-out zoo members after a
+    prune to ``select_speedup`` + recalibration (the data the metanetworks' checkpoints are chosen on)."""
+    from fxmeta.io.files import load
+    from fxmeta.metatrain.zoo import load_zoo
+    from fxmeta.training.loop import evaluate, recalibrate_bn
+
+    path = bench.cache / "prunability-cells" / f"step-lr-{_key([str(zoo), STEP_LRS, s.select_speedup])}.json"
+    if path.is_file():
+        scores = json.loads(path.read_text())
+    else:
+        held_out = load_zoo(zoo, trust=True)
+        members = [load(held_out.path(m), trust=True).eval() for m in held_out.split("val")]
+        scores = {}
+        for lr in STEP_LRS:
+            accs = []
+            for member in members:
+                module, importance = gradient_step(member, bench, s.select_speedup, lr)
+                got = bench.prune(module, "fxmeta-l2", s.select_speedup, {"importance": importance}, 0)
+                recalibrate_bn(got["module"], bench.calibration, len(bench.calibration))
+                accs.append(evaluate(got["module"], bench.loaders.val)["acc"])
+            scores[str(lr)] = statistics.fmean(accs)
+            say(f"one gradient step, lr {lr:g}: held-out zoo val {scores[str(lr)]:.4f}")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(scores))
+    best = max(scores, key=scores.get)
+    return {"lr": float(best)}, scores
 
 
 def cell(bench: Bench, arch: str, seed: int, method: str, target: float, hp: dict, metanets: dict) -> dict:
@@ -172,6 +238,9 @@ def cell(bench: Bench, arch: str, seed: int, method: str, target: float, hp: dic
             kind, prune_hp = "fxmeta-l2", {"importance": importance}
         elif method.startswith("metanet"):
             start, importance = _rewrite(metanets[method]["metanet"], bench, base, target)
+            kind, prune_hp = "fxmeta-l2", {"importance": importance}
+        elif method == GRAD_STEP:
+            start, importance = gradient_step(base, bench, target, hp["lr"])
             kind, prune_hp = "fxmeta-l2", {"importance": importance}
         elif method in ("DepGraph+SL", "prepared"):
             start, _ = bench.pre_stage(arch, seed, method, target, hp)
@@ -213,7 +282,8 @@ def write_report(s: Settings, cells: list[dict], meta: dict, trained: dict, zoo_
              f"checkpoint chosen on the held-out zoo members' validation accuracy after a {s.select_speedup:g}x "
              "prune + recalibration (`fxmeta.training.curve`)",
              "- every method: fxmeta's BatchNorm recalibration on the same 20 training batches right after "
-             "pruning, no finetune; test split (360 images) unless noted", "",
+             "pruning, no finetune; test split (360 images) unless noted",
+             f"- {GRAD_STEP}: SGD on the masked loss, lr {meta.get('step_lr', '-')}", "",
              "## The objective sweep (choices on held-out zoo members' validation split only)", "",
              "| objective | settings | meta-training min | best epoch | held-out zoo score (val) | score by epoch "
              "(epoch 0 = no metanet) | zoo + meta-training per network pruned, s |", "|---|---|---|---|---|---|---|"]
@@ -226,11 +296,12 @@ def write_report(s: Settings, cells: list[dict], meta: dict, trained: dict, zoo_
     lines.append("")
     all_methods = (*methods(s), *one_epoch_methods(trained))
     budget = {m: "0 (+ amortised meta-training)" for m in all_methods if m.startswith("metanet")}
-    budget.update({m: "0 + gradient on 2 batches (+ amortised meta-training)" for m in all_methods
-                   if m.startswith("metanet (conditioned)")})
+    budget.update({m: f"0 + gradient on {trained[m]['metanet'].config.condition_batches} batches (+ amortised "
+                      "meta-training)" for m in all_methods if m.startswith("metanet (conditioned") and m in trained})
     budget.update({m: ("0 + 1 (prepare)" if m.startswith("metanet") else "1 (prepare)")
                    for m in one_epoch_methods(trained)})
-    budget.update({"fxmeta-l2": "0", "random": "0", "DepGraph+SL": f"{PREPARE.pre_epochs} (sparsity learning)",
+    budget.update({"fxmeta-l2": "0", "random": "0", GRAD_STEP: "0 + gradient on 2 batches",
+                   "DepGraph+SL": f"{PREPARE.pre_epochs} (sparsity learning)",
                    "prepared": f"{PREPARE.pre_epochs} (prepare)"})
     for arch in (s.family, *s.transfer):
         lines += [f"## {arch}" + (" (transfer: metanetworks meta-trained on ResNet20)" if arch != s.family else ""),
@@ -251,15 +322,20 @@ def write_report(s: Settings, cells: list[dict], meta: dict, trained: dict, zoo_
                         lines.append(f"| {target:g}x | {method} | {budget[method]} | 0 | failed: {errs[0][:90]} | |")
                     continue
                 m, sd = _mean_std([c["recal_test_acc"] for c in ok])
-                diff = ""
-                if method.startswith("metanet") or method.startswith("prepared"):
+                refs = []
+                if method.startswith("metanet") or method.startswith("prepared") or method == GRAD_STEP:
                     # a metanetwork before one prepare epoch is compared with that epoch alone (the oracle)
-                    ref = PREPARE_1 if method.endswith(" + " + PREPARE_1) else best
-                    by = {c["seed"]: c["recal_test_acc"] for c in group[ref]}
+                    refs.append(PREPARE_1 if method.endswith(" + " + PREPARE_1) else best)
+                if method.startswith("metanet (conditioned") and " + " not in method:
+                    refs.append(GRAD_STEP)  # the same data without the metanetwork
+                diffs = []
+                for ref in refs:
+                    by = {c["seed"]: c["recal_test_acc"] for c in group.get(ref, [])}
                     d = [c["recal_test_acc"] - by[c["seed"]] for c in ok if c["seed"] in by]
                     if len(d) > 1:
-                        diff = (f"{100 * statistics.fmean(d):+.2f} ± {100 * statistics.stdev(d) / len(d) ** 0.5:.2f}"
-                                f" vs {ref}")
+                        diffs.append(f"{100 * statistics.fmean(d):+.2f} ± "
+                                     f"{100 * statistics.stdev(d) / len(d) ** 0.5:.2f} vs {ref}")
+                diff = "; ".join(diffs)
                 lines.append(f"| {target:g}x | {method} | {budget[method]} | {len(ok)} | {_pct(m, sd)} | {diff} |")
         lines.append("")
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -318,6 +394,7 @@ def main(argv: list[str] | None = None) -> None:
     trained = {f"metanet ({name})": meta_train_once(s, zoo, name, dict(options), cache)
                for name, options in s.objectives}
     chosen = choose(bench, PREPARE.sweep_arch, {})  # benchmarks.prepare's validation choices (cached)
+    chosen[GRAD_STEP], step_scores = choose_step_lr(bench, s, zoo)
     metanets = {m: {**info, "key": _key([info["best_epoch"], info["options"], str(zoo)])} for m, info in trained.items()}
     seeds = {arch: bench.usable_seeds(arch)[0] for arch in (s.family, *s.transfer)}
     cells = []
@@ -336,7 +413,9 @@ def main(argv: list[str] | None = None) -> None:
             "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
             "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores", "threads": args.threads,
             "versions": _versions(), "load_start": load_start,
-            "load_end": "/".join(f"{x:.2f}" for x in os.getloadavg()), "minutes": (time.time() - t0) / 60}
+            "load_end": "/".join(f"{x:.2f}" for x in os.getloadavg()), "minutes": (time.time() - t0) / 60,
+            "step_lr": f"{chosen[GRAD_STEP]['lr']:g} (held-out zoo val at {s.select_speedup:g}x by lr: "
+                       + ", ".join(f"{lr}: {100 * v:.1f}" for lr, v in step_scores.items()) + ")"}
     write_report(s, cells, meta, trained, zoo_seconds, seeds, RESULTS / "prunability")
     say(f"wrote {RESULTS / 'prunability.md'}")
 

@@ -4,7 +4,12 @@
 
 The documented pipeline::
 
-    PassManager([LowerPass(x), MetanetPass(metanet), RaisePass(), RemoveChannelsPass(speedup=2)])
+    PassManager([LowerPass(x), MetanetPass(metanet, speedup=2, batches=batches), RaisePass(),
+                 RemoveChannelsPass(speedup=2)])
+
+(``speedup`` and ``batches`` are for a metanetwork conditioned on the prune, as the committed
+one is: it takes the masked-loss gradient on two training batches, here of the digits data,
+and RemoveChannelsPass then removes exactly the channels it was told.)
 
 Prune before compiling: compile backends receive parameters as graph inputs and cannot
 change their shapes, so channel removal has to happen on the fx graph first. Without
@@ -57,7 +62,13 @@ def main() -> None:
 
     metanet = args.metanet or (str(COMMITTED) if COMMITTED.is_file() else None)
     if metanet:
-        stages = [LowerPass(x), MetanetPass(metanet), RaisePass(), RemoveChannelsPass(speedup=args.speedup)]
+        from fxmeta.training.curve import calibration_batches
+        from fxmeta.training.data import load_data
+
+        digits = load_data("digits", image_size=x.shape[-1] if x.shape[-1] != 8 else None)
+        batches = calibration_batches(digits.train, 2, 128)
+        stages = [LowerPass(x), MetanetPass(metanet, speedup=args.speedup, batches=batches), RaisePass(),
+                  RemoveChannelsPass(speedup=args.speedup)]
     else:
         print("no metanetwork given or committed: pruning by importance alone")
         stages = [RemoveChannelsPass(speedup=args.speedup, example_input=x)]

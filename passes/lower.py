@@ -7,7 +7,7 @@ import torch.fx as fx
 from torch.fx.passes.infra.pass_base import PassResult
 
 from fxmeta.ir import lower, raise_graph
-from fxmeta.keys import AUTO_LEAVES, EXAMPLE_INPUT, IR, TRACED
+from fxmeta.keys import AUTO_LEAVES, EXAMPLE_INPUT, IR, PRUNE_IMPORTANCE, TRACED
 
 from .base import INPUT_KEY, IR_KEY, FxmetaPass, example_input_of, require_ir
 
@@ -51,4 +51,6 @@ class RaisePass(FxmetaPass):
     def call(self, graph_module: fx.GraphModule) -> PassResult:
         out = raise_graph(require_ir(graph_module, "RaisePass"))
         out.meta[EXAMPLE_INPUT] = graph_module.meta.get(EXAMPLE_INPUT)
+        if PRUNE_IMPORTANCE in graph_module.meta:  # a conditioned metanetwork's prune (MetanetPass)
+            out.meta[PRUNE_IMPORTANCE] = graph_module.meta[PRUNE_IMPORTANCE]
         return PassResult(out, True)

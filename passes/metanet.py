@@ -2,13 +2,15 @@
 from __future__ import annotations
 
 import os
-from typing import Any
+from typing import Any, Sequence
 
 import torch.fx as fx
 from torch.fx.passes.infra.pass_base import PassResult
 
-from fxmeta.keys import IR
+from fxmeta.errors import FxmetaError
+from fxmeta.keys import EXAMPLE_INPUT, IR, PRUNE_IMPORTANCE
 from fxmeta.metanet import load_metanet_file, rewrite
+from fxmeta.metanet.rewriting import rewrite_for_prune
 
 from .base import FxmetaPass, require_ir
 
@@ -22,19 +24,34 @@ class MetanetPass(FxmetaPass):
     but the IR it carries is replaced, so ``PassResult.modified`` is True; run RaisePass
     next to build the rewritten module. Requires an IR (LowerPass); ensures the new IR
     passes ``WeightGraph.check()``.
+
+    A metanetwork conditioned on the prune (``fxmeta.metanet.condition``) needs the target
+    ``speedup`` and a few training ``batches`` of (x, y); it leaves the importance that
+    prunes its output to the channels it was told in ``gm.meta["fxmeta.prune_importance"]``,
+    which RaisePass carries and RemoveChannelsPass uses (prune to the same ``speedup``).
     """
 
-    def __init__(self, metanet: Any) -> None:
+    def __init__(self, metanet: Any, speedup: float | None = None, batches: Sequence[Any] = ()) -> None:
         super().__init__()
         if isinstance(metanet, (str, os.PathLike)):
             metanet = load_metanet_file(metanet)
         if not callable(metanet):
             raise TypeError(f"MetanetPass needs a Metanet or the path of a saved one, got {type(metanet).__name__}")
-        self.metanet = metanet
+        if getattr(metanet, "conditioned", False) and (speedup is None or not batches):
+            raise FxmetaError("this metanetwork is conditioned on the prune: give MetanetPass the target speedup= and "
+                              "a few training batches= of (x, y)")
+        self.metanet, self.speedup, self.batches = metanet, speedup, list(batches)
 
     def requires(self, graph_module: fx.GraphModule) -> None:
         require_ir(graph_module, "MetanetPass")
 
     def call(self, graph_module: fx.GraphModule) -> PassResult:
-        graph_module.meta[IR] = rewrite(self.metanet, require_ir(graph_module, "MetanetPass"))
+        graph = require_ir(graph_module, "MetanetPass")
+        if getattr(self.metanet, "conditioned", False):
+            graph, importance = rewrite_for_prune(self.metanet, graph, graph_module.meta.get(EXAMPLE_INPUT),
+                                                  self.speedup, self.batches)
+            graph_module.meta[PRUNE_IMPORTANCE] = importance
+        else:
+            graph = rewrite(self.metanet, graph)
+        graph_module.meta[IR] = graph
         return PassResult(graph_module, True)

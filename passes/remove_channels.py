@@ -7,7 +7,7 @@ import torch.fx as fx
 from torch.fx.passes.infra.pass_base import PassResult
 
 from fxmeta.errors import PruningError
-from fxmeta.keys import EXAMPLE_INPUT, IR, PLAN, SPEEDUP
+from fxmeta.keys import EXAMPLE_INPUT, IR, PLAN, PRUNE_IMPORTANCE, SPEEDUP
 from fxmeta.pruning import Importance, prune
 
 from .base import FxmetaPass
@@ -23,13 +23,14 @@ class RemoveChannelsPass(FxmetaPass):
     with ``fxmeta.pruning.apply_plan``) is stored in ``new_gm.meta["fxmeta.plan"]`` and the
     measured FLOPs ratio in ``new_gm.meta["fxmeta.speedup"]``. Requires an example input
     (``example_input=`` or ``graph_module.meta["fxmeta.example_input"]``); ensures the new
-    graph lints. ``rules`` adds channel rules for this pass only.
+    graph lints. ``rules`` adds channel rules for this pass only. ``importance`` defaults to the
+    one a conditioned metanetwork left in ``gm.meta`` (MetanetPass), else l2.
     """
 
     def __init__(
         self,
         speedup: float = 2.0,
-        importance: str | Importance = "l2",
+        importance: str | Importance | None = None,
         example_input: Any = None,
         round_to: int | None = None,
         ignore: Sequence[str] = (),
@@ -61,11 +62,13 @@ class RemoveChannelsPass(FxmetaPass):
 
     def call(self, graph_module: fx.GraphModule) -> PassResult:
         x = self._input(graph_module)
-        result = prune(graph_module, x, speedup=self.speedup, importance=self.importance, round_to=self.round_to,
+        # default: the importance a conditioned metanetwork left (MetanetPass), else l2
+        importance = self.importance or graph_module.meta.get(PRUNE_IMPORTANCE, "l2")
+        result = prune(graph_module, x, speedup=self.speedup, importance=importance, round_to=self.round_to,
                        ignore=self.ignore, min_keep=self.min_keep, check=self.check, rules=self.rules)
         new_gm = result.module
         for key, value in graph_module.meta.items():
-            if key.startswith("fxmeta.") and key not in new_gm.meta and key != IR:
+            if key.startswith("fxmeta.") and key not in new_gm.meta and key not in (IR, PRUNE_IMPORTANCE):
                 new_gm.meta[key] = value  # carry state (the IR describes the old shapes: dropped)
         new_gm.meta[EXAMPLE_INPUT] = x
         new_gm.meta[PLAN] = result.plan

@@ -80,7 +80,7 @@ def test_captured_graph_is_exact_and_keeps_the_models_names(name):
         isinstance(n.target, torch._ops.OpOverload) for n in gm.graph.nodes)
 
 
-@pytest.mark.parametrize("name", MODELS)
+@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n == "mobilenet_v2" else n for n in MODELS])
 def test_pruning_a_program_removes_what_pruning_the_module_removes(name):
     model, x, program = _case(name)
     via_export = fxmeta.prune(program, x, speedup=2.0)  # self-checked

@@ -332,8 +332,14 @@ def test_zoo_then_meta_train_then_transform(tmp_path, capsys):
                                "--no-progress"], capsys)
     assert code == 0, err
     assert "best epoch 1" in err and (mn / "best.pt").is_file()
+    from fxmeta.metanet import load_metanet
+
+    assert load_metanet(str(mn / "best.pt")).conditioned  # the default objective: told the prune
     code, out, err = run_main(["meta-train", str(zoo), "--out", str(mn)], capsys)
     assert code == 2 and "--resume" in err  # checkpoints are not overwritten silently
+    code, out, err = run_main(["transform", *R20, "--metanet", str(mn / "best.pt"), "--no-progress",
+                               "--out", str(tmp_path / "q.pt")], capsys)
+    assert code != 0 and "--data" in err and not (tmp_path / "q.pt").exists()  # it needs data, said plainly
     code, out, err = run_main(["transform", *R20, *FAST, "--metanet", str(mn / "best.pt"),
                                "--out", str(tmp_path / "p.pt")], capsys)
     assert code == 0, err

@@ -157,3 +157,24 @@ def test_steps_repeat_the_whole_list_while_it_reports_changes():
     same = PassManager([LowerPass(x), RaisePass()], steps=3)(fx.symbolic_trace(model)).graph_module
     with torch.no_grad():
         assert torch.equal(same(x), model(x))  # lower -> raise is the identity, however often it runs
+
+
+def test_a_conditioned_metanet_in_the_pipeline_prunes_the_channels_it_was_told():
+    from fxmeta.ir import lower
+    from fxmeta.metanet import Metanet
+    from fxmeta.metanet.condition import FEATURES
+    from fxmeta.pruning import prune
+    from passes import RemoveChannelsPass
+
+    model, x = _model(), torch.randn(1, 1, 8, 8)
+    batches = [(torch.randn(8, 1, 8, 8), torch.randint(0, 10, (8,)))]
+    net = Metanet.for_graph(lower(model, x), width=8, depth=1, ratio=1.0, condition=len(FEATURES))
+    with pytest.raises(FxmetaError, match="speedup= and a few training batches="):
+        MetanetPass(net)
+    # an untrained metanetwork changes the weights, yet the prune removes what the original's l2 prune removes
+    pipeline = PassManager([LowerPass(x), MetanetPass(net, speedup=2.0, batches=batches), RaisePass(),
+                            RemoveChannelsPass(2.0)])
+    out = pipeline(fx.symbolic_trace(model)).graph_module
+    plain = prune(model, x, speedup=2.0).module
+    assert {k: v.shape for k, v in out.state_dict().items()} == {k: v.shape for k, v in plain.state_dict().items()}
+    assert "fxmeta.prune_importance" not in out.meta

@@ -11,14 +11,17 @@ def cmd_meta_train(args: argparse.Namespace) -> int:
     from .common import check_numbers
 
     check_numbers(args)
+    conditioned = args.objective == "conditioned"
+    chosen = CONDITIONED if conditioned else PAPER  # what a flag left out means for this objective
     config = MetaTrainConfig(
         epochs=args.epochs, lr=args.lr, weight_decay=args.weight_decay, width=args.width, depth=args.depth,
-        ratio=args.ratio, zero_init=args.zero_init, learn=args.learn, reg=args.reg, alpha=args.alpha,
-        batches_per_step=args.batches_per_step,
+        ratio=_given(args.ratio, chosen["ratio"]), zero_init=args.zero_init or conditioned, learn=args.learn,
+        reg=_given(args.reg, chosen["reg"]), alpha=args.alpha, batches_per_step=args.batches_per_step,
         batch_size=args.batch_size, speedup=args.speedup, eval_bn_batches=args.eval_bn_batches,
-        eval_finetune_epochs=args.eval_finetune_epochs, objective=args.objective, mask_weight=args.mask_weight,
-        mask_speedups=speedup_list(args.mask_speedups, "--mask-speedups"), conditioned=args.conditioned,
-        grad_batches=args.grad_batches, seed=args.seed, init=args.init,
+        eval_finetune_epochs=_given(args.eval_finetune_epochs, chosen["eval_finetune_epochs"]),
+        objective="prunable" if conditioned else args.objective, mask_weight=args.mask_weight,
+        mask_speedups=speedup_list(args.mask_speedups or chosen["mask_speedups"], "--mask-speedups"),
+        conditioned=conditioned, grad_batches=args.grad_batches, seed=args.seed, init=args.init,
         resume=args.resume, force=args.force, progress=args.progress)
     from ..io.paths import check_output
     from ..metatrain.zoo import load_zoo
@@ -36,11 +39,22 @@ def cmd_meta_train(args: argparse.Namespace) -> int:
     return 0
 
 
+# Settings a flag left out takes. "conditioned" (the default): the best of the objective sweep on held-out
+# zoo members (benchmarks/results/prunability.md); "reference" / "prunable": the paper's.
+CONDITIONED = {"ratio": 1.0, "reg": 0.0, "eval_finetune_epochs": 0, "mask_speedups": "2,4,8"}
+PAPER = {"ratio": 0.01, "reg": 10.0, "eval_finetune_epochs": 1, "mask_speedups": None}
+
+
+def _given(value, default):
+    return default if value is None else value
+
+
 def register_meta_train(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "meta-train", help="train a metanetwork on a zoo of data models",
         description="Meta-train a graph metanetwork on the data models of ZOO (from fxmeta zoo): each step rewrites "
-                    "one data model and trains on its cross-entropy plus a group-sparsity penalty; after every "
+                    "one data model and trains on --objective (by default the prunability objective of a metanet "
+                    "told the prune, see --objective); after every "
                     "epoch the held-out members are pruned to --speedup and the best epoch is kept as "
                     "OUT/best.pt (OUT/last.pt resumes, OUT/log.jsonl logs).",
         epilog="example: fxmeta meta-train zoo/ --out metanet/ --epochs 20")
@@ -51,16 +65,17 @@ def register_meta_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--weight-decay", type=float, default=5e-4, metavar="W", help="(default: 5e-4)")
     p.add_argument("--width", type=int, default=32, metavar="D", help="hidden width of the metanetwork (default: 32)")
     p.add_argument("--depth", type=int, default=6, metavar="L", help="message-passing layers (default: 6)")
-    p.add_argument("--ratio", type=float, default=0.01,
+    p.add_argument("--ratio", type=float,
                    help="output = input + ratio * decoder(h); small keeps an untrained metanet near the identity "
-                        "(default: 0.01)")
+                        "(default: 1 with --objective conditioned, 0.01 otherwise)")
     p.add_argument("--zero-init", action="store_true",
                    help="start the decoders' last layers at zero: the metanet begins as the identity, so a large "
-                        "--ratio (e.g. 1) is safe")
+                        "--ratio (e.g. 1) is safe (always on with --objective conditioned)")
     p.add_argument("--learn", choices=["all", "nodes"], default="all",
                    help="what the metanet may change: all tables, or only node tables (norm scales and shifts, "
                         "biases) (default: all)")
-    p.add_argument("--reg", type=float, default=10.0, help="group-sparsity strength (default: 10)")
+    p.add_argument("--reg", type=float,
+                   help="group-sparsity strength (default: 0 with --objective conditioned, 10 otherwise)")
     p.add_argument("--alpha", type=float, default=16.0, help="group-sparsity weighting base (default: 16)")
     p.add_argument("--batches-per-step", type=int, default=4, metavar="N", help="(default: 4)")
     p.add_argument("--batch-size", type=int, default=128, metavar="B", help="(default: 128)")
@@ -69,22 +84,24 @@ def register_meta_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--eval-bn-batches", type=int, default=20, metavar="N",
                    help="training batches that recompute the pruned models' BatchNorm statistics in that "
                         "validation, before scoring and finetuning; 0: keep the stored ones (default: 20)")
-    p.add_argument("--eval-finetune-epochs", type=int, default=1, metavar="N",
-                   help="finetuning epochs in that validation; 0: score right after the BatchNorm step (default: 1)")
-    p.add_argument("--objective", choices=["reference", "prunable"], default="reference",
+    p.add_argument("--eval-finetune-epochs", type=int, metavar="N",
+                   help="finetuning epochs in that validation; 0: score right after the BatchNorm step (default: 0 "
+                        "with --objective conditioned, 1 otherwise)")
+    p.add_argument("--objective", choices=["conditioned", "prunable", "reference"], default="conditioned",
                    help="reference: the generated network's cross-entropy + group-sparsity penalty (the paper's); "
                         "prunable: also the cross-entropy of the generated network with the channels a prune to "
-                        "one of --mask-speedups removes masked out (default: reference)")
+                        "one of --mask-speedups removes masked out; conditioned: prunable, with the metanet told "
+                        "the prune (the channels an importance prune of the original weights removes, and the "
+                        "masked-loss gradient on --grad-batches training batches): its output is pruned to exactly "
+                        "those channels, and using it needs data (default: conditioned, the best on held-out "
+                        "networks: benchmarks/results/prunability.md)")
     p.add_argument("--mask-weight", type=_number, default=1.0, metavar="W",
                    help="weight of the masked term of --objective prunable (default: 1)")
     p.add_argument("--mask-speedups", metavar="X[,Y...]",
-                   help="FLOPs targets of the masked term, one drawn per step (default: --speedup)")
-    p.add_argument("--conditioned", action="store_true",
-                   help="with --objective prunable: tell the metanet the prune (the channels an importance prune "
-                        "of the original weights removes, and the masked-loss gradient on --grad-batches training "
-                        "batches); its output is then pruned to exactly those channels, and using it needs data")
+                   help="FLOPs targets of the masked term, one drawn per step (default: 2,4,8 with --objective "
+                        "conditioned, --speedup otherwise)")
     p.add_argument("--grad-batches", type=int, default=2, metavar="N",
-                   help="training batches of the gradient input of --conditioned (default: 2)")
+                   help="training batches of the gradient input of --objective conditioned (default: 2)")
     p.add_argument("--seed", type=int, default=0, help="(default: 0)")
     p.add_argument("--init", metavar="FILE", help="start from this metanetwork instead of a fresh one")
     p.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")

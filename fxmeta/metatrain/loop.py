@@ -291,7 +291,7 @@ def _make_metanet(graphs: list[WeightGraph], config: MetaTrainConfig) -> Metanet
         net = load_metanet(config.init)
         if net.conditioned != config.conditioned:
             raise FxmetaError(f"{config.init} is {'a' if net.conditioned else 'not a'} conditioned metanetwork; "
-                              f"{'pass' if net.conditioned else 'leave out'} conditioned=True (--conditioned)")
+                              f"{'pass' if net.conditioned else 'leave out'} conditioned=True (--objective conditioned)")
         for graph in graphs:
             net.check_graph(graph)
         _restrict(net, config.learn)
