@@ -58,3 +58,20 @@ def peak_rss_mib() -> float:
     import resource
 
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def versions() -> dict:
+    """python, torch, torchvision, torch-pruning versions and the git commit of the tree."""
+    out = {"python": platform.python_version(), "torch": torch.__version__, "torchvision": torchvision.__version__}
+    try:
+        import torch_pruning
+
+        out["torch-pruning"] = getattr(torch_pruning, "__version__", "?")
+    except ImportError:
+        pass
+    try:
+        out["commit"] = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                                       cwd=Path(__file__).parent).stdout.strip()
+    except OSError:
+        pass
+    return out

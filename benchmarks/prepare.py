@@ -47,7 +47,6 @@ import math
 import os
 import platform
 import statistics
-import subprocess
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -55,6 +54,8 @@ from types import SimpleNamespace
 from typing import Any
 
 import torch
+
+from benchmarks._env import versions as _versions
 
 RESULTS = Path(__file__).resolve().parent / "results"
 METHODS = ("prepared", "DepGraph+SL", "fxmeta-l2", "random", "metanet + prepared", "metanet")
@@ -211,6 +212,7 @@ class Bench:
 
     def pre_stage(self, arch: str, seed: int, method: str, target: float, hp: dict) -> tuple[torch.nn.Module, dict]:
         """The network after the method's own ``pre_epochs`` epochs (cached)."""
+        from benchmarks.quality.baselines import SparsityLearning
         from fxmeta.training.loop import train
         from fxmeta.training.prepare import prepare
 
@@ -352,36 +354,6 @@ class Bench:
         return statistics.fmean(scores)
 
 
-class SparsityLearning:
-    """Torch-Pruning's group-norm sparsity learning as a training objective (plain
-    cross-entropy, ``pruner.regularize`` on the gradients after every backward)."""
-
-    def __init__(self, model: torch.nn.Module, example: torch.Tensor, reg: float, steps: int) -> None:
-        import torch_pruning as tp
-
-        self.model = model
-        ignored = [m for m in model.modules() if isinstance(m, torch.nn.Linear) and m.out_features == 10]
-        self.pruner = tp.pruner.GroupNormPruner(
-            model, example, reg=reg, importance=tp.importance.GroupMagnitudeImportance(p=2, normalizer="max"),
-            global_pruning=True, iterative_steps=steps, pruning_ratio=1.0, max_pruning_ratio=1.0,
-            ignored_layers=ignored)
-
-    def wrap(self, model):
-        return model
-
-    def begin_epoch(self, epoch: int) -> None:
-        pass
-
-    def before_step(self, step: int) -> None:
-        pass
-
-    def loss(self, out, y, criterion):
-        return criterion(out.float(), y), out
-
-    def after_backward(self) -> None:
-        self.pruner.regularize(self.model)
-
-
 # ----------------------------------------------------------------------------- choices
 
 
@@ -430,24 +402,6 @@ def paired(cells: list[dict], arch: str, target: float, key: str, a: str, b: str
         return float("nan"), float("nan"), 0
     se = statistics.stdev(diffs) / math.sqrt(len(diffs)) if len(diffs) > 1 else float("nan")
     return statistics.fmean(diffs), se, len(diffs)
-
-
-def _versions() -> dict:
-    import torchvision
-
-    out = {"python": platform.python_version(), "torch": torch.__version__, "torchvision": torchvision.__version__}
-    try:
-        import torch_pruning
-
-        out["torch-pruning"] = getattr(torch_pruning, "__version__", "?")
-    except ImportError:
-        pass
-    try:
-        out["commit"] = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                                       cwd=Path(__file__).parent).stdout.strip()
-    except OSError:
-        pass
-    return out
 
 
 def write_report(bench: Bench, cells: list[dict], choices: dict, sweep: dict, meta: dict, out: Path,

@@ -283,3 +283,31 @@ def tp_progressive(model: torch.nn.Module, ctx: Context, reg: float | None,
     return out
 
 
+class SparsityLearning:
+    """Torch-Pruning's group-norm sparsity learning as a training objective (plain
+    cross-entropy, ``pruner.regularize`` on the gradients after every backward)."""
+
+    def __init__(self, model: torch.nn.Module, example: torch.Tensor, reg: float, steps: int) -> None:
+        import torch_pruning as tp
+
+        self.model = model
+        ignored = [m for m in model.modules() if isinstance(m, torch.nn.Linear) and m.out_features == 10]
+        self.pruner = tp.pruner.GroupNormPruner(
+            model, example, reg=reg, importance=tp.importance.GroupMagnitudeImportance(p=2, normalizer="max"),
+            global_pruning=True, iterative_steps=steps, pruning_ratio=1.0, max_pruning_ratio=1.0,
+            ignored_layers=ignored)
+
+    def wrap(self, model):
+        return model
+
+    def begin_epoch(self, epoch: int) -> None:
+        pass
+
+    def before_step(self, step: int) -> None:
+        pass
+
+    def loss(self, out, y, criterion):
+        return criterion(out.float(), y), out
+
+    def after_backward(self) -> None:
+        self.pruner.regularize(self.model)
