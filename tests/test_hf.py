@@ -145,3 +145,35 @@ def test_t5_heads_are_one_group_through_the_shared_position_bias():
     group, pruned = _remove(model, x, analysis, bias, 1, [0])  # self-checked
     assert group.units == 4
     assert all(pruned.get_parameter(f"encoder.block.{i}.layer.0.SelfAttention.q.weight").shape[0] == 24 for i in (0, 1))
+
+
+@pytest.mark.parametrize("name", ["llama", "qwen2", "bert", "vit"])
+def test_a_pruned_model_keeps_its_class_and_runs_at_any_batch_and_length(name):
+    """Its own modules with smaller weights (fxmeta.pruning.module_slimming), not the captured graph,
+    whose view sizes are fixed at the example's shape: checked equal to that graph when built."""
+    model, x = make(name)
+    result = fxmeta.prune(model, x, speedup=2.0, importance="random")
+    assert type(result.module) is type(model) and result.module is not model
+    assert all(_width(result.module, name, w) < _width(model, name, w) for w in WIDTHS[name])
+    with torch.no_grad():
+        if name == "vit":
+            out = result.module(torch.randn(3, 3, 32, 32))
+            assert out.logits.shape == (3, 10)
+        else:
+            ids = torch.randint(0, 128, (3, 11))
+            mask = torch.ones_like(ids)
+            mask[0, 7:] = 0
+            out = result.module(ids, attention_mask=mask)
+            assert out.logits.shape == ((3, 2) if name == "bert" else (3, 11, 128))
+    if name == "llama":  # a causal LM generates; the tied lm_head is still the embedding
+        assert result.module.lm_head.weight is result.module.model.embed_tokens.weight
+        assert result.module.generate(torch.randint(0, 128, (1, 4)), max_new_tokens=3, do_sample=False).shape == (1, 7)
+
+
+def test_gpt2_keeps_the_captured_graph_when_its_modules_hold_the_old_sizes():
+    """GPT-2's attention splits c_attn's output by a stored size: slimming its modules cannot reproduce
+    the pruned graph, which the check catches, so the graph is what comes back."""
+    model, x = make("gpt2")
+    result = fxmeta.prune(model, x, speedup=2.0, importance="random")
+    assert isinstance(result.module, torch.fx.GraphModule)
+

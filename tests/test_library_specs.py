@@ -54,6 +54,11 @@ def test_prune_an_hf_config_with_long_inputs_and_load_the_file_again(tmp_path, c
     module = fxmeta.load(out)  # no trust needed: a library spec and a JSON config
     assert module.get_parameter("model.embed_tokens.weight").shape[1] < 32
     assert module(torch.randint(0, 100, (1, 16))).logits.shape == (1, 16, 100)
+    # the model's own class again: any batch and length, keyword inputs, generate
+    assert type(module).__name__ == "LlamaForCausalLM"
+    ids = torch.randint(0, 100, (3, 9))
+    assert module(ids, attention_mask=torch.ones_like(ids)).logits.shape == (3, 9, 100)
+    assert module.generate(ids[:1, :4], max_new_tokens=3, do_sample=False).shape == (1, 7)
 
 
 def test_hf_text_models_default_to_long_ids_and_export_capture(tmp_path):

@@ -51,7 +51,7 @@ def removed_from_plan(analysis: ChannelAnalysis, plan: dict) -> Tensor:
 
 
 def apply_plan(model: nn.Module, plan: dict, example_input: Any, check: bool = True,
-               rules: Mapping[Any, Callable] | None = None, capture: str | None = None) -> fx.GraphModule:
+               rules: Mapping[Any, Callable] | None = None, capture: str | None = None) -> nn.Module:
     """Replay a plan from ``fxmeta.prune`` on a (fresh) model of the same architecture.
 
     The model is captured as the plan's model was (``plan["capture"]``) unless ``capture`` says otherwise."""
@@ -66,4 +66,17 @@ def apply_plan(model: nn.Module, plan: dict, example_input: Any, check: bool = T
     else:
         check_shapes(analysis, pruned, removed)
     pruned.meta[PLAN] = plan
-    return pruned
+    return own_class(model, analysis, removed, pruned, example_input)
+
+
+def own_class(model: Any, analysis: ChannelAnalysis, removed: Tensor, pruned: fx.GraphModule,
+              example_input: Any) -> nn.Module:
+    """For a module torch.export captured: the model's own class with the smaller weights when that
+    reproduces ``pruned`` (``fxmeta.pruning.module_slimming``), else ``pruned`` itself."""
+    from ..capture import is_program
+    from ..keys import CAPTURE
+    from .module_slimming import slim_model
+
+    if analysis.gm.meta.get(CAPTURE) != "export" or is_program(model) or isinstance(model, fx.GraphModule):
+        return pruned
+    return slim_model(model, analysis, removed, pruned, example_input) or pruned

@@ -25,7 +25,7 @@ from ..errors import PruningError
 from ..keys import CAPTURE, PLAN
 from .flops import FlopModel, count_flops, count_params
 from .importance import Importance, importance_fn
-from .plan import PLAN_FORMAT, apply_plan, make_plan
+from .plan import PLAN_FORMAT, apply_plan, make_plan, own_class
 from .selection import Candidates, candidates, flop_model, removed_mask, select
 from .selfcheck import check_shapes, self_check
 from .slimming import slim
@@ -43,9 +43,15 @@ class PruneResult:
     ``apply_plan`` replays (saveable with ``torch.save``, loadable with weights_only=True).
     ``program`` is the pruned module as a torch.export program when the model was one
     (``torch.export.save`` / ``load`` it; it runs without fxmeta), else None.
+
+    ``module`` is a GraphModule, except for a module that torch.export had to capture (Hugging
+    Face transformers, many timm models): then it is the model's own class with smaller
+    weights whenever that computes exactly what the pruned graph computes and runs at another
+    batch size too (``fxmeta.pruning.module_slimming``), so ``generate``, keyword inputs and
+    any batch or sequence length keep working; the plan is then in ``plan`` only.
     """
 
-    module: fx.GraphModule
+    module: nn.Module
     speedup: float
     params_ratio: float
     plan: dict
@@ -178,6 +184,7 @@ def prune(
                                         "importance": importance if isinstance(importance, str) else "custom",
                                         "capture": analysis.gm.meta.get(CAPTURE, "fx")})
     pruned.meta[PLAN] = plan
+    pruned = own_class(model, analysis, removed, pruned, example_input)
     params_after = count_params(pruned)
     program = None
     if is_program(model):
