@@ -51,3 +51,24 @@ def test_curve_command_writes_json_and_refuses_to_overwrite(tmp_path, capsys):
     assert [p["speedup"] for p in curve["points"]] == [2.0, 3.0] and curve["split"] == "val"
     assert main(argv) == 2 and "exists" in capsys.readouterr().err
     assert main(argv[:-2] + ["--speedups", "0.5"]) == 2
+
+
+def test_curve_with_a_conditioned_metanet_rewrites_once_per_target(tmp_path, capsys):
+    from fxmeta.ir import lower
+    from fxmeta.metanet import Metanet, save_metanet
+    from fxmeta.metanet.condition import FEATURES
+
+    x = torch.randn(1, 1, 8, 8)
+    net = Metanet.for_graph(lower(get_model("resnet20", in_channels=1).eval(), x), width=8, depth=1, ratio=1.0,
+                            condition=len(FEATURES))
+    net.zero_outputs()  # the identity: its curve is the model's own
+    save_metanet(net, str(tmp_path / "cond.pt"))
+    out = tmp_path / "curve.json"
+    argv = ["curve", "fxmeta:resnet20", "--in-channels", "1", "--data", "digits", "--speedups", "2,3",
+            "--bn-batches", "2", "--split", "val", "--threads", "1", "--metanet", str(tmp_path / "cond.pt"),
+            "--out", str(out)]
+    assert main(argv) == 0, capsys.readouterr().err
+    model, with_metanet = json.loads(out.read_text())
+    assert [p["speedup"] for p in with_metanet["points"]] == [2.0, 3.0]
+    for a, b in zip(model["points"], with_metanet["points"]):
+        assert a["recalibrated_accuracy"] == pytest.approx(b["recalibrated_accuracy"])
