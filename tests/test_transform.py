@@ -112,6 +112,7 @@ def test_batchnorm_recalibration_after_removal(digits):
         TransformConfig(bn_batches=-1)
 
 
+@pytest.mark.slow
 def test_resume_gives_the_weights_of_an_uninterrupted_run(digits, tmp_path):
     def run(epochs: int, folder: str, resume: bool = False):
         config = TransformConfig(speedup=2.0, finetune=_finetune(epochs=epochs, seed=5),
