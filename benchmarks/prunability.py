@@ -50,6 +50,7 @@ from benchmarks.prepare import Bench, _key, _mean_std, _pct, _versions, choose, 
 RESULTS = Path(__file__).resolve().parent / "results"
 DATA_SPEC = "benchmarks.quality:digits16"  # the same 16x16 digits as benchmarks.prepare, loadable by name
 GRAD_STEP = "one gradient step"
+FIXED_1 = "prepared 1 epoch, prune fixed first"  # the mask of the original weights, trained for and then pruned
 BASELINES = ("fxmeta-l2", "DepGraph+SL", "random", "prepared", GRAD_STEP)
 STEP_LRS = (0.01, 0.03, 0.1, 0.3, 1.0)
 PREPARE_1 = "prepared 1 epoch"
@@ -59,7 +60,7 @@ def one_epoch_methods(trained: dict) -> tuple[str, ...]:
     """k = 1 on the family itself: one prepare epoch alone, and after the metanetwork with the best
     held-out zoo score (validation), to see whether the metanetwork amortises part of prepare."""
     best = max(trained, key=lambda m: trained[m]["best_score"])
-    return PREPARE_1, f"{best} + {PREPARE_1}"
+    return PREPARE_1, FIXED_1, f"{best} + {PREPARE_1}", f"{GRAD_STEP} + {PREPARE_1}"
 
 
 def methods(s: "Settings") -> tuple[str, ...]:
@@ -224,7 +225,7 @@ def cell(bench: Bench, arch: str, seed: int, method: str, target: float, hp: dic
     base = bench.base(arch, seed)
     t0 = time.perf_counter()
     try:
-        if method.endswith(PREPARE_1):  # one prepare epoch, on the network or on the metanetwork's output
+        if method.endswith(PREPARE_1) or method == FIXED_1:  # one prepare epoch (on a rewritten network)
             import copy
 
             from fxmeta.training.prepare import prepare
@@ -232,6 +233,13 @@ def cell(bench: Bench, arch: str, seed: int, method: str, target: float, hp: dic
             start, importance = copy.deepcopy(base), "l2"
             if method.startswith("metanet"):
                 start, importance = _rewrite(metanets[method.split(" + ")[0]]["metanet"], bench, start, target)
+            elif method.startswith(GRAD_STEP):  # the control: the same data as a step, then the same epoch
+                start, importance = gradient_step(start, bench, target, hp["step_lr"])
+            elif method == FIXED_1:  # what the two above share: the prune fixed from the original weights
+                from fxmeta.ir import lower
+                from fxmeta.metanet.condition import Condition
+
+                importance = Condition(lower(start, bench.example), bench.example, target).importance()
             config = bench.train_config(1, hp["lr"], seed)
             start = prepare(start, bench.example, bench.data, config, [target], weight=hp["weight"],
                             mask_every=hp["mask_every"], importance=importance).model.cpu()
@@ -298,7 +306,8 @@ def write_report(s: Settings, cells: list[dict], meta: dict, trained: dict, zoo_
     budget = {m: "0 (+ amortised meta-training)" for m in all_methods if m.startswith("metanet")}
     budget.update({m: f"0 + gradient on {trained[m]['metanet'].config.condition_batches} batches (+ amortised "
                       "meta-training)" for m in all_methods if m.startswith("metanet (conditioned") and m in trained})
-    budget.update({m: ("0 + 1 (prepare)" if m.startswith("metanet") else "1 (prepare)")
+    budget.update({m: ("0 + 1 (prepare)" if m.startswith("metanet") else
+                       "0 + gradient on 2 batches + 1 (prepare)" if m.startswith(GRAD_STEP) else "1 (prepare)")
                    for m in one_epoch_methods(trained)})
     budget.update({"fxmeta-l2": "0", "random": "0", GRAD_STEP: "0 + gradient on 2 batches",
                    "DepGraph+SL": f"{PREPARE.pre_epochs} (sparsity learning)",
@@ -323,11 +332,13 @@ def write_report(s: Settings, cells: list[dict], meta: dict, trained: dict, zoo_
                     continue
                 m, sd = _mean_std([c["recal_test_acc"] for c in ok])
                 refs = []
-                if method.startswith("metanet") or method.startswith("prepared") or method == GRAD_STEP:
+                if method.startswith("metanet") or method.startswith("prepared") or method.startswith(GRAD_STEP):
                     # a metanetwork before one prepare epoch is compared with that epoch alone (the oracle)
-                    refs.append(PREPARE_1 if method.endswith(" + " + PREPARE_1) else best)
-                if method.startswith("metanet (conditioned") and " + " not in method:
-                    refs.append(GRAD_STEP)  # the same data without the metanetwork
+                    refs.append(PREPARE_1 if method.endswith(" + " + PREPARE_1) or method == FIXED_1 else best)
+                    if method.endswith(" + " + PREPARE_1):
+                        refs.append(FIXED_1)  # the same fixed prune, trained for without anything before it
+                if method.startswith("metanet (conditioned"):  # the same data without the metanetwork
+                    refs.append(f"{GRAD_STEP} + {PREPARE_1}" if method.endswith(" + " + PREPARE_1) else GRAD_STEP)
                 diffs = []
                 for ref in refs:
                     by = {c["seed"]: c["recal_test_acc"] for c in group.get(ref, [])}
@@ -407,7 +418,9 @@ def main(argv: list[str] | None = None) -> None:
     for seed in seeds[s.family]:
         for target in s.targets:
             for method in one_epoch_methods(trained):
-                cells.append(cell(bench, s.family, seed, method, target, chosen["prepared"], metanets))
+                hp = chosen["prepared"] if not method.startswith(GRAD_STEP) else \
+                    {**chosen["prepared"], "step_lr": chosen[GRAD_STEP]["lr"]}
+                cells.append(cell(bench, s.family, seed, method, target, hp, metanets))
     meta = {"command": "python -m benchmarks.prunability" + (" --no-transfer" if args.no_transfer else "")
             + (f" --threads {args.threads}" if args.threads != 1 else ""),
             "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
