@@ -147,7 +147,7 @@ def test_t5_heads_are_one_group_through_the_shared_position_bias():
     assert all(pruned.get_parameter(f"encoder.block.{i}.layer.0.SelfAttention.q.weight").shape[0] == 24 for i in (0, 1))
 
 
-@pytest.mark.parametrize("name", ["llama", "qwen2", "bert", "vit"])
+@pytest.mark.parametrize("name", NAMES)
 def test_a_pruned_model_keeps_its_class_and_runs_at_any_batch_and_length(name):
     """Its own modules with smaller weights (fxmeta.pruning.module_slimming), not the captured graph,
     whose view sizes are fixed at the example's shape: checked equal to that graph when built."""
@@ -170,10 +170,24 @@ def test_a_pruned_model_keeps_its_class_and_runs_at_any_batch_and_length(name):
         assert result.module.generate(torch.randint(0, 128, (1, 4)), max_new_tokens=3, do_sample=False).shape == (1, 7)
 
 
-def test_gpt2_keeps_the_captured_graph_when_its_modules_hold_the_old_sizes():
-    """GPT-2's attention splits c_attn's output by a stored size: slimming its modules cannot reproduce
-    the pruned graph, which the check catches, so the graph is what comes back."""
+def test_a_module_size_left_stale_is_caught_and_the_captured_graph_comes_back(monkeypatch):
+    """GPT-2's attention splits c_attn's output by a stored width (updated by module_slimming); with that
+    update switched off the module copy cannot reproduce the pruned graph, the check catches it, and the
+    graph is what comes back."""
+    from fxmeta.pruning import module_slimming
+
     model, x = make("gpt2")
+    result = fxmeta.prune(model, x, speedup=2.0, importance="random")
+    assert type(result.module) is type(model)
+    ids = torch.randint(0, 128, (3, 9))
+    assert result.module(ids, attention_mask=torch.ones_like(ids)).logits.shape == (3, 9, 128)
+    real = module_slimming._update_sizes
+
+    def stale(module):
+        real(module)
+        if hasattr(module, "split_size"):
+            module.split_size = 64  # the original width
+    monkeypatch.setattr(module_slimming, "_update_sizes", stale)
     result = fxmeta.prune(model, x, speedup=2.0, importance="random")
     assert isinstance(result.module, torch.fx.GraphModule)
 

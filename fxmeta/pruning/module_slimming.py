@@ -12,7 +12,8 @@ So :func:`slim_model` removes the same entries from a copy of the model's own mo
 result only when it reproduces the pruned graph on the example input *and* on a batch of
 a different size; otherwise the caller keeps the GraphModule. What it can miss (a size a
 module stores as a plain attribute, a view size written into the forward code) fails that
-check instead of being guessed.
+check instead of being guessed (GPT-2's attention, which splits by a stored width, is the one
+such size updated here).
 """
 from __future__ import annotations
 
@@ -84,6 +85,10 @@ def _update_sizes(module: nn.Module) -> None:
             module.num_features = n
     if type(module).__name__ == "Conv1D" and hasattr(module, "nf"):  # transformers' GPT-2 layer: weight (in, out)
         module.nf = module.weight.shape[1]
+    attn = getattr(module, "c_attn", None)
+    if hasattr(module, "split_size") and type(attn).__name__ == "Conv1D" and not getattr(module, "is_cross_attention",
+                                                                                          False):
+        module.split_size = attn.weight.shape[1] // 3  # GPT-2 attention splits c_attn's q | k | v by this width
 
 
 def _same(a: Any, b: Any) -> bool:
