@@ -166,19 +166,13 @@ def _rewrite(metanet: Any, bench: Bench, model: torch.nn.Module, target: float) 
 def gradient_step(model: torch.nn.Module, bench: Bench, target: float, lr: float) -> tuple[torch.nn.Module, Any]:
     """One SGD step of ``model``'s weights on the masked loss of the prune fixed by its own weights, on
     the first 2 calibration batches (what the conditioned metanetwork sees), and that prune's importance."""
-    import torch.nn.functional as F
-
     from fxmeta.ir import lower, raise_graph
     from fxmeta.metanet.condition import Condition
 
     graph = lower(model, bench.example)
     condition = Condition(graph, bench.example, target)
-    condition.network.set_removed(condition.removed)
     params = {k: v.detach().clone().requires_grad_(True) for k, v in graph.module.named_parameters()}
-    batches = bench.calibration[:2]
-    loss = sum(F.cross_entropy(torch.func.functional_call(condition.network.gm, params, (x,), strict=False), y)
-               for x, y in batches) / len(batches)
-    grads = torch.autograd.grad(loss, list(params.values()))
+    grads = torch.autograd.grad(condition.masked_loss(params, bench.calibration[:2]), list(params.values()))
     module = raise_graph(graph)
     stepped = {k: (v - lr * g).detach() for (k, v), g in zip(params.items(), grads)}
     module.load_state_dict(stepped, strict=False)
@@ -236,10 +230,7 @@ def cell(bench: Bench, arch: str, seed: int, method: str, target: float, hp: dic
             elif method.startswith(GRAD_STEP):  # the control: the same data as a step, then the same epoch
                 start, importance = gradient_step(start, bench, target, hp["step_lr"])
             elif method == FIXED_1:  # what the two above share: the prune fixed from the original weights
-                from fxmeta.ir import lower
-                from fxmeta.metanet.condition import Condition
-
-                importance = Condition(lower(start, bench.example), bench.example, target).importance()
+                importance = bench.told_importance(arch, seed, target)
             config = bench.train_config(1, hp["lr"], seed)
             start = prepare(start, bench.example, bench.data, config, [target], weight=hp["weight"],
                             mask_every=hp["mask_every"], importance=importance).model.cpu()

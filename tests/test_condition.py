@@ -71,7 +71,6 @@ def test_a_conditioned_metanet_starts_as_the_identity_and_learns_from_its_condit
     from fxmeta.ir import raise_params
 
     params = raise_params(net(graph, features))
-    condition.network.set_removed(condition.removed)
     bx, by = batches[0]
     loss = torch.nn.functional.cross_entropy(
         torch.func.functional_call(condition.network.gm, params, (bx,), strict=False), by)

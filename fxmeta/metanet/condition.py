@@ -76,7 +76,7 @@ class Condition:
         self.graph = graph
         self.speedup = float(speedup)
         analysis = analyze(graph.module, example_input, tuple(ignore))
-        self.network = MaskedNetwork(analysis)
+        self.network = MaskedNetwork(analysis)  # masked with this prune once and for all (set below)
         self.original = {k: v.detach() for k, v in raise_params(graph).items()}
         score = importance_fn(importance, 0)
         self._score = score
@@ -91,6 +91,7 @@ class Condition:
         known = units >= 0
         if not bool(known.any()):
             raise FxmetaError("no graph node maps to a channel of the analysis: this model cannot be conditioned")
+        self.network.set_removed(self.removed)
         self.flags = torch.zeros(graph.num_nodes, 2)
         self.flags[known, 0] = self.removed[units[known]].float()
         self.flags[known, 1] = candidate[units[known]].float()
@@ -101,6 +102,15 @@ class Condition:
         score, original = self._score, self.original
         return lambda group, _params: score(group, original)
 
+    def masked_loss(self, params: dict[str, Tensor], batches: Sequence[tuple[Tensor, Tensor]]) -> Tensor:
+        """Mean cross-entropy over ``batches`` of the network with ``params`` (by the model's names) and
+        this prune's channels masked out, BatchNorm on batch statistics."""
+        loss = 0.0
+        for x, y in batches:
+            logits = torch.func.functional_call(self.network.gm, params, (x,), strict=False)
+            loss = loss + F.cross_entropy(logits, y) / len(batches)
+        return loss
+
     def features(self, batches: Sequence[tuple[Tensor, Tensor]]) -> Tensor:
         """The (nodes, len(FEATURES)) condition, the gradient taken on ``batches`` of (x, y)."""
         if not batches:
@@ -109,16 +119,12 @@ class Condition:
         n = graph.num_nodes
         out = torch.zeros(n, len(FEATURES))
         out[:, :2] = self.flags
-        self.network.set_removed(self.removed)
         edges = [None if la.edge is None else la.edge.detach().clone().requires_grad_(la.learned_edges)
                  for la in graph.layers]
         nodes = [None if la.node is None else la.node.detach().clone().requires_grad_(True) for la in graph.layers]
         params = raise_params(graph.with_features(edges, nodes))
-        loss = 0.0
         with torch.enable_grad():
-            for x, y in batches:
-                logits = torch.func.functional_call(self.network.gm, params, (x,), strict=False)
-                loss = loss + F.cross_entropy(logits, y) / len(batches)
+            loss = self.masked_loss(params, batches)
         leaves = [t for t in (*edges, *nodes) if t is not None and t.requires_grad]
         grads = dict(zip(map(id, leaves), torch.autograd.grad(loss, leaves, allow_unused=True)))
         taylor_in, taylor_out, grad_sq = torch.zeros(n), torch.zeros(n), torch.zeros(n)

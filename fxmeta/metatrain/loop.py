@@ -342,7 +342,6 @@ def _train_step(net: Metanet, optimizer: torch.optim.Optimizer, data_model: _Dat
         condition = data_model.conditions[targets[pick]]
         features = condition.features([next(batches) for _ in range(config.grad_batches)])
         params = raise_params(net(data_model.graph, features))
-        condition.network.set_removed(condition.removed)
         masked_net = condition.network.gm
     else:
         params = raise_params(net(data_model.graph))
@@ -388,8 +387,10 @@ def _validate(net: Metanet | None, models: list[_DataModel], loaders, example: t
 
     calibration = calibration_batches(loaders.train.dataset, config.eval_bn_batches, config.batch_size,
                                       seed=config.seed) if config.eval_bn_batches > 0 else []
-    grad_batches = calibration[:config.grad_batches] or calibration_batches(
-        loaders.train.dataset, config.grad_batches, config.batch_size, seed=config.seed)
+    grad_batches: list = []  # a conditioned metanet's gradient input, the same batches every epoch
+    if net is not None and net.conditioned:
+        grad_batches = calibration[:config.grad_batches] or calibration_batches(
+            loaders.train.dataset, config.grad_batches, config.batch_size, seed=config.seed)
     results = []
     for data_model in models:
         graph, importance = data_model.graph, "l2"

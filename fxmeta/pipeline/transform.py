@@ -277,14 +277,20 @@ def _rewrite_with_metanet(model: nn.Module, x: Any, config: TransformConfig, dat
                           timer: StageTimer) -> tuple[fx.GraphModule, Any]:
     """lower → metanetwork → raise (``fxmeta.metanet.rewriting.apply_for_prune``), timed stage by
     stage; also the importance the prune then uses (a conditioned metanetwork fixes the channels)."""
+    from ..metanet.files import load_metanet_file
     from ..training.curve import calibration_batches
 
+    metanet = config.metanet
+    if isinstance(metanet, (str, os.PathLike)):
+        metanet = load_metanet_file(metanet)
     with timer("lower"):
         graph = lower(model, x)
     with timer("metanet"):
-        batches = [] if data is None else calibration_batches(data.train, 2, config.finetune.batch_size,
-                                                              seed=config.finetune.seed)
-        graph, importance = rewrite_for_prune(config.metanet, graph, x, config.speedup, batches, config.importance,
+        batches = []  # a conditioned metanetwork's gradient input
+        if data is not None and getattr(metanet, "conditioned", False):
+            batches = calibration_batches(data.train, metanet.config.condition_batches, config.finetune.batch_size,
+                                          seed=config.finetune.seed)
+        graph, importance = rewrite_for_prune(metanet, graph, x, config.speedup, batches, config.importance,
                                               round_to=config.round_to, min_keep=config.min_keep,
                                               ignore=config.ignore)
     with timer("raise"):

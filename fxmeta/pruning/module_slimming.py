@@ -25,6 +25,7 @@ from torch import Tensor, nn
 from torch.utils import _pytree as pytree
 
 from ..analysis.channels import ChannelAnalysis
+from .slimming import set_tensor
 
 # per module type: attribute -> (parameter, dim) whose size it records
 _SIZES: dict[type, dict[str, tuple[str, int]]] = {
@@ -51,20 +52,6 @@ def _removed_entries(analysis: ChannelAnalysis, removed: Tensor) -> dict[tuple[s
             mask = out.setdefault((name, dim), torch.zeros(tensors[name].shape[dim], dtype=torch.bool))
             mask[index[gone].flatten()] = True
     return out
-
-
-def _set_tensor(model: nn.Module, name: str, value: Tensor) -> Tensor:
-    """Put ``value`` under ``name`` (a Parameter stays one; an existing Parameter object is used as is)."""
-    owner, _, leaf = name.rpartition(".")
-    module = model.get_submodule(owner) if owner else model
-    old = getattr(module, leaf)
-    if isinstance(old, nn.Parameter):
-        if not isinstance(value, nn.Parameter):
-            value = nn.Parameter(value, requires_grad=old.requires_grad)
-        setattr(module, leaf, value)
-    else:
-        module.register_buffer(leaf, value, persistent=leaf not in module._non_persistent_buffers_set)
-    return value
 
 
 def _update_sizes(module: nn.Module) -> None:
@@ -138,25 +125,25 @@ def slim_model(model: nn.Module, analysis: ChannelAnalysis, removed: Tensor, pru
                 new = tensor.detach()
                 for dim, mask in sorted(cuts, key=lambda c: c[0]):
                     new = new.index_select(dim, torch.nonzero(~mask).flatten())
-                done[id(tensor)] = _set_tensor(slim, name, new.clone())
+                done[id(tensor)] = set_tensor(slim, name, new.clone())
             else:
-                _set_tensor(slim, name, done[id(tensor)])
+                set_tensor(slim, name, done[id(tensor)])
         for name, tensor in names.items():  # other names of a cut tensor (tied, not in the slices)
             if id(tensor) in done and name not in by_name:
-                _set_tensor(slim, name, done[id(tensor)])
+                set_tensor(slim, name, done[id(tensor)])
         for module in slim.modules():
             _update_sizes(module)
         slim.eval()
         args = _args(example_input)
         with torch.no_grad():
-            if not _same(slim(*args), pruned(*args)):
+            out = slim(*args)
+            if not _same(out, pruned(*args)):
                 return None
             bigger = _doubled(args)
             if bigger is not None:
-                one, two = slim(*args), slim(*bigger)
                 halves = pytree.tree_map(lambda t: t[: t.shape[0] // 2] if isinstance(t, Tensor) and t.dim() else t,
-                                         two)
-                if not _same(one, halves):
+                                         slim(*bigger))
+                if not _same(out, halves):
                     return None
     except Exception:  # noqa: BLE001 - any failure means: keep the captured graph
         return None

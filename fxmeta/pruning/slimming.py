@@ -102,16 +102,21 @@ def expected_shapes(s: SlimContext, meta: Any, value: Any) -> Any:
     return None
 
 
-def _set_tensor(root: nn.Module, qualname: str, tensor: Tensor) -> None:
+def set_tensor(root: nn.Module, qualname: str, tensor: Tensor) -> Tensor:
+    """Put ``tensor`` under ``qualname``; a Parameter stays a Parameter (one given as such is used as
+    is, so tied names can share it) and a buffer keeps its persistence. Returns what was set."""
     owner_name, _, attr = qualname.rpartition(".")
     owner = root.get_submodule(owner_name) if owner_name else root
     old = getattr(owner, attr)
     if isinstance(old, nn.Parameter):
-        setattr(owner, attr, nn.Parameter(tensor, requires_grad=old.requires_grad))
+        if not isinstance(tensor, nn.Parameter):
+            tensor = nn.Parameter(tensor, requires_grad=old.requires_grad)
+        setattr(owner, attr, tensor)
     elif attr in owner._buffers:
         owner._buffers[attr] = tensor
     else:
         setattr(owner, attr, tensor)
+    return tensor
 
 
 def slim(analysis: ChannelAnalysis, removed: Tensor) -> fx.GraphModule:
@@ -128,7 +133,7 @@ def slim(analysis: ChannelAnalysis, removed: Tensor) -> fx.GraphModule:
         t = getattr(gm.get_submodule(owner_name) if owner_name else gm, attr).detach()
         for dim, keep in cuts:
             t = t.index_select(dim, keep.to(t.device))
-        _set_tensor(gm, name, t.contiguous())
+        set_tensor(gm, name, t.contiguous())
     _retie(analysis.gm, gm, by_param)
     owners = {name.rpartition(".")[0] for name in by_param}
     called = {n.target for n in gm.graph.nodes if n.op == "call_module"}
