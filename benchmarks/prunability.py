@@ -15,9 +15,10 @@ finetune:
   ratio 1 from zero-initialised decoders, all tables / node tables only (the sweep);
 - ``fxmeta-l2`` and ``random``: the base network pruned as it is;
 - ``DepGraph+SL``: after its sparsity-learning epochs (``benchmarks.prepare``'s, cached);
-- ``one gradient step``: the conditioned metanetwork's data alone, without it: one SGD step
-  on the masked loss (the same fixed prune, the same 2 calibration batches), lr from
-  ``STEP_LRS`` chosen on the held-out zoo members' validation split, then the same prune;
+- ``one gradient step`` / ``T gradient steps``: the conditioned metanetwork's data alone, without
+  it: T SGD steps on the masked loss (the same fixed prune, the same 2 calibration batches every
+  step), lr from ``STEP_LRS`` chosen per T on the held-out zoo members' validation split, then
+  the same prune; a metanetwork that rewrites T times is compared with T steps;
 - ``prepared``: ``fxmeta.prepare`` for 5 epochs on the network itself (and, on ResNet20, for 1
   epoch alone and after the best metanetwork), the per-network
   oracle the metanetwork should amortise.
@@ -50,9 +51,17 @@ from benchmarks.prepare import Bench, _key, _mean_std, _pct, _versions, choose, 
 RESULTS = Path(__file__).resolve().parent / "results"
 DATA_SPEC = "benchmarks.quality:digits16"  # the same 16x16 digits as benchmarks.prepare, loadable by name
 GRAD_STEP = "one gradient step"
+STEP_COUNTS = (1, 3, 10)  # the T-step SGD controls (a T-rewrite metanetwork is paired with T steps)
 FIXED_1 = "prepared 1 epoch, prune fixed first"  # the mask of the original weights, trained for and then pruned
-BASELINES = ("fxmeta-l2", "DepGraph+SL", "random", "prepared", GRAD_STEP)
 STEP_LRS = (0.01, 0.03, 0.1, 0.3, 1.0)
+
+
+def steps_name(steps: int) -> str:
+    return GRAD_STEP if steps == 1 else f"{steps} gradient steps"
+
+
+STEP_METHODS = {steps_name(t): t for t in STEP_COUNTS}
+BASELINES = ("fxmeta-l2", "DepGraph+SL", "random", "prepared", *STEP_METHODS)
 PREPARE_1 = "prepared 1 epoch"
 
 
@@ -106,6 +115,14 @@ class Settings:
         ("conditioned g8", (("objective", "prunable"), ("conditioned", True), ("mask_speedups", (2.0, 4.0, 8.0)),
                             ("mask_weight", 1.0), ("reg", 0.0), ("ratio", 1.0), ("zero_init", True),
                             ("grad_batches", 8))),
+        # a learned optimiser: the gradient-step head (starts as exactly SGD at step_lr, the lr of the
+        # T-step SGD control chosen on the held-out zoo val) and T rewrites unrolled, each told a fresh gradient
+        ("conditioned step T1", (("objective", "prunable"), ("conditioned", True), ("mask_speedups", (2.0, 4.0, 8.0)),
+                                 ("mask_weight", 1.0), ("reg", 0.0), ("ratio", 1.0), ("zero_init", True),
+                                 ("step_lr", 0.03))),
+        ("conditioned step T3", (("objective", "prunable"), ("conditioned", True), ("mask_speedups", (2.0, 4.0, 8.0)),
+                                 ("mask_weight", 1.0), ("reg", 0.0), ("ratio", 1.0), ("zero_init", True),
+                                 ("step_lr", 0.1), ("steps", 3))),
     )
 
 
@@ -163,30 +180,34 @@ def _rewrite(metanet: Any, bench: Bench, model: torch.nn.Module, target: float) 
     return apply_for_prune(metanet, model, bench.example, target, bench.calibration)
 
 
-def gradient_step(model: torch.nn.Module, bench: Bench, target: float, lr: float) -> tuple[torch.nn.Module, Any]:
-    """One SGD step of ``model``'s weights on the masked loss of the prune fixed by its own weights, on
-    the first 2 calibration batches (what the conditioned metanetwork sees), and that prune's importance."""
+def gradient_step(model: torch.nn.Module, bench: Bench, target: float, lr: float,
+                  steps: int = 1) -> tuple[torch.nn.Module, Any]:
+    """``steps`` SGD steps of ``model``'s weights on the masked loss of the prune fixed by its own weights,
+    each on the first 2 calibration batches (what the conditioned metanetwork sees), and that prune's
+    importance."""
     from fxmeta.ir import lower, raise_graph
     from fxmeta.metanet.condition import Condition
 
     graph = lower(model, bench.example)
     condition = Condition(graph, bench.example, target)
     params = {k: v.detach().clone().requires_grad_(True) for k, v in graph.module.named_parameters()}
-    grads = torch.autograd.grad(condition.masked_loss(params, bench.calibration[:2]), list(params.values()))
+    for _ in range(steps):
+        grads = torch.autograd.grad(condition.masked_loss(params, bench.calibration[:2]), list(params.values()))
+        params = {k: (v - lr * g).detach().requires_grad_(True) for (k, v), g in zip(params.items(), grads)}
     module = raise_graph(graph)
-    stepped = {k: (v - lr * g).detach() for (k, v), g in zip(params.items(), grads)}
-    module.load_state_dict(stepped, strict=False)
+    module.load_state_dict({k: v.detach() for k, v in params.items()}, strict=False)
     return module, condition.importance()
 
 
-def choose_step_lr(bench: Bench, s: Settings, zoo: Path) -> tuple[dict, dict]:
-    """The gradient step's lr: the best mean validation accuracy on the held-out zoo members after a
+def choose_step_lr(bench: Bench, s: Settings, zoo: Path, steps: int = 1) -> tuple[dict, dict]:
+    """The T-step control's lr: the best mean validation accuracy on the held-out zoo members after a
     prune to ``select_speedup`` + recalibration (the data the metanetworks' checkpoints are chosen on)."""
     from fxmeta.io.files import load
     from fxmeta.metatrain.zoo import load_zoo
     from fxmeta.training.loop import evaluate, recalibrate_bn
 
-    path = bench.cache / "prunability-cells" / f"step-lr-{_key([str(zoo), STEP_LRS, s.select_speedup])}.json"
+    parts = [str(zoo), STEP_LRS, s.select_speedup] + ([steps] if steps != 1 else [])
+    path = bench.cache / "prunability-cells" / f"step-lr-{_key(parts)}.json"
     if path.is_file():
         scores = json.loads(path.read_text())
     else:
@@ -196,12 +217,12 @@ def choose_step_lr(bench: Bench, s: Settings, zoo: Path) -> tuple[dict, dict]:
         for lr in STEP_LRS:
             accs = []
             for member in members:
-                module, importance = gradient_step(member, bench, s.select_speedup, lr)
+                module, importance = gradient_step(member, bench, s.select_speedup, lr, steps)
                 got = bench.prune(module, "fxmeta-l2", s.select_speedup, {"importance": importance}, 0)
                 recalibrate_bn(got["module"], bench.calibration, len(bench.calibration))
                 accs.append(evaluate(got["module"], bench.loaders.val)["acc"])
             scores[str(lr)] = statistics.fmean(accs)
-            say(f"one gradient step, lr {lr:g}: held-out zoo val {scores[str(lr)]:.4f}")
+            say(f"{steps_name(steps)}, lr {lr:g}: held-out zoo val {scores[str(lr)]:.4f}")
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(scores))
     best = max(scores, key=scores.get)
@@ -238,8 +259,8 @@ def cell(bench: Bench, arch: str, seed: int, method: str, target: float, hp: dic
         elif method.startswith("metanet"):
             start, importance = _rewrite(metanets[method]["metanet"], bench, base, target)
             kind, prune_hp = "fxmeta-l2", {"importance": importance}
-        elif method == GRAD_STEP:
-            start, importance = gradient_step(base, bench, target, hp["lr"])
+        elif method in STEP_METHODS:
+            start, importance = gradient_step(base, bench, target, hp["lr"], STEP_METHODS[method])
             kind, prune_hp = "fxmeta-l2", {"importance": importance}
         elif method in ("DepGraph+SL", "prepared"):
             start, _ = bench.pre_stage(arch, seed, method, target, hp)
@@ -282,7 +303,8 @@ def write_report(s: Settings, cells: list[dict], meta: dict, trained: dict, zoo_
              "prune + recalibration (`fxmeta.training.curve`)",
              "- every method: fxmeta's BatchNorm recalibration on the same 20 training batches right after "
              "pruning, no finetune; test split (360 images) unless noted",
-             f"- {GRAD_STEP}: SGD on the masked loss, lr {meta.get('step_lr', '-')}", "",
+             *(f"- {name}: SGD on the masked loss, lr {text}" for name, text in meta.get("step_lr", {}).items()),
+             "",
              "## The objective sweep (choices on held-out zoo members' validation split only)", "",
              "| objective | settings | meta-training min | best epoch | held-out zoo score (val) | score by epoch "
              "(epoch 0 = no metanet) | zoo + meta-training per network pruned, s |", "|---|---|---|---|---|---|---|"]
@@ -295,12 +317,14 @@ def write_report(s: Settings, cells: list[dict], meta: dict, trained: dict, zoo_
     lines.append("")
     all_methods = (*methods(s), *one_epoch_methods(trained))
     budget = {m: "0 (+ amortised meta-training)" for m in all_methods if m.startswith("metanet")}
-    budget.update({m: f"0 + gradient on {trained[m]['metanet'].config.condition_batches} batches (+ amortised "
-                      "meta-training)" for m in all_methods if m.startswith("metanet (conditioned") and m in trained})
+    budget.update({m: f"0 + {_grads(trained[m]['metanet'].config.steps)} on "
+                      f"{trained[m]['metanet'].config.condition_batches} batches (+ amortised meta-training)"
+                   for m in all_methods if m.startswith("metanet (conditioned") and m in trained})
     budget.update({m: ("0 + 1 (prepare)" if m.startswith("metanet") else
                        "0 + gradient on 2 batches + 1 (prepare)" if m.startswith(GRAD_STEP) else "1 (prepare)")
                    for m in one_epoch_methods(trained)})
-    budget.update({"fxmeta-l2": "0", "random": "0", GRAD_STEP: "0 + gradient on 2 batches",
+    budget.update({m: f"0 + {_grads(t)} on 2 batches" for m, t in STEP_METHODS.items()})
+    budget.update({"fxmeta-l2": "0", "random": "0",
                    "DepGraph+SL": f"{PREPARE.pre_epochs} (sparsity learning)",
                    "prepared": f"{PREPARE.pre_epochs} (prepare)"})
     for arch in (s.family, *s.transfer):
@@ -329,7 +353,9 @@ def write_report(s: Settings, cells: list[dict], meta: dict, trained: dict, zoo_
                     if method.endswith(" + " + PREPARE_1):
                         refs.append(FIXED_1)  # the same fixed prune, trained for without anything before it
                 if method.startswith("metanet (conditioned"):  # the same data without the metanetwork
-                    refs.append(f"{GRAD_STEP} + {PREPARE_1}" if method.endswith(" + " + PREPARE_1) else GRAD_STEP)
+                    steps = trained[method.split(" + ")[0]]["metanet"].config.steps
+                    refs.append(f"{GRAD_STEP} + {PREPARE_1}" if method.endswith(" + " + PREPARE_1) else
+                                steps_name(steps))
                 diffs = []
                 for ref in refs:
                     by = {c["seed"]: c["recal_test_acc"] for c in group.get(ref, [])}
@@ -347,6 +373,10 @@ def write_report(s: Settings, cells: list[dict], meta: dict, trained: dict, zoo_
                                                                               for k, v in trained.items()},
                                                     "cells": cells}, indent=1))
     _plot(s, cells, out.with_suffix(".png"))
+
+
+def _grads(steps: int) -> str:
+    return "gradient" if steps == 1 else f"{steps} gradients"
 
 
 def _plot(s: Settings, cells: list[dict], path: Path) -> None:
@@ -396,7 +426,9 @@ def main(argv: list[str] | None = None) -> None:
     trained = {f"metanet ({name})": meta_train_once(s, zoo, name, dict(options), cache)
                for name, options in s.objectives}
     chosen = choose(bench, PREPARE.sweep_arch, {})  # benchmarks.prepare's validation choices (cached)
-    chosen[GRAD_STEP], step_scores = choose_step_lr(bench, s, zoo)
+    step_scores = {}
+    for name, steps in STEP_METHODS.items():
+        chosen[name], step_scores[name] = choose_step_lr(bench, s, zoo, steps)
     metanets = {m: {**info, "key": _key([info["best_epoch"], info["options"], str(zoo)])} for m, info in trained.items()}
     seeds = {arch: bench.usable_seeds(arch)[0] for arch in (s.family, *s.transfer)}
     cells = []
@@ -418,8 +450,9 @@ def main(argv: list[str] | None = None) -> None:
             "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores", "threads": args.threads,
             "versions": _versions(), "load_start": load_start,
             "load_end": "/".join(f"{x:.2f}" for x in os.getloadavg()), "minutes": (time.time() - t0) / 60,
-            "step_lr": f"{chosen[GRAD_STEP]['lr']:g} (held-out zoo val at {s.select_speedup:g}x by lr: "
-                       + ", ".join(f"{lr}: {100 * v:.1f}" for lr, v in step_scores.items()) + ")"}
+            "step_lr": {name: f"{chosen[name]['lr']:g} (held-out zoo val at {s.select_speedup:g}x by lr: "
+                        + ", ".join(f"{lr}: {100 * v:.1f}" for lr, v in scores.items()) + ")"
+                        for name, scores in step_scores.items()}}
     write_report(s, cells, meta, trained, zoo_seconds, seeds, RESULTS / "prunability")
     say(f"wrote {RESULTS / 'prunability.md'}")
 

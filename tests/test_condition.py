@@ -88,3 +88,38 @@ def test_a_conditioned_metanet_starts_as_the_identity_and_learns_from_its_condit
         apply_for_prune(loaded, model, x, 2.0, [])
     module, importance = apply_for_prune(loaded, model, x, 2.0, batches)
     assert prune(module, x, speedup=2.0, importance=importance).speedup >= 2.0
+
+
+def _sgd(condition, graph, batches, lr, steps):
+    """``steps`` plain SGD steps on the masked loss, by the model's parameter names."""
+    from fxmeta.ir.raising import raise_params
+
+    params = {k: v.detach().clone().requires_grad_(True) for k, v in raise_params(graph).items()
+              if k in dict(graph.module.named_parameters())}
+    for _ in range(steps):
+        grads = torch.autograd.grad(condition.masked_loss(params, batches), list(params.values()))
+        params = {k: (v - lr * g).detach().requires_grad_(True) for (k, v), g in zip(params.items(), grads)}
+    return {k: v.detach() for k, v in params.items()}
+
+
+@pytest.mark.parametrize("steps", [1, 3])
+def test_a_zero_initialised_gradient_step_head_is_exactly_sgd_and_learns_per_channel_sizes(case, steps):
+    from fxmeta.ir.raising import raise_params
+    from fxmeta.metanet.condition import rewrite_steps
+
+    model, x, batches = case
+    graph = lower(model, x)
+    condition = Condition(graph, x, 2.0)
+    net = Metanet.for_graph(graph, width=8, depth=2, ratio=1.0, condition=len(FEATURES), steps=steps, step_lr=0.05)
+    net.zero_outputs()
+    with torch.no_grad():
+        out = raise_params(rewrite_steps(net, graph, condition, batches))
+    expected = _sgd(condition, graph, batches, 0.05, steps)
+    for name, value in expected.items():
+        torch.testing.assert_close(out[name], value, rtol=1e-4, atol=1e-6, msg=name)
+    # the loss after the rewrites trains the head and the lr through every step (first-order)
+    loss = condition.masked_loss(raise_params(rewrite_steps(net, graph, condition, batches)), batches)
+    loss.backward()
+    assert net.step_head.weight.grad.abs().sum() > 0 and net.log_step_lr.grad.abs() > 0
+    with pytest.raises(FxmetaError, match="observe"):
+        net(graph, condition.features(batches))

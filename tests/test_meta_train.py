@@ -116,6 +116,10 @@ def test_prunable_objective_trains_through_the_masked_generated_network(zoo_dir,
         MetaTrainConfig(objective="other")
     with pytest.raises(Exception, match="prunable"):
         MetaTrainConfig(objective="reference", conditioned=True)
+    with pytest.raises(Exception, match="conditioned"):
+        MetaTrainConfig(objective="prunable", steps=2)
+    with pytest.raises(Exception, match="step_lr"):
+        MetaTrainConfig(objective="prunable", conditioned=True, step_lr=-1.0)
 
 
 def test_zero_init_starts_as_the_identity_and_learn_nodes_keeps_the_edges(zoo_dir):
@@ -151,18 +155,21 @@ def test_zero_init_starts_as_the_identity_and_learn_nodes_keeps_the_edges(zoo_di
         MetaTrainConfig(learn="edges")
 
 
-@pytest.mark.parametrize("objective", ["reference", "prunable", "conditioned"])
+@pytest.mark.parametrize("objective", ["reference", "prunable", "conditioned", "conditioned steps"])
 def test_two_step_meta_training_with_each_objective_scores_with_the_curve(zoo_dir, tmp_path, objective):
     from fxmeta.training.curve import calibration_batches, prunability_curve
     from fxmeta.training.data import load_data, make_loaders
 
-    out = tmp_path / objective
-    conditioned = objective == "conditioned"
+    out = tmp_path / objective.replace(" ", "_")
+    conditioned = objective.startswith("conditioned")
+    unrolled = dict(steps=2, step_lr=0.05) if objective == "conditioned steps" else {}  # a learned optimiser
     settings = dict(width=8, depth=1, batches_per_step=1, batch_size=32, speedup=1.5, eval_finetune_epochs=0,
                     eval_bn_batches=2, objective="prunable" if conditioned else objective, mask_speedups=(2.0,),
-                    conditioned=conditioned, progress=False)
+                    conditioned=conditioned, progress=False, **unrolled)
     result = meta_train(zoo_dir, out, epochs=1, **settings)  # 2 training members: 2 steps
     assert result.metanet.conditioned == conditioned
+    assert (result.metanet.config.steps, result.metanet.config.step_lr) == (unrolled.get("steps", 1),
+                                                                            unrolled.get("step_lr", 0.0))
     records = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
     steps = [r for r in records if "step" in r]
     assert len(steps) == 2 and all(("masked_ce" in r) == (objective != "reference") for r in steps)

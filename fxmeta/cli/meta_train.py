@@ -21,7 +21,8 @@ def cmd_meta_train(args: argparse.Namespace) -> int:
         eval_finetune_epochs=_given(args.eval_finetune_epochs, chosen["eval_finetune_epochs"]),
         objective="prunable" if conditioned else args.objective, mask_weight=args.mask_weight,
         mask_speedups=speedup_list(args.mask_speedups or chosen["mask_speedups"], "--mask-speedups"),
-        conditioned=conditioned, grad_batches=args.grad_batches, seed=args.seed, init=args.init,
+        conditioned=conditioned, grad_batches=args.grad_batches, steps=_given(args.steps, chosen["steps"]),
+        step_lr=_given(args.step_lr, chosen["step_lr"]), seed=args.seed, init=args.init,
         resume=args.resume, force=args.force, progress=args.progress)
     from ..io.paths import check_output
     from ..metatrain.zoo import load_zoo
@@ -41,8 +42,9 @@ def cmd_meta_train(args: argparse.Namespace) -> int:
 
 # Settings a flag left out takes. "conditioned" (the default): the best of the objective sweep on held-out
 # zoo members (benchmarks/results/prunability.md); "reference" / "prunable": the paper's.
-CONDITIONED = {"ratio": 1.0, "reg": 0.0, "eval_finetune_epochs": 0, "mask_speedups": "2,4,8"}
-PAPER = {"ratio": 0.01, "reg": 10.0, "eval_finetune_epochs": 1, "mask_speedups": None}
+CONDITIONED = {"ratio": 1.0, "reg": 0.0, "eval_finetune_epochs": 0, "mask_speedups": "2,4,8", "steps": 1,
+               "step_lr": 0.0}
+PAPER = {"ratio": 0.01, "reg": 10.0, "eval_finetune_epochs": 1, "mask_speedups": None, "steps": 1, "step_lr": 0.0}
 
 
 def _given(value, default):
@@ -102,6 +104,12 @@ def register_meta_train(sub: argparse._SubParsersAction) -> None:
                         "conditioned, --speedup otherwise)")
     p.add_argument("--grad-batches", type=int, default=2, metavar="N",
                    help="training batches of the gradient input of --objective conditioned (default: 2)")
+    p.add_argument("--steps", type=int, metavar="T",
+                   help="rewrites per use of a conditioned metanetwork, each told the gradient at the weights the "
+                        "previous one made; meta-training unrolls them (default: 1)")
+    p.add_argument("--step-lr", type=_number, metavar="LR",
+                   help="> 0: give the conditioned metanetwork a gradient-step head that starts as SGD with this "
+                        "lr on the masked loss and learns per-channel step sizes (default: 0, none)")
     p.add_argument("--seed", type=int, default=0, help="(default: 0)")
     p.add_argument("--init", metavar="FILE", help="start from this metanetwork instead of a fresh one")
     p.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")

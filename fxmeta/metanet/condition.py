@@ -22,6 +22,7 @@ given batches (the same training batches BatchNorm recalibration uses).
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, Sequence
 
 import torch
@@ -111,36 +112,75 @@ class Condition:
             loss = loss + F.cross_entropy(logits, y) / len(batches)
         return loss
 
-    def features(self, batches: Sequence[tuple[Tensor, Tensor]]) -> Tensor:
-        """The (nodes, len(FEATURES)) condition, the gradient taken on ``batches`` of (x, y)."""
+    def features(self, batches: Sequence[tuple[Tensor, Tensor]], graph: WeightGraph | None = None) -> Tensor:
+        """The (nodes, len(FEATURES)) condition, the gradient taken on ``batches`` of (x, y) at the
+        weights of ``graph`` (default: the original network's)."""
+        return self.observe(batches, graph).features
+
+    def observe(self, batches: Sequence[tuple[Tensor, Tensor]], graph: WeightGraph | None = None) -> "Observation":
+        """The condition features and the masked-loss gradient of every table of ``graph`` (a graph of
+        this network's structure; default: the original weights), taken on ``batches``."""
         if not batches:
             raise FxmetaError("a conditioned metanetwork needs at least one training batch for its gradient input")
-        graph = self.graph
+        graph = self.graph if graph is None else graph
         n = graph.num_nodes
         out = torch.zeros(n, len(FEATURES))
         out[:, :2] = self.flags
         edges = [None if la.edge is None else la.edge.detach().clone().requires_grad_(la.learned_edges)
                  for la in graph.layers]
         nodes = [None if la.node is None else la.node.detach().clone().requires_grad_(True) for la in graph.layers]
-        params = raise_params(graph.with_features(edges, nodes))
-        with torch.enable_grad():
-            loss = self.masked_loss(params, batches)
+        with torch.enable_grad():  # also inside a rewrite under no_grad
+            loss = self.masked_loss(raise_params(graph.with_features(edges, nodes)), batches)
         leaves = [t for t in (*edges, *nodes) if t is not None and t.requires_grad]
         grads = dict(zip(map(id, leaves), torch.autograd.grad(loss, leaves, allow_unused=True)))
+        edge_grads = [None if e is None else grads.get(id(e)) for e in edges]
+        node_grads = [None if x is None else grads.get(id(x)) for x in nodes]
         taylor_in, taylor_out, grad_sq = torch.zeros(n), torch.zeros(n), torch.zeros(n)
-        for layer, edge, node in zip(graph.layers, edges, nodes):
-            g = grads.get(id(edge)) if edge is not None else None
-            if g is not None:
-                taylor = (g * edge.detach()).sum(-1)  # (out, in per group)
+        for layer, edge, node, ge, gn in zip(graph.layers, edges, nodes, edge_grads, node_grads):
+            if ge is not None:
+                taylor = (ge * edge.detach()).sum(-1)  # (out, in per group)
                 taylor_in[layer.start:layer.stop] += taylor.sum(1)
-                grad_sq[layer.start:layer.stop] += g.pow(2).mean((1, 2))
+                grad_sq[layer.start:layer.stop] += ge.pow(2).mean((1, 2))
                 taylor_out.index_add_(0, layer.edge_index()[0], taylor.reshape(-1))
-            g = grads.get(id(node)) if node is not None else None
-            if g is not None:
-                taylor_in[layer.start:layer.stop] += (g * node.detach()).sum(1)
-                k = min(NODE_GRADIENTS, g.shape[1])
-                out[layer.start:layer.stop, 5:5 + k] = g[:, :k]
+            if gn is not None:
+                taylor_in[layer.start:layer.stop] += (gn * node.detach()).sum(1)
+                k = min(NODE_GRADIENTS, gn.shape[1])
+                out[layer.start:layer.stop, 5:5 + k] = gn[:, :k]
         out[:, 2], out[:, 3], out[:, 4] = taylor_in, taylor_out, grad_sq.sqrt()
         rms = out[:, 2:].pow(2).mean(0).sqrt()
         out[:, 2:] /= torch.where(rms > 0, rms, torch.ones_like(rms))
-        return out.detach()
+        return Observation(out.detach(), edge_grads, node_grads, float(loss.detach()))
+
+
+@dataclass
+class Observation:
+    """What a conditioned metanetwork sees of a network: the (nodes, len(FEATURES)) features and the
+    raw masked-loss gradient of each layer's edge and node table (None where a table has none or
+    is not learned), as the gradient-step head (``MetanetConfig.step_lr``) uses it."""
+
+    features: Tensor
+    edges: list[Tensor | None]
+    nodes: list[Tensor | None]
+    loss: float = float("nan")
+
+
+def rewrite_steps(metanet: Any, graph: WeightGraph, condition: Condition, batches: Sequence[tuple[Tensor, Tensor]],
+                  steps: int | None = None) -> WeightGraph:
+    """``steps`` (default: the metanetwork's ``config.steps``) conditioned rewrites, each told the
+    gradient at the weights the previous one produced, all on the same ``batches``.
+
+    The observations are data (no gradient flows through them); each rewrite's change is kept on
+    the path to the result, so a loss on the last graph trains every rewrite (first-order, as
+    learned optimisers are usually trained)."""
+    steps = metanet.config.steps if steps is None else steps
+    for _ in range(steps):
+        seen = condition.observe(batches, graph)
+        new = metanet(graph, seen)
+        # new = detach(graph) + change; put the change on top of graph itself, so earlier changes keep
+        # their gradient path
+        edges = [n if o is None or n is None or n is o else o + (n - o.detach())
+                 for o, n in zip((la.edge for la in graph.layers), (la.edge for la in new.layers))]
+        nodes = [n if o is None or n is None or n is o else o + (n - o.detach())
+                 for o, n in zip((la.node for la in graph.layers), (la.node for la in new.layers))]
+        graph = graph.with_features(edges, nodes)
+    return graph

@@ -36,6 +36,7 @@ forward time.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -73,6 +74,12 @@ class MetanetConfig:
     # node inputs that announce the prune (fxmeta.metanet.condition); 0: an unconditioned metanet
     condition: int = 0
     condition_batches: int = 2  # training batches its gradient input is taken on
+    # rewrites per use, each told the gradient at the previous one's weights (metanet.condition.rewrite_steps)
+    steps: int = 1
+    # > 0: a gradient-step head (a conditioned metanet only): every table also moves by
+    # -lr * u_i * v_j * gradient, u and v learned per node (1 at the start), lr learned from this value;
+    # with zero-initialised decoders the metanet then starts as exactly this SGD step
+    step_lr: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -165,6 +172,15 @@ class Metanet(nn.Module):
         self.layers = nn.ModuleList(_MPLayer(d) for _ in range(config.depth))
         if config.condition:
             self.condition = nn.Linear(config.condition, d)  # added to every node's encoding
+        if config.step_lr < 0 or config.steps < 1 or (config.step_lr and not config.condition):
+            raise FxmetaError(f"a metanet needs steps >= 1 and step_lr >= 0, and a gradient-step head only works "
+                              f"conditioned; got steps {config.steps}, step_lr {config.step_lr}, condition "
+                              f"{config.condition}")
+        if config.step_lr:
+            self.step_head = nn.Linear(d, 2)  # per node: its step scale as a receiver (u) and as a sender (v)
+            nn.init.zeros_(self.step_head.weight)
+            nn.init.zeros_(self.step_head.bias)
+            self.log_step_lr = nn.Parameter(torch.tensor(math.log(config.step_lr)))
         self.register_buffer("flip", torch.cat([torch.ones(d // 2), -torch.ones(d - d // 2)]), persistent=False)
         # edge states, their gradients and decoded edges reuse the previous step's memory (metanet/pool.py);
         # ``net.pool.clear()`` hands it back
@@ -172,10 +188,11 @@ class Metanet(nn.Module):
 
     @classmethod
     def for_graph(cls, graph: WeightGraph, width: int = 32, depth: int = 6, ratio: float = 0.01,
-                  chunk: int = 1 << 20, scatter: str = "auto", condition: int = 0) -> "Metanet":
-        """A metanet for the node and edge kinds of ``graph`` (kinds are stored in its config)."""
+                  chunk: int = 1 << 20, scatter: str = "auto", condition: int = 0, **config: Any) -> "Metanet":
+        """A metanet for the node and edge kinds of ``graph`` (kinds are stored in its config); ``config``:
+        further MetanetConfig fields (``steps``, ``step_lr``, ...)."""
         nodes, edges = kinds_of(graph)
-        return cls(MetanetConfig(nodes, edges, width, depth, ratio, chunk, condition), scatter=scatter)
+        return cls(MetanetConfig(nodes, edges, width, depth, ratio, chunk, condition, **config), scatter=scatter)
 
     def zero_outputs(self, edges: bool = True, nodes: bool = True) -> None:
         """Set the decoders' last layers to zero: the metanet becomes the identity on graphs.
@@ -211,14 +228,20 @@ class Metanet(nn.Module):
     def conditioned(self) -> bool:
         return self.config.condition > 0
 
-    def forward(self, graph: WeightGraph, condition: Tensor | None = None) -> WeightGraph:
+    def forward(self, graph: WeightGraph, condition: Any = None) -> WeightGraph:
         """A graph of the same structure with new features, differentiable w.r.t. this module.
 
         The input graph is data: no gradient flows into its tables. A conditioned metanet
         (``config.condition > 0``) also takes the (nodes, condition) features of
-        ``fxmeta.metanet.condition.Condition.features``.
+        ``fxmeta.metanet.condition.Condition.features``, or the ``Observation`` of
+        ``Condition.observe`` (which a gradient-step head needs: it holds the gradients).
         """
         self.check_graph(graph)
+        seen = None
+        if hasattr(condition, "features"):
+            seen, condition = condition, condition.features
+        if self.config.step_lr and seen is None:
+            raise FxmetaError("this metanet takes a gradient step: give it Condition.observe(...), not the features")
         if self.conditioned:
             if condition is None or tuple(condition.shape) != (graph.num_nodes, self.config.condition):
                 got = "none" if condition is None else tuple(condition.shape)
@@ -278,7 +301,29 @@ class Metanet(nn.Module):
 
         new_edges = self._decoded_edges(graph, blocks, decoded)
         new_nodes = self._decode_nodes(graph, h)
+        if seen is not None and self.config.step_lr:
+            new_edges, new_nodes = self._gradient_step(graph, h, seen, new_edges, new_nodes)
         return graph.with_features(new_edges, new_nodes)
+
+    def _gradient_step(self, graph: WeightGraph, h: Tensor, seen: Any, edges: list, nodes: list) -> tuple[list, list]:
+        """Add ``-lr * u_i * v_j * g_ij`` to every learned edge (i receives, j sends) and ``-lr * u_i * g_i``
+        to the learned columns of every node table: an SGD step whose per-channel sizes the metanet sets."""
+        scale = F.softplus(self.step_head(h) + math.log(math.e - 1))  # 1 at the start
+        lr = self.log_step_lr.exp()
+        u, v = scale[:, 0], scale[:, 1]
+        learned = learned_columns(graph)
+        edges, nodes = list(edges), list(nodes)
+        for index, (layer, ge, gn) in enumerate(zip(graph.layers, seen.edges, seen.nodes)):
+            if ge is not None and layer.edge is not None and layer.learned_edges:
+                rows, cols = layer.edge.shape[:2]
+                src = layer.edge_index()[0].view(rows, cols, 1)
+                size = u[layer.start:layer.stop].view(rows, 1, 1) * v[src]
+                edges[index] = edges[index] - (lr * size * ge.to(h.dtype)).to(layer.edge.dtype)
+            mask = learned.get(index)
+            if gn is not None and nodes[index] is not None and mask is not None and bool(mask.any()):
+                step = lr * u[layer.start:layer.stop, None] * gn.to(h.dtype)
+                nodes[index] = torch.where(mask, nodes[index] - step.to(layer.node.dtype), nodes[index])
+        return edges, nodes
 
     @staticmethod
     def _node_order(parts: list[tuple[int, Tensor]], n: int, d: int, dtype: torch.dtype) -> Tensor:

@@ -18,9 +18,14 @@ from .files import load_metanet_file
 
 def rewrite(metanet: Any, graph: WeightGraph, condition: Tensor | None = None) -> WeightGraph:
     """One metanetwork forward pass over ``graph``, without gradients, in eval mode."""
+    return _guarded(metanet, lambda: metanet(graph) if condition is None else metanet(graph, condition))
+
+
+def _guarded(metanet: Any, run: Any) -> WeightGraph:
+    """``run()`` without gradients, ``metanet`` in eval mode, failures as clear errors."""
     try:
         with torch.no_grad(), eval_mode(metanet):
-            out = metanet(graph) if condition is None else metanet(graph, condition)
+            out = run()
     except FxmetaError:
         raise
     except Exception as exc:  # noqa: BLE001 - e.g. a layer kind the metanetwork was not trained on
@@ -61,13 +66,14 @@ def rewrite_for_prune(metanet: Any, graph: WeightGraph, example_input: Any, spee
 
     An unconditioned metanetwork rewrites as :func:`rewrite` and the importance stays; a
     conditioned one (``fxmeta.metanet.condition``) is told the prune of the original weights
-    and the masked-loss gradient on ``batches`` (its ``condition_batches`` first ones), and the
-    returned importance makes ``fxmeta.prune`` (with the same ``round_to``, ``min_keep`` and
-    ``ignore``) remove exactly the channels it was told."""
+    and the masked-loss gradient on ``batches`` (its ``condition_batches`` first ones), as many
+    times as it was trained to rewrite (``config.steps``), and the returned importance makes
+    ``fxmeta.prune`` (with the same ``round_to``, ``min_keep`` and ``ignore``) remove exactly the
+    channels it was told."""
     metanet = _load(metanet)
     if not getattr(metanet, "conditioned", False):
         return rewrite(metanet, graph), importance
-    from .condition import Condition
+    from .condition import Condition, rewrite_steps
 
     need = metanet.config.condition_batches
     batches = list(batches)[:need]
@@ -75,7 +81,8 @@ def rewrite_for_prune(metanet: Any, graph: WeightGraph, example_input: Any, spee
         raise FxmetaError("this metanetwork is conditioned on the prune and needs training batches for its "
                           "gradient input; give data (--data)")
     condition = Condition(graph, example_input, speedup, importance, round_to, min_keep, ignore)
-    return rewrite(metanet, graph, condition.features(batches)), condition.importance()
+    out = _guarded(metanet, lambda: rewrite_steps(metanet, graph, condition, batches))
+    return out, condition.importance()
 
 
 def apply_for_prune(metanet: Any, model: nn.Module, example_input: Any, speedup: float,

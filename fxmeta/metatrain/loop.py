@@ -55,6 +55,8 @@ class MetaTrainConfig:
     (``fxmeta.metanet.condition``): per step the target's channels are fixed from the member's
     original weights, its nodes get the removal flags and the masked-loss gradient on
     ``grad_batches`` training batches, and the masked term removes exactly those channels.
+    ``steps`` rewrites are unrolled per step (each told the gradient at the previous one's
+    weights); ``step_lr > 0`` adds the gradient-step head (``MetanetConfig.step_lr``).
     """
 
     epochs: int = 20
@@ -79,6 +81,8 @@ class MetaTrainConfig:
     mask_speedups: tuple[float, ...] = ()
     conditioned: bool = False
     grad_batches: int = 2
+    steps: int = 1  # rewrites per use of a conditioned metanet, each told a fresh gradient
+    step_lr: float = 0.0  # > 0: a gradient-step head starting at this lr (MetanetConfig.step_lr)
     seed: int = 0
     init: str | None = None  # start from this metanet file instead of a fresh one
     resume: bool = False
@@ -101,6 +105,12 @@ class MetaTrainConfig:
                             "(--objective prunable)")
         if self.grad_batches < 1:
             raise SpecError(f"grad_batches must be >= 1, got {self.grad_batches}")
+        if self.steps < 1 or not math.isfinite(self.step_lr) or self.step_lr < 0:
+            raise SpecError(f"need steps >= 1 and a finite step_lr >= 0, got steps {self.steps}, "
+                            f"step_lr {self.step_lr}")
+        if (self.steps > 1 or self.step_lr) and not self.conditioned:
+            raise SpecError("steps and step_lr are settings of a conditioned metanetwork (conditioned=True, "
+                            "--objective conditioned)")
         if not math.isfinite(self.mask_weight) or self.mask_weight < 0:
             raise SpecError(f"mask_weight must be a finite number >= 0, got {self.mask_weight}")
         self.mask_speedups = tuple(float(s) for s in self.mask_speedups)
@@ -311,7 +321,7 @@ def _make_metanet(graphs: list[WeightGraph], config: MetaTrainConfig) -> Metanet
 
     condition = len(FEATURES) if config.conditioned else 0
     net = Metanet(MetanetConfig(nodes, edges, config.width, config.depth, config.ratio, condition=condition,
-                                condition_batches=config.grad_batches))
+                                condition_batches=config.grad_batches, steps=config.steps, step_lr=config.step_lr))
     if config.zero_init:
         net.zero_outputs()
     _restrict(net, config.learn)
@@ -340,8 +350,10 @@ def _train_step(net: Metanet, optimizer: torch.optim.Optimizer, data_model: _Dat
         targets = list(data_model.conditions)
         pick = int(torch.randint(len(targets), (), generator=picks)) if len(targets) > 1 and picks is not None else 0
         condition = data_model.conditions[targets[pick]]
-        features = condition.features([next(batches) for _ in range(config.grad_batches)])
-        params = raise_params(net(data_model.graph, features))
+        from ..metanet.condition import rewrite_steps
+
+        told = [next(batches) for _ in range(config.grad_batches)]
+        params = raise_params(rewrite_steps(net, data_model.graph, condition, told))
         masked_net = condition.network.gm
     else:
         params = raise_params(net(data_model.graph))
@@ -396,12 +408,16 @@ def _validate(net: Metanet | None, models: list[_DataModel], loaders, example: t
         graph, importance = data_model.graph, "l2"
         if net is not None:
             net.eval()
-            condition = None
             if net.conditioned:  # told the prune to the validation target; gradient on fixed training batches
+                from ..metanet.condition import rewrite_steps
+
                 fixed = data_model.condition(config.speedup)
-                condition, importance = fixed.features(grad_batches), fixed.importance()
-            with torch.no_grad():
-                graph = net(graph, condition)
+                importance = fixed.importance()
+                with torch.no_grad():
+                    graph = rewrite_steps(net, graph, fixed, grad_batches)
+            else:
+                with torch.no_grad():
+                    graph = net(graph)
         module = raise_graph(graph).eval()
         for p in module.parameters():
             p.requires_grad_(True)  # the data model's were switched off; the finetune trains them
