@@ -69,7 +69,8 @@ def one_epoch_methods(trained: dict) -> tuple[str, ...]:
     """k = 1 on the family itself: one prepare epoch alone, and after the metanetwork with the best
     held-out zoo score (validation), to see whether the metanetwork amortises part of prepare."""
     best = max(trained, key=lambda m: trained[m]["best_score"])
-    return PREPARE_1, FIXED_1, f"{best} + {PREPARE_1}", f"{GRAD_STEP} + {PREPARE_1}"
+    controls = dict.fromkeys((GRAD_STEP, steps_name(trained[best]["metanet"].config.steps)))  # its T steps too
+    return PREPARE_1, FIXED_1, f"{best} + {PREPARE_1}", *(f"{c} + {PREPARE_1}" for c in controls)
 
 
 def methods(s: "Settings") -> tuple[str, ...]:
@@ -120,9 +121,11 @@ class Settings:
         ("conditioned step T1", (("objective", "prunable"), ("conditioned", True), ("mask_speedups", (2.0, 4.0, 8.0)),
                                  ("mask_weight", 1.0), ("reg", 0.0), ("ratio", 1.0), ("zero_init", True),
                                  ("step_lr", 0.03))),
-        ("conditioned step T3", (("objective", "prunable"), ("conditioned", True), ("mask_speedups", (2.0, 4.0, 8.0)),
-                                 ("mask_weight", 1.0), ("reg", 0.0), ("ratio", 1.0), ("zero_init", True),
-                                 ("step_lr", 0.1), ("steps", 3))),
+        # the same with only the pruned network's loss (its unpruned accuracy is never used: the prune is fixed)
+        ("conditioned step T3 masked only", (("objective", "prunable"), ("conditioned", True),
+                                             ("mask_speedups", (2.0, 4.0, 8.0)), ("mask_weight", 1.0), ("ce_weight", 0.0),
+                                             ("reg", 0.0), ("ratio", 1.0), ("zero_init", True), ("step_lr", 0.1),
+                                             ("steps", 3))),
     )
 
 
@@ -248,8 +251,9 @@ def cell(bench: Bench, arch: str, seed: int, method: str, target: float, hp: dic
             start, importance = copy.deepcopy(base), "l2"
             if method.startswith("metanet"):
                 start, importance = _rewrite(metanets[method.split(" + ")[0]]["metanet"], bench, start, target)
-            elif method.startswith(GRAD_STEP):  # the control: the same data as a step, then the same epoch
-                start, importance = gradient_step(start, bench, target, hp["step_lr"])
+            elif method.split(" + ")[0] in STEP_METHODS:  # the control: the same data as steps, then the epoch
+                start, importance = gradient_step(start, bench, target, hp["step_lr"],
+                                                  STEP_METHODS[method.split(" + ")[0]])
             elif method == FIXED_1:  # what the two above share: the prune fixed from the original weights
                 importance = bench.told_importance(arch, seed, target)
             config = bench.train_config(1, hp["lr"], seed)
@@ -321,7 +325,8 @@ def write_report(s: Settings, cells: list[dict], meta: dict, trained: dict, zoo_
                       f"{trained[m]['metanet'].config.condition_batches} batches (+ amortised meta-training)"
                    for m in all_methods if m.startswith("metanet (conditioned") and m in trained})
     budget.update({m: ("0 + 1 (prepare)" if m.startswith("metanet") else
-                       "0 + gradient on 2 batches + 1 (prepare)" if m.startswith(GRAD_STEP) else "1 (prepare)")
+                       f"0 + {_grads(STEP_METHODS[m.split(' + ')[0]])} on 2 batches + 1 (prepare)"
+                       if m.split(" + ")[0] in STEP_METHODS else "1 (prepare)")
                    for m in one_epoch_methods(trained)})
     budget.update({m: f"0 + {_grads(t)} on 2 batches" for m, t in STEP_METHODS.items()})
     budget.update({"fxmeta-l2": "0", "random": "0",
@@ -347,14 +352,15 @@ def write_report(s: Settings, cells: list[dict], meta: dict, trained: dict, zoo_
                     continue
                 m, sd = _mean_std([c["recal_test_acc"] for c in ok])
                 refs = []
-                if method.startswith("metanet") or method.startswith("prepared") or method.startswith(GRAD_STEP):
+                if method.startswith("metanet") or method.startswith("prepared") or \
+                        method.split(" + ")[0] in STEP_METHODS:
                     # a metanetwork before one prepare epoch is compared with that epoch alone (the oracle)
                     refs.append(PREPARE_1 if method.endswith(" + " + PREPARE_1) or method == FIXED_1 else best)
                     if method.endswith(" + " + PREPARE_1):
                         refs.append(FIXED_1)  # the same fixed prune, trained for without anything before it
                 if method.startswith("metanet (conditioned"):  # the same data without the metanetwork
                     steps = trained[method.split(" + ")[0]]["metanet"].config.steps
-                    refs.append(f"{GRAD_STEP} + {PREPARE_1}" if method.endswith(" + " + PREPARE_1) else
+                    refs.append(f"{steps_name(steps)} + {PREPARE_1}" if method.endswith(" + " + PREPARE_1) else
                                 steps_name(steps))
                 diffs = []
                 for ref in refs:
@@ -441,8 +447,9 @@ def main(argv: list[str] | None = None) -> None:
     for seed in seeds[s.family]:
         for target in s.targets:
             for method in one_epoch_methods(trained):
-                hp = chosen["prepared"] if not method.startswith(GRAD_STEP) else \
-                    {**chosen["prepared"], "step_lr": chosen[GRAD_STEP]["lr"]}
+                control = method.split(" + ")[0]
+                hp = chosen["prepared"] if control not in STEP_METHODS else \
+                    {**chosen["prepared"], "step_lr": chosen[control]["lr"]}
                 cells.append(cell(bench, s.family, seed, method, target, hp, metanets))
     meta = {"command": "python -m benchmarks.prunability" + (" --no-transfer" if args.no_transfer else "")
             + (f" --threads {args.threads}" if args.threads != 1 else ""),

@@ -120,6 +120,8 @@ def test_prunable_objective_trains_through_the_masked_generated_network(zoo_dir,
         MetaTrainConfig(objective="prunable", steps=2)
     with pytest.raises(Exception, match="step_lr"):
         MetaTrainConfig(objective="prunable", conditioned=True, step_lr=-1.0)
+    with pytest.raises(Exception, match="nothing to train"):
+        MetaTrainConfig(objective="reference", ce_weight=0.0)
 
 
 def test_zero_init_starts_as_the_identity_and_learn_nodes_keeps_the_edges(zoo_dir):
@@ -162,7 +164,8 @@ def test_two_step_meta_training_with_each_objective_scores_with_the_curve(zoo_di
 
     out = tmp_path / objective.replace(" ", "_")
     conditioned = objective.startswith("conditioned")
-    unrolled = dict(steps=2, step_lr=0.05) if objective == "conditioned steps" else {}  # a learned optimiser
+    # a learned optimiser, trained on the pruned network's loss alone
+    unrolled = dict(steps=2, step_lr=0.05, ce_weight=0.0) if objective == "conditioned steps" else {}
     settings = dict(width=8, depth=1, batches_per_step=1, batch_size=32, speedup=1.5, eval_finetune_epochs=0,
                     eval_bn_batches=2, objective="prunable" if conditioned else objective, mask_speedups=(2.0,),
                     conditioned=conditioned, progress=False, **unrolled)

@@ -20,6 +20,7 @@ def cmd_meta_train(args: argparse.Namespace) -> int:
         batch_size=args.batch_size, speedup=args.speedup, eval_bn_batches=args.eval_bn_batches,
         eval_finetune_epochs=_given(args.eval_finetune_epochs, chosen["eval_finetune_epochs"]),
         objective="prunable" if conditioned else args.objective, mask_weight=args.mask_weight,
+        ce_weight=_given(args.ce_weight, chosen["ce_weight"]),
         mask_speedups=speedup_list(args.mask_speedups or chosen["mask_speedups"], "--mask-speedups"),
         conditioned=conditioned, grad_batches=args.grad_batches, steps=_given(args.steps, chosen["steps"]),
         step_lr=_given(args.step_lr, chosen["step_lr"]), seed=args.seed, init=args.init,
@@ -43,8 +44,9 @@ def cmd_meta_train(args: argparse.Namespace) -> int:
 # Settings a flag left out takes. "conditioned" (the default): the best of the objective sweep on held-out
 # zoo members (benchmarks/results/prunability.md); "reference" / "prunable": the paper's.
 CONDITIONED = {"ratio": 1.0, "reg": 0.0, "eval_finetune_epochs": 0, "mask_speedups": "2,4,8", "steps": 1,
-               "step_lr": 0.0}
-PAPER = {"ratio": 0.01, "reg": 10.0, "eval_finetune_epochs": 1, "mask_speedups": None, "steps": 1, "step_lr": 0.0}
+               "step_lr": 0.0, "ce_weight": 1.0}
+PAPER = {"ratio": 0.01, "reg": 10.0, "eval_finetune_epochs": 1, "mask_speedups": None, "steps": 1, "step_lr": 0.0,
+         "ce_weight": 1.0}
 
 
 def _given(value, default):
@@ -99,6 +101,9 @@ def register_meta_train(sub: argparse._SubParsersAction) -> None:
                         "networks: benchmarks/results/prunability.md)")
     p.add_argument("--mask-weight", type=_number, default=1.0, metavar="W",
                    help="weight of the masked term of --objective prunable (default: 1)")
+    p.add_argument("--ce-weight", type=_number, metavar="W",
+                   help="weight of the generated network's own cross-entropy (0: only the pruned network's loss "
+                        "counts, --objective prunable or conditioned; default: 1)")
     p.add_argument("--mask-speedups", metavar="X[,Y...]",
                    help="FLOPs targets of the masked term, one drawn per step (default: 2,4,8 with --objective "
                         "conditioned, --speedup otherwise)")

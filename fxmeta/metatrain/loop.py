@@ -49,7 +49,8 @@ class MetaTrainConfig:
     ``objective="prunable"`` adds the prunability term (``fxmeta.pruning.masking``): the
     cross-entropy of the generated network with the channels that a prune to a target
     speed-up (one of ``mask_speedups``, drawn per step; default ``speedup``) would remove
-    from it masked out, BatchNorm on batch statistics, weighted by ``mask_weight``.
+    from it masked out, BatchNorm on batch statistics, weighted by ``mask_weight``; the generated
+    network's own cross-entropy is weighted by ``ce_weight`` (0: only the pruned network counts).
 
     ``conditioned=True`` (prunable objective only) trains a metanetwork that is told the prune
     (``fxmeta.metanet.condition``): per step the target's channels are fixed from the member's
@@ -78,6 +79,7 @@ class MetaTrainConfig:
     zero_init: bool = False  # decoders' last layers start at zero (Metanet.zero_outputs): identity at step 0
     learn: str = "all"  # "all" | "nodes": with "nodes" only node tables (norm scales, biases) change
     mask_weight: float = 1.0
+    ce_weight: float = 1.0
     mask_speedups: tuple[float, ...] = ()
     conditioned: bool = False
     grad_batches: int = 2
@@ -111,8 +113,11 @@ class MetaTrainConfig:
         if (self.steps > 1 or self.step_lr) and not self.conditioned:
             raise SpecError("steps and step_lr are settings of a conditioned metanetwork (conditioned=True, "
                             "--objective conditioned)")
-        if not math.isfinite(self.mask_weight) or self.mask_weight < 0:
-            raise SpecError(f"mask_weight must be a finite number >= 0, got {self.mask_weight}")
+        for name in ("mask_weight", "ce_weight"):
+            if not math.isfinite(getattr(self, name)) or getattr(self, name) < 0:
+                raise SpecError(f"{name} must be a finite number >= 0, got {getattr(self, name)}")
+        if self.ce_weight == 0 and (self.objective != "prunable" or self.mask_weight == 0):
+            raise SpecError("ce_weight=0 leaves nothing to train: it needs the prunable objective with mask_weight > 0")
         self.mask_speedups = tuple(float(s) for s in self.mask_speedups)
         if any(not math.isfinite(s) or s < 1 for s in self.mask_speedups):
             raise SpecError(f"mask speed-ups must be finite numbers >= 1, got {self.mask_speedups}")
@@ -375,7 +380,7 @@ def _train_step(net: Metanet, optimizer: torch.optim.Optimizer, data_model: _Dat
         correct += int((out.argmax(1) == y).sum())
         total += len(y)
     penalty = data_model.regularizer(params)
-    loss = ce_scale * (ce + config.mask_weight * masked_ce) + penalty
+    loss = ce_scale * (config.ce_weight * ce + config.mask_weight * masked_ce) + penalty
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     optimizer.step()
