@@ -155,6 +155,29 @@ def test_zero_init_starts_as_the_identity_and_learn_nodes_keeps_the_edges(zoo_di
         assert nodes_moved and edges_moved == (learn == "all")
     with pytest.raises(Exception, match="learn"):
         MetaTrainConfig(learn="edges")
+    with pytest.raises(Exception, match="step_lr"):
+        MetaTrainConfig(learn="step", objective="prunable", conditioned=True)
+
+
+def test_learn_step_trains_only_the_step_sizes_of_an_sgd_start(zoo_dir):
+    from fxmeta.metatrain.loop import MetaTrainConfig, _make_metanet, _prepare, _train_step
+
+    zoo = load_zoo(zoo_dir)
+    example = torch.randn(1, 1, 8, 8)
+    x, y = torch.randn(32, 1, 8, 8), torch.randint(0, 10, (32,))
+    config = MetaTrainConfig(objective="prunable", conditioned=True, mask_speedups=(2.0,), width=8, depth=1,
+                             ratio=1.0, learn="step", step_lr=0.05, steps=2, ce_weight=0.0, batches_per_step=1,
+                             batch_size=32, grad_batches=1, progress=False, reg=0.0)
+    data_model = _prepare(zoo.path(zoo.members[0]), example, config)
+    net = _make_metanet([data_model.graph], config)
+    decoders = {k: v.clone() for k, v in net.state_dict().items() if ".dec." in k}
+    head = net.step_head.weight.clone()
+    optimizer = torch.optim.AdamW([p for p in net.parameters() if p.requires_grad], lr=1e-2)
+    for _ in range(2):
+        record = _train_step(net, optimizer, data_model, iter([(x, y)] * 8), config, 1, torch.Generator())
+    assert record["masked_ce"] > 0 and record["ce"] > 0  # the unpruned loss is logged, not trained on
+    assert all(torch.equal(net.state_dict()[k], v) for k, v in decoders.items())
+    assert not torch.equal(net.step_head.weight, head)
 
 
 @pytest.mark.parametrize("objective", ["reference", "prunable", "conditioned", "conditioned steps"])

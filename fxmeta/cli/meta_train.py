@@ -75,9 +75,9 @@ def register_meta_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--zero-init", action="store_true",
                    help="start the decoders' last layers at zero: the metanet begins as the identity, so a large "
                         "--ratio (e.g. 1) is safe (always on with --objective conditioned)")
-    p.add_argument("--learn", choices=["all", "nodes"], default="all",
-                   help="what the metanet may change: all tables, or only node tables (norm scales and shifts, "
-                        "biases) (default: all)")
+    p.add_argument("--learn", choices=["all", "nodes", "step"], default="all",
+                   help="what the metanet may change: all tables, only node tables (norm scales and shifts, "
+                        "biases), or only the step sizes of its gradient-step head (--step-lr) (default: all)")
     p.add_argument("--reg", type=float,
                    help="group-sparsity strength (default: 0 with --objective conditioned, 10 otherwise)")
     p.add_argument("--alpha", type=float, default=16.0, help="group-sparsity weighting base (default: 16)")

@@ -77,7 +77,9 @@ class MetaTrainConfig:
     eval_finetune_epochs: int = 1
     objective: str = "reference"  # "reference" | "prunable"
     zero_init: bool = False  # decoders' last layers start at zero (Metanet.zero_outputs): identity at step 0
-    learn: str = "all"  # "all" | "nodes": with "nodes" only node tables (norm scales, biases) change
+    # "all" | "nodes" | "step": with "nodes" only node tables (norm scales, biases) change; with "step" the
+    # decoders stay zero and only the gradient-step head's per-channel sizes and lr are learned
+    learn: str = "all"
     mask_weight: float = 1.0
     ce_weight: float = 1.0
     mask_speedups: tuple[float, ...] = ()
@@ -98,8 +100,10 @@ class MetaTrainConfig:
             raise SpecError("need eval_bn_batches >= 0 and eval_finetune_epochs >= 0")
         if self.speedup < 1.0:
             raise SpecError(f"speedup must be >= 1, got {self.speedup}")
-        if self.learn not in ("all", "nodes"):
-            raise SpecError(f"learn={self.learn!r} is not one of all, nodes")
+        if self.learn not in ("all", "nodes", "step"):
+            raise SpecError(f"learn={self.learn!r} is not one of all, nodes, step")
+        if self.learn == "step" and not self.step_lr:
+            raise SpecError("learn='step' learns the gradient-step head: it needs step_lr > 0 (--step-lr)")
         if self.objective not in ("reference", "prunable"):
             raise SpecError(f"objective={self.objective!r} is not one of reference, prunable")
         if self.conditioned and self.objective != "prunable":
@@ -336,6 +340,11 @@ def _make_metanet(graphs: list[WeightGraph], config: MetaTrainConfig) -> Metanet
 def _restrict(net: Metanet, learn: str) -> None:
     """With ``learn="nodes"`` the edge decoders output zero and are not trained: only node tables
     (norm scales and shifts, biases) change, a far smaller space to generalise in."""
+    if learn == "step":
+        net.zero_outputs()
+        for codec in (*net.edge_codecs.values(), *net.node_codecs.values()):
+            if hasattr(codec, "dec"):
+                codec.dec.requires_grad_(False)
     if learn == "nodes":
         net.zero_outputs(nodes=False)
         for codec in net.edge_codecs.values():
