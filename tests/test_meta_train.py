@@ -120,6 +120,8 @@ def test_prunable_objective_trains_through_the_masked_generated_network(zoo_dir,
         MetaTrainConfig(objective="prunable", steps=2)
     with pytest.raises(Exception, match="step_lr"):
         MetaTrainConfig(objective="prunable", conditioned=True, step_lr=-1.0)
+    with pytest.raises(Exception, match="zero_init"):
+        MetaTrainConfig(objective="prunable", conditioned=True, step_lr=0.1, step_lrs=(0.1, 0.3))
     with pytest.raises(Exception, match="nothing to train"):
         MetaTrainConfig(objective="reference", ce_weight=0.0)
 
@@ -188,14 +190,20 @@ def test_two_step_meta_training_with_each_objective_scores_with_the_curve(zoo_di
     out = tmp_path / objective.replace(" ", "_")
     conditioned = objective.startswith("conditioned")
     # a learned optimiser, trained on the pruned network's loss alone
-    unrolled = dict(steps=2, step_lr=0.05, ce_weight=0.0) if objective == "conditioned steps" else {}
+    unrolled = dict(steps=2, step_lr=0.05, step_lrs=(0.05, 0.5), zero_init=True, ce_weight=0.0) \
+        if objective == "conditioned steps" else {}
     settings = dict(width=8, depth=1, batches_per_step=1, batch_size=32, speedup=1.5, eval_finetune_epochs=0,
                     eval_bn_batches=2, objective="prunable" if conditioned else objective, mask_speedups=(2.0,),
                     conditioned=conditioned, progress=False, **unrolled)
     result = meta_train(zoo_dir, out, epochs=1, **settings)  # 2 training members: 2 steps
     assert result.metanet.conditioned == conditioned
-    assert (result.metanet.config.steps, result.metanet.config.step_lr) == (unrolled.get("steps", 1),
-                                                                            unrolled.get("step_lr", 0.0))
+    records = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    assert result.metanet.config.steps == unrolled.get("steps", 1)
+    if unrolled:  # the start lr: the better SGD of the candidates on the held-out member
+        starts = {r["step_lr"]: r["score"] for r in records if "step_lr" in r}
+        assert sorted(starts) == [0.05, 0.5] and result.metanet.config.step_lr == max(starts, key=starts.get)
+    else:
+        assert result.metanet.config.step_lr == 0.0
     records = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
     steps = [r for r in records if "step" in r]
     assert len(steps) == 2 and all(("masked_ce" in r) == (objective != "reference") for r in steps)

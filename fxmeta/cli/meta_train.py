@@ -23,7 +23,7 @@ def cmd_meta_train(args: argparse.Namespace) -> int:
         ce_weight=_given(args.ce_weight, chosen["ce_weight"]),
         mask_speedups=speedup_list(args.mask_speedups or chosen["mask_speedups"], "--mask-speedups"),
         conditioned=conditioned, grad_batches=args.grad_batches, steps=_given(args.steps, chosen["steps"]),
-        step_lr=_given(args.step_lr, chosen["step_lr"]), seed=args.seed, init=args.init,
+        **_step_lr(_given(args.step_lr, chosen["step_lr"])), seed=args.seed, init=args.init,
         resume=args.resume, force=args.force, progress=args.progress)
     from ..io.paths import check_output
     from ..metatrain.zoo import load_zoo
@@ -51,6 +51,20 @@ PAPER = {"ratio": 0.01, "reg": 10.0, "eval_finetune_epochs": 1, "mask_speedups":
 
 def _given(value, default):
     return default if value is None else value
+
+
+STEP_LRS = (0.01, 0.03, 0.1, 0.3, 1.0)  # what --step-lr auto tries
+
+
+def _step_lr(value) -> dict:
+    """--step-lr: a number, or auto (the start lr chosen on the held-out members among STEP_LRS)."""
+    if value == "auto":
+        return {"step_lr": STEP_LRS[0], "step_lrs": STEP_LRS}
+    return {"step_lr": float(value)}
+
+
+def _step_lr_flag(text: str):
+    return "auto" if text == "auto" else _number(text)
 
 
 def register_meta_train(sub: argparse._SubParsersAction) -> None:
@@ -112,9 +126,11 @@ def register_meta_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--steps", type=int, metavar="T",
                    help="rewrites per use of a conditioned metanetwork, each told the gradient at the weights the "
                         "previous one made; meta-training unrolls them (default: 1)")
-    p.add_argument("--step-lr", type=_number, metavar="LR",
+    p.add_argument("--step-lr", type=_step_lr_flag, metavar="LR|auto",
                    help="> 0: give the conditioned metanetwork a gradient-step head that starts as SGD with this "
-                        "lr on the masked loss and learns per-channel step sizes (default: 0, none)")
+                        "lr on the masked loss and learns per-channel step sizes; auto: the best of "
+                        f"{', '.join(map(str, STEP_LRS))} for --steps SGD steps on the held-out members "
+                        "(default: 0, none)")
     p.add_argument("--seed", type=int, default=0, help="(default: 0)")
     p.add_argument("--init", metavar="FILE", help="start from this metanetwork instead of a fresh one")
     p.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")

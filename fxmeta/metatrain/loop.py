@@ -87,6 +87,9 @@ class MetaTrainConfig:
     grad_batches: int = 2
     steps: int = 1  # rewrites per use of a conditioned metanet, each told a fresh gradient
     step_lr: float = 0.0  # > 0: a gradient-step head starting at this lr (MetanetConfig.step_lr)
+    # non-empty: the start lr is the one of these whose SGD steps (the untrained metanet) score best on
+    # the held-out members, the baseline meta-training then has to beat
+    step_lrs: tuple[float, ...] = ()
     seed: int = 0
     init: str | None = None  # start from this metanet file instead of a fresh one
     resume: bool = False
@@ -114,6 +117,11 @@ class MetaTrainConfig:
         if self.steps < 1 or not math.isfinite(self.step_lr) or self.step_lr < 0:
             raise SpecError(f"need steps >= 1 and a finite step_lr >= 0, got steps {self.steps}, "
                             f"step_lr {self.step_lr}")
+        self.step_lrs = tuple(float(x) for x in self.step_lrs)
+        if self.step_lrs and (not self.step_lr or not self.zero_init or
+                              any(not math.isfinite(x) or x <= 0 for x in self.step_lrs)):
+            raise SpecError(f"step_lrs {self.step_lrs} choose the start of a gradient-step head: they need "
+                            "step_lr > 0, zero_init=True and finite values > 0")
         if (self.steps > 1 or self.step_lr) and not self.conditioned:
             raise SpecError("steps and step_lr are settings of a conditioned metanetwork (conditioned=True, "
                             "--objective conditioned)")
@@ -224,6 +232,8 @@ def meta_train(zoo_dir: str | os.PathLike, out: str | os.PathLike = "metanet/", 
         baseline = _validate(None, val_models, loaders, example, config, finetune_lr)
         log.write({"epoch": 0, "baseline": True, **baseline})
         say(f"without metanet: {_describe(baseline)}")
+    if state["epoch"] == 0 and config.step_lrs and not config.init:
+        _choose_step_lr(net, val_models, loaders, example, config, finetune_lr, log, say)
     batches = _forever(loaders.train)
     with _progress(config.progress) as bar:
         for epoch in range(state["epoch"], config.epochs):
@@ -349,6 +359,25 @@ def _restrict(net: Metanet, learn: str) -> None:
         net.zero_outputs(nodes=False)
         for codec in net.edge_codecs.values():
             codec.dec.requires_grad_(False)
+
+
+def _choose_step_lr(net: Metanet, val_models: list, loaders, example: torch.Tensor, config: MetaTrainConfig,
+                    finetune_lr: float, log: "_JsonLog", say) -> None:
+    """Start the gradient-step head at the best of ``config.step_lrs``: the untrained metanetwork is
+    exactly SGD at its lr, scored like every checkpoint (held-out members, validation split)."""
+    if not val_models:
+        raise FxmetaError("step_lrs choose the start lr on held-out zoo members; this zoo has none (--val-count)")
+    scores = {}
+    for lr in config.step_lrs:
+        with torch.no_grad():
+            net.log_step_lr.fill_(math.log(lr))
+        scores[lr] = _validate(net, val_models, loaders, example, config, finetune_lr)["score"]
+        log.write({"epoch": 0, "step_lr": lr, "score": scores[lr]})
+    best = max(scores, key=scores.get)
+    with torch.no_grad():
+        net.log_step_lr.fill_(math.log(best))
+    net.config.step_lr = best
+    say("start: SGD at lr " + ", ".join(f"{lr:g} {100 * v:.1f}%" for lr, v in scores.items()) + f": {best:g}")
 
 
 def _forever(loader):
