@@ -70,6 +70,7 @@ class Settings:
     seeds: tuple[int, ...] = (0, 1, 2, 3, 4)
     targets: tuple[float, ...] = (2.0, 4.0, 8.0, 16.0)
     image_size: int = 16
+    data: str = "digits"  # or "mnist5k" (benchmarks.prunability --data mnist5k)
     base_epochs: int = 20
     base_lrs: tuple[tuple[str, float], ...] = (("resnet20", 0.1), ("resnet56", 0.05))  # as quality.py
     batch_size: int = 128
@@ -128,7 +129,7 @@ class Bench:
 
         self.s = s
         self.cache = cache
-        self.data = load_data("digits", seed=0, image_size=s.image_size)
+        self.data = load_data(s.data, seed=0, image_size=s.image_size)
         self.example = torch.zeros(1, *self.data.input_shape)
         self.loaders = make_loaders(self.data, s.batch_size, seed=0)
         # the same calibration batches for every method and cell
@@ -176,8 +177,8 @@ class Bench:
                 f"({info['seconds']:.0f} s)")
             return result.model.cpu(), info
 
-        model, _ = self.cached_model(f"base-{arch}-s{seed}", [arch, seed, s.base_epochs, s.base_lrs, s.batch_size,
-                                                              s.image_size], build)
+        parts = [arch, seed, s.base_epochs, s.base_lrs, s.batch_size, s.image_size]
+        model, _ = self.cached_model(f"base-{arch}-s{seed}", parts + ([s.data] if s.data != "digits" else []), build)
         return model
 
     def usable_seeds(self, arch: str) -> tuple[list[int], dict[int, float]]:
@@ -219,6 +220,8 @@ class Bench:
         s = self.s
         epochs = s.pre_epochs
         parts = [arch, seed, method, hp, epochs, s.batch_size, s.base_epochs, s.base_lrs]
+        if s.data != "digits":
+            parts.append(s.data)
         per_target = method in ("prepared", "metanet + prepared", "metanet")
         if per_target:
             parts.append(target)

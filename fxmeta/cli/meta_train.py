@@ -43,8 +43,8 @@ def cmd_meta_train(args: argparse.Namespace) -> int:
 
 # Settings a flag left out takes. "conditioned" (the default): the best of the objective sweep on held-out
 # zoo members (benchmarks/results/prunability.md); "reference" / "prunable": the paper's.
-CONDITIONED = {"ratio": 1.0, "reg": 0.0, "eval_finetune_epochs": 0, "mask_speedups": "2,4,8", "steps": 1,
-               "step_lr": 0.0, "ce_weight": 1.0}
+CONDITIONED = {"ratio": 1.0, "reg": 0.0, "eval_finetune_epochs": 0, "mask_speedups": "2,4,8", "steps": 3,
+               "step_lr": "auto", "ce_weight": 0.0}
 PAPER = {"ratio": 0.01, "reg": 10.0, "eval_finetune_epochs": 1, "mask_speedups": None, "steps": 1, "step_lr": 0.0,
          "ce_weight": 1.0}
 
@@ -111,13 +111,14 @@ def register_meta_train(sub: argparse._SubParsersAction) -> None:
                         "one of --mask-speedups removes masked out; conditioned: prunable, with the metanet told "
                         "the prune (the channels an importance prune of the original weights removes, and the "
                         "masked-loss gradient on --grad-batches training batches): its output is pruned to exactly "
-                        "those channels, and using it needs data (default: conditioned, the best on held-out "
+                        "those channels, and using it needs data; by default a learned optimiser: 3 rewrites with "
+                        "a gradient-step head, see --steps, --step-lr (default: conditioned, the best on held-out "
                         "networks: benchmarks/results/prunability.md)")
     p.add_argument("--mask-weight", type=_number, default=1.0, metavar="W",
                    help="weight of the masked term of --objective prunable (default: 1)")
     p.add_argument("--ce-weight", type=_number, metavar="W",
                    help="weight of the generated network's own cross-entropy (0: only the pruned network's loss "
-                        "counts, --objective prunable or conditioned; default: 1)")
+                        "counts; default: 0 with --objective conditioned, 1 otherwise)")
     p.add_argument("--mask-speedups", metavar="X[,Y...]",
                    help="FLOPs targets of the masked term, one drawn per step (default: 2,4,8 with --objective "
                         "conditioned, --speedup otherwise)")
@@ -125,12 +126,13 @@ def register_meta_train(sub: argparse._SubParsersAction) -> None:
                    help="training batches of the gradient input of --objective conditioned (default: 2)")
     p.add_argument("--steps", type=int, metavar="T",
                    help="rewrites per use of a conditioned metanetwork, each told the gradient at the weights the "
-                        "previous one made; meta-training unrolls them (default: 1)")
+                        "previous one made; meta-training unrolls them (default: 3 with --objective conditioned, "
+                        "else 1)")
     p.add_argument("--step-lr", type=_step_lr_flag, metavar="LR|auto",
                    help="> 0: give the conditioned metanetwork a gradient-step head that starts as SGD with this "
                         "lr on the masked loss and learns per-channel step sizes; auto: the best of "
                         f"{', '.join(map(str, STEP_LRS))} for --steps SGD steps on the held-out members "
-                        "(default: 0, none)")
+                        "(default: auto with --objective conditioned, else 0: none)")
     p.add_argument("--seed", type=int, default=0, help="(default: 0)")
     p.add_argument("--init", metavar="FILE", help="start from this metanetwork instead of a fresh one")
     p.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
