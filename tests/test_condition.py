@@ -123,3 +123,19 @@ def test_a_zero_initialised_gradient_step_head_is_exactly_sgd_and_learns_per_cha
     assert net.step_head.weight.grad.abs().sum() > 0 and net.log_step_lr.grad.abs() > 0
     with pytest.raises(FxmetaError, match="observe"):
         net(graph, condition.features(batches))
+
+
+def test_rewrite_for_prune_applies_as_many_rewrites_as_the_metanet_was_trained_for(case, tmp_path):
+    model, x, batches = case
+    graph = lower(model, x)
+    condition = Condition(graph, x, 2.0)
+    net = Metanet.for_graph(graph, width=8, depth=1, ratio=1.0, condition=len(FEATURES), steps=2, step_lr=0.05)
+    net.zero_outputs()
+    path = str(tmp_path / "steps.pt")
+    save_metanet(net, path)
+    module, importance = apply_for_prune(path, model, x, 2.0, batches)
+    expected = _sgd(condition, graph, batches, 0.05, 2)  # the untrained metanet: two SGD steps
+    got = dict(module.named_parameters())
+    for name, value in expected.items():
+        torch.testing.assert_close(got[name].detach(), value, rtol=1e-4, atol=1e-6, msg=name)
+    assert prune(module, x, speedup=2.0, importance=importance).speedup >= 2.0
