@@ -15,7 +15,8 @@ same number of training epochs after its base training, split in two stages:
      then fxmeta's prune with l2 / random importance;
    - ``metanet + prepared``: the committed conditioned metanetwork
      (``fxmeta/assets/metanet_digits.pt``, meta-trained on a zoo of other seeds; it takes the
-     masked-loss gradient on the first 2 of the shared calibration batches), then
+     masked-loss gradient on the first 2 of the shared calibration batches, once per rewrite:
+     three times for the committed learned optimiser), then
      ``fxmeta.prepare`` on its output, pruned to the channels the metanetwork was told;
    - ``metanet``: the metanetwork's output alone, pruned the same way: 0 epochs here, so
      its finetune gets ``pre_epochs + finetune_epochs`` epochs (the same total).
@@ -107,6 +108,15 @@ FULL = Settings()
 QUICK = Settings(archs=("resnet20",), seeds=(0, 1), targets=(4.0, 8.0), base_epochs=4, pre_epochs=2,
                  finetune_epochs=1, prepare_grid=((1.0, 0.01, 0), (2.0, 0.01, 0)), sl_regs=(5e-3,),
                  sweep_targets=(4.0,), bn_batches=5, metanet_targets=(("resnet20", (4.0,)),))
+
+
+def _rewrites() -> str:
+    """How the committed metanetwork rewrites (from its config)."""
+    from fxmeta.metanet import load_metanet
+
+    config = load_metanet(str(METANET)).config
+    head = f", a gradient-step head (start lr {config.step_lr:g})" if config.step_lr else ""
+    return f"{config.steps} rewrite{'s' if config.steps > 1 else ''} per use{head}"
 
 
 def _file_digest(path: Path) -> str:
@@ -439,7 +449,7 @@ def write_report(bench: Bench, cells: list[dict], choices: dict, sweep: dict, me
               "last epoch kept, then fxmeta prune (l2)",
               "- metanet + prepared / metanet: the committed conditioned metanetwork (fxmeta/assets/metanet_digits.pt, "
               "meta-trained on ResNet20s of other seeds; its gradient input on the first 2 of the shared calibration "
-              f"batches), then {s.pre_epochs} prepare epochs on its output / none, pruned to the channels the "
+              f"batches, {_rewrites()}), then {s.pre_epochs} prepare epochs on its output / none, pruned to the channels the "
               f"metanetwork was told; `metanet` finetunes {s.pre_epochs + s.finetune_epochs} epochs (the same total). "
               "Targets: " + "; ".join(f"{a} {', '.join(f'{t:g}x' for t in ts)}" for a, ts in s.metanet_targets), ""]
     lines += ["## Hyper-parameters, chosen on validation (never test)", "",

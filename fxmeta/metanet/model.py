@@ -14,7 +14,11 @@ Message passing with edge features. Per layer, with
 Encoders and decoders exist per node kind and per edge kind, so any kernel size and
 layer type works; kinds without features get a learned embedding. Outputs are
 ``input + ratio * scale * decoder(h)`` for learned tables only; structural edges and
-buffers (running statistics) pass through unchanged.
+buffers (running statistics) pass through unchanged. A conditioned metanet with a
+gradient-step head (``step_lr > 0``) also moves every learned table by
+``-lr * u_i * v_j * g_ij``, g the masked-loss gradient it was given
+(``Condition.observe``) and u, v per-channel sizes from a linear head on ``h``: with zero
+decoders and a zero head it is exactly SGD at ``lr``, so training starts from that baseline.
 
 Scale: edges are never stored as a flat list. Each layer's edge block is cut into chunks
 of whole output rows, and one autograd.Function per block (``_BlockPass`` in
