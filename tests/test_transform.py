@@ -180,6 +180,30 @@ def test_adapt_finetune_runs_between_metanet_and_removal(digits, tmp_path):
     assert (tmp_path / "adapt" / "last.pt").is_file() and (tmp_path / "finetune" / "last.pt").is_file()
 
 
+def test_after_a_conditioned_metanet_the_adapt_epochs_train_for_the_prune_it_was_told(digits, monkeypatch):
+    import fxmeta.pipeline.transform as pipeline
+    from fxmeta.ir import lower
+    from fxmeta.metanet import Metanet
+    from fxmeta.metanet.condition import FEATURES
+
+    model = _r20()
+    net = Metanet.for_graph(lower(model, X), width=8, depth=1, ratio=1.0, condition=len(FEATURES))
+    net.zero_outputs()
+    calls = []
+
+    def recording_prepare(*args, **kwargs):
+        calls.append(kwargs)
+        return real_prepare(*args, **kwargs)
+
+    real_prepare = pipeline.prepare
+    monkeypatch.setattr(pipeline, "prepare", recording_prepare)
+    config = TransformConfig(speedup=1.5, metanet=net, adapt_epochs=1, finetune=_finetune())
+    result = transform(model, X, config, data=digits)
+    assert "adapt finetune" in [n for n, _ in result.stages]
+    # the adapt epoch is a prepare epoch with the told importance, not a plain one
+    assert len(calls) == 1 and callable(calls[0]["importance"])
+
+
 # ---------------------------------------------------------------------- checks
 
 

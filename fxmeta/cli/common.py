@@ -179,7 +179,8 @@ def _add_train_args(p: argparse.ArgumentParser, epochs: int) -> None:
     g.add_argument("--epochs", type=int, default=epochs, metavar="N",
                    help=f"finetuning epochs after channel removal (default: {epochs})")
     g.add_argument("--adapt-epochs", type=int, default=0, metavar="N",
-                   help="short finetune between the metanetwork and channel removal (default: 0)")
+                   help="short finetune between the metanetwork and channel removal; after a metanetwork told the "
+                        "prune (--objective conditioned), on the prunability objective for that prune (default: 0)")
     g.add_argument("--bn-batches", type=int, default=20, metavar="N",
                    help="recompute the BatchNorm statistics on N training batches right after channel removal, "
                         "before finetuning; restores much of the accuracy removal costs (default: 20; 0: off)")

@@ -239,8 +239,8 @@ def register_demo(sub: argparse._SubParsersAction) -> None:
                    help="of those, epochs of prunability training before removal in the prepared column "
                         "(default: 5; 0: no prepared column)")
     p.add_argument("--adapt-epochs", type=int, default=2, metavar="N",
-                   help="of those, finetune epochs between metanetwork and removal in the metanetwork column "
-                        "(default: 2)")
+                   help="of those, epochs between metanetwork and removal in the metanetwork column, on the "
+                        "prunability objective for the prune it was told (default: 2)")
     p.add_argument("--bn-batches", type=int, default=20, metavar="N",
                    help="training batches that recompute the BatchNorm statistics after removal (default: 20)")
     p.add_argument("--save", choices=["importance", "prepared", "metanetwork"], default="prepared",

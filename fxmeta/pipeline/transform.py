@@ -46,7 +46,9 @@ class TransformConfig:
     ``metanet`` is a Metanet, the path of a saved one, or None (importance pruning
     alone). ``finetune`` holds the training settings; ``finetune.epochs`` epochs run
     after channel removal and ``adapt_epochs`` between the metanetwork and removal
-    (both need data). ``prepare.epochs`` epochs of the prunability objective run right
+    (both need data; after a metanetwork conditioned on the prune, the adapt epochs
+    train for that prune, on the prunability objective with the channels it was told, as
+    ``fxmeta.prepare``: plain epochs would train the channels about to go). ``prepare.epochs`` epochs of the prunability objective run right
     before removal (``fxmeta.prepare``; its targets default to ``speedup``, its lr to the
     finetune's). ``bn_batches`` training batches recompute the BatchNorm statistics
     right after removal, before the finetune (0: off; see ``train.recalibrate_bn``).
@@ -274,9 +276,10 @@ def _prune(model: nn.Module, x: Any, config: TransformConfig, exported: bool, im
 
 
 def _rewrite_with_metanet(model: nn.Module, x: Any, config: TransformConfig, data: DataSplits | None,
-                          timer: StageTimer) -> tuple[fx.GraphModule, Any]:
+                          timer: StageTimer) -> tuple[fx.GraphModule, Any, bool]:
     """lower → metanetwork → raise (``fxmeta.metanet.rewriting.apply_for_prune``), timed stage by
-    stage; also the importance the prune then uses (a conditioned metanetwork fixes the channels)."""
+    stage; also the importance the prune then uses (a conditioned metanetwork fixes the channels)
+    and whether it was conditioned."""
     from ..metanet.files import load_metanet_file
     from ..training.curve import calibration_batches
 
@@ -294,7 +297,7 @@ def _rewrite_with_metanet(model: nn.Module, x: Any, config: TransformConfig, dat
                                               round_to=config.round_to, min_keep=config.min_keep,
                                               ignore=config.ignore)
     with timer("raise"):
-        return raise_graph(graph), importance
+        return raise_graph(graph), importance, bool(getattr(metanet, "conditioned", False))
 
 
 def transform(
@@ -341,10 +344,17 @@ def transform(
         work: nn.Module = model
         importance: Any = config.importance
         if config.metanet is not None:
-            work, importance = _rewrite_with_metanet(model, example_input, config, data, timer)
+            work, importance, told = _rewrite_with_metanet(model, example_input, config, data, timer)
             if data is not None and config.adapt_epochs > 0:
                 with timer("adapt finetune"):
-                    work = train(work, loaders, _stage_config(config, "adapt", config.adapt_epochs)).model.cpu()
+                    adapt = _stage_config(config, "adapt", config.adapt_epochs)
+                    if told:  # train for the prune the metanetwork was told, not for the channels about to go
+                        p = config.prepare
+                        work = prepare(work, example_input, loaders, adapt, [config.speedup], weight=p.weight,
+                                       mask_every=p.mask_every, importance=importance, round_to=config.round_to,
+                                       ignore=config.ignore, min_keep=config.min_keep).model.cpu()
+                    else:
+                        work = train(work, loaders, adapt).model.cpu()
         if data is not None and config.prepare.epochs > 0:
             p = config.prepare
             with timer("prepare for pruning"):
