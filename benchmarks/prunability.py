@@ -413,8 +413,10 @@ def _plot(s: Settings, cells: list[dict], path: Path) -> None:
                     xs.append(target)
                     ms.append(100 * statistics.fmean(acc))
                     sds.append(100 * statistics.stdev(acc) if len(acc) > 1 else 0.0)
-            if xs:
-                ax.errorbar(xs, ms, yerr=sds, marker="o", capsize=3, label=method)
+            if xs:  # metanetworks solid, baselines dashed; 20 colours, so no two lines share one
+                index = methods(s).index(method)
+                ax.errorbar(xs, ms, yerr=sds, marker="o", capsize=3, label=method, color=plt.cm.tab20(index % 20),
+                            linestyle="-" if method.startswith("metanet") else "--")
         ax.set_xscale("log", base=2)
         ax.set_xticks(list(s.targets), [f"{t:g}x" for t in s.targets])
         ax.set_xlabel("FLOPs speed-up target")
