@@ -13,6 +13,8 @@ finetune:
   group-sparsity penalty), then fxmeta prune (l2);
 - ``metanet (prunable r1)`` / ``metanet (nodes r1 4x)``: the prunable objective with
   ratio 1 from zero-initialised decoders, all tables / node tables only (the sweep);
+- ``metanet (conditioned ...)``: told the prune (``fxmeta.metanet.condition``); the ``step T``
+  ones are learned optimisers: a gradient-step head that starts as SGD, T rewrites unrolled;
 - ``fxmeta-l2`` and ``random``: the base network pruned as it is;
 - ``DepGraph+SL``: after its sparsity-learning epochs (``benchmarks.prepare``'s, cached);
 - ``one gradient step`` / ``T gradient steps``: the conditioned metanetwork's data alone, without
@@ -28,8 +30,9 @@ checkpoint is chosen by ``meta_train`` on the held-out members' validation accur
 after a prune to ``select_speedup`` + recalibration (validation only, never test). The
 ResNet20 metanetworks are also applied to ResNet56 base networks (transfer).
 
-    python -m benchmarks.prunability          # resumable; caches under ~/.cache/fxmeta-bench
-Results: ``benchmarks/results/prunability.{md,json}``.
+    python -m benchmarks.prunability                 # resumable; caches under ~/.cache/fxmeta-bench
+    python -m benchmarks.prunability --data mnist5k  # the same metanetworks on mnist5k ResNet20s
+Results: ``benchmarks/results/prunability{,_mnist5k}.{md,json,png}``.
 """
 from __future__ import annotations
 
@@ -67,13 +70,12 @@ PREPARE_1 = "prepared 1 epoch"
 
 def one_epoch_methods(trained: dict) -> tuple[str, ...]:
     """k = 1 on the family itself: one prepare epoch alone, and after the metanetwork with the best
-    held-out zoo score (validation) and the best one that rewrites once, to see whether the
-    metanetwork amortises part of prepare; and after the T-step SGD controls of the same data."""
-    def best(names):
-        return max(names, key=lambda m: trained[m]["best_score"])
-
-    once = [m for m in trained if trained[m]["metanet"].config.steps == 1]
-    chosen = list(dict.fromkeys((best(once), best(trained)) if once else (best(trained),)))
+    held-out zoo score (validation) among those that rewrite once and after every learned optimiser
+    (a gradient-step head), to see whether the metanetwork amortises part of prepare; and after the
+    T-step SGD controls of the same data."""
+    once = [m for m in trained if trained[m]["metanet"].config.steps == 1 and not trained[m]["metanet"].config.step_lr]
+    chosen = [max(once, key=lambda m: trained[m]["best_score"])] if once else []
+    chosen += [m for m in trained if trained[m]["metanet"].config.step_lr]
     controls = dict.fromkeys((GRAD_STEP, *(steps_name(trained[m]["metanet"].config.steps) for m in chosen)))
     return (PREPARE_1, FIXED_1, *(f"{m} + {PREPARE_1}" for m in chosen), *(f"{c} + {PREPARE_1}" for c in controls))
 
