@@ -91,7 +91,7 @@ def main() -> None:
                f"--threads {args.threads}", args.threads, seeds=", ".join(map(str, args.seeds))),
         f"- demo command: `{demo_cmd}` (defaults otherwise: fxmeta:resnet20, digits 16x16, 15 base epochs, "
         "2x FLOPs target, BatchNorm recalibration on 20 batches, 10 epochs per column: importance 10 finetune; "
-        "prepared 5 prepare + 5 finetune; metanetwork 2 adapt + 8 finetune)",
+        "prepared 5 prepare + 5 finetune; metanetwork 2 adapt (the prunability objective for the prune it was told) + 8 finetune)",
         f"- columns: {columns}",
         f"- metanetwork: {'fxmeta/assets/' + METANET.name if METANET.is_file() else 'none committed: importance pruning'}",
         f"- 1-minute load average before each run: {', '.join('%.1f' % r[2]['load_before'] for r in rows)} "
