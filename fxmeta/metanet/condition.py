@@ -19,6 +19,11 @@ The metanetwork's output is then pruned with the importance of the original weig
 (:meth:`Condition.importance`), so exactly the announced channels go. The gradient makes
 this a data-aware rewrite: it costs one forward and backward pass of the network on the
 given batches (the same training batches BatchNorm recalibration uses).
+
+:meth:`Condition.observe` also hands over the raw gradient of every table, which a
+metanetwork with a gradient-step head uses as its step direction, and :func:`rewrite_steps`
+applies a metanetwork several times, each told the gradient at the weights the previous
+rewrite made: a learned optimiser of the masked loss.
 """
 from __future__ import annotations
 
@@ -149,7 +154,7 @@ class Condition:
         out[:, 2], out[:, 3], out[:, 4] = taylor_in, taylor_out, grad_sq.sqrt()
         rms = out[:, 2:].pow(2).mean(0).sqrt()
         out[:, 2:] /= torch.where(rms > 0, rms, torch.ones_like(rms))
-        return Observation(out.detach(), edge_grads, node_grads, float(loss.detach()))
+        return Observation(out.detach(), edge_grads, node_grads)
 
 
 @dataclass
@@ -161,7 +166,6 @@ class Observation:
     features: Tensor
     edges: list[Tensor | None]
     nodes: list[Tensor | None]
-    loss: float = float("nan")
 
 
 def rewrite_steps(metanet: Any, graph: WeightGraph, condition: Condition, batches: Sequence[tuple[Tensor, Tensor]],
