@@ -180,11 +180,12 @@ def rewrite_steps(metanet: Any, graph: WeightGraph, condition: Condition, batche
     for _ in range(steps):
         seen = condition.observe(batches, graph)
         new = metanet(graph, seen)
-        # new = detach(graph) + change; put the change on top of graph itself, so earlier changes keep
-        # their gradient path
-        edges = [n if o is None or n is None or n is o else o + (n - o.detach())
-                 for o, n in zip((la.edge for la in graph.layers), (la.edge for la in new.layers))]
-        nodes = [n if o is None or n is None or n is o else o + (n - o.detach())
-                 for o, n in zip((la.node for la in graph.layers), (la.node for la in new.layers))]
-        graph = graph.with_features(edges, nodes)
+        graph = graph.with_features([_on_top(o.edge, n.edge) for o, n in zip(graph.layers, new.layers)],
+                                    [_on_top(o.node, n.node) for o, n in zip(graph.layers, new.layers)])
     return graph
+
+
+def _on_top(old: Tensor | None, new: Tensor | None) -> Tensor | None:
+    """A rewrite returns ``detach(old) + change``; put the change on ``old`` itself, so the changes of
+    earlier rewrites keep their gradient path."""
+    return new if old is None or new is None or new is old else old + (new - old.detach())

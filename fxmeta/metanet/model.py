@@ -303,19 +303,20 @@ class Metanet(nn.Module):
             h = h + mp.down(_pna(fwd_stats, count_fwd, a)) + mp.down(_pna(bwd_stats, count_bwd, a * self.flip))
             h = h + mp.mlp(h)
 
+        learned = learned_columns(graph)
         new_edges = self._decoded_edges(graph, blocks, decoded)
-        new_nodes = self._decode_nodes(graph, h)
+        new_nodes = self._decode_nodes(graph, h, learned)
         if seen is not None and self.config.step_lr:
-            new_edges, new_nodes = self._gradient_step(graph, h, seen, new_edges, new_nodes)
+            new_edges, new_nodes = self._gradient_step(graph, h, seen, new_edges, new_nodes, learned)
         return graph.with_features(new_edges, new_nodes)
 
-    def _gradient_step(self, graph: WeightGraph, h: Tensor, seen: Any, edges: list, nodes: list) -> tuple[list, list]:
+    def _gradient_step(self, graph: WeightGraph, h: Tensor, seen: Any, edges: list, nodes: list,
+                       learned: dict[int, Tensor]) -> tuple[list, list]:
         """Add ``-lr * u_i * v_j * g_ij`` to every learned edge (i receives, j sends) and ``-lr * u_i * g_i``
         to the learned columns of every node table: an SGD step whose per-channel sizes the metanet sets."""
         scale = F.softplus(self.step_head(h) + math.log(math.e - 1))  # 1 at the start
         lr = self.log_step_lr.exp()
         u, v = scale[:, 0], scale[:, 1]
-        learned = learned_columns(graph)
         edges, nodes = list(edges), list(nodes)
         for index, (layer, ge, gn) in enumerate(zip(graph.layers, seen.edges, seen.nodes)):
             if ge is not None and layer.edge is not None and layer.learned_edges:
@@ -396,8 +397,7 @@ class Metanet(nn.Module):
                 edges[b.layer] = layer.edge.detach() + delta.view(layer.edge.shape).to(layer.edge.dtype)
         return edges
 
-    def _decode_nodes(self, graph: WeightGraph, h: Tensor) -> list[Tensor | None]:
-        learned = learned_columns(graph)
+    def _decode_nodes(self, graph: WeightGraph, h: Tensor, learned: dict[int, Tensor]) -> list[Tensor | None]:
         scales = self._node_scales(graph, h.dtype)
         nodes: list[Tensor | None] = []
         for index, (layer, hl) in enumerate(zip(graph.layers, h.split([la.count for la in graph.layers]))):

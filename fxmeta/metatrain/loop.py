@@ -349,7 +349,8 @@ def _make_metanet(graphs: list[WeightGraph], config: MetaTrainConfig) -> Metanet
 
 def _restrict(net: Metanet, learn: str) -> None:
     """With ``learn="nodes"`` the edge decoders output zero and are not trained: only node tables
-    (norm scales and shifts, biases) change, a far smaller space to generalise in."""
+    (norm scales and shifts, biases) change, a far smaller space to generalise in. With
+    ``learn="step"`` no decoder is trained: only the gradient-step head's sizes and lr change."""
     if learn == "step":
         net.zero_outputs()
         for codec in (*net.edge_codecs.values(), *net.node_codecs.values()):
@@ -451,15 +452,14 @@ def _validate(net: Metanet | None, models: list[_DataModel], loaders, example: t
         graph, importance = data_model.graph, "l2"
         if net is not None:
             net.eval()
-            if net.conditioned:  # told the prune to the validation target; gradient on fixed training batches
-                from ..metanet.condition import rewrite_steps
+            with torch.no_grad():
+                if net.conditioned:  # told the prune to the validation target; gradient on fixed training batches
+                    from ..metanet.condition import rewrite_steps
 
-                fixed = data_model.condition(config.speedup)
-                importance = fixed.importance()
-                with torch.no_grad():
+                    fixed = data_model.condition(config.speedup)
+                    importance = fixed.importance()
                     graph = rewrite_steps(net, graph, fixed, grad_batches)
-            else:
-                with torch.no_grad():
+                else:
                     graph = net(graph)
         module = raise_graph(graph).eval()
         for p in module.parameters():

@@ -48,9 +48,10 @@ class TransformConfig:
     after channel removal and ``adapt_epochs`` between the metanetwork and removal
     (both need data; after a metanetwork conditioned on the prune, the adapt epochs
     train for that prune, on the prunability objective with the channels it was told, as
-    ``fxmeta.prepare``: plain epochs would train the channels about to go). ``prepare.epochs`` epochs of the prunability objective run right
-    before removal (``fxmeta.prepare``; its targets default to ``speedup``, its lr to the
-    finetune's). ``bn_batches`` training batches recompute the BatchNorm statistics
+    ``fxmeta.prepare``: plain epochs would train the channels about to go).
+    ``prepare.epochs`` epochs of the prunability objective run right before removal
+    (``fxmeta.prepare``; its targets default to ``speedup``, its lr to the finetune's).
+    ``bn_batches`` training batches recompute the BatchNorm statistics
     right after removal, before the finetune (0: off; see ``train.recalibrate_bn``).
     Checkpoints go to ``checkpoint_dir/{adapt,prepare,finetune}``; ``resume`` continues
     from them.
@@ -275,6 +276,15 @@ def _prune(model: nn.Module, x: Any, config: TransformConfig, exported: bool, im
                            "--capture fx)") from exc
 
 
+def _prepare_stage(model: nn.Module, x: Any, loaders: Any, config: TransformConfig, train_config: TrainConfig,
+                   speedups: list[float], importance: Any) -> nn.Module:
+    """``fxmeta.prepare`` with the transform's prune settings (in place), back on the CPU."""
+    p = config.prepare
+    return prepare(model, x, loaders, train_config, speedups, weight=p.weight, mask_every=p.mask_every,
+                   importance=importance, round_to=config.round_to, ignore=config.ignore,
+                   min_keep=config.min_keep).model.cpu()
+
+
 def _rewrite_with_metanet(model: nn.Module, x: Any, config: TransformConfig, data: DataSplits | None,
                           timer: StageTimer) -> tuple[fx.GraphModule, Any, bool]:
     """lower → metanetwork → raise (``fxmeta.metanet.rewriting.apply_for_prune``), timed stage by
@@ -349,10 +359,8 @@ def transform(
                 with timer("adapt finetune"):
                     adapt = _stage_config(config, "adapt", config.adapt_epochs)
                     if told:  # train for the prune the metanetwork was told, not for the channels about to go
-                        p = config.prepare
-                        work = prepare(work, example_input, loaders, adapt, [config.speedup], weight=p.weight,
-                                       mask_every=p.mask_every, importance=importance, round_to=config.round_to,
-                                       ignore=config.ignore, min_keep=config.min_keep).model.cpu()
+                        work = _prepare_stage(work, example_input, loaders, config, adapt, [config.speedup],
+                                              importance)
                     else:
                         work = train(work, loaders, adapt).model.cpu()
         if data is not None and config.prepare.epochs > 0:
@@ -360,10 +368,9 @@ def transform(
             with timer("prepare for pruning"):
                 # prepare trains in place: never the caller's own model
                 start = copy.deepcopy(work) if work is model else work
-                work = prepare(start, example_input, loaders, _stage_config(config, "prepare", p.epochs, p.lr),
-                               p.speedups or [config.speedup], weight=p.weight, mask_every=p.mask_every,
-                               importance=importance, round_to=config.round_to,
-                               ignore=config.ignore, min_keep=config.min_keep).model.cpu()
+                work = _prepare_stage(start, example_input, loaders, config,
+                                      _stage_config(config, "prepare", p.epochs, p.lr), p.speedups or [config.speedup],
+                                      importance)
         elif config.prepare.epochs > 0:
             notes.append("no data given: the prepare stage is skipped")
         with timer("remove channels"):
