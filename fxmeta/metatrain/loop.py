@@ -351,14 +351,12 @@ def _restrict(net: Metanet, learn: str) -> None:
     """With ``learn="nodes"`` the edge decoders output zero and are not trained: only node tables
     (norm scales and shifts, biases) change, a far smaller space to generalise in. With
     ``learn="step"`` no decoder is trained: only the gradient-step head's sizes and lr change."""
-    if learn == "step":
-        net.zero_outputs()
-        for codec in (*net.edge_codecs.values(), *net.node_codecs.values()):
-            if hasattr(codec, "dec"):
-                codec.dec.requires_grad_(False)
-    if learn == "nodes":
-        net.zero_outputs(nodes=False)
-        for codec in net.edge_codecs.values():
+    if learn not in ("step", "nodes"):
+        return
+    frozen = [*net.edge_codecs.values(), *(net.node_codecs.values() if learn == "step" else ())]
+    net.zero_outputs(nodes=learn == "step")
+    for codec in frozen:
+        if hasattr(codec, "dec"):
             codec.dec.requires_grad_(False)
 
 
