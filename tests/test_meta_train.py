@@ -218,3 +218,15 @@ def test_two_step_meta_training_with_each_objective_scores_with_the_curve(zoo_di
                               split="val").points[0]
     baseline = next(r for r in records if r.get("baseline"))
     assert baseline["score"] == pytest.approx(point.recalibrated_accuracy)
+
+
+def test_a_start_lr_that_blows_the_network_up_scores_nothing_and_the_run_goes_on(zoo_dir, tmp_path):
+    out = tmp_path / "blown"
+    result = meta_train(zoo_dir, out, epochs=1, width=8, depth=1, batches_per_step=1, batch_size=32, speedup=1.5,
+                        eval_finetune_epochs=0, eval_bn_batches=2, objective="prunable", mask_speedups=(2.0,),
+                        conditioned=True, steps=2, step_lr=0.05, step_lrs=(0.05, 1e30), zero_init=True,
+                        ce_weight=0.0, progress=False)
+    records = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    starts = {r["step_lr"]: r["score"] for r in records if "step_lr" in r}
+    assert starts[1e30] == 0.0 < starts[0.05]
+    assert result.metanet.config.step_lr == 0.05

@@ -465,6 +465,12 @@ def _validate(net: Metanet | None, models: list[_DataModel], loaders, example: t
         curve = prunability_curve(module, example, loaders.val, [config.speedup], calibration=calibration,
                                   label=os.path.basename(data_model.path), split="val", importance=importance)
         point = curve.points[0]
+        if point.error and _diverged(module, example):
+            # the rewrite blew the network up (a step size far too large): it scores nothing, the run goes on
+            results.append({"model": curve.label, "acc": curve.unpruned, "diverged": True, "pruned_acc": 0.0,
+                            **({"recalibrated_acc": 0.0} if calibration else {}),
+                            **({"finetuned_acc": 0.0} if config.eval_finetune_epochs > 0 else {})})
+            continue
         if point.error:
             raise FxmetaError(f"held-out {curve.label} cannot be pruned to {config.speedup:g}x: {point.error}")
         entry = {"model": curve.label, "acc": curve.unpruned, "speedup": point.flops_speedup,
@@ -485,6 +491,14 @@ def _validate(net: Metanet | None, models: list[_DataModel], loaders, example: t
         if name in results[0]:
             summary[f"mean_{name}"] = sum(r[name] for r in results) / len(results)
     return summary
+
+
+def _diverged(module: torch.nn.Module, example: Any) -> bool:
+    """Whether ``module`` computes non-finite outputs on ``example`` (no prune can be checked then)."""
+    with torch.no_grad():
+        out = module(*example) if isinstance(example, tuple) else module(example)
+    leaves = out.values() if isinstance(out, dict) else out if isinstance(out, (tuple, list)) else (out,)
+    return not all(torch.isfinite(t).all() for t in leaves if torch.is_tensor(t))
 
 
 def _describe(summary: dict) -> str:
