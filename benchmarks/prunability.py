@@ -25,10 +25,12 @@ finetune:
   epoch alone and after the best metanetwork), the per-network
   oracle the metanetwork should amortise.
 
-All metanetworks come from one zoo of ResNet20s (8 training + 2 held-out members); the
+The metanetworks come from a zoo of ResNet20s (8 training + 2 held-out members); the
 checkpoint is chosen by ``meta_train`` on the held-out members' validation accuracy
 after a prune to ``select_speedup`` + recalibration (validation only, never test). The
-ResNet20 metanetworks are also applied to ResNet56 base networks (transfer).
+ResNet20 metanetworks are also applied to ResNet56 base networks (transfer). A zoo of
+ResNet56s (same seeds and split) gives the ``resnet56 zoo`` learned optimisers, measured on
+ResNet56 only; the SGD controls' lr on ResNet56 is chosen on that zoo's held-out members.
 
     python -m benchmarks.prunability                 # resumable; caches under ~/.cache/fxmeta-bench
     python -m benchmarks.prunability --data mnist5k  # the same metanetworks on mnist5k ResNet20s
@@ -75,13 +77,24 @@ def one_epoch_methods(trained: dict) -> tuple[str, ...]:
     T-step SGD controls of the same data."""
     once = [m for m in trained if trained[m]["metanet"].config.steps == 1 and not trained[m]["metanet"].config.step_lr]
     chosen = [max(once, key=lambda m: trained[m]["best_score"])] if once else []
-    chosen += [m for m in trained if trained[m]["metanet"].config.step_lr]
+    chosen += [m for m in trained if trained[m]["metanet"].config.step_lr and m not in own_methods()]
     controls = dict.fromkeys((GRAD_STEP, *(steps_name(trained[m]["metanet"].config.steps) for m in chosen)))
     return (PREPARE_1, FIXED_1, *(f"{m} + {PREPARE_1}" for m in chosen), *(f"{c} + {PREPARE_1}" for c in controls))
 
 
-def methods(s: "Settings") -> tuple[str, ...]:
-    return (*(f"metanet ({name})" for name, _ in s.objectives), *BASELINES)
+def own_name(name: str, arch: str) -> str:
+    return f"metanet ({name}, {arch} zoo)"
+
+
+def own_methods(s: "Settings | None" = None) -> dict[str, str]:
+    """The metanetworks meta-trained on a zoo of the family they are measured on: {method: arch}."""
+    s = s or Settings()
+    return {own_name(name, arch): arch for arch in s.own_zoos for name, _ in s.own_objectives}
+
+
+def methods(s: "Settings", arch: str | None = None) -> tuple[str, ...]:
+    own = tuple(m for m, a in own_methods(s).items() if a == arch)
+    return (*(f"metanet ({name})" for name, _ in s.objectives), *own, *BASELINES)
 
 
 @dataclass(frozen=True)
@@ -138,15 +151,31 @@ class Settings:
                                   ("mask_weight", 1.0), ("ce_weight", 0.0), ("reg", 0.0), ("ratio", 1.0),
                                   ("zero_init", True), ("step_lr", 0.1), ("steps", 10))),
     )
+    # families that also get a zoo (8 + 2 of their own, the base recipe's lr) and a metanetwork meta-trained
+    # on it; its start lr and the SGD controls' lr on that family are chosen on that zoo's held-out members
+    own_zoos: tuple[str, ...] = ("resnet56",)
+    own_objectives: tuple[tuple[str, tuple], ...] = (
+        ("conditioned step T3", (("objective", "prunable"), ("conditioned", True), ("mask_speedups", (2.0, 4.0, 8.0)),
+                                 ("mask_weight", 1.0), ("ce_weight", 0.0), ("reg", 0.0), ("ratio", 1.0),
+                                 ("zero_init", True), ("step_lr", 0.1), ("step_lrs", STEP_LRS), ("steps", 3))),
+        # 6 epochs: on ResNet20 the 10-rewrite one peaked at epoch 3 of 12 (held-out zoo val)
+        ("conditioned step T10", (("objective", "prunable"), ("conditioned", True), ("mask_speedups", (2.0, 4.0, 8.0)),
+                                  ("mask_weight", 1.0), ("ce_weight", 0.0), ("reg", 0.0), ("ratio", 1.0),
+                                  ("zero_init", True), ("step_lr", 0.1), ("step_lrs", STEP_LRS), ("steps", 10),
+                                  ("epochs", 6))),
+    )
 
 
-def build_zoo_once(s: Settings, cache: Path) -> tuple[Path, float]:
+def build_zoo_once(s: Settings, cache: Path, family: str | None = None) -> tuple[Path, float]:
+    """The zoo of ``family`` (default: the metanetworks' family); another family trains at its base lr."""
     from fxmeta.metatrain.zoo import build_zoo
 
-    folder = cache / f"zoo-{s.family}-{_key([s.zoo_count, s.zoo_val, s.zoo_seed, s.zoo_epochs, s.zoo_lr])}"
-    say(f"zoo: {s.zoo_count} {s.family} members, seeds {s.zoo_seed}.., {s.zoo_epochs} epochs (resumable)")
-    zoo = build_zoo(f"fxmeta:{s.family}", data=DATA_SPEC, count=s.zoo_count, out=folder, prune_speedup=1.0,
-                    epochs=s.zoo_epochs, finetune_epochs=0, seed=s.zoo_seed, val_count=s.zoo_val, lr=s.zoo_lr,
+    family = family or s.family
+    lr = s.zoo_lr if family == s.family else PREPARE.lr_of(PREPARE.base_lrs, family)
+    folder = cache / f"zoo-{family}-{_key([s.zoo_count, s.zoo_val, s.zoo_seed, s.zoo_epochs, lr])}"
+    say(f"zoo: {s.zoo_count} {family} members, seeds {s.zoo_seed}.., {s.zoo_epochs} epochs (resumable)")
+    zoo = build_zoo(f"fxmeta:{family}", data=DATA_SPEC, count=s.zoo_count, out=folder, prune_speedup=1.0,
+                    epochs=s.zoo_epochs, finetune_epochs=0, seed=s.zoo_seed, val_count=s.zoo_val, lr=lr,
                     progress=False, trust=True)
     # each member records its own training time: the zoo's cost, however many runs built it
     return folder, sum(float(m.metrics.get("seconds", 0.0)) for m in zoo.members)
@@ -312,6 +341,10 @@ def write_report(s: Settings, cells: list[dict], meta: dict, trained: dict, zoo_
              f"- zoo: {s.zoo_count} fxmeta {s.family} on digits 16x16 ({s.zoo_count - s.zoo_val} training, "
              f"{s.zoo_val} held out), {s.zoo_epochs} epochs lr {s.zoo_lr:g}, no pre-pruning; built in "
              f"{zoo_seconds / 60:.1f} min",
+             *(f"- {arch} zoo (for the `{arch} zoo` metanetwork and the gradient-step controls' lr on {arch}): "
+               f"{s.zoo_count} fxmeta {arch}, same split and seeds, lr {PREPARE.lr_of(PREPARE.base_lrs, arch):g} "
+               f"(its base networks' recipe); built in {info['zoo_seconds'] / 60:.1f} min"
+               for arch, info in {v["arch"]: v for v in trained.values() if v.get("arch", s.family) != s.family}.items()),
              f"- metanetwork: width {s.width}, depth {s.depth}, ratio {s.ratio:g} unless the objective sets it, "
              f"{s.meta_epochs} epochs (one step per training member per epoch), {s.batches_per_step} batches per step; "
              f"checkpoint chosen on the held-out zoo members' validation accuracy after a {s.select_speedup:g}x "
@@ -324,14 +357,16 @@ def write_report(s: Settings, cells: list[dict], meta: dict, trained: dict, zoo_
              "## The objective sweep (choices on held-out zoo members' validation split only)", "",
              "| objective | settings | meta-training min | best epoch | held-out zoo score (val) | score by epoch "
              "(epoch 0 = no metanet) | zoo + meta-training per network pruned, s |", "|---|---|---|---|---|---|---|"]
-    n_pruned = sum(len(sd) for sd in seeds.values()) * len(s.targets)
     for name, info in trained.items():
+        own = info.get("arch", s.family) != s.family  # pruned only on its own family
+        n_pruned = sum(len(sd) for arch, sd in seeds.items() if not own or arch == info["arch"]) * len(s.targets)
+        zoo_seconds = info.get("zoo_seconds", zoo_seconds)
         curve = " ".join(f"{100 * h['score']:.0f}" for h in [{"score": info.get("baseline", float("nan"))},
                                                               *info["history"]])
         lines.append(f"| {name} | {info['options']} | {info['seconds'] / 60:.1f} | {info['best_epoch']} | "
                      f"{_pct(info['best_score'])} | {curve} | {(zoo_seconds + info['seconds']) / n_pruned:.0f} |")
     lines.append("")
-    all_methods = (*methods(s), *one_epoch_methods(trained))
+    all_methods = (*methods(s), *(m for m in own_methods(s) if m in trained), *one_epoch_methods(trained))
     budget = {m: "0 (+ amortised meta-training)" for m in all_methods if m.startswith("metanet")}
     budget.update({m: f"0 + {_grads(trained[m]['metanet'].config.steps)} on "
                       f"{trained[m]['metanet'].config.condition_batches} batches (+ amortised meta-training)"
@@ -345,7 +380,10 @@ def write_report(s: Settings, cells: list[dict], meta: dict, trained: dict, zoo_
                    "DepGraph+SL": f"{PREPARE.pre_epochs} (sparsity learning)",
                    "prepared": f"{PREPARE.pre_epochs} (prepare)"})
     for arch in (s.family, *s.transfer):
-        lines += [f"## {arch}" + (" (transfer: metanetworks meta-trained on ResNet20)" if arch != s.family else ""),
+        own = [m for m in own_methods(s) if own_methods(s)[m] == arch and m in trained]
+        lines += [f"## {arch}" + (f" (transfer: metanetworks meta-trained on {s.family}"
+                                  + (f"; {', '.join(own)} on {arch}s of the zoo's seeds" if own else "") + ")"
+                                  if arch != s.family else ""),
                   "", "| target | method | epochs on the network | n | test acc right after prune + recal (%) | "
                       "diff to best baseline (pts ± SE) |", "|---|---|---|---|---|---|"]
         for target in s.targets:
@@ -406,7 +444,7 @@ def _plot(s: Settings, cells: list[dict], path: Path) -> None:
     archs = (s.family, *s.transfer)
     fig, axes = plt.subplots(1, len(archs), figsize=(6 * len(archs), 4.2), squeeze=False)
     for ax, arch in zip(axes[0], archs):
-        for method in methods(s):
+        for method in methods(s, arch):
             xs, ms, sds = [], [], []
             for target in s.targets:
                 acc = [c["recal_test_acc"] for c in cells if (c["arch"], c["method"], c["target"]) ==
@@ -416,7 +454,7 @@ def _plot(s: Settings, cells: list[dict], path: Path) -> None:
                     ms.append(100 * statistics.fmean(acc))
                     sds.append(100 * statistics.stdev(acc) if len(acc) > 1 else 0.0)
             if xs:  # metanetworks solid, baselines dashed; 20 colours, so no two lines share one
-                index = methods(s).index(method)
+                index = methods(s, arch).index(method)
                 ax.errorbar(xs, ms, yerr=sds, marker="o", capsize=3, label=method, color=plt.cm.tab20(index % 20),
                             linestyle="-" if method.startswith("metanet") else "--")
         ax.set_xscale("log", base=2)
@@ -451,17 +489,33 @@ def main(argv: list[str] | None = None) -> None:
     chosen = choose(bench, PREPARE.sweep_arch, {})  # benchmarks.prepare's validation choices (cached)
     step_scores = {}
     for name, steps in STEP_METHODS.items():
-        chosen[name], step_scores[name] = choose_step_lr(bench, s, zoo, steps)
-    metanets = {m: {**info, "key": _key([info["best_epoch"], info["options"], str(zoo)])} for m, info in trained.items()}
+        chosen[name], scores = choose_step_lr(bench, s, zoo, steps)
+        step_scores[name] = (s.family, scores)
+    for info in trained.values():
+        info.update(zoo=str(zoo), zoo_seconds=zoo_seconds, arch=s.family)
     if args.data != "digits":
+        metanets = {m: {**info, "key": _key([info["best_epoch"], info["options"], info["zoo"]])}
+                    for m, info in trained.items()}
         return other_data(args, s, cache, chosen, metanets, trained, zoo_seconds, t0, load_start)
+    own_chosen = {}  # per family with its own zoo: the controls' lr chosen there
+    for arch in (a for a in s.own_zoos if a in s.transfer):
+        own_zoo, own_seconds = build_zoo_once(s, cache, arch)
+        for name, options in s.own_objectives:
+            trained[own_name(name, arch)] = {**meta_train_once(s, own_zoo, f"{name} {arch}", dict(options), cache),
+                                             "zoo": str(own_zoo), "zoo_seconds": own_seconds, "arch": arch}
+        own_chosen[arch] = {}
+        for name, steps in STEP_METHODS.items():
+            own_chosen[arch][name], scores = choose_step_lr(bench, s, own_zoo, steps)
+            step_scores[f"{name} on {arch}"] = (arch, scores)
+    metanets = {m: {**info, "key": _key([info["best_epoch"], info["options"], info["zoo"]])}
+                for m, info in trained.items()}
     seeds = {arch: bench.usable_seeds(arch)[0] for arch in (s.family, *s.transfer)}
     cells = []
     for arch in (s.family, *s.transfer):
         for seed in seeds[arch]:
             for target in s.targets:
-                for method in methods(s):
-                    hp = chosen.get(method, {})
+                for method in methods(s, arch):
+                    hp = {**chosen, **own_chosen.get(arch, {})}.get(method, {})
                     cells.append(cell(bench, arch, seed, method, target, hp, metanets))
     for seed in seeds[s.family]:
         for target in s.targets:
@@ -476,9 +530,9 @@ def main(argv: list[str] | None = None) -> None:
             "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores", "threads": args.threads,
             "versions": _versions(), "load_start": load_start,
             "load_end": "/".join(f"{x:.2f}" for x in os.getloadavg()), "minutes": (time.time() - t0) / 60,
-            "step_lr": {name: f"{chosen[name]['lr']:g} (held-out zoo val at {s.select_speedup:g}x by lr: "
-                        + ", ".join(f"{lr}: {100 * v:.1f}" for lr, v in scores.items()) + ")"
-                        for name, scores in step_scores.items()}}
+            "step_lr": {name: f"{max(scores, key=scores.get)} (held-out {family} zoo val at {s.select_speedup:g}x "
+                        "by lr: " + ", ".join(f"{lr}: {100 * v:.1f}" for lr, v in scores.items()) + ")"
+                        for name, (family, scores) in step_scores.items()}}
     write_report(s, cells, meta, trained, zoo_seconds, seeds, RESULTS / "prunability")
     say(f"wrote {RESULTS / 'prunability.md'}")
 
