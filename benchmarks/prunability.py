@@ -70,14 +70,14 @@ BASELINES = ("fxmeta-l2", "DepGraph+SL", "random", "prepared", *STEP_METHODS)
 PREPARE_1 = "prepared 1 epoch"
 
 
-def one_epoch_methods(trained: dict) -> tuple[str, ...]:
+def one_epoch_methods(s: "Settings", trained: dict) -> tuple[str, ...]:
     """k = 1 on the family itself: one prepare epoch alone, and after the metanetwork with the best
     held-out zoo score (validation) among those that rewrite once and after every learned optimiser
     (a gradient-step head), to see whether the metanetwork amortises part of prepare; and after the
     T-step SGD controls of the same data."""
     once = [m for m in trained if trained[m]["metanet"].config.steps == 1 and not trained[m]["metanet"].config.step_lr]
     chosen = [max(once, key=lambda m: trained[m]["best_score"])] if once else []
-    chosen += [m for m in trained if trained[m]["metanet"].config.step_lr and m not in own_methods()]
+    chosen += [m for m in trained if trained[m]["metanet"].config.step_lr and m not in own_methods(s)]
     controls = dict.fromkeys((GRAD_STEP, *(steps_name(trained[m]["metanet"].config.steps) for m in chosen)))
     return (PREPARE_1, FIXED_1, *(f"{m} + {PREPARE_1}" for m in chosen), *(f"{c} + {PREPARE_1}" for c in controls))
 
@@ -86,9 +86,8 @@ def own_name(name: str, arch: str) -> str:
     return f"metanet ({name}, {arch} zoo)"
 
 
-def own_methods(s: "Settings | None" = None) -> dict[str, str]:
+def own_methods(s: "Settings") -> dict[str, str]:
     """The metanetworks meta-trained on a zoo of the family they are measured on: {method: arch}."""
-    s = s or Settings()
     return {own_name(name, arch): arch for arch in s.own_zoos for name, _ in s.own_objectives}
 
 
@@ -360,13 +359,13 @@ def write_report(s: Settings, cells: list[dict], meta: dict, trained: dict, zoo_
     for name, info in trained.items():
         own = info.get("arch", s.family) != s.family  # pruned only on its own family
         n_pruned = sum(len(sd) for arch, sd in seeds.items() if not own or arch == info["arch"]) * len(s.targets)
-        zoo_seconds = info.get("zoo_seconds", zoo_seconds)
+        cost = info.get("zoo_seconds", zoo_seconds) + info["seconds"]
         curve = " ".join(f"{100 * h['score']:.0f}" for h in [{"score": info.get("baseline", float("nan"))},
                                                               *info["history"]])
         lines.append(f"| {name} | {info['options']} | {info['seconds'] / 60:.1f} | {info['best_epoch']} | "
-                     f"{_pct(info['best_score'])} | {curve} | {(zoo_seconds + info['seconds']) / n_pruned:.0f} |")
+                     f"{_pct(info['best_score'])} | {curve} | {cost / n_pruned:.0f} |")
     lines.append("")
-    all_methods = (*methods(s), *(m for m in own_methods(s) if m in trained), *one_epoch_methods(trained))
+    all_methods = (*methods(s), *(m for m in own_methods(s) if m in trained), *one_epoch_methods(s, trained))
     budget = {m: "0 (+ amortised meta-training)" for m in all_methods if m.startswith("metanet")}
     budget.update({m: f"0 + {_grads(trained[m]['metanet'].config.steps)} on "
                       f"{trained[m]['metanet'].config.condition_batches} batches (+ amortised meta-training)"
@@ -374,13 +373,13 @@ def write_report(s: Settings, cells: list[dict], meta: dict, trained: dict, zoo_
     budget.update({m: ("0 + 1 (prepare)" if m.startswith("metanet") else
                        f"0 + {_grads(STEP_METHODS[m.split(' + ')[0]])} on 2 batches + 1 (prepare)"
                        if m.split(" + ")[0] in STEP_METHODS else "1 (prepare)")
-                   for m in one_epoch_methods(trained)})
+                   for m in one_epoch_methods(s, trained)})
     budget.update({m: f"0 + {_grads(t)} on 2 batches" for m, t in STEP_METHODS.items()})
     budget.update({"fxmeta-l2": "0", "random": "0",
                    "DepGraph+SL": f"{PREPARE.pre_epochs} (sparsity learning)",
                    "prepared": f"{PREPARE.pre_epochs} (prepare)"})
     for arch in (s.family, *s.transfer):
-        own = [m for m in own_methods(s) if own_methods(s)[m] == arch and m in trained]
+        own = [m for m, a in own_methods(s).items() if a == arch and m in trained]
         lines += [f"## {arch}" + (f" (transfer: metanetworks meta-trained on {s.family}"
                                   + (f"; {', '.join(own)} on {arch}s of the zoo's seeds" if own else "") + ")"
                                   if arch != s.family else ""),
@@ -494,9 +493,7 @@ def main(argv: list[str] | None = None) -> None:
     for info in trained.values():
         info.update(zoo=str(zoo), zoo_seconds=zoo_seconds, arch=s.family)
     if args.data != "digits":
-        metanets = {m: {**info, "key": _key([info["best_epoch"], info["options"], info["zoo"]])}
-                    for m, info in trained.items()}
-        return other_data(args, s, cache, chosen, metanets, trained, zoo_seconds, t0, load_start)
+        return other_data(args, s, cache, chosen, _keyed(trained), trained, zoo_seconds, t0, load_start)
     own_chosen = {}  # per family with its own zoo: the controls' lr chosen there
     for arch in (a for a in s.own_zoos if a in s.transfer):
         own_zoo, own_seconds = build_zoo_once(s, cache, arch)
@@ -507,19 +504,18 @@ def main(argv: list[str] | None = None) -> None:
         for name, steps in STEP_METHODS.items():
             own_chosen[arch][name], scores = choose_step_lr(bench, s, own_zoo, steps)
             step_scores[f"{name} on {arch}"] = (arch, scores)
-    metanets = {m: {**info, "key": _key([info["best_epoch"], info["options"], info["zoo"]])}
-                for m, info in trained.items()}
+    metanets = _keyed(trained)
     seeds = {arch: bench.usable_seeds(arch)[0] for arch in (s.family, *s.transfer)}
     cells = []
     for arch in (s.family, *s.transfer):
+        arch_chosen = {**chosen, **own_chosen.get(arch, {})}
         for seed in seeds[arch]:
             for target in s.targets:
                 for method in methods(s, arch):
-                    hp = {**chosen, **own_chosen.get(arch, {})}.get(method, {})
-                    cells.append(cell(bench, arch, seed, method, target, hp, metanets))
+                    cells.append(cell(bench, arch, seed, method, target, arch_chosen.get(method, {}), metanets))
     for seed in seeds[s.family]:
         for target in s.targets:
-            for method in one_epoch_methods(trained):
+            for method in one_epoch_methods(s, trained):
                 control = method.split(" + ")[0]
                 hp = chosen["prepared"] if control not in STEP_METHODS else \
                     {**chosen["prepared"], "step_lr": chosen[control]["lr"]}
@@ -535,6 +531,11 @@ def main(argv: list[str] | None = None) -> None:
                         for name, (family, scores) in step_scores.items()}}
     write_report(s, cells, meta, trained, zoo_seconds, seeds, RESULTS / "prunability")
     say(f"wrote {RESULTS / 'prunability.md'}")
+
+
+def _keyed(trained: dict) -> dict:
+    """The metanetworks with the key their cells are cached under (checkpoint, settings, zoo)."""
+    return {m: {**info, "key": _key([info["best_epoch"], info["options"], info["zoo"]])} for m, info in trained.items()}
 
 
 def other_data(args, s: Settings, cache: Path, chosen: dict, metanets: dict, trained: dict, zoo_seconds: float,
