@@ -214,16 +214,17 @@ def _baseline(folder: Path) -> float:
     return float("nan")
 
 
-def _rewrite(metanet: Any, bench: Bench, model: torch.nn.Module, target: float) -> tuple[torch.nn.Module, Any]:
+def _rewrite(metanet: Any, bench: Bench, model: torch.nn.Module, target: float,
+             allocation: str = "global") -> tuple[torch.nn.Module, Any]:
     """The metanetwork's output for a prune to ``target`` and the importance to prune it with (a
     conditioned metanetwork takes its gradient on the first of the shared calibration batches)."""
     from fxmeta.metanet.rewriting import apply_for_prune
 
-    return apply_for_prune(metanet, model, bench.example, target, bench.calibration)
+    return apply_for_prune(metanet, model, bench.example, target, bench.calibration, allocation=allocation)
 
 
 def gradient_step(model: torch.nn.Module, bench: Bench, target: float, lr: float,
-                  steps: int = 1) -> tuple[torch.nn.Module, Any]:
+                  steps: int = 1, allocation: str = "global") -> tuple[torch.nn.Module, Any]:
     """``steps`` SGD steps of ``model``'s weights on the masked loss of the prune fixed by its own weights,
     each on the first 2 calibration batches (what the conditioned metanetwork sees), and that prune's
     importance."""
@@ -231,7 +232,7 @@ def gradient_step(model: torch.nn.Module, bench: Bench, target: float, lr: float
     from fxmeta.metanet.condition import Condition
 
     graph = lower(model, bench.example)
-    condition = Condition(graph, bench.example, target)
+    condition = Condition(graph, bench.example, target, allocation=allocation)
     params = {k: v.detach().clone().requires_grad_(True) for k, v in graph.module.named_parameters()}
     for _ in range(steps):
         grads = torch.autograd.grad(condition.masked_loss(params, bench.calibration[:2]), list(params.values()))

@@ -149,6 +149,30 @@ def test_custom_importance_decides_what_goes():
         prune(model, X, speedup=1.3, importance="taylor")
 
 
+def test_allocation_spreads_the_removal_over_the_groups():
+    model = _model()
+    with torch.no_grad():
+        model.stem[0].weight[0] *= 100.0  # one loud unit: max-normalised, the stem's others all look weak
+
+    units = {g.key: g.units for g in analyze(model, X).groups if g.prunable}
+
+    def fractions(result):  # of every prunable group (the plan lists the ones that lose units)
+        lost = {e["key"]: len(e["removed"]) for e in result.plan["groups"]}
+        return {key: lost.get(key, 0) / n for key, n in units.items()}
+
+    got = {a: prune(model, X, speedup=1.5, allocation=a) for a in ("global", "global-mean", "uniform")}
+    for allocation, result in got.items():
+        assert result.speedup >= 1.5 and result.plan["allocation"] == allocation
+    glob, uni = fractions(got["global"]), fractions(got["uniform"])
+    stem = max(glob, key=glob.get)
+    assert glob[stem] > max(f for k, f in glob.items() if k != stem) + 0.25  # global: the stem pays
+    # uniform: every group loses the same fraction, up to one unit of rounding
+    assert max(uni.values()) - min(uni.values()) <= max(1 / n for n in units.values()) + 1e-9
+    assert fractions(got["global-mean"])[stem] <= glob[stem]  # the mean is less moved by one loud unit
+    with pytest.raises(PruningError, match="unknown allocation"):
+        prune(model, X, speedup=1.5, allocation="local")
+
+
 def test_ignore_keeps_layers_whole():
     model = _model()
     result = prune(model, X, speedup=1.05, ignore=["block"])

@@ -15,6 +15,7 @@ from rich.console import Console
 from rich.table import Table
 
 from ..errors import InputShapeError, OutputExistsError, SpecError
+from ..pruning.selection import ALLOCATIONS
 
 SPEC_HELP = (
     "model spec: torchvision:NAME, fxmeta:NAME, timm:NAME, hf:CONFIG.json or hf:FOLDER (transformers), "
@@ -150,6 +151,11 @@ def _add_prune_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--min-keep", type=_number, default=0.1, metavar="F",
                    help="the least fraction of every channel group that stays; 0.5 spreads the removal over "
                         "every kind of group (e.g. a transformer's width, heads and MLP) (default: 0.1)")
+    g.add_argument("--allocation", choices=list(ALLOCATIONS), default="global",
+                   help="how the removal spreads over the channel groups: global (scores divided by their group's "
+                        "largest, one ranking across groups), global-mean (divided by the group's mean) or uniform "
+                        "(every group loses the same fraction; often better on deep residual networks) "
+                        "(default: global)")
     g.add_argument("--ignore", action="append", default=[], metavar="LAYER",
                    help="never prune this layer (module name, repeatable)")
     g.add_argument("--no-check", dest="check", action="store_false",
@@ -259,7 +265,7 @@ def _transform_config(args: argparse.Namespace, *, finetune: Any = None, checkpo
 
     return TransformConfig(
         speedup=args.speedup, importance=args.importance, round_to=args.round_to, ignore=tuple(args.ignore),
-        min_keep=getattr(args, "min_keep", 0.1),
+        min_keep=getattr(args, "min_keep", 0.1), allocation=getattr(args, "allocation", "global"),
         check=args.check, adapt_epochs=getattr(args, "adapt_epochs", 0), bn_batches=getattr(args, "bn_batches", 0),
         prepare=_prepare_config(args),
         finetune=finetune or TrainConfig(epochs=0, device="cpu", progress=False),

@@ -9,7 +9,7 @@ from rich.console import Console
 from rich.table import Table
 
 from ..errors import SpecError
-from .common import _add_model_args, _load_data, _load_model, _note, _pct, is_main_process, speedup_list
+from .common import ALLOCATIONS, _add_model_args, _load_data, _load_model, _note, _pct, is_main_process, speedup_list
 
 
 def cmd_curve(args: argparse.Namespace) -> int:
@@ -48,7 +48,8 @@ def cmd_curve(args: argparse.Namespace) -> int:
         _note(f"[dim]> {text}[/]")
 
     curves = [prunability_curve(loaded.module.eval(), x, split, speedups, calibration=calibration, label="model",
-                                split=args.split, importance=args.importance, progress=progress)]
+                                split=args.split, importance=args.importance, progress=progress,
+                                allocation=args.allocation)]
     if metanet is not None:
         curves.append(_metanet_curve(metanet, loaded.module, x, data, split, speedups, calibration, args, progress))
     if args.out:
@@ -88,13 +89,16 @@ def _metanet_curve(metanet: Any, model: Any, x: Any, data: Any, split: Any, spee
     label = "model + metanetwork"
     if not metanet.conditioned:
         return prunability_curve(apply(metanet, model, x).eval(), x, split, speedups, calibration=calibration,
-                                 label=label, split=args.split, importance=args.importance, progress=progress)
+                                 label=label, split=args.split, importance=args.importance, progress=progress,
+                                 allocation=args.allocation)
     batches = calibration_batches(data.train, metanet.config.condition_batches, args.batch_size, args.seed)
     merged = None
     for target in speedups:
-        module, importance = apply_for_prune(metanet, model, x, target, batches, args.importance)
+        module, importance = apply_for_prune(metanet, model, x, target, batches, args.importance,
+                                             allocation=args.allocation)
         curve = prunability_curve(module.eval(), x, split, [target], calibration=calibration, label=label,
-                                  split=args.split, importance=importance, progress=progress)
+                                  split=args.split, importance=importance, progress=progress,
+                                  allocation=args.allocation)
         if merged is None:
             merged = curve
         else:
@@ -117,6 +121,9 @@ def register_curve(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--speedups", default="1.5,2,3,4,6,8", metavar="X,Y,...",
                    help="FLOPs targets (default: 1.5,2,3,4,6,8)")
     p.add_argument("--importance", choices=["l2", "l1", "random"], default="l2", help="(default: l2)")
+    p.add_argument("--allocation", choices=list(ALLOCATIONS), default="global",
+                   help="how each prune spreads its removal over the channel groups, as fxmeta prune "
+                        "--allocation (default: global)")
     p.add_argument("--bn-batches", type=int, default=20, metavar="N",
                    help="training batches that recompute BatchNorm statistics after removal; 0: off (default: 20)")
     p.add_argument("--split", choices=["val", "test"], default="test",

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import argparse
 
-from .common import _note, _number, _pct, speedup_list
+from .common import ALLOCATIONS, _note, _number, _pct, speedup_list
 
 
 def cmd_meta_train(args: argparse.Namespace) -> int:
@@ -17,7 +17,8 @@ def cmd_meta_train(args: argparse.Namespace) -> int:
         epochs=args.epochs, lr=args.lr, weight_decay=args.weight_decay, width=args.width, depth=args.depth,
         ratio=_given(args.ratio, chosen["ratio"]), zero_init=args.zero_init or conditioned, learn=args.learn,
         reg=_given(args.reg, chosen["reg"]), alpha=args.alpha, batches_per_step=args.batches_per_step,
-        batch_size=args.batch_size, speedup=args.speedup, eval_bn_batches=args.eval_bn_batches,
+        batch_size=args.batch_size, speedup=args.speedup, allocation=args.allocation,
+        eval_bn_batches=args.eval_bn_batches,
         eval_finetune_epochs=_given(args.eval_finetune_epochs, chosen["eval_finetune_epochs"]),
         objective="prunable" if conditioned else args.objective, mask_weight=args.mask_weight,
         ce_weight=_given(args.ce_weight, chosen["ce_weight"]),
@@ -99,6 +100,9 @@ def register_meta_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-size", type=int, default=128, metavar="B", help="(default: 128)")
     p.add_argument("--speedup", type=_number, default=2.0, metavar="X",
                    help="FLOPs target of the validation prune that picks the best epoch (default: 2.0)")
+    p.add_argument("--allocation", choices=list(ALLOCATIONS), default="global",
+                   help="how every prune here (the masks, the prunes told, the validation prune) spreads its "
+                        "removal over the channel groups, as fxmeta prune --allocation (default: global)")
     p.add_argument("--eval-bn-batches", type=int, default=20, metavar="N",
                    help="training batches that recompute the pruned models' BatchNorm statistics in that "
                         "validation, before scoring and finetuning; 0: keep the stored ones (default: 20)")

@@ -74,7 +74,8 @@ class Condition:
     one ``fxmeta.prune(..., importance=importance)`` picks on the original weights."""
 
     def __init__(self, graph: WeightGraph, example_input: Any, speedup: float, importance: str = "l2",
-                 round_to: int | None = None, min_keep: float = 0.1, ignore: Sequence[str] = ()) -> None:
+                 round_to: int | None = None, min_keep: float = 0.1, ignore: Sequence[str] = (),
+                 allocation: str = "global") -> None:
         from ..analysis.channels import analyze
         from ..pruning.importance import importance_fn
         from ..pruning.masking import MaskedNetwork, analytic_flops, calibrate_target, removal
@@ -86,8 +87,11 @@ class Condition:
         self.original = {k: v.detach() for k, v in raise_params(graph).items()}
         score = importance_fn(importance, 0)
         self._score = score
-        target = calibrate_target(analysis, speedup, importance, round_to=round_to, min_keep=min_keep)
+        self.allocation = allocation
+        target = calibrate_target(analysis, speedup, importance, round_to=round_to, min_keep=min_keep,
+                                  allocation=allocation)
         self.removed = removal(analysis, speedup, importance, round_to=round_to, min_keep=min_keep,
+                               allocation=allocation,
                                flops_target=target, flops=analytic_flops(analysis), params=self.original)
         candidate = torch.zeros(analysis.uf.size, dtype=torch.bool)
         for group in analysis.groups:

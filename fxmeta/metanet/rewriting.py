@@ -61,14 +61,14 @@ def apply(metanet: Any, model: nn.Module, example_input: Any) -> fx.GraphModule:
 def rewrite_for_prune(metanet: Any, graph: WeightGraph, example_input: Any, speedup: float,
                       batches: Sequence[tuple[Tensor, Tensor]], importance: str = "l2", *,
                       round_to: int | None = None, min_keep: float = 0.1,
-                      ignore: Sequence[str] = ()) -> tuple[WeightGraph, Any]:
+                      ignore: Sequence[str] = (), allocation: str = "global") -> tuple[WeightGraph, Any]:
     """The metanetwork's rewrite of ``graph`` for a prune to ``speedup``, and the importance to prune it with.
 
     An unconditioned metanetwork rewrites as :func:`rewrite` and the importance stays; a
     conditioned one (``fxmeta.metanet.condition``) is told the prune of the original weights
     and the masked-loss gradient on ``batches`` (its ``condition_batches`` first ones), as many
     times as it was trained to rewrite (``config.steps``), and the returned importance makes
-    ``fxmeta.prune`` (with the same ``round_to``, ``min_keep`` and ``ignore``) remove exactly the
+    ``fxmeta.prune`` (with the same ``round_to``, ``min_keep``, ``ignore`` and ``allocation``) remove exactly the
     channels it was told."""
     metanet = _load(metanet)
     if not getattr(metanet, "conditioned", False):
@@ -80,7 +80,7 @@ def rewrite_for_prune(metanet: Any, graph: WeightGraph, example_input: Any, spee
     if not batches:
         raise FxmetaError("this metanetwork is conditioned on the prune and needs training batches for its "
                           "gradient input; give data (--data)")
-    condition = Condition(graph, example_input, speedup, importance, round_to, min_keep, ignore)
+    condition = Condition(graph, example_input, speedup, importance, round_to, min_keep, ignore, allocation)
     out = _guarded(metanet, lambda: rewrite_steps(metanet, graph, condition, batches))
     return out, condition.importance()
 

@@ -36,6 +36,7 @@ from ..ir.raising import raise_graph, raise_params
 from ..metanet.files import load_metanet, save_metanet
 from ..metanet.model import FORMAT as METANET_FORMAT
 from ..metanet.model import Metanet, MetanetConfig, kinds_of
+from ..pruning.selection import ALLOCATIONS
 from .regularizer import GroupRegularizer, group_regularizer
 
 LAST, BEST, LOG = "last.pt", "best.pt", "log.jsonl"
@@ -73,6 +74,7 @@ class MetaTrainConfig:
     batches_per_step: int = 4
     batch_size: int = 128
     speedup: float = 2.0  # FLOPs target of the validation prune
+    allocation: str = "global"  # how every prune here spreads its removal over the groups (fxmeta.prune)
     eval_bn_batches: int = 20  # BatchNorm recalibration of the pruned held-out models before scoring
     eval_finetune_epochs: int = 1
     objective: str = "reference"  # "reference" | "prunable"
@@ -103,6 +105,8 @@ class MetaTrainConfig:
             raise SpecError("need eval_bn_batches >= 0 and eval_finetune_epochs >= 0")
         if self.speedup < 1.0:
             raise SpecError(f"speedup must be >= 1, got {self.speedup}")
+        if self.allocation not in ALLOCATIONS:
+            raise SpecError(f"unknown allocation {self.allocation!r}; use one of {', '.join(ALLOCATIONS)}")
         if self.learn not in ("all", "nodes", "step"):
             raise SpecError(f"learn={self.learn!r} is not one of all, nodes, step")
         if self.learn == "step" and not self.step_lr:
@@ -159,13 +163,14 @@ class _DataModel:
     masking: Any = None  # _Masking for the prunable objective
     example: Any = None
     conditions: dict[float, Any] = field(default_factory=dict)  # speed-up -> metanet.condition.Condition
+    allocation: str = "global"  # fxmeta.prune's allocation of the prunes it is masked with / told
 
     def condition(self, speedup: float) -> Any:
         """The fixed prune of this member to ``speedup`` (built once)."""
         from ..metanet.condition import Condition
 
         if speedup not in self.conditions:
-            self.conditions[speedup] = Condition(self.graph, self.example, speedup)
+            self.conditions[speedup] = Condition(self.graph, self.example, speedup, allocation=self.allocation)
         return self.conditions[speedup]
 
 
@@ -176,12 +181,14 @@ class _Masking:
     network: Any  # fxmeta.masking.MaskedNetwork over the data model's module
     targets: list[tuple[float, float]]  # (speed-up, analytic FLOPs target)
     flops: Any
+    allocation: str = "global"
 
     def removed(self, params: dict[str, torch.Tensor], pick: int) -> torch.Tensor:
         from ..pruning.masking import removal
 
         speedup, target = self.targets[pick]
         return removal(self.network.analysis, speedup, flops_target=target, flops=self.flops,
+                       allocation=self.allocation,
                        params={k: v.detach() for k, v in params.items()})
 
 
@@ -300,7 +307,7 @@ def _prepare(path: str, example: torch.Tensor, config: MetaTrainConfig, trust: b
     regularizer = group_regularizer(model, example, reg=config.reg, alpha=config.alpha)
     masking = None
     if config.conditioned:
-        data_model = _DataModel(path, graph, regularizer, None, example)
+        data_model = _DataModel(path, graph, regularizer, None, example, allocation=config.allocation)
         for speedup in config.mask_speedups or (config.speedup,):
             data_model.condition(speedup)
         return data_model
@@ -310,9 +317,9 @@ def _prepare(path: str, example: torch.Tensor, config: MetaTrainConfig, trust: b
 
         analysis = analyze(graph.module, example)
         speedups = config.mask_speedups or (config.speedup,)
-        masking = _Masking(MaskedNetwork(analysis), [(s, calibrate_target(analysis, s)) for s in speedups],
-                           analytic_flops(analysis))
-    return _DataModel(path, graph, regularizer, masking, example)
+        targets = [(s, calibrate_target(analysis, s, allocation=config.allocation)) for s in speedups]
+        masking = _Masking(MaskedNetwork(analysis), targets, analytic_flops(analysis), config.allocation)
+    return _DataModel(path, graph, regularizer, masking, example, allocation=config.allocation)
 
 
 def _make_metanet(graphs: list[WeightGraph], config: MetaTrainConfig) -> Metanet:
@@ -463,7 +470,8 @@ def _validate(net: Metanet | None, models: list[_DataModel], loaders, example: t
         for p in module.parameters():
             p.requires_grad_(True)  # the data model's were switched off; the finetune trains them
         curve = prunability_curve(module, example, loaders.val, [config.speedup], calibration=calibration,
-                                  label=os.path.basename(data_model.path), split="val", importance=importance)
+                                  label=os.path.basename(data_model.path), split="val", importance=importance,
+                                  allocation=config.allocation)
         point = curve.points[0]
         if point.error and _diverged(module, example):
             # the rewrite blew the network up (a step size far too large): it scores nothing, the run goes on
@@ -478,7 +486,8 @@ def _validate(net: Metanet | None, models: list[_DataModel], loaders, example: t
         if point.recalibrated_accuracy is not None:
             entry["recalibrated_acc"] = point.recalibrated_accuracy
         if config.eval_finetune_epochs > 0:
-            pruned = prune(module, example, speedup=config.speedup, importance=importance)
+            pruned = prune(module, example, speedup=config.speedup, importance=importance,
+                           allocation=config.allocation)
             if calibration:
                 recalibrate_bn(pruned.module, calibration, len(calibration))
             tuned = train(pruned.module, loaders, TrainConfig(epochs=config.eval_finetune_epochs, lr=finetune_lr,

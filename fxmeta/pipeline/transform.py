@@ -30,6 +30,7 @@ from ..ir.lowering import lower
 from ..ir.raising import raise_graph
 from ..metanet.rewriting import rewrite_for_prune
 from ..pruning.flops import count_flops, count_params
+from ..pruning.selection import ALLOCATIONS
 from ..tracing import _as_tuple, eval_mode
 from ..training.data import DataSplits, Loaders, make_loaders
 from ..training.loop import TrainConfig, distributed_context, evaluate, recalibrate_bn, resolve_device, train
@@ -61,6 +62,7 @@ class TransformConfig:
     importance: str = "l2"
     round_to: int | None = None
     min_keep: float = 0.1  # the least fraction of every group that stays (fxmeta.prune)
+    allocation: str = "global"  # how the removal spreads over the groups (fxmeta.prune)
     ignore: tuple[str, ...] = ()
     check: bool = True
     metanet: Any = None
@@ -87,6 +89,8 @@ class TransformConfig:
             raise SpecError(f"round_to must be >= 1, got {self.round_to}")
         if not 0.0 <= self.min_keep <= 1.0:
             raise SpecError(f"min_keep must be within [0, 1], got {self.min_keep}")
+        if self.allocation not in ALLOCATIONS:
+            raise SpecError(f"unknown allocation {self.allocation!r}; use one of {', '.join(ALLOCATIONS)}")
         if self.latency_threads < 1 or self.latency_batch < 1:
             raise SpecError("latency threads and batch must be >= 1")
         if self.resume and not self.checkpoint_dir:
@@ -205,6 +209,7 @@ def _run_record(config: TransformConfig, extra: dict[str, Any]) -> dict[str, Any
         "prepare": asdict(config.prepare),
         # only when set: the records of runs made before it existed stay resumable
         **({"min_keep": config.min_keep} if config.min_keep != TransformConfig.min_keep else {}),
+        **({"allocation": config.allocation} if config.allocation != TransformConfig.allocation else {}),
         "metanet": os.path.abspath(os.fspath(metanet)) if isinstance(metanet, (str, os.PathLike)) else
         (None if metanet is None else type(metanet).__name__), **extra,
     }
@@ -267,7 +272,8 @@ def _prune(model: nn.Module, x: Any, config: TransformConfig, exported: bool, im
 
     try:
         return prune(model, x, speedup=config.speedup, importance=importance, round_to=config.round_to,
-                     ignore=config.ignore, min_keep=config.min_keep, check=config.check)
+                     ignore=config.ignore, min_keep=config.min_keep, check=config.check,
+                     allocation=config.allocation)
     except PruningError as exc:
         if not exported:
             raise
@@ -282,7 +288,7 @@ def _prepare_stage(model: nn.Module, x: Any, loaders: Any, config: TransformConf
     p = config.prepare
     return prepare(model, x, loaders, train_config, speedups, weight=p.weight, mask_every=p.mask_every,
                    importance=importance, round_to=config.round_to, ignore=config.ignore,
-                   min_keep=config.min_keep).model.cpu()
+                   min_keep=config.min_keep, allocation=config.allocation).model.cpu()
 
 
 def _rewrite_with_metanet(model: nn.Module, x: Any, config: TransformConfig, data: DataSplits | None,
@@ -305,7 +311,7 @@ def _rewrite_with_metanet(model: nn.Module, x: Any, config: TransformConfig, dat
                                           seed=config.finetune.seed)
         graph, importance = rewrite_for_prune(metanet, graph, x, config.speedup, batches, config.importance,
                                               round_to=config.round_to, min_keep=config.min_keep,
-                                              ignore=config.ignore)
+                                              ignore=config.ignore, allocation=config.allocation)
     with timer("raise"):
         return raise_graph(graph), importance, bool(getattr(metanet, "conditioned", False))
 

@@ -179,7 +179,8 @@ def analytic_flops(analysis: ChannelAnalysis) -> tuple[FlopModel, int]:
 
 def removal(analysis: ChannelAnalysis, speedup: float, importance: Any = "l2", *, round_to: int | None = None,
             min_keep: float = 0.1, seed: int = 0, flops_target: float | None = None,
-            flops: tuple[FlopModel, int] | None = None, params: dict[str, Tensor] | None = None) -> Tensor:
+            flops: tuple[FlopModel, int] | None = None, params: dict[str, Tensor] | None = None,
+            allocation: str = "global") -> Tensor:
     """Units (bool over unit ids) a prune of ``analysis.gm``'s current weights to ``speedup`` removes.
 
     ``flops_target`` is the target of the analytic FLOPs model; :func:`calibrate_target`
@@ -192,7 +193,7 @@ def removal(analysis: ChannelAnalysis, speedup: float, importance: Any = "l2", *
     score = importance_fn(importance, seed)
     if params is not None:
         score = (lambda fn: lambda group, _own: fn(group, params))(score)
-    c = candidates(analysis, score, round_to, min_keep)
+    c = candidates(analysis, score, round_to, min_keep, allocation)
     if not c.groups:
         raise PruningError("the model has no prunable channel groups: there is nothing to mask")
     model, base = flops or analytic_flops(analysis)
@@ -201,13 +202,14 @@ def removal(analysis: ChannelAnalysis, speedup: float, importance: Any = "l2", *
 
 
 def calibrate_target(analysis: ChannelAnalysis, speedup: float, importance: Any = "l2", *,
-                     round_to: int | None = None, min_keep: float = 0.1, seed: int = 0) -> float:
+                     round_to: int | None = None, min_keep: float = 0.1, seed: int = 0,
+                     allocation: str = "global") -> float:
     """The analytic FLOPs target whose selection measures at least ``speedup`` once slimmed.
 
     ``prune`` finds it by slimming and measuring (``fxmeta.pruning.pruner.reach``); doing
     that once up front lets the masks be recomputed often without slimming each time."""
     _check_speedup(speedup)
-    c = candidates(analysis, importance_fn(importance, seed), round_to, min_keep)
+    c = candidates(analysis, importance_fn(importance, seed), round_to, min_keep, allocation)
     if not c.groups:
         raise PruningError("the model has no prunable channel groups: there is nothing to mask")
     model, base = analytic_flops(analysis)

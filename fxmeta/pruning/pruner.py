@@ -26,7 +26,7 @@ from ..keys import CAPTURE, PLAN
 from .flops import FlopModel, count_flops, count_params
 from .importance import Importance, importance_fn
 from .plan import PLAN_FORMAT, apply_plan, make_plan, own_class
-from .selection import Candidates, candidates, flop_model, removed_mask, select
+from .selection import Candidates, candidates, check_allocation, flop_model, removed_mask, select
 from .selfcheck import check_shapes, self_check
 from .slimming import slim
 
@@ -136,12 +136,16 @@ def prune(
     seed: int = 0,
     rules: Mapping[Any, Callable] | None = None,
     capture: str = "auto",
+    allocation: str = "global",
 ) -> PruneResult:
     """Remove channels until FLOPs(original) / FLOPs(pruned) >= ``speedup``.
 
     ``importance``: "l2" (group L2 norm, normalised per group), "l1", "random", or a
     callable ``(group, params) -> scores of shape (group.units,)``; units are ranked
-    globally, weakest removed first. ``round_to`` keeps channel counts multiples of N;
+    globally, weakest removed first. ``allocation`` says how the removal spreads over the groups:
+    "global" (scores divided by their group's largest, then one ranking across groups: groups whose
+    units are unequal lose more), "global-mean" (divided by the group's mean instead), "uniform" (every
+    group loses the same fraction, weakest units first; Torch-Pruning's local pruning). ``round_to`` keeps channel counts multiples of N;
     ``min_keep`` is the least fraction of every group that stays; ``ignore`` names
     modules that must not change. ``check`` compares the result with the original model
     with the removed channels masked (on a random input) and raises PruningError, naming
@@ -159,10 +163,11 @@ def prune(
         raise PruningError(f"round_to must be a positive integer, got {round_to!r}")
     if not 0.0 <= min_keep <= 1.0:
         raise PruningError(f"min_keep must be within [0, 1], got {min_keep!r}")
+    check_allocation(allocation)
     clock = _Clock()
     analysis = analyze(model, example_input, ignore=ignore, rules=rules, capture=capture)
     clock("analysis")
-    c = candidates(analysis, importance_fn(importance, seed), round_to, min_keep)
+    c = candidates(analysis, importance_fn(importance, seed), round_to, min_keep, allocation)
     clock("importance")
     if not c.groups:
         raise PruningError(
@@ -182,6 +187,7 @@ def prune(
         clock("check")
     plan = make_plan(analysis, c, counts, {"speedup_target": float(speedup),
                                         "importance": importance if isinstance(importance, str) else "custom",
+                                        "allocation": allocation,
                                         "capture": analysis.gm.meta.get(CAPTURE, "fx")})
     pruned.meta[PLAN] = plan
     pruned = own_class(model, analysis, removed, pruned, example_input)

@@ -27,8 +27,19 @@ class Candidates:
     steps: Tensor  # (G,) kept counts are multiples of this
 
 
+# how removal is spread over the groups: the user-facing name -> how a group's scores are normalised
+ALLOCATIONS = {"global": "max", "global-mean": "mean", "uniform": "rank"}
+
+
+def check_allocation(allocation: str) -> str:
+    if allocation not in ALLOCATIONS:
+        raise PruningError(f"unknown allocation {allocation!r}; use one of {', '.join(map(repr, ALLOCATIONS))}")
+    return ALLOCATIONS[allocation]
+
+
 def candidates(analysis: ChannelAnalysis, importance: Importance, round_to: int | None,
-                min_keep: float) -> Candidates:
+                min_keep: float, allocation: str = "global") -> Candidates:
+    normalize = check_allocation(allocation)
     groups = [g for g in analysis.groups if g.prunable]
     params = dict(analysis.gm.named_parameters(remove_duplicate=False))
     roots, group_of, scores, ranks = [], [], [], []
@@ -37,8 +48,7 @@ def candidates(analysis: ChannelAnalysis, importance: Importance, round_to: int 
         s = torch.as_tensor(importance(g, params), dtype=torch.float64).flatten()
         if s.shape != (g.units,):
             raise PruningError(f"importance returned shape {tuple(s.shape)} for {g.describe()}; expected ({g.units},)")
-        top = s.abs().max()
-        s = s / top if top > 0 else s  # normalised per group so groups compare globally
+        s = _normalized(s, normalize)
         roots.append(g.roots)
         group_of.append(torch.full((g.units,), gi))
         scores.append(s)
@@ -59,6 +69,18 @@ def candidates(analysis: ChannelAnalysis, importance: Importance, round_to: int 
     order = torch.argsort(score, stable=True)
     return Candidates(groups, torch.cat(roots), group_t, torch.cat(ranks), order, torch.tensor(sizes),
                        torch.tensor(caps), torch.tensor(steps))
+
+
+def _normalized(s: Tensor, normalize: str) -> Tensor:
+    """A group's scores made comparable across groups: divided by the group's largest ("max") or
+    mean ("mean") score, or replaced by their rank fraction ("rank": every group then loses the
+    same fraction of its units, a uniform allocation)."""
+    if normalize == "rank":
+        r = torch.empty_like(s)
+        r[torch.argsort(s, stable=True)] = torch.arange(1, len(s) + 1, dtype=s.dtype)
+        return r / len(s)
+    top = s.abs().max() if normalize == "max" else s.abs().mean()
+    return s / top if top > 0 else s
 
 
 def removed_counts(c: Candidates, k: int) -> Tensor:

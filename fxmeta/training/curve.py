@@ -52,7 +52,7 @@ def calibration_batches(dataset: Any, batches: int, batch_size: int = 128, seed:
 def prunability_curve(model: nn.Module, example_input: Any, eval_loader: DataLoader, speedups: Sequence[float], *,
                       calibration: list, label: str = "model", split: str = "test", importance: str = "l2",
                       round_to: int | None = None, ignore: Sequence[str] = (), device: str = "cpu",
-                      progress: Any = None) -> Curve:
+                      progress: Any = None, allocation: str = "global") -> Curve:
     """Prune ``model`` (left unchanged) to every target and score it right after removal."""
     from ..pruning.pruner import prune
     from .loop import evaluate, recalibrate_bn
@@ -67,7 +67,7 @@ def prunability_curve(model: nn.Module, example_input: Any, eval_loader: DataLoa
             progress(f"{label}: {target:g}x")
         try:
             result = prune(model, example_input, speedup=float(target), importance=importance, round_to=round_to,
-                           ignore=tuple(ignore))
+                           ignore=tuple(ignore), allocation=allocation)
         except PruningError as exc:
             curve.points.append(CurvePoint(float(target), error=str(exc)))
             continue

@@ -82,14 +82,16 @@ class PrunabilityObjective:
 
     def __init__(self, model: nn.Module, example_input: Any, speedups: Sequence[float], *, weight: float = 1.0,
                  mask_every: int = 0, importance: str = "l2", round_to: int | None = None,
-                 ignore: Sequence[str] = (), min_keep: float = 0.1, seed: int = 0) -> None:
+                 ignore: Sequence[str] = (), min_keep: float = 0.1, seed: int = 0,
+                 allocation: str = "global") -> None:
         if not speedups:
             raise SpecError("the prunability objective needs at least one speed-up target")
         self.speedups = [float(s) for s in speedups]
         self.weight = float(weight)
         self.mask_every = int(mask_every)
         self.seed = seed
-        self._select = {"importance": importance, "round_to": round_to, "min_keep": min_keep, "seed": seed}
+        self._select = {"importance": importance, "round_to": round_to, "min_keep": min_keep, "seed": seed,
+                        "allocation": allocation}
         self.analysis = analyze(model, example_input, ignore=tuple(ignore))
         self.masked = MaskedNetwork(self.analysis)
         self._flops = analytic_flops(self.analysis)  # runs the model: once, while it is on the CPU
@@ -125,7 +127,7 @@ class PrunabilityObjective:
 
 def prepare(model: nn.Module, example_input: Any, data: Any, train_config: Any, speedups: Sequence[float], *,
             weight: float = 1.0, mask_every: int = 0, importance: str = "l2", round_to: int | None = None,
-            ignore: Sequence[str] = (), min_keep: float = 0.1) -> Any:
+            ignore: Sequence[str] = (), min_keep: float = 0.1, allocation: str = "global") -> Any:
     """Train ``model`` in place for ``train_config.epochs`` epochs on the prunability objective.
 
     Returns the :class:`fxmeta.training.loop.TrainResult` with the last epoch's weights (the mask
@@ -136,5 +138,5 @@ def prepare(model: nn.Module, example_input: Any, data: Any, train_config: Any, 
 
     objective = PrunabilityObjective(model.cpu(), example_input, speedups, weight=weight, mask_every=mask_every,
                                      importance=importance, round_to=round_to, ignore=ignore, min_keep=min_keep,
-                                     seed=train_config.seed)
+                                     seed=train_config.seed, allocation=allocation)
     return train(model, data, replace(train_config, keep="last"), objective)

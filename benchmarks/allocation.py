@@ -1,0 +1,217 @@
+"""How a prune spreads its removal over the channel groups, on digits ResNet56s.
+
+``fxmeta.prune(..., allocation=)``: "global" (each group's scores divided by its largest, one
+ranking across all groups: the default), "global-mean" (divided by the group's mean) or
+"uniform" (every group loses the same fraction, weakest units first). On ResNet56 the global
+ranking takes most of the removal from a few groups; how much that costs is measured here:
+
+1. **Choice** (validation split of the ResNet56 zoo's 10 members, none of them a test network):
+   accuracy right after a prune + BatchNorm recalibration at ``choice_targets``, for l2 alone
+   and for 10 SGD steps on the masked loss (lr from ``STEP_LRS``, chosen per allocation on the
+   same members). The allocation with the best mean over both methods and targets is chosen.
+2. **Report** (the held-out base networks of ``benchmarks.prepare``, test split, 2/3/4/8x):
+   fxmeta-l2, random, 10 gradient steps and the ResNet56-zoo learned optimiser (10 rewrites,
+   ``benchmarks.prunability``'s recipe) meta-trained with the chosen allocation, under "global"
+   and under the chosen allocation; pairs over seeds with their standard error.
+
+    python -m benchmarks.allocation          # resumable; caches beside benchmarks.prunability's
+Results: ``benchmarks/results/allocation.{md,json}``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from benchmarks.prepare import FULL as PREPARE
+from benchmarks.prepare import Bench, _key, _mean_std, _versions, say
+from benchmarks.prunability import Settings, _rewrite, build_zoo_once, gradient_step, meta_train_once
+
+RESULTS = Path(__file__).resolve().parent / "results"
+ARCH = "resnet56"
+ALLOCATIONS = ("global", "global-mean", "uniform")
+CHOICE_TARGETS = (2.0, 4.0)
+CHOICE_LRS = (0.03, 0.1)  # of STEP_LRS: the 10-step control's choice on ResNet56 (global) and on ResNet20
+TARGETS = (2.0, 3.0, 4.0, 8.0)
+STEPS = 10
+METANET = "metanet (conditioned step T10, resnet56 zoo)"
+METHODS = ("fxmeta-l2", "random", f"{STEPS} gradient steps", METANET)
+
+
+def _prune_score(bench: Bench, module: torch.nn.Module, target: float, importance: Any, allocation: str,
+                 split: str, seed: int = 0) -> float:
+    """Accuracy on ``split`` right after a prune to ``target`` + recalibration on the shared batches."""
+    from fxmeta.pruning.pruner import prune
+    from fxmeta.training.loop import evaluate, recalibrate_bn
+
+    pruned = prune(module, bench.example, speedup=target, importance=importance, allocation=allocation,
+                   seed=seed).module
+    recalibrate_bn(pruned, bench.calibration, len(bench.calibration))
+    return evaluate(pruned, getattr(bench.loaders, split))["acc"]
+
+
+def choice_cell(bench: Bench, member: Path, allocation: str, target: float, lr: float | None) -> float:
+    """One zoo member's validation score (l2 alone when ``lr`` is None, else 10 SGD steps at ``lr``)."""
+    from fxmeta.io.files import load
+
+    path = bench.cache / "allocation-cells" / f"choice-{_key([str(member), allocation, target, lr, STEPS])}.json"
+    if path.is_file():
+        return json.loads(path.read_text())["val_acc"]
+    model = load(str(member), trust=True).eval()
+    importance: Any = "l2"
+    if lr is not None:
+        model, importance = gradient_step(model, bench, target, lr, STEPS, allocation)
+    acc = _prune_score(bench, model, target, importance, allocation, "val")
+    say(f"choice {member.name} {allocation:>11} {target:g}x lr {lr}: val {acc:.4f}")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"val_acc": acc}))
+    return acc
+
+
+def choose(bench: Bench, zoo: Path) -> dict:
+    """Per allocation: l2's and the best-lr steps' mean validation score over the zoo members and the
+    choice targets; the chosen allocation; the steps' lr per allocation."""
+    from fxmeta.metatrain.zoo import load_zoo
+
+    members = [Path(load_zoo(zoo, trust=True).path(m)) for m in load_zoo(zoo, trust=True).members]
+    table = {}
+    for allocation in ALLOCATIONS:
+        l2 = statistics.mean(choice_cell(bench, m, allocation, t, None) for m in members for t in CHOICE_TARGETS)
+        by_lr = {lr: statistics.mean(choice_cell(bench, m, allocation, t, lr) for m in members for t in CHOICE_TARGETS)
+                 for lr in CHOICE_LRS}
+        lr = max(by_lr, key=by_lr.get)
+        table[allocation] = {"l2": l2, "steps_by_lr": by_lr, "lr": lr, "score": (l2 + by_lr[lr]) / 2}
+    chosen = max(table, key=lambda a: table[a]["score"])
+    return {"members": len(members), "table": table, "chosen": chosen}
+
+
+def cell(bench: Bench, seed: int, method: str, allocation: str, target: float, lr: float,
+         metanet: dict | None) -> dict:
+    path = bench.cache / "allocation-cells" / \
+        f"{ARCH}-s{seed}-{method.replace(' ', '_')}-{allocation}-{target:g}x-" \
+        f"{_key([lr, metanet and metanet['key']])}.json"
+    if path.is_file():
+        return json.loads(path.read_text())
+    from fxmeta.errors import FxmetaError
+
+    base, importance = bench.base(ARCH, seed), "random" if method == "random" else "l2"
+    record: dict[str, Any] = {"seed": seed, "method": method, "allocation": allocation, "target": target}
+    t0 = time.perf_counter()
+    try:
+        if method == METANET:
+            base, importance = _rewrite(metanet["metanet"], bench, base, target, allocation)
+        elif method != "fxmeta-l2" and method != "random":
+            base, importance = gradient_step(base, bench, target, lr, STEPS, allocation)
+        record["recal_test_acc"] = _prune_score(bench, base, target, importance, allocation, "test", seed)
+        record["seconds"] = time.perf_counter() - t0
+        say(f"{ARCH} s{seed} {method:>45} {allocation:>11} {target:g}x: {record['recal_test_acc']:.4f}")
+    except FxmetaError as exc:
+        record["error"] = str(exc)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(record))
+    return record
+
+
+def _paired(cells: list[dict], method: str, a: str, b: str, target: float) -> tuple[float, float, int]:
+    by = {(c["seed"], c["allocation"]): c.get("recal_test_acc") for c in cells
+          if c["method"] == method and c["target"] == target}
+    diffs = [100 * (by[(sd, a)] - by[(sd, b)]) for sd, al in by if al == a
+             and by.get((sd, b)) is not None and by[(sd, a)] is not None]
+    if len(diffs) < 2:
+        return float("nan"), float("nan"), len(diffs)
+    return statistics.mean(diffs), statistics.stdev(diffs) / len(diffs) ** 0.5, len(diffs)
+
+
+def write_report(choice: dict, cells: list[dict], meta: dict, metanet: dict, out: Path) -> None:
+    chosen = choice["chosen"]
+    lines = [f"# Allocation of a prune over the channel groups, digits {ARCH}", "",
+             f"- command: `{meta['command']}`", f"- date: {meta['date']}",
+             f"- machine: {meta['machine']}, torch threads = {meta['threads']}", f"- versions: {meta['versions']}",
+             f"- held-out base networks (benchmarks.prepare's, spare-seed rule): seeds {meta['seeds']}; "
+             f"zoo seeds 1000..1009",
+             f"- load average at start / end: {meta['load_start']} / {meta['load_end']}; "
+             f"run wall time {meta['minutes']:.1f} min", "",
+             "## Choice (zoo members' validation split; no test network)", "",
+             f"Mean validation accuracy (%) right after a prune + recalibration over the {choice['members']} "
+             f"{ARCH} zoo members at {', '.join(f'{t:g}x' for t in CHOICE_TARGETS)}; {STEPS} gradient steps "
+             f"at each lr of {list(CHOICE_LRS)}.", "",
+             "| allocation | fxmeta-l2 | " + " | ".join(f"{STEPS} steps, lr {lr:g}" for lr in CHOICE_LRS)
+             + " | score (l2 + best steps) / 2 |", "|---|---|" + "---|" * len(CHOICE_LRS) + "---|"]
+    for allocation, row in choice["table"].items():
+        mark = " **(chosen)**" if allocation == chosen else ""
+        lines.append(f"| {allocation}{mark} | {100 * row['l2']:.2f} | "
+                     + " | ".join(f"{100 * row['steps_by_lr'][lr]:.2f}" for lr in CHOICE_LRS)
+                     + f" | {100 * row['score']:.2f} |")
+    lines += ["", f"- {METANET}: meta-trained on the zoo's 8 training members with allocation "
+              f"\"{chosen}\" ({metanet['options']}); {metanet['seconds'] / 60:.1f} min, best epoch "
+              f"{metanet['best_epoch']}, held-out members' val {100 * metanet['best_score']:.2f} "
+              f"(epoch 0, SGD at the start lr: {100 * metanet['baseline']:.2f}); under \"global\" it is given "
+              "the global prune it was not trained for", "",
+              "## Held-out base networks: test accuracy (%) right after prune + recalibration, no finetune", "",
+              "| target | method | " + " | ".join(f"{a}" for a in ("global", chosen)) + f" | {chosen} − global "
+              "(pts ± SE, paired) | n |", "|---|---|---|---|---|---|"]
+    for target in TARGETS:
+        for method in METHODS:
+            vals = {}
+            for allocation in ("global", chosen):
+                got = [c["recal_test_acc"] for c in cells if c["method"] == method and c["target"] == target
+                       and c["allocation"] == allocation and "recal_test_acc" in c]
+                m, sd = _mean_std(got) if got else (float("nan"), float("nan"))
+                vals[allocation] = f"{100 * m:.2f} ± {100 * sd:.2f}" if got else "—"
+            d, se, n = _paired(cells, method, chosen, "global", target)
+            lines.append(f"| {target:g}x | {method} | {vals['global']} | {vals[chosen]} | {d:+.2f} ± {se:.2f} | {n} |")
+    errors = [c for c in cells if "error" in c]
+    if errors:
+        lines += ["", "Errors: " + "; ".join(f"{c['method']} s{c['seed']} {c['target']:g}x: {c['error']}"
+                                            for c in errors)]
+    out.with_suffix(".md").write_text("\n".join(lines) + "\n")
+    out.with_suffix(".json").write_text(json.dumps({"meta": meta, "choice": choice, "cells": cells,
+                                                    "metanet": {k: v for k, v in metanet.items()
+                                                                if k != "metanet"}}, indent=1))
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(prog="python -m benchmarks.allocation", description=__doc__.split("\n\n")[0])
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--cache", default=os.path.expanduser("~/.cache/fxmeta-bench/prepare"))
+    p.add_argument("--stage", choices=["choice", "metanet", "all"], default="all",
+                   help="choice: the zoo's validation scores only; metanet: also meta-train; all: the report")
+    args = p.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    t0, load_start = time.time(), "/".join(f"{x:.2f}" for x in os.getloadavg())
+    s, cache = Settings(), Path(args.cache) / "full"
+    bench = Bench(PREPARE, cache)
+    zoo, zoo_seconds = build_zoo_once(s, cache, ARCH)
+    choice = choose(bench, zoo)
+    say(f"allocation chosen on the zoo's validation split: {choice['chosen']}")
+    if args.stage == "choice":
+        return
+    name, options = next(o for o in s.own_objectives if o[0].endswith("T10"))
+    metanet = meta_train_once(s, zoo, f"{name} {ARCH} {choice['chosen']}",
+                              {**dict(options), "allocation": choice["chosen"]}, cache)
+    metanet.update(zoo=str(zoo), zoo_seconds=zoo_seconds, key=_key([metanet["best_epoch"], metanet["options"]]))
+    if args.stage == "metanet":
+        return
+    seeds = bench.usable_seeds(ARCH)[0]
+    cells = [cell(bench, seed, method, allocation, target, choice["table"][allocation]["lr"], metanet)
+             for seed in seeds for target in TARGETS for method in METHODS
+             for allocation in dict.fromkeys(("global", choice["chosen"]))]
+    meta = {"command": "python -m benchmarks.allocation" + (f" --threads {args.threads}" if args.threads != 1 else ""),
+            "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+            "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
+            "threads": args.threads, "versions": _versions(), "seeds": ", ".join(map(str, seeds)),
+            "load_start": load_start, "load_end": "/".join(f"{x:.2f}" for x in os.getloadavg()),
+            "minutes": (time.time() - t0) / 60}
+    write_report(choice, cells, meta, metanet, RESULTS / "allocation")
+    say(f"wrote {RESULTS / 'allocation.md'}")
+
+
+if __name__ == "__main__":
+    main()
