@@ -7,8 +7,8 @@ ranking takes most of the removal from a few groups; how much that costs is meas
 
 1. **Choice** (validation split of the ResNet56 zoo's 10 members, none of them a test network):
    accuracy right after a prune + BatchNorm recalibration at ``choice_targets``, for l2 alone
-   and for 10 SGD steps on the masked loss (lr from ``STEP_LRS``, chosen per allocation on the
-   same members). The allocation with the best mean over both methods and targets is chosen.
+   and for 10 SGD steps on the masked loss (at ``CHOICE_LRS``). The allocation with the best mean
+   over both methods and targets is chosen.
 2. **Report** (the held-out base networks of ``benchmarks.prepare``, test split, 2/3/4/8x):
    fxmeta-l2, random, 10 gradient steps and the ResNet56-zoo learned optimiser (10 rewrites,
    ``benchmarks.prunability``'s recipe) meta-trained with the chosen allocation, under "global"
@@ -38,7 +38,8 @@ RESULTS = Path(__file__).resolve().parent / "results"
 ARCH = "resnet56"
 ALLOCATIONS = ("global", "global-mean", "uniform")
 CHOICE_TARGETS = (2.0, 4.0)
-CHOICE_LRS = (0.03, 0.1)  # of STEP_LRS: the 10-step control's choice on ResNet56 (global) and on ResNet20
+# the 10 SGD steps' lr: benchmarks.prunability's choice for them on this zoo's held-out members (global allocation)
+CHOICE_LRS = (0.03,)
 TARGETS = (2.0, 3.0, 4.0, 8.0)
 STEPS = 10
 METANET = "metanet (conditioned step T10, resnet56 zoo)"

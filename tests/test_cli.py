@@ -205,11 +205,12 @@ def test_transform_round_trip_through_the_cli(tmp_path, capsys, monkeypatch):
 
 def test_prune_needs_no_data_and_says_so(tmp_path, capsys):
     code, out, err = run_main(["prune", *R20, "--input-shape", "1,1,8,8", "--speedup", "1.5",
-                               "--out", str(tmp_path / "p.pt")], capsys)
+                               "--allocation", "uniform", "--out", str(tmp_path / "p.pt")], capsys)
     assert code == 0, err
     assert "no data given: finetuning and accuracy skipped" in out and "1.5x FLOPs target" in out
     assert fxmeta.load(tmp_path / "p.pt")(torch.randn(2, 1, 8, 8)).shape == (2, 10)
-    assert torch.load(tmp_path / "p.pt", weights_only=True)["metrics"]["after"]["accuracy"] is None
+    saved = torch.load(tmp_path / "p.pt", weights_only=True)
+    assert saved["metrics"]["after"]["accuracy"] is None and saved["plan"]["allocation"] == "uniform"
 
 
 def test_pruning_a_pruned_file_again(tmp_path, capsys):

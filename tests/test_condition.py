@@ -30,10 +30,11 @@ def _out_channels(module) -> dict[str, int]:
     return {n: m.out_channels for n, m in module.named_modules() if isinstance(m, torch.nn.Conv2d)}
 
 
-def test_the_condition_announces_exactly_the_channels_the_prune_removes(case):
+@pytest.mark.parametrize("allocation", ["global", "uniform"])
+def test_the_condition_announces_exactly_the_channels_the_prune_removes(case, allocation):
     model, x, batches = case
     graph = lower(model, x)
-    condition = Condition(graph, x, 2.0)
+    condition = Condition(graph, x, 2.0, allocation=allocation)
     features = condition.features(batches)
     assert features.shape == (graph.num_nodes, len(FEATURES)) and torch.isfinite(features).all()
     removed, candidate = features[:, 0], features[:, 1]
@@ -44,7 +45,7 @@ def test_the_condition_announces_exactly_the_channels_the_prune_removes(case):
     with torch.no_grad():
         for p in changed.parameters():
             p.mul_(torch.rand_like(p) * 2)
-    pruned = prune(changed, x, speedup=2.0, importance=condition.importance())
+    pruned = prune(changed, x, speedup=2.0, importance=condition.importance(), allocation=allocation)
     kept = _out_channels(pruned.module)
     for layer in graph.layers:
         if layer.name in kept:

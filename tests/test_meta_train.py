@@ -192,9 +192,10 @@ def test_two_step_meta_training_with_each_objective_scores_with_the_curve(zoo_di
     # a learned optimiser, trained on the pruned network's loss alone
     unrolled = dict(steps=2, step_lr=0.05, step_lrs=(0.05, 0.5), zero_init=True, ce_weight=0.0) \
         if objective == "conditioned steps" else {}
+    allocation = "uniform" if unrolled else "global"  # every prune of the run spreads its removal this way
     settings = dict(width=8, depth=1, batches_per_step=1, batch_size=32, speedup=1.5, eval_finetune_epochs=0,
                     eval_bn_batches=2, objective="prunable" if conditioned else objective, mask_speedups=(2.0,),
-                    conditioned=conditioned, progress=False, **unrolled)
+                    conditioned=conditioned, progress=False, allocation=allocation, **unrolled)
     result = meta_train(zoo_dir, out, epochs=1, **settings)  # 2 training members: 2 steps
     assert result.metanet.conditioned == conditioned
     records = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
@@ -215,7 +216,7 @@ def test_two_step_meta_training_with_each_objective_scores_with_the_curve(zoo_di
     loaders = make_loaders(load_data(zoo.data, seed=0), 32, seed=0)
     calibration = calibration_batches(loaders.train.dataset, 2, 32, seed=0)
     point = prunability_curve(member, torch.randn(1, 1, 8, 8), loaders.val, [1.5], calibration=calibration,
-                              split="val").points[0]
+                              split="val", allocation=allocation).points[0]
     baseline = next(r for r in records if r.get("baseline"))
     assert baseline["score"] == pytest.approx(point.recalibrated_accuracy)
 
