@@ -10,9 +10,11 @@ ranking takes most of the removal from a few groups; how much that costs is meas
    and for 10 SGD steps on the masked loss (at ``CHOICE_LRS``). The allocation with the best mean
    over both methods and targets is chosen.
 2. **Report** (the held-out base networks of ``benchmarks.prepare``, test split, 2/3/4/8x):
-   fxmeta-l2, random, 10 gradient steps and the ResNet56-zoo learned optimiser (10 rewrites,
-   ``benchmarks.prunability``'s recipe) meta-trained with the chosen allocation, under "global"
-   and under the chosen allocation; pairs over seeds with their standard error.
+   fxmeta-l2, random and 10 gradient steps (lr chosen per allocation on the zoo's held-out
+   members) under every allocation; ResNet56-zoo learned optimisers (10 rewrites,
+   ``benchmarks.prunability``'s recipe) meta-trained under the chosen allocation and under
+   "uniform", each measured under its own; at 2x the per-network oracle (5 prepare epochs,
+   "global" and the chosen one); pairs over seeds with their standard error.
 
     python -m benchmarks.allocation          # resumable; caches beside benchmarks.prunability's
 Results: ``benchmarks/results/allocation.{md,json}``.
@@ -32,7 +34,7 @@ import torch
 
 from benchmarks.prepare import FULL as PREPARE
 from benchmarks.prepare import Bench, _key, _mean_std, _versions, say
-from benchmarks.prunability import Settings, _rewrite, build_zoo_once, gradient_step, meta_train_once
+from benchmarks.prunability import STEP_LRS, Settings, _rewrite, build_zoo_once, gradient_step, meta_train_once
 
 RESULTS = Path(__file__).resolve().parent / "results"
 ARCH = "resnet56"
@@ -42,8 +44,17 @@ CHOICE_TARGETS = (2.0, 4.0)
 CHOICE_LRS = (0.03,)
 TARGETS = (2.0, 3.0, 4.0, 8.0)
 STEPS = 10
-METANET = "metanet (conditioned step T10, resnet56 zoo)"
-METHODS = ("fxmeta-l2", "random", f"{STEPS} gradient steps", METANET)
+METHODS = ("fxmeta-l2", "random", f"{STEPS} gradient steps")
+# learned optimisers (10 rewrites, benchmarks.prunability's ResNet56-zoo recipe) meta-trained under the chosen
+# allocation and under uniform (Torch-Pruning's local pruning); each is measured under its own allocation
+META_ALLOCATIONS = ("chosen", "uniform")
+
+
+def metanet_name(allocation: str) -> str:
+    return f"metanet T10 (meta-trained with {allocation})"
+# the per-network oracle: benchmarks.prepare's 5 prepare epochs, with the settings its validation sweep
+# chose (benchmarks/results/prepare.md: weight 1, lr 0.05, mask once per epoch); at 2x only (~70 s a cell)
+PREPARED, PREPARED_HP, PREPARED_TARGETS = "prepared (5 epochs)", {"weight": 1.0, "lr": 0.05, "mask_every": 0}, (2.0,)
 
 
 def _prune_score(bench: Bench, module: torch.nn.Module, target: float, importance: Any, allocation: str,
@@ -93,11 +104,24 @@ def choose(bench: Bench, zoo: Path) -> dict:
     return {"members": len(members), "table": table, "chosen": chosen}
 
 
+def control_lr(bench: Bench, zoo: Path, allocation: str, s: Settings) -> tuple[float, dict]:
+    """The 10-step control's lr under ``allocation``: the best of ``STEP_LRS`` on the zoo's held-out
+    members' validation split after a prune to ``select_speedup`` (how the learned optimiser's start
+    lr is chosen, and benchmarks.prunability's controls' lr)."""
+    from fxmeta.metatrain.zoo import load_zoo
+
+    held_out = load_zoo(zoo, trust=True)
+    members = [Path(held_out.path(m)) for m in held_out.split("val")]
+    scores = {lr: statistics.mean(choice_cell(bench, m, allocation, s.select_speedup, lr) for m in members)
+              for lr in STEP_LRS}
+    return max(scores, key=scores.get), scores
+
+
 def cell(bench: Bench, seed: int, method: str, allocation: str, target: float, lr: float,
          metanet: dict | None) -> dict:
     path = bench.cache / "allocation-cells" / \
         f"{ARCH}-s{seed}-{method.replace(' ', '_')}-{allocation}-{target:g}x-" \
-        f"{_key([lr, metanet and metanet['key']])}.json"
+        f"{_key([lr, metanet['key'] if method.startswith('metanet') else None])}.json"
     if path.is_file():
         return json.loads(path.read_text())
     from fxmeta.errors import FxmetaError
@@ -106,8 +130,17 @@ def cell(bench: Bench, seed: int, method: str, allocation: str, target: float, l
     record: dict[str, Any] = {"seed": seed, "method": method, "allocation": allocation, "target": target}
     t0 = time.perf_counter()
     try:
-        if method == METANET:
+        if method.startswith("metanet"):
             base, importance = _rewrite(metanet["metanet"], bench, base, target, allocation)
+        elif method == PREPARED:
+            import copy
+
+            from fxmeta.training.prepare import prepare
+
+            config = bench.train_config(PREPARE.pre_epochs, PREPARED_HP["lr"], seed)
+            base = prepare(copy.deepcopy(base), bench.example, bench.data, config, [target],
+                           weight=PREPARED_HP["weight"], mask_every=PREPARED_HP["mask_every"],
+                           allocation=allocation).model.cpu().eval()
         elif method != "fxmeta-l2" and method != "random":
             base, importance = gradient_step(base, bench, target, lr, STEPS, allocation)
         record["recal_test_acc"] = _prune_score(bench, base, target, importance, allocation, "test", seed)
@@ -130,7 +163,14 @@ def _paired(cells: list[dict], method: str, a: str, b: str, target: float) -> tu
     return statistics.mean(diffs), statistics.stdev(diffs) / len(diffs) ** 0.5, len(diffs)
 
 
-def write_report(choice: dict, cells: list[dict], meta: dict, metanet: dict, out: Path) -> None:
+def _start_scores(cache: Path, name: str) -> dict:
+    """The SGD scores of the start-lr candidates a meta-training run logged (its epoch 0)."""
+    runs = sorted((cache.glob(f"metanet-{name.replace(' ', '-')}-*/done.json")), key=lambda f: f.stat().st_mtime)
+    lines = (runs[-1].parent / "log.jsonl").read_text().splitlines() if runs else []
+    return {r["step_lr"]: r["score"] for r in map(json.loads, lines) if "step_lr" in r}
+
+
+def write_report(choice: dict, cells: list[dict], meta: dict, metanets: dict, out: Path) -> None:
     chosen = choice["chosen"]
     lines = [f"# Allocation of a prune over the channel groups, digits {ARCH}", "",
              f"- command: `{meta['command']}`", f"- date: {meta['date']}",
@@ -150,32 +190,60 @@ def write_report(choice: dict, cells: list[dict], meta: dict, metanet: dict, out
         lines.append(f"| {allocation}{mark} | {100 * row['l2']:.2f} | "
                      + " | ".join(f"{100 * row['steps_by_lr'][lr]:.2f}" for lr in CHOICE_LRS)
                      + f" | {100 * row['score']:.2f} |")
-    lines += ["", f"- {METANET}: meta-trained on the zoo's 8 training members with allocation "
-              f"\"{chosen}\" ({metanet['options']}); {metanet['seconds'] / 60:.1f} min, best epoch "
-              f"{metanet['best_epoch']}, held-out members' val {100 * metanet['best_score']:.2f} "
-              f"(epoch 0, SGD at the start lr: {100 * metanet['baseline']:.2f}); under \"global\" it is given "
-              "the global prune it was not trained for", "",
+    lines += ["", f"- {STEPS} gradient steps' lr, per allocation, the best of {list(STEP_LRS)} on the zoo's 2 "
+              f"held-out members' validation split at 4x: " + "; ".join(
+                  f"{a}: {v['lr']:g} (" + ", ".join(f"{lr:g}: {100 * x:.1f}" for lr, x in
+                                                     v["held_out_val_by_lr"].items()) + ")"
+                  for a, v in choice["control_lr"].items())]
+    for allocation, info in metanets.items():
+        start = info["start_scores"]
+        lines.append(f"- {metanet_name(allocation)}: meta-trained on the zoo's 8 training members, every prune "
+                     f"\"{allocation}\" ({info['options']}); {info['seconds'] / 60:.1f} min, best epoch "
+                     f"{info['best_epoch']}, held-out members' val at 4x {100 * info['best_score']:.2f}; before "
+                     f"meta-training: l2 alone {100 * info['baseline']:.2f}, SGD at its start lr "
+                     + (f"{100 * max(start.values()):.2f}" if start else "?") + "; measured under its own allocation")
+    lines += [f"- {PREPARED}: under \"global\" and \"{chosen}\" only (—: not run)", "",
               "## Held-out base networks: test accuracy (%) right after prune + recalibration, no finetune", "",
-              "| target | method | " + " | ".join(f"{a}" for a in ("global", chosen)) + f" | {chosen} − global "
-              "(pts ± SE, paired) | n |", "|---|---|---|---|---|---|"]
+              "| target | method | " + " | ".join(ALLOCATIONS) + " | "
+              + " | ".join(f"{a} − global (pts ± SE, paired)" for a in ALLOCATIONS[1:]) + " | n |",
+              "|---|---|" + "---|" * (2 * len(ALLOCATIONS)) ]
+    steps = f"{STEPS} gradient steps"
     for target in TARGETS:
-        for method in METHODS:
-            vals = {}
-            for allocation in ("global", chosen):
+        for method in METHODS + tuple(map(metanet_name, metanets)) + ((PREPARED,) if target in PREPARED_TARGETS
+                                                                     else ()):
+            vals, diffs, n = {}, [], 0
+            for allocation in ALLOCATIONS:
                 got = [c["recal_test_acc"] for c in cells if c["method"] == method and c["target"] == target
                        and c["allocation"] == allocation and "recal_test_acc" in c]
                 m, sd = _mean_std(got) if got else (float("nan"), float("nan"))
                 vals[allocation] = f"{100 * m:.2f} ± {100 * sd:.2f}" if got else "—"
-            d, se, n = _paired(cells, method, chosen, "global", target)
-            lines.append(f"| {target:g}x | {method} | {vals['global']} | {vals[chosen]} | {d:+.2f} ± {se:.2f} | {n} |")
+                if allocation != "global":
+                    d, se, k = _paired(cells, method, allocation, "global", target)
+                    diffs.append(f"{d:+.2f} ± {se:.2f}" if k >= 2 else "—")
+                    n = max(n, k)
+            lines.append(f"| {target:g}x | {method} | " + " | ".join(vals.values()) + " | " + " | ".join(diffs)
+                         + f" | {n} |")
+    lines += ["", f"Each learned optimiser against {steps} under the same allocation (test, pts ± SE, paired):", "",
+              "| target | " + " | ".join(metanet_name(a) + f" − {steps}" for a in metanets) + " |",
+              "|---|" + "---|" * len(metanets)]
+    for target in TARGETS:
+        row = []
+        for allocation in metanets:
+            both = [c for c in cells if c["target"] == target and c["allocation"] == allocation]
+            by = {(c["seed"], c["method"]): c.get("recal_test_acc") for c in both}
+            d = [100 * (by[(sd, metanet_name(allocation))] - by[(sd, steps)]) for sd, m in by
+                 if m == steps and by.get((sd, metanet_name(allocation))) is not None and by[(sd, m)] is not None]
+            row.append(f"{statistics.mean(d):+.2f} ± {statistics.stdev(d) / len(d) ** 0.5:.2f}" if len(d) >= 2
+                       else "—")
+        lines.append(f"| {target:g}x | " + " | ".join(row) + " |")
     errors = [c for c in cells if "error" in c]
     if errors:
         lines += ["", "Errors: " + "; ".join(f"{c['method']} s{c['seed']} {c['target']:g}x: {c['error']}"
                                             for c in errors)]
     out.with_suffix(".md").write_text("\n".join(lines) + "\n")
     out.with_suffix(".json").write_text(json.dumps({"meta": meta, "choice": choice, "cells": cells,
-                                                    "metanet": {k: v for k, v in metanet.items()
-                                                                if k != "metanet"}}, indent=1))
+                                                    "metanets": {a: {k: v for k, v in m.items() if k != "metanet"}
+                                                                 for a, m in metanets.items()}}, indent=1))
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -195,22 +263,31 @@ def main(argv: list[str] | None = None) -> None:
     if args.stage == "choice":
         return
     name, options = next(o for o in s.own_objectives if o[0].endswith("T10"))
-    metanet = meta_train_once(s, zoo, f"{name} {ARCH} {choice['chosen']}",
-                              {**dict(options), "allocation": choice["chosen"]}, cache)
-    metanet.update(zoo=str(zoo), zoo_seconds=zoo_seconds, key=_key([metanet["best_epoch"], metanet["options"]]))
+    metanets = {}
+    for allocation in dict.fromkeys(choice["chosen"] if a == "chosen" else a for a in META_ALLOCATIONS):
+        info = meta_train_once(s, zoo, f"{name} {ARCH} {allocation}", {**dict(options), "allocation": allocation},
+                               cache)
+        info.update(zoo=str(zoo), zoo_seconds=zoo_seconds, key=_key([info["best_epoch"], info["options"]]),
+                    start_scores=_start_scores(cache, f"{name} {ARCH} {allocation}"))
+        metanets[allocation] = info
     if args.stage == "metanet":
         return
     seeds = bench.usable_seeds(ARCH)[0]
-    cells = [cell(bench, seed, method, allocation, target, choice["table"][allocation]["lr"], metanet)
-             for seed in seeds for target in TARGETS for method in METHODS
-             for allocation in dict.fromkeys(("global", choice["chosen"]))]
+    lrs = {a: control_lr(bench, zoo, a, s) for a in ALLOCATIONS}
+    choice["control_lr"] = {a: {"lr": lr, "held_out_val_by_lr": scores} for a, (lr, scores) in lrs.items()}
+    cells = [cell(bench, seed, method, allocation, target, lrs[allocation][0], None)
+             for seed in seeds for target in TARGETS
+             for method in METHODS + ((PREPARED,) if target in PREPARED_TARGETS else ())
+             for allocation in (ALLOCATIONS if method != PREPARED else dict.fromkeys(("global", choice["chosen"])))]
+    cells += [cell(bench, seed, metanet_name(allocation), allocation, target, lrs[allocation][0], info)
+              for seed in seeds for target in TARGETS for allocation, info in metanets.items()]
     meta = {"command": "python -m benchmarks.allocation" + (f" --threads {args.threads}" if args.threads != 1 else ""),
             "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
             "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
             "threads": args.threads, "versions": _versions(), "seeds": ", ".join(map(str, seeds)),
             "load_start": load_start, "load_end": "/".join(f"{x:.2f}" for x in os.getloadavg()),
             "minutes": (time.time() - t0) / 60}
-    write_report(choice, cells, meta, metanet, RESULTS / "allocation")
+    write_report(choice, cells, meta, metanets, RESULTS / "allocation")
     say(f"wrote {RESULTS / 'allocation.md'}")
 
 

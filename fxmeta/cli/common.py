@@ -154,8 +154,8 @@ def _add_prune_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--allocation", choices=list(ALLOCATIONS), default="global",
                    help="how the removal spreads over the channel groups: global (scores divided by their group's "
                         "largest, one ranking across groups), global-mean (divided by the group's mean) or uniform "
-                        "(every group loses the same fraction; often better on deep residual networks) "
-                        "(default: global)")
+                        "(every group loses the same fraction); on digits ResNet56s the two balanced ones keep far "
+                        "more accuracy at 2x, global more at 8x (default: global)")
     g.add_argument("--ignore", action="append", default=[], metavar="LAYER",
                    help="never prune this layer (module name, repeatable)")
     g.add_argument("--no-check", dest="check", action="store_false",
