@@ -178,7 +178,11 @@ def write_report(choice: dict, cells: list[dict], meta: dict, metanets: dict, ou
              f"- held-out base networks (benchmarks.prepare's, spare-seed rule): seeds {meta['seeds']}; "
              f"zoo seeds 1000..1009",
              f"- load average at start / end: {meta['load_start']} / {meta['load_end']}; "
-             f"run wall time {meta['minutes']:.1f} min", "",
+             f"run wall time {meta['minutes']:.1f} min (cells and metanetworks found in the cache are reused; "
+             "their own times are in the lines below and in the cells)",
+             f"- compute in the cells: {sum(c.get('seconds', 0.0) for c in cells) / 60:.1f} min (one thread); "
+             f"meta-training {sum(m['seconds'] for m in metanets.values()) / 60:.1f} min; the zoo "
+             f"{next(iter(metanets.values()))['zoo_seconds'] / 60:.1f} min", "",
              "## Choice (zoo members' validation split; no test network)", "",
              f"Mean validation accuracy (%) right after a prune + recalibration over the {choice['members']} "
              f"{ARCH} zoo members at {', '.join(f'{t:g}x' for t in CHOICE_TARGETS)}; {STEPS} gradient steps "
@@ -217,10 +221,10 @@ def write_report(choice: dict, cells: list[dict], meta: dict, metanets: dict, ou
                        and c["allocation"] == allocation and "recal_test_acc" in c]
                 m, sd = _mean_std(got) if got else (float("nan"), float("nan"))
                 vals[allocation] = f"{100 * m:.2f} ± {100 * sd:.2f}" if got else "—"
+                n = max(n, len(got))
                 if allocation != "global":
                     d, se, k = _paired(cells, method, allocation, "global", target)
                     diffs.append(f"{d:+.2f} ± {se:.2f}" if k >= 2 else "—")
-                    n = max(n, k)
             lines.append(f"| {target:g}x | {method} | " + " | ".join(vals.values()) + " | " + " | ".join(diffs)
                          + f" | {n} |")
     lines += ["", f"Each learned optimiser against {steps} under the same allocation (test, pts ± SE, paired):", "",
