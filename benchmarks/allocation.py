@@ -92,7 +92,8 @@ def choose(bench: Bench, zoo: Path) -> dict:
     choice targets; the chosen allocation; the steps' lr per allocation."""
     from fxmeta.metatrain.zoo import load_zoo
 
-    members = [Path(load_zoo(zoo, trust=True).path(m)) for m in load_zoo(zoo, trust=True).members]
+    loaded = load_zoo(zoo, trust=True)
+    members = [Path(loaded.path(m)) for m in loaded.members]
     table = {}
     for allocation in ALLOCATIONS:
         l2 = statistics.mean(choice_cell(bench, m, allocation, t, None) for m in members for t in CHOICE_TARGETS)

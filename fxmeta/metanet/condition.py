@@ -87,7 +87,6 @@ class Condition:
         self.original = {k: v.detach() for k, v in raise_params(graph).items()}
         score = importance_fn(importance, 0)
         self._score = score
-        self.allocation = allocation
         target = calibrate_target(analysis, speedup, importance, round_to=round_to, min_keep=min_keep,
                                   allocation=allocation)
         self.removed = removal(analysis, speedup, importance, round_to=round_to, min_keep=min_keep,

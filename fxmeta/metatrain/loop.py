@@ -36,7 +36,7 @@ from ..ir.raising import raise_graph, raise_params
 from ..metanet.files import load_metanet, save_metanet
 from ..metanet.model import FORMAT as METANET_FORMAT
 from ..metanet.model import Metanet, MetanetConfig, kinds_of
-from ..pruning.selection import ALLOCATIONS
+from ..pruning.selection import check_allocation
 from .regularizer import GroupRegularizer, group_regularizer
 
 LAST, BEST, LOG = "last.pt", "best.pt", "log.jsonl"
@@ -105,8 +105,7 @@ class MetaTrainConfig:
             raise SpecError("need eval_bn_batches >= 0 and eval_finetune_epochs >= 0")
         if self.speedup < 1.0:
             raise SpecError(f"speedup must be >= 1, got {self.speedup}")
-        if self.allocation not in ALLOCATIONS:
-            raise SpecError(f"unknown allocation {self.allocation!r}; use one of {', '.join(ALLOCATIONS)}")
+        check_allocation(self.allocation, SpecError)
         if self.learn not in ("all", "nodes", "step"):
             raise SpecError(f"learn={self.learn!r} is not one of all, nodes, step")
         if self.learn == "step" and not self.step_lr:

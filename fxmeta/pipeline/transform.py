@@ -30,7 +30,7 @@ from ..ir.lowering import lower
 from ..ir.raising import raise_graph
 from ..metanet.rewriting import rewrite_for_prune
 from ..pruning.flops import count_flops, count_params
-from ..pruning.selection import ALLOCATIONS
+from ..pruning.selection import check_allocation
 from ..tracing import _as_tuple, eval_mode
 from ..training.data import DataSplits, Loaders, make_loaders
 from ..training.loop import TrainConfig, distributed_context, evaluate, recalibrate_bn, resolve_device, train
@@ -89,8 +89,7 @@ class TransformConfig:
             raise SpecError(f"round_to must be >= 1, got {self.round_to}")
         if not 0.0 <= self.min_keep <= 1.0:
             raise SpecError(f"min_keep must be within [0, 1], got {self.min_keep}")
-        if self.allocation not in ALLOCATIONS:
-            raise SpecError(f"unknown allocation {self.allocation!r}; use one of {', '.join(ALLOCATIONS)}")
+        check_allocation(self.allocation, SpecError)
         if self.latency_threads < 1 or self.latency_batch < 1:
             raise SpecError("latency threads and batch must be >= 1")
         if self.resume and not self.checkpoint_dir:

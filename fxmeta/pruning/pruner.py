@@ -145,7 +145,8 @@ def prune(
     globally, weakest removed first. ``allocation`` says how the removal spreads over the groups:
     "global" (scores divided by their group's largest, then one ranking across groups: groups whose
     units are unequal lose more), "global-mean" (divided by the group's mean instead), "uniform" (every
-    group loses the same fraction, weakest units first; Torch-Pruning's local pruning). ``round_to`` keeps channel counts multiples of N;
+    group loses the same fraction, weakest units first; Torch-Pruning's local pruning).
+    ``round_to`` keeps channel counts multiples of N;
     ``min_keep`` is the least fraction of every group that stays; ``ignore`` names
     modules that must not change. ``check`` compares the result with the original model
     with the removed channels masked (on a random input) and raises PruningError, naming

@@ -31,9 +31,10 @@ class Candidates:
 ALLOCATIONS = {"global": "max", "global-mean": "mean", "uniform": "rank"}
 
 
-def check_allocation(allocation: str) -> str:
+def check_allocation(allocation: str, error: type[Exception] = PruningError) -> str:
+    """The normalisation of ``allocation``; an unknown name raises ``error`` (a config's own kind)."""
     if allocation not in ALLOCATIONS:
-        raise PruningError(f"unknown allocation {allocation!r}; use one of {', '.join(map(repr, ALLOCATIONS))}")
+        raise error(f"unknown allocation {allocation!r}; use one of {', '.join(map(repr, ALLOCATIONS))}")
     return ALLOCATIONS[allocation]
 
 
