@@ -149,8 +149,9 @@ def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(prog="python -m benchmarks.allocation_confirm", description=__doc__.split("\n\n")[0])
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--cache", default=os.path.expanduser("~/.cache/fxmeta-bench/prepare"))
-    p.add_argument("--stage", choices=["zoo", "bases", "metanet", "all"], default="all",
-                   help="zoo / bases: build only those; metanet: meta-train (see --allocations); all: the report")
+    p.add_argument("--stage", choices=["zoo", "bases", "metanet", "controls", "all"], default="all",
+                   help="zoo / bases: build only those; metanet: meta-train (see --allocations); controls: the "
+                        "cells without a learned optimiser; all: the report")
     p.add_argument("--allocations", default=",".join(ALLOCATIONS),
                    help="with --stage metanet: the allocations to meta-train under (comma-separated)")
     args = p.parse_args(argv)
@@ -170,13 +171,15 @@ def main(argv: list[str] | None = None) -> None:
             p.error(f"unknown allocation(s) {sorted(unknown)}; choose from {', '.join(ALLOCATIONS)}")
         metanets_once(s, zoo, cache, zoo_seconds, tuple(args.allocations.split(",")))
         return
-    metanets = metanets_once(s, zoo, cache, zoo_seconds, ALLOCATIONS)
-    chosen = max(metanets, key=lambda a: metanets[a]["best_score"])
-    say(f"learned optimiser chosen on the held-out zoo members' validation: meta-trained under {chosen}")
     seeds, rejected = bench.usable_seeds(ARCH)
     lrs = {a: control_lr(bench, zoo, a, s)[0] for a in ALLOCATIONS}
     cells = [cell(bench, seed, method, allocation, target, lrs[allocation], None)
              for seed in seeds for target in TARGETS for method in METHODS for allocation in ALLOCATIONS]
+    if args.stage == "controls":
+        return
+    metanets = metanets_once(s, zoo, cache, zoo_seconds, ALLOCATIONS)
+    chosen = max(metanets, key=lambda a: metanets[a]["best_score"])
+    say(f"learned optimiser chosen on the held-out zoo members' validation: meta-trained under {chosen}")
     cells += [cell(bench, seed, metanet_name(allocation), allocation, target, lrs[allocation], info)
               for seed in seeds for target in TARGETS for allocation, info in metanets.items()]
     meta = {"command": "python -m benchmarks.allocation_confirm"
