@@ -233,12 +233,9 @@ def gradient_step(model: torch.nn.Module, bench: Bench, target: float, lr: float
 
     graph = lower(model, bench.example)
     condition = Condition(graph, bench.example, target, allocation=allocation)
-    params = {k: v.detach().clone().requires_grad_(True) for k, v in graph.module.named_parameters()}
-    for _ in range(steps):
-        grads = torch.autograd.grad(condition.masked_loss(params, bench.calibration[:2]), list(params.values()))
-        params = {k: (v - lr * g).detach().requires_grad_(True) for (k, v), g in zip(params.items(), grads)}
+    params = condition.sgd(dict(graph.module.named_parameters()), bench.calibration[:2], lr, steps)
     module = raise_graph(graph)
-    module.load_state_dict({k: v.detach() for k, v in params.items()}, strict=False)
+    module.load_state_dict(params, strict=False)
     return module, condition.importance()
 
 

@@ -95,12 +95,8 @@ def _sgd(condition, graph, batches, lr, steps):
     """``steps`` plain SGD steps on the masked loss, by the model's parameter names."""
     from fxmeta.ir.raising import raise_params
 
-    params = {k: v.detach().clone().requires_grad_(True) for k, v in raise_params(graph).items()
-              if k in dict(graph.module.named_parameters())}
-    for _ in range(steps):
-        grads = torch.autograd.grad(condition.masked_loss(params, batches), list(params.values()))
-        params = {k: (v - lr * g).detach().requires_grad_(True) for (k, v), g in zip(params.items(), grads)}
-    return {k: v.detach() for k, v in params.items()}
+    named = dict(graph.module.named_parameters())
+    return condition.sgd({k: v for k, v in raise_params(graph).items() if k in named}, batches, lr, steps)
 
 
 @pytest.mark.parametrize("steps", [1, 3])

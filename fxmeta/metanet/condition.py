@@ -120,6 +120,17 @@ class Condition:
             loss = loss + F.cross_entropy(logits, y) / len(batches)
         return loss
 
+    def sgd(self, params: dict[str, Tensor], batches: Sequence[tuple[Tensor, Tensor]], lr: float,
+            steps: int) -> dict[str, Tensor]:
+        """``steps`` plain SGD steps of ``params`` (by the model's names) on :meth:`masked_loss` over
+        ``batches``: what a learned optimiser with a zero-initialised gradient-step head starts as, and
+        the control it is measured against."""
+        params = {k: v.detach().clone().requires_grad_(True) for k, v in params.items()}
+        for _ in range(steps):
+            grads = torch.autograd.grad(self.masked_loss(params, batches), list(params.values()))
+            params = {k: (v - lr * g).detach().requires_grad_(True) for (k, v), g in zip(params.items(), grads)}
+        return {k: v.detach() for k, v in params.items()}
+
     def features(self, batches: Sequence[tuple[Tensor, Tensor]], graph: WeightGraph | None = None) -> Tensor:
         """The (nodes, len(FEATURES)) condition, the gradient taken on ``batches`` of (x, y) at the
         weights of ``graph`` (default: the original network's)."""
