@@ -150,7 +150,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--cache", default=os.path.expanduser("~/.cache/fxmeta-bench/prepare"))
     p.add_argument("--stage", choices=["zoo", "bases", "metanet", "controls", "all"], default="all",
-                   help="zoo / bases: build only those; metanet: meta-train (see --allocations); controls: the "
+                   help="zoo / bases: build only those; metanet: meta-train (see --allocations) and measure; controls: the "
                         "cells without a learned optimiser; all: the report")
     p.add_argument("--allocations", default=",".join(ALLOCATIONS),
                    help="with --stage metanet: the allocations to meta-train under (comma-separated)")
@@ -169,7 +169,13 @@ def main(argv: list[str] | None = None) -> None:
         unknown = set(args.allocations.split(",")) - set(ALLOCATIONS)
         if unknown:
             p.error(f"unknown allocation(s) {sorted(unknown)}; choose from {', '.join(ALLOCATIONS)}")
-        metanets_once(s, zoo, cache, zoo_seconds, tuple(args.allocations.split(",")))
+        metanets = metanets_once(s, zoo, cache, zoo_seconds, tuple(args.allocations.split(",")))
+        seeds = bench.usable_seeds(ARCH)[0]
+        for allocation, info in metanets.items():  # its cells on the fresh networks, for the report to reuse
+            lr = control_lr(bench, zoo, allocation, s)[0]
+            for seed in seeds:
+                for target in TARGETS:
+                    cell(bench, seed, metanet_name(allocation), allocation, target, lr, info)
         return
     seeds, rejected = bench.usable_seeds(ARCH)
     lrs = {a: control_lr(bench, zoo, a, s)[0] for a in ALLOCATIONS}
