@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import statistics
 import subprocess
 import sys
@@ -81,7 +82,8 @@ def main() -> None:
                 rows.append((state, seed, run_demo(cache, out, seed, args.threads, [])))
                 print(f"seed {seed} {state}: {rows[-1][2]['wall_s']:.1f} s", flush=True)
     cold = [r["wall_s"] for name, _, r in rows if "empty cache" in name]
-    demo_cmd = rows[0][2]["command"]
+    # one command per seed: show it once, the seed as a placeholder
+    demo_cmd = re.sub(r"--seed \d+", "--seed SEED", rows[0][2]["command"])
     lat = rows[0][2]["metrics"]["before"]["latency"]
     columns = ", ".join(rows[0][2]["metrics"]["methods"])
     text = [
