@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import statistics
 import subprocess
 import sys
@@ -37,12 +36,31 @@ def run_demo(cache: Path, out: Path, seed: int, threads: int, extra: list[str]) 
         raise SystemExit(f"{' '.join(cmd)} failed:\n{proc.stderr[-3000:]}")
     metrics = json.loads((out / "metrics.json").read_text())
     shown = ["fxmeta", *cmd[3:]]
+    # the same command for every run: its per-run paths and seed as placeholders
     shown[shown.index(str(cache))], shown[shown.index(str(out))] = "CACHE", "OUT"
+    shown[shown.index("--seed") + 1] = "SEED"
     return {"wall_s": wall, "load_before": load, "metrics": metrics, "command": " ".join(shown)}
 
 
 def _fmt_pct(x: float | None) -> str:
     return "-" if x is None else f"{100 * x:.2f}"
+
+
+def summary(rows: list[tuple[str, int, dict]]) -> list[str]:
+    """Mean ± std over the seeds' empty-cache runs, per column (the warm runs repeat them)."""
+    cold = [r for name, _, r in rows if name == "empty cache"]
+    head = ["column", "acc after BatchNorm recalibration %", "acc after finetune %", "FLOPs x", "n"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for column in cold[0]["metrics"]["methods"]:
+        ms = [r["metrics"]["methods"][column] for r in cold]
+        cells = [column]
+        for values in ([m.get("recalibrated_accuracy") for m in ms], [m["after"]["accuracy"] for m in ms]):
+            values = [100 * v for v in values if v is not None]
+            sd = statistics.stdev(values) if len(values) > 1 else 0.0
+            cells.append(f"{statistics.mean(values):.1f} ± {sd:.1f}" if values else "-")
+        cells += [f"{statistics.mean(m['flops_speedup'] for m in ms):.2f}", str(len(ms))]
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
 
 
 def table(rows: list[tuple[str, int, dict]]) -> list[str]:
@@ -82,8 +100,7 @@ def main() -> None:
                 rows.append((state, seed, run_demo(cache, out, seed, args.threads, [])))
                 print(f"seed {seed} {state}: {rows[-1][2]['wall_s']:.1f} s", flush=True)
     cold = [r["wall_s"] for name, _, r in rows if "empty cache" in name]
-    # one command per seed: show it once, the seed as a placeholder
-    demo_cmd = re.sub(r"--seed \d+", "--seed SEED", rows[0][2]["command"])
+    demo_cmd = rows[0][2]["command"]
     lat = rows[0][2]["metrics"]["before"]["latency"]
     columns = ", ".join(rows[0][2]["metrics"]["methods"])
     text = [
@@ -105,6 +122,12 @@ def main() -> None:
         "Stage times come from the run's metrics; `wall` is the process (Python and torch start-up included). "
         "Accuracy is on the digits test split (360 images). Latency: median of timed forward passes after "
         f"warm-up, {lat['threads']} torch thread(s), batch {lat['batch']}, {lat['device']}.",
+        "",
+        "Mean over the seeds (empty-cache runs; test split):",
+        "",
+        *summary(rows),
+        "",
+        "Every run:",
         "",
         *table(rows),
         "",
