@@ -41,8 +41,8 @@ def fit(kind: str, zoo_dir: Path, steps: int, lr: float, batches_per_step: int, 
     from fxmeta.metatrain.loop import MetaTrainConfig, _forever, _make_metanet, _prepare
     from fxmeta.metatrain.zoo import load_zoo
     from fxmeta.tracing import example_from_shape
-    from fxmeta.training.curve import calibration_batches, prunability_curve
-    from fxmeta.training.data import load_data, make_loaders
+    from fxmeta.training.curve import prunability_curve
+    from fxmeta.training.data import calibration_set, load_data, make_loaders
 
     zoo = load_zoo(zoo_dir, trust=True)
     example = example_from_shape(zoo.input_shape)
@@ -93,7 +93,7 @@ def fit(kind: str, zoo_dir: Path, steps: int, lr: float, batches_per_step: int, 
         params = {k: v.detach() for k, v in generate().items()}
     module = raise_graph(data_model.graph).eval()
     module.load_state_dict({k: v for k, v in params.items() if k in module.state_dict()}, strict=False)
-    calibration = calibration_batches(loaders.train.dataset, 20, config.batch_size, seed=seed)
+    calibration = calibration_set(loaders.train.dataset, 20, config.batch_size, seed=seed)
     curve = prunability_curve(module, example, loaders.val, [speedup], calibration=calibration, split="val")
     point = curve.points[0]
     if trace:

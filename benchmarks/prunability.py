@@ -219,8 +219,9 @@ def _rewrite(metanet: Any, bench: Bench, model: torch.nn.Module, target: float,
     """The metanetwork's output for a prune to ``target`` and the importance to prune it with (a
     conditioned metanetwork takes its gradient on the first of the shared calibration batches)."""
     from fxmeta.metanet.rewriting import apply_for_prune
+    from fxmeta.pruning.spec import PruneSpec
 
-    return apply_for_prune(metanet, model, bench.example, target, bench.calibration, allocation=allocation)
+    return apply_for_prune(metanet, model, bench.example, PruneSpec(target, allocation=allocation), bench.calibration)
 
 
 def gradient_step(model: torch.nn.Module, bench: Bench, target: float, lr: float,

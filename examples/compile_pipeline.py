@@ -62,11 +62,10 @@ def main() -> None:
 
     metanet = args.metanet or (str(COMMITTED) if COMMITTED.is_file() else None)
     if metanet:
-        from fxmeta.training.curve import calibration_batches
-        from fxmeta.training.data import load_data
+        from fxmeta.training.data import calibration_set, load_data
 
         digits = load_data("digits", image_size=x.shape[-1] if x.shape[-1] != 8 else None)
-        batches = calibration_batches(digits.train, 2, 128)
+        batches = calibration_set(digits.train, 2, 128)
         stages = [LowerPass(x), MetanetPass(metanet, speedup=args.speedup, batches=batches), RaisePass(),
                   RemoveChannelsPass(speedup=args.speedup)]
     else:

@@ -21,6 +21,7 @@ import torch
 import fxmeta
 from fxmeta.io import resolve_model, save
 from fxmeta.pipeline.transform import TransformConfig, transform
+from fxmeta.pruning.spec import PruneSpec
 from fxmeta.tracing import example_from_shape
 from fxmeta.training.data import load_data
 from fxmeta.training.loop import TrainConfig, train
@@ -43,7 +44,7 @@ def main() -> None:
                                                   progress=False)).model
 
     x = example_from_shape((1, *data.input_shape))
-    config = TransformConfig(speedup=args.speedup, finetune=TrainConfig(epochs=args.epochs, lr=0.01,
+    config = TransformConfig(prune=PruneSpec(args.speedup), finetune=TrainConfig(epochs=args.epochs, lr=0.01,
                                                                         batch_size=64, device="cpu", progress=False))
     result = transform(base, x, config, data=data)
     m = result.metrics()

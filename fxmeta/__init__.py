@@ -8,7 +8,8 @@ Public API (imported lazily so ``import fxmeta`` stays fast)::
     fxmeta.raise_graph(graph)                   -> fx.GraphModule with the IR's weights
     fxmeta.raise_params(graph)                  -> {name: tensor}, differentiable
     fxmeta.count_flops(model, example_input)    -> int
-    fxmeta.prune(model, example_input, speedup) -> PruneResult
+    fxmeta.prune(model, example_input, speedup) -> PruneResult   (spec=fxmeta.PruneSpec(...),
+                                                   calibration=batches for data importance / compensation)
     fxmeta.Metanet.for_graph(graph, ...)        -> the graph metanetwork
     fxmeta.load(path)                           -> pruned module from a saved file
     fxmeta.build_zoo(...), fxmeta.meta_train(...), fxmeta.load_metanet(path)
@@ -38,6 +39,8 @@ _LAZY = {
     "count_flops": "fxmeta.pruning.flops",
     "prune": "fxmeta.pruning.pruner",
     "PruneResult": "fxmeta.pruning.pruner",
+    "PruneSpec": "fxmeta.pruning.spec",
+    "Calibration": "fxmeta.pruning.calibration",
     "prepare": "fxmeta.training.prepare",
     "prunability_curve": "fxmeta.training.curve",
     "Metanet": "fxmeta.metanet.model",

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+from dataclasses import replace
 from typing import Any, Sequence
 
 import torch.fx as fx
@@ -11,6 +12,7 @@ from fxmeta.errors import FxmetaError
 from fxmeta.keys import EXAMPLE_INPUT, IR, PRUNE_IMPORTANCE
 from fxmeta.metanet import load_metanet_file, rewrite
 from fxmeta.metanet.rewriting import rewrite_for_prune
+from fxmeta.pruning.spec import PruneSpec
 
 from .base import FxmetaPass, require_ir
 
@@ -25,22 +27,26 @@ class MetanetPass(FxmetaPass):
     next to build the rewritten module. Requires an IR (LowerPass); ensures the new IR
     passes ``WeightGraph.check()``.
 
-    A metanetwork conditioned on the prune (``fxmeta.metanet.condition``) needs the target
-    ``speedup`` and a few training ``batches`` of (x, y); it leaves the importance that
-    prunes its output to the channels it was told in ``gm.meta["fxmeta.prune_importance"]``,
-    which RaisePass carries and RemoveChannelsPass uses (prune to the same ``speedup``).
+    A metanetwork conditioned on the prune (``fxmeta.metanet.condition``) needs the prune
+    (``spec=``, a ``PruneSpec``, or a bare ``speedup``) and a few training ``batches`` of
+    (x, y); it leaves the importance that prunes its output to the channels it was told in
+    ``gm.meta["fxmeta.prune_importance"]``, which RaisePass carries and RemoveChannelsPass uses:
+    give RemoveChannelsPass the same spec.
     """
 
-    def __init__(self, metanet: Any, speedup: float | None = None, batches: Sequence[Any] = ()) -> None:
+    def __init__(self, metanet: Any, speedup: float | None = None, batches: Sequence[Any] = (), *,
+                 spec: PruneSpec | None = None) -> None:
         super().__init__()
         if isinstance(metanet, (str, os.PathLike)):
             metanet = load_metanet_file(metanet)
         if not callable(metanet):
             raise TypeError(f"MetanetPass needs a Metanet or the path of a saved one, got {type(metanet).__name__}")
-        if getattr(metanet, "conditioned", False) and (speedup is None or not batches):
-            raise FxmetaError("this metanetwork is conditioned on the prune: give MetanetPass the target speedup= and "
-                              "a few training batches= of (x, y)")
-        self.metanet, self.speedup, self.batches = metanet, speedup, list(batches)
+        if speedup is not None:
+            spec = replace(spec or PruneSpec(), speedup=speedup)
+        if getattr(metanet, "conditioned", False) and (spec is None or not batches):
+            raise FxmetaError("this metanetwork is conditioned on the prune: give MetanetPass the prune (spec= or "
+                              "speedup=) and a few training batches= of (x, y)")
+        self.metanet, self.spec, self.batches = metanet, spec, list(batches)
 
     def requires(self, graph_module: fx.GraphModule) -> None:
         require_ir(graph_module, "MetanetPass")
@@ -49,7 +55,7 @@ class MetanetPass(FxmetaPass):
         graph = require_ir(graph_module, "MetanetPass")
         if getattr(self.metanet, "conditioned", False):
             graph, importance = rewrite_for_prune(self.metanet, graph, graph_module.meta.get(EXAMPLE_INPUT),
-                                                  self.speedup, self.batches)
+                                                  self.spec, self.batches)
             graph_module.meta[PRUNE_IMPORTANCE] = importance
         else:
             graph = rewrite(self.metanet, graph)

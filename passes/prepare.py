@@ -7,6 +7,7 @@ import torch.fx as fx
 from torch.fx.passes.infra.pass_base import PassResult
 
 from fxmeta.errors import SpecError
+from fxmeta.pruning.spec import DATA_IMPORTANCE, PruneSpec
 from fxmeta.training.loop import TrainConfig
 from fxmeta.training.prepare import prepare
 
@@ -14,22 +15,28 @@ from .base import FxmetaPass, example_input_of
 
 
 class PreparePass(FxmetaPass):
-    """``config.epochs`` epochs of ``fxmeta.prepare`` on ``data`` at the FLOPs ``speedups``.
+    """``config.epochs`` epochs of ``fxmeta.prepare`` on ``data`` for the prune ``spec`` (at its
+    speed-up, or at the FLOPs ``speedups``).
 
-    Put it right before RemoveChannelsPass at the same target: the weights are trained in
+    Put it right before RemoveChannelsPass with the same spec: the weights are trained in
     place (the module keeps its graph and shapes; ``modified`` True) so that the channels
     the prune removes carry little. ``data`` is a ``DataSplits`` or ``Loaders``; requires an
     example input (``example_input=`` or ``graph_module.meta["fxmeta.example_input"]``).
     The pass leaves the module in eval mode, ready for pruning.
     """
 
-    def __init__(self, data: Any, speedups: Sequence[float], config: TrainConfig | None = None, *,
-                 example_input: Any = None, weight: float = 1.0, mask_every: int = 0) -> None:
+    def __init__(self, data: Any, speedups: Sequence[float] = (), config: TrainConfig | None = None, *,
+                 spec: PruneSpec | None = None, example_input: Any = None, weight: float = 1.0,
+                 mask_every: int = 0) -> None:
         super().__init__()
-        if not speedups:
+        spec = spec or PruneSpec()
+        if not speedups and spec.speedup is None:
             raise SpecError("PreparePass needs at least one speed-up target")
+        if isinstance(spec.importance, str) and spec.importance in DATA_IMPORTANCE:
+            raise SpecError(f"PreparePass trains for a prune by weight importance, not {spec.importance!r}")
         self.data = data
-        self.speedups = [float(s) for s in speedups]
+        self.spec = spec
+        self.speedups = [float(s) for s in speedups] or [float(spec.speedup)]
         self.config = config or TrainConfig(epochs=5, lr=0.01, progress=False)
         self.example_input = example_input
         self.weight = weight
@@ -40,7 +47,9 @@ class PreparePass(FxmetaPass):
 
     def call(self, graph_module: fx.GraphModule) -> PassResult:
         x = example_input_of(graph_module, self.example_input)
+        spec = self.spec.resolved(with_data=False)  # the weight importance it prepares for
         result = prepare(graph_module, x, self.data, self.config, self.speedups, weight=self.weight,
-                         mask_every=self.mask_every)
+                         mask_every=self.mask_every, importance=spec.importance, round_to=spec.round_to,
+                         ignore=spec.ignore, min_keep=spec.min_keep, allocation=spec.allocation)
         module = result.model.cpu().eval()
         return PassResult(module, self.config.epochs > 0)

@@ -1,14 +1,17 @@
 """RemoveChannelsPass: structured pruning to a FLOPs target as a torch.fx pass."""
 from __future__ import annotations
 
-from typing import Any, Callable, Mapping, Sequence
+from dataclasses import replace
+from typing import Any
 
 import torch.fx as fx
 from torch.fx.passes.infra.pass_base import PassResult
 
 from fxmeta.errors import PruningError
 from fxmeta.keys import EXAMPLE_INPUT, IR, PLAN, PRUNE_IMPORTANCE, SPEEDUP
-from fxmeta.pruning import Importance, prune
+from fxmeta.pruning import prune
+from fxmeta.pruning.pruner import resolve_spec
+from fxmeta.pruning.spec import PruneSpec
 
 from .base import FxmetaPass
 
@@ -17,36 +20,26 @@ PLAN_KEY = PLAN
 
 
 class RemoveChannelsPass(FxmetaPass):
-    """Removes channels until FLOPs drop by ``speedup`` (see ``fxmeta.prune``).
+    """Removes channels as ``spec`` says (a ``PruneSpec``; see ``fxmeta.prune``).
 
     Returns a new, smaller GraphModule (``modified`` True); the plan (plain data, replayable
     with ``fxmeta.pruning.apply_plan``) is stored in ``new_gm.meta["fxmeta.plan"]`` and the
     measured FLOPs ratio in ``new_gm.meta["fxmeta.speedup"]``. Requires an example input
     (``example_input=`` or ``graph_module.meta["fxmeta.example_input"]``); ensures the new
-    graph lints. ``rules`` adds channel rules for this pass only. ``importance`` defaults to the
-    one a conditioned metanetwork left in ``gm.meta`` (MetanetPass), else l2.
+    graph lints. ``speedup`` and keyword ``settings`` (the spec's fields) override the spec.
+    ``calibration`` feeds a data-aware spec (taylor / activation importance, compensation).
+    After a conditioned metanetwork (MetanetPass, given the same spec) the units are ranked by the
+    importance it left in ``gm.meta``: the spec's importance on the weights it was told, so the
+    pass removes the channels the metanetwork was told.
     """
 
-    def __init__(
-        self,
-        speedup: float = 2.0,
-        importance: str | Importance | None = None,
-        example_input: Any = None,
-        round_to: int | None = None,
-        ignore: Sequence[str] = (),
-        min_keep: float = 0.1,
-        check: bool = True,
-        rules: Mapping[Any, Callable] | None = None,
-    ) -> None:
+    def __init__(self, speedup: float | None = None, *, spec: PruneSpec | None = None, example_input: Any = None,
+                 calibration: Any = None, check: bool = True, **settings: Any) -> None:
         super().__init__()
-        self.speedup = speedup
-        self.importance = importance
+        self.spec = resolve_spec(spec, speedup, settings)
         self.example_input = example_input
-        self.round_to = round_to
-        self.ignore = tuple(ignore)
-        self.min_keep = min_keep
+        self.calibration = calibration
         self.check = check
-        self.rules = rules
 
     def _input(self, graph_module: fx.GraphModule) -> Any:
         x = self.example_input if self.example_input is not None else graph_module.meta.get(EXAMPLE_INPUT)
@@ -62,10 +55,10 @@ class RemoveChannelsPass(FxmetaPass):
 
     def call(self, graph_module: fx.GraphModule) -> PassResult:
         x = self._input(graph_module)
-        # default: the importance a conditioned metanetwork left (MetanetPass), else l2
-        importance = self.importance or graph_module.meta.get(PRUNE_IMPORTANCE, "l2")
-        result = prune(graph_module, x, speedup=self.speedup, importance=importance, round_to=self.round_to,
-                       ignore=self.ignore, min_keep=self.min_keep, check=self.check, rules=self.rules)
+        spec = self.spec
+        if PRUNE_IMPORTANCE in graph_module.meta:  # the spec's importance on the weights the metanetwork was told
+            spec = replace(spec, importance=graph_module.meta[PRUNE_IMPORTANCE])
+        result = prune(graph_module, x, spec=spec, calibration=self.calibration, check=self.check)
         new_gm = result.module
         for key, value in graph_module.meta.items():
             if key.startswith("fxmeta.") and key not in new_gm.meta and key not in (IR, PRUNE_IMPORTANCE):

@@ -294,7 +294,8 @@ def test_cli_dump_gives_the_same_ir_through_either_capture(capsys):
 
 def test_the_transform_pipeline_takes_a_program():
     from fxmeta.pipeline.transform import TransformConfig, transform
+    from fxmeta.pruning.spec import PruneSpec
 
     model, x, program = _case("resnet20")
-    result = transform(program, x, TransformConfig(speedup=2.0))
+    result = transform(program, x, TransformConfig(prune=PruneSpec(2.0)))
     assert result.plan["capture"] == "export" and result.plan["groups"] == fxmeta.prune(model, x).plan["groups"]

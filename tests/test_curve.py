@@ -6,8 +6,8 @@ import torch
 
 from fxmeta.cli.app import main
 from fxmeta.models import get_model
-from fxmeta.training.curve import calibration_batches, prunability_curve
-from fxmeta.training.data import load_data, make_loaders
+from fxmeta.training.curve import prunability_curve
+from fxmeta.training.data import calibration_set, load_data, make_loaders
 from fxmeta.training.loop import TrainConfig, evaluate, recalibrate_bn, train
 
 
@@ -23,9 +23,9 @@ def test_curve_points_are_prune_then_recalibrate(digits):
     before = {k: v.clone() for k, v in model.state_dict().items()}
     x = torch.randn(1, 1, 8, 8)
     loader = make_loaders(digits, 128).val
-    calibration = calibration_batches(digits.train, 3, 128, seed=1)
+    calibration = calibration_set(digits.train, 3, 128, seed=1)
     assert [len(b[0]) for b in calibration] == [128] * 3
-    assert all(torch.equal(a[0], b[0]) for a, b in zip(calibration, calibration_batches(digits.train, 3, 128, 1)))
+    assert all(torch.equal(a[0], b[0]) for a, b in zip(calibration, calibration_set(digits.train, 3, 128, 1)))
     curve = prunability_curve(model, x, loader, [2.0, 1e6], calibration=calibration, split="val")
     assert curve.unpruned == pytest.approx(evaluate(model, loader)["acc"])
     ok, unreachable = curve.points

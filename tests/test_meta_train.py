@@ -184,8 +184,8 @@ def test_learn_step_trains_only_the_step_sizes_of_an_sgd_start(zoo_dir):
 
 @pytest.mark.parametrize("objective", ["reference", "prunable", "conditioned", "conditioned steps"])
 def test_two_step_meta_training_with_each_objective_scores_with_the_curve(zoo_dir, tmp_path, objective):
-    from fxmeta.training.curve import calibration_batches, prunability_curve
-    from fxmeta.training.data import load_data, make_loaders
+    from fxmeta.training.curve import prunability_curve
+    from fxmeta.training.data import calibration_set, load_data, make_loaders
 
     out = tmp_path / objective.replace(" ", "_")
     conditioned = objective.startswith("conditioned")
@@ -214,7 +214,7 @@ def test_two_step_meta_training_with_each_objective_scores_with_the_curve(zoo_di
     zoo = load_zoo(zoo_dir)
     member = load(zoo.path(zoo.split("val")[0]))
     loaders = make_loaders(load_data(zoo.data, seed=0), 32, seed=0)
-    calibration = calibration_batches(loaders.train.dataset, 2, 32, seed=0)
+    calibration = calibration_set(loaders.train.dataset, 2, 32, seed=0)
     point = prunability_curve(member, torch.randn(1, 1, 8, 8), loaders.val, [1.5], calibration=calibration,
                               split="val", allocation=allocation).points[0]
     baseline = next(r for r in records if r.get("baseline"))

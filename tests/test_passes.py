@@ -169,7 +169,7 @@ def test_a_conditioned_metanet_in_the_pipeline_prunes_the_channels_it_was_told()
     model, x = _model(), torch.randn(1, 1, 8, 8)
     batches = [(torch.randn(8, 1, 8, 8), torch.randint(0, 10, (8,)))]
     net = Metanet.for_graph(lower(model, x), width=8, depth=1, ratio=1.0, condition=len(FEATURES))
-    with pytest.raises(FxmetaError, match="speedup= and a few training batches="):
+    with pytest.raises(FxmetaError, match="speedup=\\) and a few training batches="):
         MetanetPass(net)
     # an untrained metanetwork changes the weights, yet the prune removes what the original's l2 prune removes
     pipeline = PassManager([LowerPass(x), MetanetPass(net, speedup=2.0, batches=batches), RaisePass(),
@@ -178,3 +178,26 @@ def test_a_conditioned_metanet_in_the_pipeline_prunes_the_channels_it_was_told()
     plain = prune(model, x, speedup=2.0).module
     assert {k: v.shape for k, v in out.state_dict().items()} == {k: v.shape for k, v in plain.state_dict().items()}
     assert "fxmeta.prune_importance" not in out.meta
+
+
+def test_one_spec_makes_the_pass_pipeline_and_the_library_call_remove_the_same_channels():
+    """A metanetwork told the prune a spec makes, and the removal pass given the same spec, remove
+    what ``fxmeta.prune(spec=...)`` removes from the original weights, settings that differ from the
+    defaults included."""
+    from fxmeta.ir import lower
+    from fxmeta.metanet import Metanet
+    from fxmeta.metanet.condition import FEATURES
+    from fxmeta.pruning import prune
+    from fxmeta.pruning.spec import PruneSpec
+    from passes import RemoveChannelsPass
+
+    model, x = _model(), torch.randn(1, 1, 8, 8)
+    batches = [(torch.randn(8, 1, 8, 8), torch.randint(0, 10, (8,)))]
+    net = Metanet.for_graph(lower(model, x), width=8, depth=1, ratio=1.0, condition=len(FEATURES))
+    for spec in (PruneSpec(2.0, allocation="uniform", min_keep=0.3), PruneSpec(1.5, importance="l1", round_to=2)):
+        pipeline = PassManager([LowerPass(x), MetanetPass(net, spec=spec, batches=batches), RaisePass(),
+                                RemoveChannelsPass(spec=spec)])
+        out = pipeline(fx.symbolic_trace(model)).graph_module
+        library = prune(model, x, spec=spec)
+        assert out.meta["fxmeta.plan"]["groups"] == library.plan["groups"], spec
+        assert out.meta["fxmeta.plan"]["allocation"] == spec.allocation

@@ -13,11 +13,12 @@ import torch
 from torch import nn
 
 from fxmeta import io
-from fxmeta.errors import FxmetaError, InputShapeError, SpecError
+from fxmeta.errors import FxmetaError, InputShapeError, PruningError, SpecError
 from fxmeta.models import get_model
 from fxmeta.pipeline.latency import compare_latency, measure_latency
 from fxmeta.pipeline.transform import StageTimer, TransformConfig, check_model_fits, transform
 from fxmeta.pruning.flops import count_flops
+from fxmeta.pruning.spec import PruneSpec
 from fxmeta.training.data import load_data
 from fxmeta.training.loop import TrainConfig
 
@@ -51,7 +52,7 @@ def _state_equal(a: dict, b: dict) -> bool:
 def test_transform_without_data_prunes_measures_and_says_what_it_skipped():
     model = _r20()
     original = {k: v.clone() for k, v in model.state_dict().items()}
-    result = transform(model, X, TransformConfig(speedup=2.0))
+    result = transform(model, X, TransformConfig(prune=PruneSpec(2.0)))
     assert result.speedup >= 2.0
     assert result.speedup == pytest.approx(count_flops(model, X) / count_flops(result.module, X))
     assert result.before.accuracy is None and result.after.accuracy is None and result.removed_accuracy is None
@@ -66,7 +67,7 @@ def test_transform_without_data_prunes_measures_and_says_what_it_skipped():
 
 
 def test_metrics_are_plain_data_that_a_weights_only_file_holds(tmp_path):
-    result = transform(_r20(), X, TransformConfig(speedup=1.5, latency_batch=4))
+    result = transform(_r20(), X, TransformConfig(prune=PruneSpec(1.5), latency_batch=4))
     metrics = result.metrics()
     assert metrics["before"]["latency"]["batch"] == 4
     io.save(tmp_path / "p.pt", result.module, spec="fxmeta:resnet20", spec_kwargs={"in_channels": 1},
@@ -81,7 +82,7 @@ def test_metrics_are_plain_data_that_a_weights_only_file_holds(tmp_path):
 
 def test_transform_with_data_finetunes_and_reports_accuracy(digits, tmp_path):
     log = tmp_path / "log.jsonl"
-    config = TransformConfig(speedup=2.0, finetune=_finetune(epochs=2, log_path=str(log)),
+    config = TransformConfig(prune=PruneSpec(2.0), finetune=_finetune(epochs=2, log_path=str(log)),
                              checkpoint_dir=str(tmp_path / "ckpt"))
     result = transform(_r20(), X, config, data=digits)
     for acc in (result.before.accuracy, result.removed_accuracy, result.after.accuracy):
@@ -96,7 +97,7 @@ def test_transform_with_data_finetunes_and_reports_accuracy(digits, tmp_path):
 
 def test_batchnorm_recalibration_after_removal(digits):
     def run(bn_batches: int):
-        config = TransformConfig(speedup=2.0, bn_batches=bn_batches, finetune=_finetune(epochs=0), latency_batch=1)
+        config = TransformConfig(prune=PruneSpec(2.0), bn_batches=bn_batches, finetune=_finetune(epochs=0), latency_batch=1)
         return transform(_r20(), X, config, data=digits)
 
     plain, recalibrated = run(0), run(4)
@@ -115,7 +116,7 @@ def test_batchnorm_recalibration_after_removal(digits):
 @pytest.mark.slow
 def test_resume_gives_the_weights_of_an_uninterrupted_run(digits, tmp_path):
     def run(epochs: int, folder: str, resume: bool = False):
-        config = TransformConfig(speedup=2.0, finetune=_finetune(epochs=epochs, seed=5),
+        config = TransformConfig(prune=PruneSpec(2.0), finetune=_finetune(epochs=epochs, seed=5),
                                  checkpoint_dir=str(tmp_path / folder), resume=resume)
         return transform(_r20(), X, config, data=digits).module.state_dict()
 
@@ -127,9 +128,9 @@ def test_resume_gives_the_weights_of_an_uninterrupted_run(digits, tmp_path):
 
 
 def test_resume_refuses_checkpoints_of_another_run(digits, tmp_path):
-    config = TransformConfig(speedup=2.0, finetune=_finetune(), checkpoint_dir=str(tmp_path))
+    config = TransformConfig(prune=PruneSpec(2.0), finetune=_finetune(), checkpoint_dir=str(tmp_path))
     transform(_r20(), X, config, data=digits)
-    other = TransformConfig(speedup=3.0, finetune=_finetune(), checkpoint_dir=str(tmp_path), resume=True)
+    other = TransformConfig(prune=PruneSpec(3.0), finetune=_finetune(), checkpoint_dir=str(tmp_path), resume=True)
     with pytest.raises(SpecError, match="belong to another run .*speedup: 2.0 then, 3.0 now"):
         transform(_r20(), X, other, data=digits)
 
@@ -155,7 +156,7 @@ def _quiet_first_layer3_channels(graph):
 
 def test_metanet_output_decides_which_channels_go(tmp_path):
     model = _r20()
-    config = TransformConfig(speedup=1.5, metanet=_quiet_first_layer3_channels, adapt_epochs=0)
+    config = TransformConfig(prune=PruneSpec(1.5), metanet=_quiet_first_layer3_channels, adapt_epochs=0)
     result = transform(model, X, config)
     # the plan, made on the raised module, replays on a fresh copy of the architecture
     io.save(tmp_path / "m.pt", result.module, spec="fxmeta:resnet20", spec_kwargs={"in_channels": 1},
@@ -172,7 +173,7 @@ def test_metanet_output_decides_which_channels_go(tmp_path):
 
 
 def test_adapt_finetune_runs_between_metanet_and_removal(digits, tmp_path):
-    config = TransformConfig(speedup=1.5, metanet=lambda g: g, adapt_epochs=1, finetune=_finetune(),
+    config = TransformConfig(prune=PruneSpec(1.5), metanet=lambda g: g, adapt_epochs=1, finetune=_finetune(),
                              checkpoint_dir=str(tmp_path))
     result = transform(_r20(), X, config, data=digits)
     names = [n for n, _ in result.stages]
@@ -197,7 +198,7 @@ def test_after_a_conditioned_metanet_the_adapt_epochs_train_for_the_prune_it_was
 
     real_prepare = pipeline.prepare
     monkeypatch.setattr(pipeline, "prepare", recording_prepare)
-    config = TransformConfig(speedup=1.5, metanet=net, adapt_epochs=1, finetune=_finetune())
+    config = TransformConfig(prune=PruneSpec(1.5), metanet=net, adapt_epochs=1, finetune=_finetune())
     result = transform(model, X, config, data=digits)
     assert "adapt finetune" in [n for n, _ in result.stages]
     # the adapt epoch is a prepare epoch with the told importance, not a plain one
@@ -209,8 +210,8 @@ def test_after_a_conditioned_metanet_the_adapt_epochs_train_for_the_prune_it_was
 
 def test_config_checks():
     for bad in (0.5, float("nan"), float("inf")):
-        with pytest.raises(SpecError, match="below 1|speed-up"):
-            TransformConfig(speedup=bad)
+        with pytest.raises(PruningError, match="below 1|speed-up"):
+            TransformConfig(prune=PruneSpec(bad))
     with pytest.raises(SpecError, match="checkpoint directory"):
         TransformConfig(resume=True)
     with pytest.raises(SpecError, match=">= 0"):
@@ -318,10 +319,10 @@ def test_a_conditioned_metanet_needs_data_and_fixes_the_channels_that_go(digits)
     model = _r20()
     net = Metanet.for_graph(lower(model, X), width=8, depth=1, ratio=1.0, condition=len(FEATURES))
     with pytest.raises(FxmetaError, match="training batches"):
-        transform(model, X, TransformConfig(speedup=1.5, metanet=net))
+        transform(model, X, TransformConfig(prune=PruneSpec(1.5), metanet=net))
     net.zero_outputs()  # the identity: the prune it was told is the l2 prune of the original
-    result = transform(model, X, TransformConfig(speedup=1.5, metanet=net, finetune=_finetune(epochs=0)), data=digits)
-    plain = transform(model, X, TransformConfig(speedup=1.5))
+    result = transform(model, X, TransformConfig(prune=PruneSpec(1.5), metanet=net, finetune=_finetune(epochs=0)), data=digits)
+    plain = transform(model, X, TransformConfig(prune=PruneSpec(1.5)))
     assert [n for n, _ in result.stages][1:4] == ["lower", "metanet", "raise"]
     assert {k: v.shape for k, v in result.module.state_dict().items()} == \
         {k: v.shape for k, v in plain.module.state_dict().items()}

@@ -16,6 +16,7 @@ from rich.table import Table
 
 from ..errors import InputShapeError, OutputExistsError, SpecError
 from ..pruning.selection import ALLOCATIONS
+from ..pruning.spec import CALIBRATED, COMPENSATIONS, DATA_IMPORTANCE, WEIGHT_IMPORTANCE
 
 SPEC_HELP = (
     "model spec: torchvision:NAME, fxmeta:NAME, timm:NAME, hf:CONFIG.json or hf:FOLDER (transformers), "
@@ -144,8 +145,22 @@ def _add_prune_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("pruning")
     g.add_argument("--speedup", type=_number, default=2.0, metavar="X",
                    help="target FLOPs ratio original / pruned, >= 1 (default: 2.0)")
-    g.add_argument("--importance", choices=["l2", "l1", "random"], default="l2",
-                   help="channel-group importance used to pick what to remove (default: l2, the group's L2 norm)")
+    g.add_argument("--importance", choices=list(WEIGHT_IMPORTANCE + DATA_IMPORTANCE),
+                   help="how channels are scored, weakest removed first: l2 / l1 (the group's weight norm), random, "
+                        "taylor (|weight x gradient| on the calibration batches), activation (input RMS x weight "
+                        "norm of the layers reading the channel). Default: l2 without --data; with --data the "
+                        f"calibrated default ({CALIBRATED['importance']}; l2 with --prepare-epochs)")
+    g.add_argument("--compensate", choices=list(COMPENSATIONS),
+                   help="change the weights that stay so the network loses less, on the calibration batches: bias "
+                        "(each layer that loses inputs gets their mean contribution added to its bias) or lstsq "
+                        "(its kept weights refit by ridge least squares to its original output). Default: none "
+                        f"without --data, {CALIBRATED['compensate']} with it")
+    g.add_argument("--calib-batches", type=int, default=8, metavar="N",
+                   help="calibration batches (of --batch-size) drawn from the training split of --data with --seed, "
+                        "for data importance and compensation (default: 8)")
+    g.add_argument("--ridge", type=_number, default=1e-3, metavar="R",
+                   help="least-squares regulariser of --compensate lstsq, relative to the inputs' mean energy "
+                        "(default: 1e-3)")
     g.add_argument("--round-to", type=int, metavar="N",
                    help="keep channel counts multiples of N (e.g. 8) so kernels stay fast")
     g.add_argument("--min-keep", type=_number, default=0.1, metavar="F",
@@ -154,8 +169,7 @@ def _add_prune_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--allocation", choices=list(ALLOCATIONS), default="global",
                    help="how the removal spreads over the channel groups: global (scores divided by their group's "
                         "largest, one ranking across groups), global-mean (divided by the group's mean) or uniform "
-                        "(every group loses the same fraction); on digits ResNet56s the two balanced ones keep far "
-                        "more accuracy at 2x, global more at 8x (default: global)")
+                        "(every group loses the same fraction) (default: global)")
     g.add_argument("--ignore", action="append", default=[], metavar="LAYER",
                    help="never prune this layer (module name, repeatable)")
     g.add_argument("--no-check", dest="check", action="store_false",
@@ -179,7 +193,7 @@ def _add_output_args(p: argparse.ArgumentParser, required: bool = True) -> None:
 def _add_train_args(p: argparse.ArgumentParser, epochs: int) -> None:
     g = p.add_argument_group("finetuning (needs --data)")
     g.add_argument("--data", metavar="SPEC",
-                   help="training data: digits, mnist5k, cifar10:PATH, cifar100:PATH, imagefolder:PATH or "
+                   help="training data: digits, mnist5k, fashion-mnist[:PATH], cifar10:PATH, cifar100:PATH, imagefolder:PATH or "
                         "module.path:function; without it there is no finetuning and no accuracy")
     g.add_argument("--image-size", type=int, metavar="N", help="resize the data's images to NxN")
     g.add_argument("--epochs", type=int, default=epochs, metavar="N",
@@ -259,13 +273,40 @@ def _train_config(args: argparse.Namespace):
     )
 
 
+def prune_spec(args: argparse.Namespace):
+    """The one PruneSpec of a command, from its flags; importance and compensation left unset take
+    the library's defaults for a run with or without data (``PruneSpec.resolved``)."""
+    from ..pruning.spec import PruneSpec
+
+    importance, compensate = args.importance, getattr(args, "compensate", None)
+    if not getattr(args, "data", None) and (importance in DATA_IMPORTANCE or compensate not in (None, "none")):
+        wants = f"--importance {importance}" if importance in DATA_IMPORTANCE else f"--compensate {compensate}"
+        raise SpecError(f"{wants} reads calibration data: give --data")
+    return PruneSpec(speedup=args.speedup, importance=importance, allocation=getattr(args, "allocation", "global"),
+                     round_to=args.round_to, min_keep=getattr(args, "min_keep", 0.1), ignore=tuple(args.ignore),
+                     compensate=compensate, ridge=getattr(args, "ridge", 1e-3)).check(SpecError)
+
+
+def _add_calibration_data_args(p: argparse.ArgumentParser) -> None:
+    """``fxmeta prune``'s data: calibration and BatchNorm recalibration, no training."""
+    g = p.add_argument_group("calibration data (optional; no training)")
+    g.add_argument("--data", metavar="SPEC",
+                   help="data to calibrate the prune on (the training split only) and to measure accuracy before "
+                        "and after: digits, mnist5k, fashion-mnist[:PATH], cifar10:PATH, cifar100:PATH, "
+                        "imagefolder:PATH or module.path:function")
+    g.add_argument("--image-size", type=int, metavar="N", help="resize the data's images to NxN")
+    g.add_argument("--bn-batches", type=int, default=20, metavar="N",
+                   help="recompute the BatchNorm statistics on N training batches after removal (default: 20; 0: off)")
+    g.add_argument("--batch-size", type=int, default=128, metavar="B", help="calibration batch size (default: 128)")
+    g.add_argument("--seed", type=int, default=0, help="seed of the calibration draw (default: 0)")
+
+
 def _transform_config(args: argparse.Namespace, *, finetune: Any = None, checkpoint_dir: str | None = None):
     from ..pipeline.transform import TransformConfig
     from ..training.loop import TrainConfig
 
     return TransformConfig(
-        speedup=args.speedup, importance=args.importance, round_to=args.round_to, ignore=tuple(args.ignore),
-        min_keep=getattr(args, "min_keep", 0.1), allocation=getattr(args, "allocation", "global"),
+        prune=prune_spec(args), calib_batches=getattr(args, "calib_batches", 8),
         check=args.check, adapt_epochs=getattr(args, "adapt_epochs", 0), bn_batches=getattr(args, "bn_batches", 0),
         prepare=_prepare_config(args),
         finetune=finetune or TrainConfig(epochs=0, device="cpu", progress=False),
@@ -332,6 +373,10 @@ def check_numbers(args: argparse.Namespace) -> None:
                  "latency_batch", "count", "width", "depth", "batches_per_step", "grad_batches"):
         v = val(name)
         need("--" + name.replace("_", "-"), v is None or v >= 1, ">= 1")
+    v = val("ridge")
+    need("--ridge", v is None or (finite(v) and v >= 0), "a finite number >= 0")
+    v = val("calib_batches")
+    need("--calib-batches", v is None or v >= 1, ">= 1")
     shape = val("input_shape")
     if shape is not None:
         from ..io.files import parse_input_shape

@@ -17,8 +17,8 @@ def cmd_curve(args: argparse.Namespace) -> int:
 
     from ..io.paths import check_outputs
     from ..pipeline.transform import check_model_fits
-    from ..training.curve import calibration_batches, plot, prunability_curve, write_json
-    from ..training.data import make_loaders
+    from ..training.curve import plot, prunability_curve, write_json
+    from ..training.data import calibration_set, make_loaders
 
     speedups = list(speedup_list(args.speedups, "--speedups"))
     if not speedups:
@@ -43,7 +43,7 @@ def cmd_curve(args: argparse.Namespace) -> int:
     check_model_fits(loaded.module, x, data, name=args.model)
     loaders = make_loaders(data, args.batch_size, seed=args.seed)
     split = loaders.val if args.split == "val" else loaders.test
-    calibration = calibration_batches(data.train, args.bn_batches, args.batch_size, args.seed)
+    calibration = calibration_set(data.train, args.bn_batches, args.batch_size, args.seed)
     def progress(text: str) -> None:
         _note(f"[dim]> {text}[/]")
 
@@ -84,18 +84,20 @@ def _metanet_curve(metanet: Any, model: Any, x: Any, data: Any, split: Any, spee
     """The curve of the metanetwork's output. A conditioned metanetwork rewrites once per target (it is
     told each prune); its unpruned accuracy is that of the first target's rewrite."""
     from ..metanet.rewriting import apply, apply_for_prune
-    from ..training.curve import calibration_batches, prunability_curve
+    from ..pruning.spec import PruneSpec
+    from ..training.curve import prunability_curve
+    from ..training.data import calibration_set
 
     label = "model + metanetwork"
     if not metanet.conditioned:
         return prunability_curve(apply(metanet, model, x).eval(), x, split, speedups, calibration=calibration,
                                  label=label, split=args.split, importance=args.importance, progress=progress,
                                  allocation=args.allocation)
-    batches = calibration_batches(data.train, metanet.config.condition_batches, args.batch_size, args.seed)
+    batches = calibration_set(data.train, metanet.config.condition_batches, args.batch_size, args.seed)
     merged = None
     for target in speedups:
-        module, importance = apply_for_prune(metanet, model, x, target, batches, args.importance,
-                                             allocation=args.allocation)
+        spec = PruneSpec(target, importance=args.importance, allocation=args.allocation)
+        module, importance = apply_for_prune(metanet, model, x, spec, batches)
         curve = prunability_curve(module.eval(), x, split, [target], calibration=calibration, label=label,
                                   split=args.split, importance=importance, progress=progress,
                                   allocation=args.allocation)

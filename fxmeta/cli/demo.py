@@ -158,6 +158,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     from ..io.files import atomic_write_text, save
     from ..pipeline.transform import StageTimer, TransformConfig, transform
+    from ..pruning.spec import PruneSpec
     from ..tracing import example_from_shape
     from ..training.data import load_data
     from ..training.loop import TrainConfig
@@ -168,7 +169,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         raise SpecError("--base-epochs and --prepare-epochs must be >= 0 and --threads >= 1")
     finetune = TrainConfig(epochs=args.epochs, lr=args.lr, batch_size=args.batch_size, device=args.device,
                            seed=args.seed, progress=args.progress)
-    config = TransformConfig(speedup=args.speedup, adapt_epochs=args.adapt_epochs, bn_batches=args.bn_batches,
+    config = TransformConfig(prune=PruneSpec(args.speedup), adapt_epochs=args.adapt_epochs, bn_batches=args.bn_batches,
                              finetune=finetune, latency_batch=args.latency_batch)  # checks the numbers first
     methods = _demo_methods(args, config)
     outs = _demo_outputs(args)

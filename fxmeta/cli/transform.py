@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import argparse
 import os
+import textwrap
 from typing import Any
 
 from ..errors import SpecError
 from .common import (
+    _add_calibration_data_args,
     _add_model_args,
     _add_output_args,
     _add_prepare_args,
@@ -37,7 +39,13 @@ def _run(args: argparse.Namespace, *, with_training: bool) -> int:
     from ..pipeline.transform import StageTimer, check_model_fits, transform
 
     check_numbers(args)
-    finetune = _train_config(args) if with_training else None
+    if with_training:
+        finetune = _train_config(args)
+    else:  # prune: with --data, calibration and BatchNorm recalibration, never training
+        from ..training.loop import TrainConfig
+
+        finetune = TrainConfig(epochs=0, batch_size=getattr(args, "batch_size", 128), seed=getattr(args, "seed", 0),
+                               device="cpu", progress=False)
     ckpt_dir = (args.checkpoint_dir or f"{args.out}.ckpt") if with_training and args.data else None
     if with_training and args.resume and not args.data:
         raise SpecError("--resume continues an interrupted finetune, which needs --data")
@@ -47,8 +55,8 @@ def _run(args: argparse.Namespace, *, with_training: bool) -> int:
 
         resolve_device(finetune.device)  # CUDA asked for but absent
     inputs = [args.model] + ([args.metanet] if getattr(args, "metanet", None) else [])
-    if with_training and getattr(args, "data", None) and args.data.partition(":")[0] in (
-            "cifar10", "cifar100", "imagefolder"):
+    if getattr(args, "data", None) and args.data.partition(":")[0] in (
+            "cifar10", "cifar100", "imagefolder", "fashion-mnist") and args.data.partition(":")[2]:
         inputs.append(args.data.partition(":")[2])
     stages = [s for s, on in (("adapt", getattr(args, "metanet", None) and config.adapt_epochs > 0),
                               ("prepare", config.prepare.epochs > 0)) if on] if ckpt_dir else []
@@ -58,7 +66,7 @@ def _run(args: argparse.Namespace, *, with_training: bool) -> int:
         for sub in ("", "adapt", "prepare", "finetune"):
             created.folder(os.path.join(ckpt_dir, sub))
             created.file(os.path.join(ckpt_dir, sub, "last.pt" if sub else "run.json"))
-    data = _load_data(args) if with_training else None
+    data = _load_data(args)
     if getattr(args, "metanet", None):
         from ..metanet.files import load_metanet_file
 
@@ -130,11 +138,17 @@ def register_transform(sub: argparse._SubParsersAction) -> None:
 
 def register_prune(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
-        "prune", help="remove channels to a FLOPs target by importance (no data, no finetune)",
-        description="Remove the least important channel groups of MODEL until its FLOPs drop by --speedup, "
-                    "then save it. No data needed; finetune later with fxmeta transform or your own loop.",
-        epilog="example: fxmeta prune torchvision:resnet18 --speedup 2 --out pruned.pt --export pruned.pt2")
+        "prune", help="remove channels to a FLOPs target (no training; calibrated with --data)",
+        description=textwrap.fill("Remove the least important channel groups of MODEL until its FLOPs drop by "
+                    "--speedup, then save it. Without data channels are scored by their weights; with --data the prune is "
+                    "calibrated on training batches (data importance, weight compensation, BatchNorm "
+                    "recalibration) and accuracy is measured before and after. No training: finetune later with "
+                    "fxmeta transform or your own loop.", 88),
+        epilog="examples: fxmeta prune torchvision:resnet18 --speedup 2 --out pruned.pt --export pruned.pt2\n"
+               "          fxmeta prune fxmeta:resnet20@base.pt --in-channels 1 --data fashion-mnist --speedup 4 "
+               "--out pruned.pt", formatter_class=argparse.RawDescriptionHelpFormatter)
     _add_model_args(p)
     _add_prune_args(p)
+    _add_calibration_data_args(p)
     _add_output_args(p)
     p.set_defaults(func=cmd_prune)

@@ -14,10 +14,11 @@ def cmd_zoo(args: argparse.Namespace) -> int:
     from ..io.paths import check_output
     from ..metatrain.zoo import build_zoo
     from ..pipeline.transform import TransformConfig
+    from ..pruning.spec import PruneSpec
     from .common import check_numbers
 
     check_numbers(args)
-    TransformConfig(speedup=args.prune_speedup)  # the same check as every other speed-up
+    TransformConfig(prune=PruneSpec(args.prune_speedup))  # the same check as every other speed-up
     check_output(args.out, kind="dir", what="--out")
     if min(args.epochs, args.finetune_epochs) < 0:
         raise SpecError("--epochs and --finetune-epochs must be >= 0")

@@ -12,6 +12,7 @@ from ..errors import FxmetaError, UnsupportedModelError
 from ..ir.graph import WeightGraph
 from ..ir.lowering import lower
 from ..ir.raising import raise_graph
+from ..pruning.spec import DATA_IMPORTANCE, PruneSpec
 from ..tracing import eval_mode
 from .files import load_metanet_file
 
@@ -58,18 +59,21 @@ def apply(metanet: Any, model: nn.Module, example_input: Any) -> fx.GraphModule:
     return raise_graph(rewrite(metanet, graph))
 
 
-def rewrite_for_prune(metanet: Any, graph: WeightGraph, example_input: Any, speedup: float,
-                      batches: Sequence[tuple[Tensor, Tensor]], importance: str = "l2", *,
-                      round_to: int | None = None, min_keep: float = 0.1,
-                      ignore: Sequence[str] = (), allocation: str = "global") -> tuple[WeightGraph, Any]:
-    """The metanetwork's rewrite of ``graph`` for a prune to ``speedup``, and the importance to prune it with.
+def rewrite_for_prune(metanet: Any, graph: WeightGraph, example_input: Any, spec: PruneSpec | float,
+                      batches: Sequence[tuple[Tensor, Tensor]]) -> tuple[WeightGraph, Any]:
+    """The metanetwork's rewrite of ``graph`` for the prune ``spec`` (a PruneSpec, or a bare
+    speed-up for the default one), and the importance to prune it with.
 
-    An unconditioned metanetwork rewrites as :func:`rewrite` and the importance stays; a
-    conditioned one (``fxmeta.metanet.condition``) is told the prune of the original weights
-    and the masked-loss gradient on ``batches`` (its ``condition_batches`` first ones), as many
-    times as it was trained to rewrite (``config.steps``), and the returned importance makes
-    ``fxmeta.prune`` (with the same ``round_to``, ``min_keep``, ``ignore`` and ``allocation``) remove exactly the
-    channels it was told."""
+    An unconditioned metanetwork rewrites as :func:`rewrite` and the spec's importance stays; a
+    conditioned one (``fxmeta.metanet.condition``) is told the prune of the original weights the
+    spec makes (its target, importance, ``round_to``, ``min_keep``, ``ignore`` and
+    ``allocation``) and the masked-loss gradient on ``batches`` (its ``condition_batches``
+    first ones), as many times as it was trained to rewrite (``config.steps``), and the returned
+    importance makes ``fxmeta.prune(..., spec=spec)`` remove exactly the channels it was told.
+    A data importance ("taylor", "activation") is not told: the metanetwork's prune is the l2
+    one (what it was trained for)."""
+    spec = spec if isinstance(spec, PruneSpec) else PruneSpec(spec)
+    importance = spec.importance if spec.importance is not None and spec.importance not in DATA_IMPORTANCE else "l2"
     metanet = _load(metanet)
     if not getattr(metanet, "conditioned", False):
         return rewrite(metanet, graph), importance
@@ -80,15 +84,14 @@ def rewrite_for_prune(metanet: Any, graph: WeightGraph, example_input: Any, spee
     if not batches:
         raise FxmetaError("this metanetwork is conditioned on the prune and needs training batches for its "
                           "gradient input; give data (--data)")
-    condition = Condition(graph, example_input, speedup, importance, round_to, min_keep, ignore, allocation)
+    condition = Condition(graph, example_input, spec.speedup, importance, spec.round_to, spec.min_keep, spec.ignore,
+                          spec.allocation)
     out = _guarded(metanet, lambda: rewrite_steps(metanet, graph, condition, batches))
     return out, condition.importance()
 
 
-def apply_for_prune(metanet: Any, model: nn.Module, example_input: Any, speedup: float,
-                    batches: Sequence[tuple[Tensor, Tensor]], importance: str = "l2",
-                    **prune_settings: Any) -> tuple[fx.GraphModule, Any]:
+def apply_for_prune(metanet: Any, model: nn.Module, example_input: Any, spec: PruneSpec | float,
+                    batches: Sequence[tuple[Tensor, Tensor]]) -> tuple[fx.GraphModule, Any]:
     """:func:`rewrite_for_prune` on ``model``: the rewritten module and the importance to prune it with."""
-    graph, chosen = rewrite_for_prune(metanet, lower(model, example_input), example_input, speedup, batches,
-                                      importance, **prune_settings)
+    graph, chosen = rewrite_for_prune(metanet, lower(model, example_input), example_input, spec, batches)
     return raise_graph(graph), chosen

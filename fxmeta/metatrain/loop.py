@@ -442,14 +442,15 @@ def _validate(net: Metanet | None, models: list[_DataModel], loaders, example: t
     same batches every epoch, so epochs compare); then, optionally, after a short finetune from
     there. ``score`` averages the last one measured."""
     from ..pruning.pruner import prune
-    from ..training.curve import calibration_batches, prunability_curve
+    from ..training.curve import prunability_curve
+    from ..training.data import calibration_set
     from ..training.loop import TrainConfig, evaluate, recalibrate_bn, train
 
-    calibration = calibration_batches(loaders.train.dataset, config.eval_bn_batches, config.batch_size,
+    calibration = calibration_set(loaders.train.dataset, config.eval_bn_batches, config.batch_size,
                                       seed=config.seed) if config.eval_bn_batches > 0 else []
     grad_batches: list = []  # a conditioned metanet's gradient input, the same batches every epoch
     if net is not None and net.conditioned:
-        grad_batches = calibration[:config.grad_batches] or calibration_batches(
+        grad_batches = calibration[:config.grad_batches] or calibration_set(
             loaders.train.dataset, config.grad_batches, config.batch_size, seed=config.seed)
     results = []
     for data_model in models:

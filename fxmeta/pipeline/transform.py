@@ -13,7 +13,6 @@ from __future__ import annotations
 import contextlib
 import copy
 import json
-import math
 import os
 import time
 from dataclasses import asdict, dataclass, field, replace
@@ -30,9 +29,9 @@ from ..ir.lowering import lower
 from ..ir.raising import raise_graph
 from ..metanet.rewriting import rewrite_for_prune
 from ..pruning.flops import count_flops, count_params
-from ..pruning.selection import check_allocation
+from ..pruning.spec import DATA_IMPORTANCE, PruneSpec
 from ..tracing import _as_tuple, eval_mode
-from ..training.data import DataSplits, Loaders, make_loaders
+from ..training.data import DataSplits, Loaders, calibration_set, make_loaders
 from ..training.loop import TrainConfig, distributed_context, evaluate, recalibrate_bn, resolve_device, train
 from ..training.prepare import PrepareConfig, prepare
 from .latency import Latency, compare_latency
@@ -44,6 +43,10 @@ _RUN_FILE = "run.json"
 class TransformConfig:
     """What to prune, how, and how to finetune.
 
+    ``prune`` is the :class:`~fxmeta.pruning.spec.PruneSpec` every stage that selects, masks or
+    removes channels works from (the prepare stage, a conditioned metanetwork, the removal);
+    ``calib_batches`` training batches (of ``finetune.batch_size``, a fixed seeded draw) are the
+    calibration data of a data-aware spec (taylor / activation importance, compensation).
     ``metanet`` is a Metanet, the path of a saved one, or None (importance pruning
     alone). ``finetune`` holds the training settings; ``finetune.epochs`` epochs run
     after channel removal and ``adapt_epochs`` between the metanetwork and removal
@@ -58,12 +61,8 @@ class TransformConfig:
     from them.
     """
 
-    speedup: float = 2.0
-    importance: str = "l2"
-    round_to: int | None = None
-    min_keep: float = 0.1  # the least fraction of every group that stays (fxmeta.prune)
-    allocation: str = "global"  # how the removal spreads over the groups (fxmeta.prune)
-    ignore: tuple[str, ...] = ()
+    prune: PruneSpec = field(default_factory=PruneSpec)
+    calib_batches: int = 8
     check: bool = True
     metanet: Any = None
     adapt_epochs: int = 0
@@ -76,25 +75,26 @@ class TransformConfig:
     latency_batch: int = 1
 
     def __post_init__(self) -> None:
-        if not isinstance(self.speedup, (int, float)) or not math.isfinite(self.speedup):
-            raise SpecError(f"speed-up {self.speedup} is not a finite number; ask for the FLOPs ratio to reach, "
-                            "e.g. --speedup 2")
-        if self.speedup < 1:
-            raise SpecError(f"speed-up {self.speedup} is below 1; ask for the FLOPs ratio to reach, e.g. --speedup 2")
+        if not isinstance(self.prune, PruneSpec):
+            raise SpecError(f"prune must be a PruneSpec, got {type(self.prune).__name__}")
+        if self.calib_batches < 1:
+            raise SpecError(f"calibration batches must be >= 1, got {self.calib_batches}")
+        if self.prepare.epochs > 0 and isinstance(self.prune.importance, str) and \
+                self.prune.importance in DATA_IMPORTANCE:
+            raise SpecError(f"the prepare stage trains for a prune by weight importance (l2, l1, random), not "
+                            f"{self.prune.importance!r}: drop --prepare-epochs or use --importance l2")
         if self.adapt_epochs < 0:
             raise SpecError(f"adapt epochs must be >= 0, got {self.adapt_epochs}")
         if self.bn_batches < 0:
             raise SpecError(f"BatchNorm recalibration batches must be >= 0, got {self.bn_batches}")
-        if self.round_to is not None and self.round_to < 1:
-            raise SpecError(f"round_to must be >= 1, got {self.round_to}")
-        if not 0.0 <= self.min_keep <= 1.0:
-            raise SpecError(f"min_keep must be within [0, 1], got {self.min_keep}")
-        check_allocation(self.allocation, SpecError)
         if self.latency_threads < 1 or self.latency_batch < 1:
             raise SpecError("latency threads and batch must be >= 1")
         if self.resume and not self.checkpoint_dir:
             raise SpecError("resume needs a checkpoint directory (--checkpoint-dir)")
-        self.ignore = tuple(self.ignore)
+
+    @property
+    def speedup(self) -> float:
+        return self.prune.speedup
 
 
 @dataclass
@@ -199,16 +199,21 @@ def _describe(out: Any) -> str:
     return f"a tensor of shape {tuple(out.shape)}" if isinstance(out, torch.Tensor) else f"a {type(out).__name__}"
 
 
-def _run_record(config: TransformConfig, extra: dict[str, Any]) -> dict[str, Any]:
-    """What decides the pruned network before finetuning: a resumed run must match it."""
+def _run_record(config: TransformConfig, spec: PruneSpec, extra: dict[str, Any]) -> dict[str, Any]:
+    """What decides the pruned network before finetuning (``spec``: the resolved prune): a resumed
+    run must match it."""
     metanet = config.metanet
+    default = PruneSpec().resolved(with_data=False)
+    importance = spec.importance if isinstance(spec.importance, str) else "custom"
     return {
-        "speedup": config.speedup, "importance": config.importance, "round_to": config.round_to,
-        "ignore": list(config.ignore), "adapt_epochs": config.adapt_epochs, "seed": config.finetune.seed,
+        "speedup": spec.speedup, "importance": importance, "round_to": spec.round_to,
+        "ignore": list(spec.ignore), "adapt_epochs": config.adapt_epochs, "seed": config.finetune.seed,
         "prepare": asdict(config.prepare),
-        # only when set: the records of runs made before it existed stay resumable
-        **({"min_keep": config.min_keep} if config.min_keep != TransformConfig.min_keep else {}),
-        **({"allocation": config.allocation} if config.allocation != TransformConfig.allocation else {}),
+        # only when set: the records of runs made before they existed stay resumable
+        **({"min_keep": spec.min_keep} if spec.min_keep != default.min_keep else {}),
+        **({"allocation": spec.allocation} if spec.allocation != default.allocation else {}),
+        **({"compensate": spec.compensate, "ridge": spec.ridge} if spec.compensate != default.compensate else {}),
+        **({"calib_batches": config.calib_batches} if spec.needs_data else {}),
         "metanet": os.path.abspath(os.fspath(metanet)) if isinstance(metanet, (str, os.PathLike)) else
         (None if metanet is None else type(metanet).__name__), **extra,
     }
@@ -266,13 +271,12 @@ def _plain_module(model: nn.Module) -> tuple[nn.Module, bool]:
         return fx.GraphModule(model, model.graph), True
 
 
-def _prune(model: nn.Module, x: Any, config: TransformConfig, exported: bool, importance: Any) -> Any:
+def _prune(model: nn.Module, x: Any, config: TransformConfig, spec: PruneSpec, exported: bool, importance: Any,
+           calibration: Any) -> Any:
     from ..pruning.pruner import prune
 
     try:
-        return prune(model, x, speedup=config.speedup, importance=importance, round_to=config.round_to,
-                     ignore=config.ignore, min_keep=config.min_keep, check=config.check,
-                     allocation=config.allocation)
+        return prune(model, x, spec=spec, importance=importance, calibration=calibration, check=config.check)
     except PruningError as exc:
         if not exported:
             raise
@@ -281,23 +285,21 @@ def _prune(model: nn.Module, x: Any, config: TransformConfig, exported: bool, im
                            "--capture fx)") from exc
 
 
-def _prepare_stage(model: nn.Module, x: Any, loaders: Any, config: TransformConfig, train_config: TrainConfig,
-                   speedups: list[float], importance: Any) -> nn.Module:
+def _prepare_stage(model: nn.Module, x: Any, loaders: Any, config: TransformConfig, spec: PruneSpec,
+                   train_config: TrainConfig, speedups: list[float], importance: Any) -> nn.Module:
     """``fxmeta.prepare`` with the transform's prune settings (in place), back on the CPU."""
     p = config.prepare
     return prepare(model, x, loaders, train_config, speedups, weight=p.weight, mask_every=p.mask_every,
-                   importance=importance, round_to=config.round_to, ignore=config.ignore,
-                   min_keep=config.min_keep, allocation=config.allocation).model.cpu()
+                   importance=importance, round_to=spec.round_to, ignore=spec.ignore,
+                   min_keep=spec.min_keep, allocation=spec.allocation).model.cpu()
 
 
-def _rewrite_with_metanet(model: nn.Module, x: Any, config: TransformConfig, data: DataSplits | None,
-                          timer: StageTimer) -> tuple[fx.GraphModule, Any, bool]:
+def _rewrite_with_metanet(model: nn.Module, x: Any, config: TransformConfig, spec: PruneSpec,
+                          data: DataSplits | None, timer: StageTimer) -> tuple[fx.GraphModule, Any, bool]:
     """lower → metanetwork → raise (``fxmeta.metanet.rewriting.apply_for_prune``), timed stage by
     stage; also the importance the prune then uses (a conditioned metanetwork fixes the channels)
     and whether it was conditioned."""
     from ..metanet.files import load_metanet_file
-    from ..training.curve import calibration_batches
-
     metanet = config.metanet
     if isinstance(metanet, (str, os.PathLike)):
         metanet = load_metanet_file(metanet)
@@ -306,11 +308,9 @@ def _rewrite_with_metanet(model: nn.Module, x: Any, config: TransformConfig, dat
     with timer("metanet"):
         batches = []  # a conditioned metanetwork's gradient input
         if data is not None and getattr(metanet, "conditioned", False):
-            batches = calibration_batches(data.train, metanet.config.condition_batches, config.finetune.batch_size,
+            batches = calibration_set(data.train, metanet.config.condition_batches, config.finetune.batch_size,
                                           seed=config.finetune.seed)
-        graph, importance = rewrite_for_prune(metanet, graph, x, config.speedup, batches, config.importance,
-                                              round_to=config.round_to, min_keep=config.min_keep,
-                                              ignore=config.ignore, allocation=config.allocation)
+        graph, importance = rewrite_for_prune(metanet, graph, x, spec, batches)
     with timer("raise"):
         return raise_graph(graph), importance, bool(getattr(metanet, "conditioned", False))
 
@@ -334,6 +334,7 @@ def transform(
     run (e.g. the model spec) and must match when resuming from checkpoints.
     """
     config = config or TransformConfig()
+    spec = config.prune.resolved(with_data=data is not None, prepare=config.prepare.epochs > 0)
     if is_program(model):  # a torch.export program: its captured torch-level graph is the model
         model = trace(model, example_input)
     model, exported = _plain_module(model)
@@ -347,7 +348,7 @@ def transform(
     with distributed_context(train_device if data is not None else "cpu") as ctx:
         device = resolve_device(train_device, ctx)
         if config.checkpoint_dir and data is not None:
-            _check_resume(Path(config.checkpoint_dir), _run_record(config, run_info or {}), config.resume, ctx.is_main)
+            _check_resume(Path(config.checkpoint_dir), _run_record(config, spec, run_info or {}), config.resume, ctx.is_main)
         loaders = None
         if data is not None:
             loaders = make_loaders(data, config.finetune.batch_size, num_workers=config.finetune.num_workers,
@@ -357,14 +358,22 @@ def transform(
             before = _measure(model, example_input, loaders, device)
         model.cpu()
         work: nn.Module = model
-        importance: Any = config.importance
+        importance: Any = spec.importance
+        calibration = None
+        if spec.needs_data:
+            if data is None:
+                wants = (f"importance {spec.importance!r}" if spec.importance in DATA_IMPORTANCE
+                         else f"compensation {spec.compensate!r}")
+                raise SpecError(f"{wants} reads calibration data: give --data")
+            calibration = calibration_set(data.train, config.calib_batches, config.finetune.batch_size,
+                                          seed=config.finetune.seed)
         if config.metanet is not None:
-            work, importance, told = _rewrite_with_metanet(model, example_input, config, data, timer)
+            work, importance, told = _rewrite_with_metanet(model, example_input, config, spec, data, timer)
             if data is not None and config.adapt_epochs > 0:
                 with timer("adapt finetune"):
                     adapt = _stage_config(config, "adapt", config.adapt_epochs)
                     if told:  # train for the prune the metanetwork was told, not for the channels about to go
-                        work = _prepare_stage(work, example_input, loaders, config, adapt, [config.speedup],
+                        work = _prepare_stage(work, example_input, loaders, config, spec, adapt, [spec.speedup],
                                               importance)
                     else:
                         work = train(work, loaders, adapt).model.cpu()
@@ -373,13 +382,13 @@ def transform(
             with timer("prepare for pruning"):
                 # prepare trains in place: never the caller's own model
                 start = copy.deepcopy(work) if work is model else work
-                work = _prepare_stage(start, example_input, loaders, config,
+                work = _prepare_stage(start, example_input, loaders, config, spec,
                                       _stage_config(config, "prepare", p.epochs, p.lr), p.speedups or [config.speedup],
                                       importance)
         elif config.prepare.epochs > 0:
             notes.append("no data given: the prepare stage is skipped")
         with timer("remove channels"):
-            pruned = _prune(work.eval(), example_input, config, exported, importance)
+            pruned = _prune(work.eval(), example_input, config, spec, exported, importance, calibration)
         module, removed_acc, recalibrated_acc, best_epoch = pruned.module, None, None, None
         if loaders is not None:
             module.to(device)

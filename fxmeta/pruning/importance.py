@@ -4,10 +4,14 @@ from __future__ import annotations
 from typing import Callable
 
 import torch
-from torch import Tensor
+import torch.fx as fx
+from torch import Tensor, nn
 
-from ..analysis.channels import Group
+from ..analysis.channels import ChannelAnalysis, Group
 from ..errors import PruningError
+from ..keys import TENSOR_META
+from ..tracing import eval_mode
+from .calibration import Calibration, fixed_batch
 
 Importance = Callable[[Group, dict[str, Tensor]], Tensor]
 
@@ -41,6 +45,143 @@ def importance_fn(importance: str | Importance, seed: int) -> Importance:
     if callable(importance):
         return importance
     table = {"l2": l2_importance, "l1": l1_importance, "random": random_importance(seed)}
+    if importance in ("taylor", "activation"):
+        raise PruningError(f"importance {importance!r} reads data: give calibration batches (--data, or "
+                           "fxmeta.prune(..., calibration=...))")
     if importance not in table:
-        raise PruningError(f"unknown importance {importance!r}; use 'l2', 'l1', 'random' or a callable")
+        raise PruningError(f"unknown importance {importance!r}; use 'l2', 'l1', 'random', 'taylor', 'activation' "
+                           "or a callable")
     return table[importance]
+
+
+# --------------------------------------------------------------------------- from data
+
+
+CONSUMERS = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
+
+
+def consumer_nodes(gm: fx.GraphModule) -> list[fx.Node]:
+    """The nodes that call a Linear or Conv module: the layers that read channels through weights."""
+    return [n for n in gm.graph.nodes if n.op == "call_module" and isinstance(gm.get_submodule(n.target), CONSUMERS)
+            and n.args and isinstance(n.args[0], fx.Node)]
+
+
+def channel_dim(module: nn.Module, x: Tensor) -> int:
+    """The dim of a consumer's input that holds its input channels."""
+    return x.dim() - 1 if isinstance(module, nn.Linear) else 1
+
+
+def column_norms(module: nn.Module) -> Tensor:
+    """Per input channel, the L2 norm of the weights that read it (a grouped conv's own rows only)."""
+    w = module.weight.detach().double()
+    if isinstance(module, nn.Linear):
+        return w.norm(dim=0)
+    groups = module.groups
+    out_per, in_per = w.shape[0] // groups, w.shape[1]
+    return w.reshape(groups, out_per, in_per, -1).pow(2).sum((1, 3)).sqrt().flatten()
+
+
+def _per_unit(analysis: ChannelAnalysis, node: fx.Node, dim: int, per_channel: Tensor, total: Tensor) -> None:
+    """Add a consumer input's per-channel values to the units the channels belong to."""
+    value = analysis.values.get(node.args[0].name)
+    if not isinstance(value, list) or dim >= len(value) or value[dim] is None:
+        return
+    total.index_add_(0, analysis.roots(value[dim]), per_channel.cpu().double())
+
+
+def _grouped(analysis: ChannelAnalysis, per_unit: Tensor, name: str) -> Importance:
+    """Scores read off a per-unit tensor; a group none of whose units got a value falls back to l2."""
+    def score(group: Group, params: dict[str, Tensor]) -> Tensor:
+        s = per_unit[group.roots]
+        return s if bool((s > 0).any()) else l2_importance(group, params)
+
+    score.__name__ = f"{name}_importance"
+    return score
+
+
+def activation_importance(analysis: ChannelAnalysis, calibration: Calibration) -> Importance:
+    """Per unit: over every Linear / Conv layer that reads it, the RMS of its input channel on the
+    calibration batches times the norm of the weights reading that channel (Wanda-sp's signal, and
+    FLAP's with the RMS in place of the fluctuation), summed. A group no such layer reads (a
+    layer's output channels that go straight into a norm, say) is scored by l2."""
+    gm = analysis.gm
+    consumers = consumer_nodes(gm)
+    sums: dict[str, Tensor] = {}
+    counts: dict[str, float] = {}
+
+    class Recorder(fx.Interpreter):
+        def call_module(self, target, args, kwargs):
+            node = self.current
+            if node in wanted:
+                module = gm.get_submodule(target)
+                x = args[0].detach().double()
+                d = channel_dim(module, x)
+                sums[node.name] = sums.get(node.name, 0) + x.pow(2).movedim(d, 0).flatten(1).sum(1)
+                counts[node.name] = counts.get(node.name, 0) + x.numel() / max(x.shape[d], 1)
+            return super().call_module(target, args, kwargs)
+
+        def run_node(self, n):
+            self.current = n
+            return super().run_node(n)
+
+    wanted = set(consumers)
+    with torch.no_grad(), eval_mode(gm):
+        recorder = Recorder(gm)
+        for inputs, _ in calibration.chunks(fixed_batch(gm, analysis.example_input)):
+            recorder.run(*inputs)
+    per_unit = torch.zeros(analysis.uf.size, dtype=torch.float64)
+    for node in consumers:
+        if node.name not in sums:
+            continue
+        module = gm.get_submodule(node.target)
+        rms = (sums[node.name] / max(counts[node.name], 1.0)).sqrt()
+        norms = column_norms(module)
+        if rms.shape != norms.shape:
+            continue
+        d = _input_dim(node, module)
+        _per_unit(analysis, node, d, rms * norms, per_unit)
+    return _grouped(analysis, per_unit, "activation")
+
+
+def _input_dim(node: fx.Node, module: nn.Module) -> int:
+    meta = node.args[0].meta.get(TENSOR_META)
+    ndim = len(meta.shape) if meta is not None and hasattr(meta, "shape") else 2
+    return ndim - 1 if isinstance(module, nn.Linear) else 1
+
+
+def taylor_importance(analysis: ChannelAnalysis, calibration: Calibration) -> Importance:
+    """First-order Taylor: per unit, ``sum |w * g|`` over its slices (mean over the group's
+    slices, as l2), ``g`` the gradient of the loss summed over the calibration batches. The
+    model's own parameters and their ``.grad`` are not touched."""
+    gm = analysis.gm
+    first: dict[int, str] = {}  # tied parameters (an lm_head and its embedding) are one tensor: one entry
+    alias: dict[str, str] = {}
+    for n, p in gm.named_parameters(remove_duplicate=False):
+        alias[n] = first.setdefault(id(p), n)
+    params = {n: p.detach().clone().requires_grad_(p.is_floating_point())
+              for n, p in gm.named_parameters(remove_duplicate=False) if alias[n] == n}
+    buffers = dict(gm.named_buffers(remove_duplicate=False))
+    names = [n for n, p in params.items() if p.requires_grad]
+    grads = {n: torch.zeros_like(params[n]) for n in names}
+    with eval_mode(gm), torch.enable_grad():
+        for inputs, target in calibration.chunks(fixed_batch(gm, analysis.example_input)):
+            out = torch.func.functional_call(gm, {**params, **buffers}, inputs, tie_weights=False)
+            loss = calibration.loss_of(out, target, inputs)
+            for n, g in zip(names, torch.autograd.grad(loss, [params[n] for n in names], allow_unused=True)):
+                if g is not None:
+                    grads[n] += g
+    saliency = {n: (params[alias[n]].detach() * grads[alias[n]]).abs() for n in alias if alias[n] in grads}
+
+    def score(group: Group, own: dict[str, Tensor]) -> Tensor:
+        return _group_reduce(group, saliency, lambda t: t)
+
+    score.__name__ = "taylor_importance"
+    return score
+
+
+def data_importance(name: str, analysis: ChannelAnalysis, calibration: Calibration | None) -> Importance:
+    """The data-aware criterion ``name`` ("taylor", "activation") measured on ``calibration``."""
+    if calibration is None:
+        raise PruningError(f"importance {name!r} reads data: give calibration batches (--data, or "
+                           "fxmeta.prune(..., calibration=...))")
+    return {"taylor": taylor_importance, "activation": activation_importance}[name](analysis, calibration)

@@ -10,10 +10,11 @@ plain-data plan that ``apply_plan`` replays on a fresh copy of the architecture.
 """
 from __future__ import annotations
 
+import copy
 import math
 import time
-from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping, Sequence
+from dataclasses import dataclass, field, fields, replace
+from typing import Any, Callable, Sequence
 
 import torch.fx as fx
 from torch import Tensor, nn
@@ -23,14 +24,17 @@ from ..analysis.channels import ChannelAnalysis, analyze
 from ..capture import export_program, is_program
 from ..errors import PruningError
 from ..keys import CAPTURE, PLAN
+from .calibration import Calibration
+from .compensation import compensate
 from .flops import FlopModel, count_flops, count_params
-from .importance import Importance, importance_fn
+from .importance import Importance, data_importance, importance_fn
 from .plan import PLAN_FORMAT, apply_plan, make_plan, own_class
-from .selection import Candidates, candidates, check_allocation, flop_model, removed_mask, select
+from .selection import Candidates, candidates, flop_model, removed_mask, select
 from .selfcheck import check_shapes, self_check
 from .slimming import slim
+from .spec import DATA_IMPORTANCE, PruneSpec
 
-__all__ = ["PLAN_FORMAT", "Importance", "PruneResult", "apply_plan", "prune"]
+__all__ = ["PLAN_FORMAT", "Calibration", "Importance", "PruneResult", "PruneSpec", "apply_plan", "prune"]
 
 
 
@@ -127,48 +131,59 @@ def reach(analysis: ChannelAnalysis, c: Candidates, model_flops: FlopModel, flop
 def prune(
     model: nn.Module,
     example_input: Any,
-    speedup: float = 2.0,
-    importance: str | Importance = "l2",
-    round_to: int | None = None,
-    ignore: Sequence[str] = (),
-    min_keep: float = 0.1,
+    speedup: float | None = None,
+    *,
+    spec: PruneSpec | None = None,
+    calibration: Calibration | Sequence | None = None,
     check: bool = True,
-    seed: int = 0,
-    rules: Mapping[Any, Callable] | None = None,
     capture: str = "auto",
-    allocation: str = "global",
+    **settings: Any,
 ) -> PruneResult:
     """Remove channels until FLOPs(original) / FLOPs(pruned) >= ``speedup``.
 
-    ``importance``: "l2" (group L2 norm, normalised per group), "l1", "random", or a
-    callable ``(group, params) -> scores of shape (group.units,)``; units are ranked
-    globally, weakest removed first. ``allocation`` says how the removal spreads over the groups:
-    "global" (scores divided by their group's largest, then one ranking across groups: groups whose
-    units are unequal lose more), "global-mean" (divided by the group's mean instead), "uniform" (every
-    group loses the same fraction, weakest units first; Torch-Pruning's local pruning).
-    ``round_to`` keeps channel counts multiples of N;
-    ``min_keep`` is the least fraction of every group that stays; ``ignore`` names
-    modules that must not change. ``check`` compares the result with the original model
-    with the removed channels masked (on a random input) and raises PruningError, naming
-    the group, on any difference. ``rules`` adds channel rules ({op: rule}) over the default
-    table for this call only (see ``fxmeta.analysis.rules.table``). The model itself is left
-    unchanged, the train/eval flag of every submodule included.
+    What to remove and how is one :class:`~fxmeta.pruning.spec.PruneSpec`: pass ``spec=``, or
+    its fields as keyword arguments (``importance``, ``allocation="global"``, ``round_to``,
+    ``min_keep=0.1``, ``ignore``, ``rules``, ``compensate``, ``ridge``, ``seed``), which also
+    override the fields of a given ``spec``. Importance and compensation left unset are l2 and
+    none without ``calibration``, the calibrated defaults with it (``PruneSpec.resolved``). Units are ranked by
+    importance ("l2", "l1", "random"; "taylor" and "activation" read ``calibration``; or a
+    callable ``(group, params) -> scores of shape (group.units,)``), weakest removed first, spread
+    over the groups as ``allocation`` says. ``compensate`` ("bias", "lstsq") changes the weights
+    that stay so the network loses less on ``calibration``, before removal
+    (``fxmeta.pruning.compensation``).
+
+    ``calibration``: a :class:`~fxmeta.pruning.calibration.Calibration` or a list of batches
+    (inputs, or ``(input, target)`` pairs), needed by the data-aware settings only.
+    ``check`` compares the result with the original model with the removed channels masked
+    (after compensation; on a random input) and raises PruningError, naming the group, on any
+    difference. The model itself is left unchanged, the train/eval flag of every submodule
+    included.
 
     ``model`` may be a torch.export ``ExportedProgram``: the result then also holds the
     pruned program (``PruneResult.program``, exported with the same example input).
     ``capture`` says how a module becomes a graph: "auto" (fx tracing, torch.export when
     fx cannot trace it), "fx" or "export" (see ``fxmeta.capture.trace``).
     """
-    _check_speedup(speedup)
-    if round_to is not None and (not isinstance(round_to, int) or round_to < 1):
-        raise PruningError(f"round_to must be a positive integer, got {round_to!r}")
-    if not 0.0 <= min_keep <= 1.0:
-        raise PruningError(f"min_keep must be within [0, 1], got {min_keep!r}")
-    check_allocation(allocation)
+    spec = resolve_spec(spec, speedup, settings)
+    if calibration is not None and not isinstance(calibration, Calibration):
+        calibration = Calibration(calibration)
+    spec = spec.resolved(with_data=calibration is not None)
+    if spec.needs_data and calibration is None:
+        wants = (f"importance {spec.importance!r}" if spec.importance in DATA_IMPORTANCE
+                 else f"compensation {spec.compensate!r}")
+        raise PruningError(f"{wants} reads data: give calibration batches (--data, or "
+                           "fxmeta.prune(..., calibration=...))")
     clock = _Clock()
-    analysis = analyze(model, example_input, ignore=ignore, rules=rules, capture=capture)
+    work = model
+    if spec.compensate != "none":
+        work = copy.deepcopy(model)  # compensation changes weights: the caller's model stays as it is
+    analysis = analyze(work, example_input, ignore=spec.ignore, rules=spec.rules, capture=capture)
     clock("analysis")
-    c = candidates(analysis, importance_fn(importance, seed), round_to, min_keep, allocation)
+    if isinstance(spec.importance, str) and spec.importance in DATA_IMPORTANCE:
+        score = data_importance(spec.importance, analysis, calibration)
+    else:
+        score = importance_fn(spec.importance, spec.seed)
+    c = candidates(analysis, score, spec.round_to, spec.min_keep, spec.allocation)
     clock("importance")
     if not c.groups:
         raise PruningError(
@@ -180,18 +195,22 @@ def prune(
     clock("flops")
     model_flops = flop_model(analysis)
     model_flops.constant = flops_before - model_flops.evaluate()  # FLOPs no term describes (frozen ops)
-    reached = reach(analysis, c, model_flops, flops_before, float(speedup), min_keep, round_to, clock)
+    reached = reach(analysis, c, model_flops, flops_before, float(spec.speedup), spec.min_keep, spec.round_to, clock)
     counts, removed, pruned, measured = reached.counts, reached.removed, reached.module, reached.speedup
     flops_after = reached.flops
+    meta = {**spec.describe(), "capture": analysis.gm.meta.get(CAPTURE, "fx")}
+    if spec.compensate != "none":
+        done = compensate(analysis, removed, calibration, spec.compensate, spec.ridge)
+        clock("compensation")
+        pruned = slim(analysis, removed)  # the same shapes, the compensated weights
+        clock("slimming")
+        meta["compensation"] = done.to_plan()
     if check:
         self_check(analysis, pruned, removed, shapes_checked=True)
         clock("check")
-    plan = make_plan(analysis, c, counts, {"speedup_target": float(speedup),
-                                        "importance": importance if isinstance(importance, str) else "custom",
-                                        "allocation": allocation,
-                                        "capture": analysis.gm.meta.get(CAPTURE, "fx")})
+    plan = make_plan(analysis, c, counts, meta)
     pruned.meta[PLAN] = plan
-    pruned = own_class(model, analysis, removed, pruned, example_input)
+    pruned = own_class(work, analysis, removed, pruned, example_input)
     params_after = count_params(pruned)
     program = None
     if is_program(model):
@@ -201,3 +220,13 @@ def prune(
                        params_before, params_after, clock.totals, program)
 
 
+def resolve_spec(spec: PruneSpec | None, speedup: float | None, settings: dict[str, Any]) -> PruneSpec:
+    """The spec a library call means: ``spec`` (or the defaults) with ``speedup`` and ``settings`` over it."""
+    unknown = set(settings) - {f.name for f in fields(PruneSpec)}
+    if unknown:
+        raise TypeError(f"unknown prune setting(s): {', '.join(sorted(unknown))}")
+    changes = dict(settings)
+    if speedup is not None:
+        changes["speedup"] = speedup
+    base = spec or PruneSpec()
+    return replace(base, **changes) if changes else base

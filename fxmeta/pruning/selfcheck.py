@@ -54,7 +54,7 @@ class _MaskedInterpreter(fx.Interpreter):
         return out
 
 
-def _masked_original(analysis: ChannelAnalysis, masks: dict, removed: Tensor,
+def masked_original(analysis: ChannelAnalysis, masks: dict, removed: Tensor,
                      record: dict | None = None) -> _MaskedInterpreter:
     """The original with the removed units zeroed and left out of norm statistics: the reference."""
     return _MaskedInterpreter(analysis.gm, masks, record, analysis.references,
@@ -75,7 +75,7 @@ def _apply_at(value: Any, path: tuple, fn: Callable) -> Any:
     return type(value)(items) if not isinstance(value, tuple) or type(value) is tuple else type(value)(*items)
 
 
-def _masks(analysis: ChannelAnalysis, removed: Tensor) -> dict[str, list[tuple[tuple, int, Tensor]]]:
+def removed_masks(analysis: ChannelAnalysis, removed: Tensor) -> dict[str, list[tuple[tuple, int, Tensor]]]:
     masks: dict[str, list] = {}
 
     def walk(name: str, value: Any, path: tuple) -> None:
@@ -184,10 +184,10 @@ def self_check(analysis: ChannelAnalysis, pruned: fx.GraphModule, removed: Tenso
     """Raise PruningError unless ``pruned`` equals the original with the removed units masked."""
     if not shapes_checked:
         check_shapes(analysis, pruned, removed)
-    masks = _masks(analysis, removed)
+    masks = removed_masks(analysis, removed)
     x = _random_like(analysis.example_input, seed)
     with torch.no_grad(), eval_mode(analysis.gm, pruned):
-        ref = _leaves(_masked_original(analysis, masks, removed).run(*x))
+        ref = _leaves(masked_original(analysis, masks, removed).run(*x))
         got = _leaves(pruned(*x))
     if len(ref) == len(got) and all(_close(a, b, rtol) for a, b in zip(got, ref)):
         return
@@ -242,7 +242,7 @@ def _locate_mismatch(analysis, pruned, removed, masks, x, rtol, groups_of) -> st
     """Compare node by node to name the first value that goes wrong."""
     record: dict[str, Any] = {}
     with torch.no_grad(), eval_mode(analysis.gm, pruned):
-        _masked_original(analysis, masks, removed, record).run(*x)
+        masked_original(analysis, masks, removed, record).run(*x)
         got: dict[str, Any] = {}
         _MaskedInterpreter(pruned, {}, got).run(*x)
     s = SlimContext(analysis, pruned, removed)

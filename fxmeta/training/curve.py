@@ -12,7 +12,6 @@ import json
 from dataclasses import asdict, dataclass, field
 from typing import Any, Sequence
 
-import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
@@ -40,13 +39,6 @@ class Curve:
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
-
-
-def calibration_batches(dataset: Any, batches: int, batch_size: int = 128, seed: int = 0) -> list:
-    """A fixed list of shuffled training batches (same seed: same batches)."""
-    gen = torch.Generator().manual_seed(seed)
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=True, generator=gen)
-    return [batch for _, batch in zip(range(batches), loader)]
 
 
 def prunability_curve(model: nn.Module, example_input: Any, eval_loader: DataLoader, speedups: Sequence[float], *,

