@@ -401,7 +401,7 @@ def _mean_std(values: list[float]) -> tuple[float, float]:
     return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
 
 
-def _pct(m: float, sd: float | None = None) -> str:
+def pct(m: float, sd: float | None = None) -> str:
     if math.isnan(m):
         return "—"
     return f"{100 * m:.2f}" + (f" ± {100 * sd:.2f}" if sd is not None else "")
@@ -459,10 +459,10 @@ def write_report(bench: Bench, cells: list[dict], choices: dict, sweep: dict, me
     for arch, entry in sweep.items():
         for hp, score in entry["prepare"].items():
             mark = " **(chosen)**" if json.loads(hp) == entry["chosen"]["prepared"] else ""
-            lines.append(f"| {arch} | prepared | {hp}{mark} | {_pct(score)} |")
+            lines.append(f"| {arch} | prepared | {hp}{mark} | {pct(score)} |")
         for reg, score in entry["sl_reg"].items():
             mark = " **(chosen)**" if float(reg) == entry["chosen"]["DepGraph+SL"]["reg"] else ""
-            lines.append(f"| {arch} | DepGraph+SL | reg {reg}{mark} | {_pct(score)} |")
+            lines.append(f"| {arch} | DepGraph+SL | reg {reg}{mark} | {pct(score)} |")
     for arch in s.archs:
         if arch not in sweep:
             lines.append(f"| {arch} | all | the {s.sweep_arch} choices | — |")
@@ -470,7 +470,7 @@ def write_report(bench: Bench, cells: list[dict], choices: dict, sweep: dict, me
     lines += ["## Test accuracy (%), mean ± std over seeds", ""]
     for arch in s.archs:
         base_acc = [bench.base_info(arch, sd)["test_acc"] for sd in seeds_of[arch][0]]
-        lines += [f"### {arch} (unpruned: {_pct(*_mean_std(base_acc))})", "",
+        lines += [f"### {arch} (unpruned: {pct(*_mean_std(base_acc))})", "",
                   "| target | method | n | FLOPs x | right after prune + recal | after finetune | pre-stage s | "
                   "finetune s |", "|---|---|---|---|---|---|---|---|"]
         for target in s.targets:
@@ -486,7 +486,7 @@ def write_report(bench: Bench, cells: list[dict], choices: dict, sweep: dict, me
                                                                    "finetuned_test_acc", "pre_seconds",
                                                                    "finetune_seconds")}
                 lines.append(f"| {target:g}x | {method} | {len(ok)} | {stat['flops_speedup'][0]:.2f} | "
-                             f"{_pct(*stat['recal_test_acc'])} | {_pct(*stat['finetuned_test_acc'])} | "
+                             f"{pct(*stat['recal_test_acc'])} | {pct(*stat['finetuned_test_acc'])} | "
                              f"{stat['pre_seconds'][0]:.0f} | {stat['finetune_seconds'][0]:.0f} |")
         lines.append("")
         for first, second in PAIRS:

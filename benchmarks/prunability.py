@@ -51,7 +51,7 @@ from typing import Any
 import torch
 
 from benchmarks.prepare import FULL as PREPARE
-from benchmarks.prepare import Bench, _key, _mean_std, _pct, _versions, choose, say
+from benchmarks.prepare import Bench, _key, _mean_std, _versions, choose, pct, say
 
 RESULTS = Path(__file__).resolve().parent / "results"
 DATA_SPEC = "benchmarks.quality:digits16"  # the same 16x16 digits as benchmarks.prepare, loadable by name
@@ -362,7 +362,7 @@ def write_report(s: Settings, cells: list[dict], meta: dict, trained: dict, zoo_
         curve = " ".join(f"{100 * h['score']:.0f}" for h in [{"score": info.get("baseline", float("nan"))},
                                                               *info["history"]])
         lines.append(f"| {name} | {info['options']} | {info['seconds'] / 60:.1f} | {info['best_epoch']} | "
-                     f"{_pct(info['best_score'])} | {curve} | {cost / n_pruned:.0f} |")
+                     f"{pct(info['best_score'])} | {curve} | {cost / n_pruned:.0f} |")
     lines.append("")
     all_methods = (*methods(s), *(m for m in own_methods(s) if m in trained), *one_epoch_methods(s, trained))
     budget = {m: "0 (+ amortised meta-training)" for m in all_methods if m.startswith("metanet")}
@@ -418,7 +418,7 @@ def write_report(s: Settings, cells: list[dict], meta: dict, trained: dict, zoo_
                         diffs.append(f"{100 * statistics.fmean(d):+.2f} ± "
                                      f"{100 * statistics.stdev(d) / len(d) ** 0.5:.2f} vs {ref}")
                 diff = "; ".join(diffs)
-                lines.append(f"| {target:g}x | {method} | {budget[method]} | {len(ok)} | {_pct(m, sd)} | {diff} |")
+                lines.append(f"| {target:g}x | {method} | {budget[method]} | {len(ok)} | {pct(m, sd)} | {diff} |")
         lines.append("")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".md").write_text("\n".join(lines) + "\n")

@@ -66,7 +66,7 @@ class LeafTracer(fx.Tracer):
             return self.create_proxy("call_module", qualname, args, kwargs)
 
 
-def _as_tuple(example_input: Any) -> tuple:
+def as_tuple(example_input: Any) -> tuple:
     return tuple(example_input) if isinstance(example_input, (tuple, list)) else (example_input,)
 
 
@@ -92,7 +92,7 @@ def trace(model: nn.Module, example_input: Any = None, *, extra_leaves: Sequence
                 "Make the top-level forward free of data-dependent control flow."
             ) from exc
         gm = fx.GraphModule(model, graph, class_name=type(model).__name__)
-        _keep_unused_state(model, gm)
+        keep_unused_state(model, gm)
         # Only the new top-level flag: the submodules are the model's own, and a frozen
         # (eval) BatchNorm inside a training model must stay as the user left it.
         gm.training = model.training
@@ -103,7 +103,7 @@ def trace(model: nn.Module, example_input: Any = None, *, extra_leaves: Sequence
     return gm
 
 
-def _keep_unused_state(root: nn.Module, gm: fx.GraphModule) -> None:
+def keep_unused_state(root: nn.Module, gm: fx.GraphModule) -> None:
     """GraphModule copies only what the graph uses; keep the rest so state_dicts match."""
     have = set(gm.state_dict(keep_vars=True))
     for name, _ in root.state_dict(keep_vars=True).items():
@@ -142,7 +142,7 @@ class _NodeFailed(RuntimeError):
 
 def propagate_shapes(gm: fx.GraphModule, example_input: Any) -> None:
     """Run ``gm`` once in eval mode (no grad, no state change) and store shapes in node.meta."""
-    args = _as_tuple(example_input)
+    args = as_tuple(example_input)
     try:
         with torch.no_grad(), eval_mode(gm):
             _ShapeRecorder(gm).run(*args)

@@ -20,11 +20,14 @@ class LowerPass(FxmetaPass):
     The module's graph and weights are unchanged, but the IR is state this pass owns and
     (re)writes, so ``PassResult.modified`` is True. Needs an example input (argument or
     ``gm.meta["fxmeta.example_input"]``); ensures the IR passes ``WeightGraph.check()``.
+    ``spec`` (a ``PruneSpec``) brings its channel ``rules`` to the lowering
+    (``fxmeta.ir.lower(rules=)``), as the later passes given the same spec use them.
     """
 
-    def __init__(self, example_input: Any = None) -> None:
+    def __init__(self, example_input: Any = None, *, spec: Any = None) -> None:
         super().__init__()
         self.example_input = example_input
+        self.rules = getattr(spec, "rules", None)
 
     def requires(self, graph_module: fx.GraphModule) -> None:
         example_input_of(graph_module, self.example_input)
@@ -34,7 +37,7 @@ class LowerPass(FxmetaPass):
         graph_module.meta[EXAMPLE_INPUT] = x
         graph_module.meta.setdefault(TRACED, True)
         graph_module.meta.setdefault(AUTO_LEAVES, {})
-        graph_module.meta[IR] = lower(graph_module, x, gm=graph_module)
+        graph_module.meta[IR] = lower(graph_module, x, gm=graph_module, rules=self.rules)
         return PassResult(graph_module, True)
 
 

@@ -209,3 +209,34 @@ def test_bad_inputs_give_clear_errors():
         lower("resnet", torch.randn(1))
     with pytest.raises(InputShapeError, match="does not run on an input of shape"):
         lower(models.resnet20(), torch.randn(1, 5, 8, 8))
+
+
+def _halve(x):
+    return x * 0.5
+
+
+torch.fx.wrap("_halve")
+
+
+class _WithUserOp(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b = nn.Conv2d(1, 4, 3, padding=1), nn.Conv2d(4, 2, 3, padding=1)
+
+    def forward(self, x):
+        return self.b(_halve(torch.relu(self.a(x))))
+
+
+def test_lower_takes_the_channel_rules_a_prune_takes():
+    """A rule passed for pruning reaches the IR: without it the user op's output is of unknown origin
+    (fresh opaque nodes), with it the second conv reads the first conv's channel nodes."""
+    from fxmeta.analysis.rules.elementwise import elementwise
+
+    model, x = _WithUserOp().eval(), torch.randn(1, 1, 6, 6)
+    plain = lower(model, x)
+    assert any(layer.op == "opaque" for layer in plain.layers)
+    ruled = lower(model, x, rules={_halve: elementwise})
+    assert not any(layer.op == "opaque" for layer in ruled.layers)
+    assert ruled.num_nodes == plain.num_nodes - 4  # no opaque nodes for the op's 4 channels
+    with torch.no_grad():
+        assert torch.equal(fxmeta.raise_graph(ruled)(x), model(x))  # lower -> raise stays exact

@@ -10,7 +10,7 @@ from torch import nn
 from fxmeta.errors import FxmetaError
 from fxmeta.ir import lower, raise_params
 from fxmeta.metanet import Metanet, has_torch_scatter, learned_columns, load_metanet, save_metanet, scatter_stats
-from fxmeta.metanet.kernels import _Block, _BlockPass, _Chunk, _Workspace
+from fxmeta.metanet.kernels import Block, BlockPass, Workspace, _Chunk
 from fxmeta.models import resnet20
 
 from helpers import randomize_bn
@@ -195,8 +195,8 @@ def test_block_pass_gradcheck(row_step, raw, update):
         chunks = [_Chunk(g, g + 1, 0, R) for g in range(G)]
     else:
         chunks = [_Chunk(g, g + 1, r0, min(R, r0 + row_step)) for g in range(G) for r0 in range(0, R, row_step)]
-    block = _Block(0, G, R, J, k, chunks, True, row_step)
-    ws = _Workspace(R * J * d * 4, torch.double)
+    block = Block(0, G, R, J, k, chunks, True, row_step)
+    ws = Workspace(R * J * d * 4, torch.double)
     x = torch.randn(G, R, J, k, dtype=torch.double) if raw else torch.randn(G, R, d, J, dtype=torch.double,
                                                                               requires_grad=True)
     vs = torch.randn(G, 1, 3 * d, J, dtype=torch.double, requires_grad=True)
@@ -207,7 +207,7 @@ def test_block_pass_gradcheck(row_step, raw, update):
     none4 = (None,) * 4
 
     def block_pass(*args):
-        return tuple(o for o in _BlockPass.apply(*args, *none4, block, update, ws) if o is not None)
+        return tuple(o for o in BlockPass.apply(*args, *none4, block, update, ws) if o is not None)
 
     assert torch.autograd.gradcheck(block_pass, (x, vs, vd, w, b))
     if update:
@@ -217,7 +217,7 @@ def test_block_pass_gradcheck(row_step, raw, update):
            torch.randn(k, d, dtype=torch.double, requires_grad=True), torch.randn(k, dtype=torch.double, requires_grad=True)]
 
     def decode_pass(*args):
-        return tuple(o for o in _BlockPass.apply(*args, block, False, ws) if o is not None)
+        return tuple(o for o in BlockPass.apply(*args, block, False, ws) if o is not None)
 
     assert torch.autograd.gradcheck(decode_pass, (x, vs, vd, w, b, *dec))
 

@@ -48,7 +48,7 @@ def aggregate(cells: list[dict], ctx: Context) -> list[dict]:
     return rows
 
 
-def _pct(m: float, sd: float | None = None) -> str:
+def pct(m: float, sd: float | None = None) -> str:
     if m != m:  # nan
         return "-"
     return f"{100 * m:.2f}" + ("" if sd is None else f" ± {100 * sd:.2f}")
@@ -90,7 +90,7 @@ def results_section(rows: list[dict], s: Settings) -> list[str]:
                         and abs(best[key] - r[key]) <= 2 * math.sqrt(best[key + "_std"] ** 2 / best["n"]
                                                                      + r[key + "_std"] ** 2 / r["n"])]
                 tie = f" (tied within noise with {', '.join(tied)})" if tied else ""
-                parts.append(f"{t:g}x: {best['method']} {_pct(best[key], best[key + '_std'])}{tie}")
+                parts.append(f"{t:g}x: {best['method']} {pct(best[key], best[key + '_std'])}{tie}")
             lines.append(f"- **{arch}, best {when}** — " + "; ".join(parts) + ".")
         for key, when in (("finetuned_test_acc", "after finetune"), ("pruned_test_acc", "before finetune")):
             for other in ("DepGraph+SL", "fxmeta-l2"):
@@ -196,7 +196,7 @@ def write_markdown(path: Path, rows: list[dict], ctx: Context, meta: dict) -> No
         bases = [ctx.bases[(arch, sd)] for sd in s.seeds if (arch, sd) in ctx.bases]
         bm, bsd = _mean_std([b["test_acc"] for b in bases])
         lat = _mean_std([ctx.latencies[(arch, sd)] for sd in s.seeds if (arch, sd) in ctx.latencies])[0]
-        lines += [f"## {arch} (base: test acc {_pct(bm, bsd)} %, "
+        lines += [f"## {arch} (base: test acc {pct(bm, bsd)} %, "
                   f"{count_flops_of(ctx, arch) / 1e6:.1f} MFLOPs, latency {lat:.2f} ms; mean ± std over seeds)", "",
                   "| method | target | FLOPs x | params kept | latency x | acc after pruning % | "
                   "acc after finetune % | wall s / network | of which method-specific s |",
@@ -212,13 +212,13 @@ def write_markdown(path: Path, rows: list[dict], ctx: Context, meta: dict) -> No
                 note = f" ({len(r['errors'])} seeds failed)" if r["errors"] else ""
                 lines.append(
                     f"| {LABELS[method]}{note} | {t:g}x | {r['flops_speedup']:.2f} | {r['params_ratio']:.3f} | "
-                    f"{r['latency_speedup']:.2f} | {_pct(r['pruned_test_acc'], r['pruned_test_acc_std'])} | "
-                    f"{_pct(r['finetuned_test_acc'], r['finetuned_test_acc_std'])} | {_fmt_s(r['wall_seconds'])} | "
+                    f"{r['latency_speedup']:.2f} | {pct(r['pruned_test_acc'], r['pruned_test_acc_std'])} | "
+                    f"{pct(r['finetuned_test_acc'], r['finetuned_test_acc_std'])} | {_fmt_s(r['wall_seconds'])} | "
                     f"{_fmt_s(r['method_seconds'])} |")
         ours = [r for r in rows if r["arch"] == arch and r["method"] == "ours" and r["n"]]
         if ours:
             lines += ["", f"Accuracy of the metanetwork's output before pruning: "
-                          f"{_pct(ours[0]['metanet_test_acc'])} % (base {_pct(bm)} %)."]
+                          f"{pct(ours[0]['metanet_test_acc'])} % (base {pct(bm)} %)."]
         lines.append("")
     lines += ["Raw per-network results: quality.json (cells); full log: quality_log.txt.", ""]
     path.write_text("\n".join(lines))

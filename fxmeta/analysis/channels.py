@@ -34,12 +34,12 @@ from torch import Tensor, nn
 from ..capture import trace
 from ..errors import UnsupportedModelError
 from ..keys import AUTO_LEAVES, CAPTURE, TENSOR_META, TRACED, UNMAPPED_OPS
-from ..tracing import _keep_unused_state, eval_mode, normalize_call_args, propagate_shapes
+from ..tracing import eval_mode, keep_unused_state, normalize_call_args, propagate_shapes
 from .context import Context
 from .groups import Group, build_groups
 from .probe import probe
 from .rules.table import RULES, RuleTable, resolve_rules
-from .spaces import FROZEN, Dims, FlopTerm, UnionFind, Value, _get_attr, _matches, flat_labels, frozen_value
+from .spaces import FROZEN, Dims, FlopTerm, UnionFind, Value, flat_labels, frozen_value, matches, resolve_attr
 
 __all__ = ["FROZEN", "ChannelAnalysis", "Dims", "Group", "UnionFind", "analyze", "flat_labels", "frozen_value"]
 
@@ -95,7 +95,7 @@ def _analysis_graph(model: nn.Module, example_input: Any, ignore: Sequence[str] 
     """A traced copy of the model's graph (parameters shared) that analysis may rewrite."""
     traced = trace(model, example_input, capture=capture)
     gm = fx.GraphModule(traced, copy.deepcopy(traced.graph), class_name=type(traced).__name__)
-    _keep_unused_state(traced, gm)
+    keep_unused_state(traced, gm)
     for key in (TRACED, AUTO_LEAVES, CAPTURE, UNMAPPED_OPS):  # other meta (IR, plans) describes the old model
         if key in traced.meta:
             gm.meta[key] = copy.copy(traced.meta[key])
@@ -166,7 +166,7 @@ def analyze(
         if node.op == "placeholder":
             value = frozen_value(meta)
         elif node.op == "get_attr":
-            value = ctx.param(node.target) if isinstance(_get_attr(gm, node.target), Tensor) else None
+            value = ctx.param(node.target) if isinstance(resolve_attr(gm, node.target), Tensor) else None
         elif node.op == "output":
             # every tensor leaf of the output, however nested (dicts, tuples, lists, dataclass-like
             # objects the tracer turned into nodes) is an output: its channels stay
@@ -187,7 +187,7 @@ def analyze(
                     ctx.probed[node.name] = note
             else:
                 value = _apply_rule(ctx, rule, node)
-        if not _matches(value, meta):
+        if not matches(value, meta):
             # A rule that cannot describe its output must not be trusted: freeze around it.
             ctx.freeze_value(tuple(ctx.value(a) for a in node.all_input_nodes), reason="rule result inconsistent")
             ctx.freeze_value(value)

@@ -13,7 +13,7 @@ import torch.fx as fx
 from torch import Tensor, nn
 
 from ..keys import TENSOR_META
-from .spaces import FROZEN, Dims, FlopTerm, UnionFind, Value, _get_attr, flat_labels, frozen_value
+from .spaces import FROZEN, Dims, FlopTerm, UnionFind, Value, flat_labels, frozen_value, resolve_attr
 
 
 class SlimView(Protocol):
@@ -133,7 +133,7 @@ class Context:
     def param(self, name: str) -> Dims:
         """Labels of a parameter or buffer by qualified name (fresh ids the first time)."""
         if name not in self.param_values:
-            tensor = _get_attr(self.gm, name)
+            tensor = resolve_attr(self.gm, name)
             dims = Dims()
             for d, n in enumerate(tensor.shape):
                 if n > 1 and tensor.is_floating_point():

@@ -89,7 +89,7 @@ class FlopTerm:
 
 
 
-def _get_attr(root: nn.Module, qualname: str) -> Any:
+def resolve_attr(root: nn.Module, qualname: str) -> Any:
     obj = root
     for part in qualname.split("."):
         obj = getattr(obj, part)
@@ -117,14 +117,14 @@ def frozen_value(meta: Any) -> Value:
     return None
 
 
-def _matches(value: Value, meta: Any) -> bool:
+def matches(value: Value, meta: Any) -> bool:
     """Does a rule's result have the structure and dim counts of the node's output?"""
     if hasattr(meta, "shape"):
         return isinstance(value, Dims) and len(value) == len(meta.shape) and all(
             l is None or len(l) == n for l, n in zip(value, meta.shape)
         )
     if isinstance(meta, (tuple, list)):
-        return isinstance(value, tuple) and len(value) == len(meta) and all(map(_matches, value, meta))
+        return isinstance(value, tuple) and len(value) == len(meta) and all(map(matches, value, meta))
     return value is None or frozen_value(meta) == value
 
 

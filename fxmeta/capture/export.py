@@ -16,7 +16,7 @@ from torch import nn
 from torch.export import Dim, ExportedProgram
 
 from ..errors import UnsupportedModelError, first_line
-from ..tracing import _as_tuple, eval_mode
+from ..tracing import as_tuple, eval_mode
 
 
 def _export(module: nn.Module, args: tuple, hint: str, **kwargs: Any) -> ExportedProgram:
@@ -34,7 +34,7 @@ def export_static(module: nn.Module, example_input: Any) -> ExportedProgram:
     if example_input is None:
         raise UnsupportedModelError("capturing a module with torch.export needs an example input")
     with eval_mode(module):
-        return _export(module, _as_tuple(example_input), "")
+        return _export(module, as_tuple(example_input), "")
 
 
 def _dynamic_batch(module: nn.Module, args: tuple) -> ExportedProgram | None:
@@ -55,7 +55,7 @@ def _dynamic_batch(module: nn.Module, args: tuple) -> ExportedProgram | None:
 def export_program(module: nn.Module, example_input: Any, *, check: bool = True,
                    atol: float = 1e-5) -> ExportedProgram:
     """``torch.export`` ``module`` (in eval mode); with ``check``, its output must match the module's."""
-    args = _as_tuple(example_input)
+    args = as_tuple(example_input)
     with eval_mode(module), torch.no_grad():
         program = _dynamic_batch(module, args)
         if program is None:

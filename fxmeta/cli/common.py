@@ -29,7 +29,7 @@ DEMO_MODEL = "fxmeta:resnet20"  # what demo and zoo train when given no MODEL
 err = Console(stderr=True, highlight=False)
 
 
-def _add_model_args(p: argparse.ArgumentParser) -> None:
+def add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("model", metavar="MODEL", help=SPEC_HELP)
     p.add_argument("--input-shape", metavar="N,C,H,W",
                    help="example input shape (default: the model family's usual shape)")
@@ -122,28 +122,28 @@ def is_main_process() -> bool:
     return int(os.environ.get("RANK", "0")) == 0
 
 
-def _note(text: str) -> None:
+def note_line(text: str) -> None:
     if is_main_process():
         err.print(text, soft_wrap=True)
 
 
-def _stage_note(name: str) -> None:
-    _note(f"[dim]> {name}[/]")
+def stage_note(name: str) -> None:
+    note_line(f"[dim]> {name}[/]")
 
 
 # ------------------------------------------------------------------------ arguments
 
 
-def _number(text: str) -> float:
+def parse_number(text: str) -> float:
     try:
         return float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
 
 
-def _add_prune_args(p: argparse.ArgumentParser) -> None:
+def add_prune_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("pruning")
-    g.add_argument("--speedup", type=_number, default=2.0, metavar="X",
+    g.add_argument("--speedup", type=parse_number, default=2.0, metavar="X",
                    help="target FLOPs ratio original / pruned, >= 1 (default: 2.0)")
     g.add_argument("--importance", choices=list(WEIGHT_IMPORTANCE + DATA_IMPORTANCE),
                    help="how channels are scored, weakest removed first: l2 / l1 (the group's weight norm), random, "
@@ -158,12 +158,12 @@ def _add_prune_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--calib-batches", type=int, default=8, metavar="N",
                    help="calibration batches (of --batch-size) drawn from the training split of --data with --seed, "
                         "for data importance and compensation (default: 8)")
-    g.add_argument("--ridge", type=_number, default=1e-3, metavar="R",
+    g.add_argument("--ridge", type=parse_number, default=1e-3, metavar="R",
                    help="least-squares regulariser of --compensate lstsq, relative to the inputs' mean energy "
                         "(default: 1e-3)")
     g.add_argument("--round-to", type=int, metavar="N",
                    help="keep channel counts multiples of N (e.g. 8) so kernels stay fast")
-    g.add_argument("--min-keep", type=_number, default=0.1, metavar="F",
+    g.add_argument("--min-keep", type=parse_number, default=0.1, metavar="F",
                    help="the least fraction of every channel group that stays; 0.5 spreads the removal over "
                         "every kind of group (e.g. a transformer's width, heads and MLP) (default: 0.1)")
     g.add_argument("--allocation", choices=list(ALLOCATIONS), default="global",
@@ -180,7 +180,7 @@ def _add_prune_args(p: argparse.ArgumentParser) -> None:
                    help="batch size while timing inference (default: 1)")
 
 
-def _add_output_args(p: argparse.ArgumentParser, required: bool = True) -> None:
+def add_output_args(p: argparse.ArgumentParser, required: bool = True) -> None:
     g = p.add_argument_group("output")
     g.add_argument("--out", required=required, metavar="FILE",
                    help="write the pruned model here (fxmeta model file, loads with torch.load(weights_only=True) "
@@ -190,7 +190,7 @@ def _add_output_args(p: argparse.ArgumentParser, required: bool = True) -> None:
     g.add_argument("--force", action="store_true", help="overwrite output files that exist")
 
 
-def _add_train_args(p: argparse.ArgumentParser, epochs: int) -> None:
+def add_train_args(p: argparse.ArgumentParser, epochs: int) -> None:
     g = p.add_argument_group("finetuning (needs --data)")
     g.add_argument("--data", metavar="SPEC",
                    help="training data: digits, mnist5k, fashion-mnist[:PATH], cifar10:PATH, cifar100:PATH, imagefolder:PATH or "
@@ -223,7 +223,7 @@ def _add_train_args(p: argparse.ArgumentParser, epochs: int) -> None:
     g.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar / per-epoch lines")
 
 
-def _add_prepare_args(p: argparse.ArgumentParser) -> None:
+def add_prepare_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("prepare for pruning (needs --data)")
     g.add_argument("--prepare-epochs", type=int, default=0, metavar="N",
                    help="before channel removal, train N epochs on the prunability objective: the loss of the "
@@ -232,12 +232,12 @@ def _add_prepare_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--prepare-speedups", metavar="X[,Y...]",
                    help="FLOPs targets whose masks the prepare stage trains, one drawn per step "
                         "(default: --speedup)")
-    g.add_argument("--prepare-weight", type=_number, default=1.0, metavar="W",
+    g.add_argument("--prepare-weight", type=parse_number, default=1.0, metavar="W",
                    help="weight of the masked network's loss (default: 1)")
     g.add_argument("--prepare-mask-every", type=int, default=0, metavar="STEPS",
                    help="recompute the mask every STEPS steps as well as at every epoch start (default: 0, "
                         "once per epoch)")
-    g.add_argument("--prepare-lr", type=_number, metavar="LR", help="learning rate of the prepare stage (default: --lr)")
+    g.add_argument("--prepare-lr", type=parse_number, metavar="LR", help="learning rate of the prepare stage (default: --lr)")
 
 
 def speedup_list(text: str | None, flag: str) -> tuple[float, ...]:
@@ -262,7 +262,7 @@ def _prepare_config(args: argparse.Namespace):
                          lr=getattr(args, "prepare_lr", None))
 
 
-def _train_config(args: argparse.Namespace):
+def train_config(args: argparse.Namespace):
     from ..training.loop import TrainConfig
 
     check_numbers(args)
@@ -287,7 +287,7 @@ def prune_spec(args: argparse.Namespace):
                      compensate=compensate, ridge=getattr(args, "ridge", 1e-3)).check(SpecError)
 
 
-def _add_calibration_data_args(p: argparse.ArgumentParser) -> None:
+def add_calibration_data_args(p: argparse.ArgumentParser) -> None:
     """``fxmeta prune``'s data: calibration and BatchNorm recalibration, no training."""
     g = p.add_argument_group("calibration data (optional; no training)")
     g.add_argument("--data", metavar="SPEC",
@@ -301,7 +301,7 @@ def _add_calibration_data_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--seed", type=int, default=0, help="seed of the calibration draw (default: 0)")
 
 
-def _transform_config(args: argparse.Namespace, *, finetune: Any = None, checkpoint_dir: str | None = None):
+def transform_config(args: argparse.Namespace, *, finetune: Any = None, checkpoint_dir: str | None = None):
     from ..pipeline.transform import TransformConfig
     from ..training.loop import TrainConfig
 
@@ -323,7 +323,7 @@ def stage_logs(log: str | None, stages: Sequence[str]) -> list[tuple[str, str]]:
     return [(f"--log ({stage} stage)", f"{stem}.{stage}{ext or '.jsonl'}") for stage in stages]
 
 
-def _check_outputs(args: argparse.Namespace, inputs: list[str], checkpoint_dir: str | None = None,
+def check_run_outputs(args: argparse.Namespace, inputs: list[str], checkpoint_dir: str | None = None,
                    log_stages: Sequence[str] = ()) -> None:
     """Every path this run writes, checked before any work (``fxmeta.io.paths.check_outputs``)."""
     from ..io.paths import check_outputs
@@ -384,7 +384,7 @@ def check_numbers(args: argparse.Namespace) -> None:
         parse_input_shape(shape)  # "" is an error, not the default
 
 
-def _load_data(args: argparse.Namespace):
+def load_run_data(args: argparse.Namespace):
     if not getattr(args, "data", None):
         return None
     from ..training.data import load_data
@@ -394,7 +394,7 @@ def _load_data(args: argparse.Namespace):
     return load_data(args.data, seed=args.seed, image_size=args.image_size)
 
 
-def _load_model(args: argparse.Namespace, data) -> tuple[Any, Any]:
+def load_model(args: argparse.Namespace, data) -> tuple[Any, Any]:
     """The model and an example input (``example_for``)."""
     import torch
 
@@ -416,14 +416,14 @@ def _save_spec(loaded: Any, model_arg: str) -> tuple[str, dict]:
 # ---------------------------------------------------------------------------- table
 
 
-def _si(n: float) -> str:
+def si(n: float) -> str:
     for unit, scale in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
         if abs(n) >= scale:
             return f"{n / scale:.3g} {unit}"
     return f"{n:.3g}"
 
 
-def _pct(x: float | None) -> str:
+def pct(x: float | None) -> str:
     return "-" if x is None else f"{100 * x:.2f}%"
 
 
@@ -437,14 +437,14 @@ def render_table(title: str, metrics: dict[str, Any], stages: list[tuple[str, fl
     table.add_column("change", justify="right")
     if before["accuracy"] is not None:
         delta = 100 * (after["accuracy"] - before["accuracy"])
-        table.add_row("test accuracy", _pct(before["accuracy"]), _pct(after["accuracy"]), f"{delta:+.2f} pt")
-        table.add_row("  right after removal", "", _pct(metrics["removed_accuracy"]), "")
+        table.add_row("test accuracy", pct(before["accuracy"]), pct(after["accuracy"]), f"{delta:+.2f} pt")
+        table.add_row("  right after removal", "", pct(metrics["removed_accuracy"]), "")
         if metrics.get("recalibrated_accuracy") is not None:
-            table.add_row("  + BatchNorm recalibration", "", _pct(metrics["recalibrated_accuracy"]), "")
+            table.add_row("  + BatchNorm recalibration", "", pct(metrics["recalibrated_accuracy"]), "")
     else:
         table.add_row("test accuracy", "-", "-", "no data")
-    table.add_row("FLOPs", _si(before["flops"]), _si(after["flops"]), f"{metrics['flops_speedup']:.2f}x fewer")
-    table.add_row("parameters", _si(before["params"]), _si(after["params"]), f"{100 * metrics['params_ratio']:.1f}% kept")
+    table.add_row("FLOPs", si(before["flops"]), si(after["flops"]), f"{metrics['flops_speedup']:.2f}x fewer")
+    table.add_row("parameters", si(before["params"]), si(after["params"]), f"{100 * metrics['params_ratio']:.1f}% kept")
     if before["latency"] and after["latency"]:
         lat = before["latency"]
         where = f"{lat['device']}, batch {lat['batch']}, {lat['threads']} thr"
@@ -459,7 +459,7 @@ def render_table(title: str, metrics: dict[str, Any], stages: list[tuple[str, fl
     return [table, times]
 
 
-def _print_report(title: str, metrics: dict[str, Any], stages: list[tuple[str, float]]) -> None:
+def print_report(title: str, metrics: dict[str, Any], stages: list[tuple[str, float]]) -> None:
     if not is_main_process():
         return
     out = Console(highlight=False)

@@ -9,7 +9,16 @@ from rich.console import Console
 from rich.table import Table
 
 from ..errors import SpecError
-from .common import ALLOCATIONS, _add_model_args, _load_data, _load_model, _note, _pct, is_main_process, speedup_list
+from .common import (
+    ALLOCATIONS,
+    add_model_args,
+    is_main_process,
+    load_model,
+    load_run_data,
+    note_line,
+    pct,
+    speedup_list,
+)
 
 
 def cmd_curve(args: argparse.Namespace) -> int:
@@ -38,14 +47,14 @@ def cmd_curve(args: argparse.Namespace) -> int:
 
         metanet = load_metanet_file(args.metanet)
     torch.set_num_threads(args.threads)
-    data = _load_data(args)
-    loaded, x = _load_model(args, data)
+    data = load_run_data(args)
+    loaded, x = load_model(args, data)
     check_model_fits(loaded.module, x, data, name=args.model)
     loaders = make_loaders(data, args.batch_size, seed=args.seed)
     split = loaders.val if args.split == "val" else loaders.test
     calibration = calibration_set(data.train, args.bn_batches, args.batch_size, args.seed)
     def progress(text: str) -> None:
-        _note(f"[dim]> {text}[/]")
+        note_line(f"[dim]> {text}[/]")
 
     curves = [prunability_curve(loaded.module.eval(), x, split, speedups, calibration=calibration, label="model",
                                 split=args.split, importance=args.importance, progress=progress,
@@ -64,18 +73,18 @@ def cmd_curve(args: argparse.Namespace) -> int:
             table.add_column(f"{c.label}: FLOPs x", justify="right")
             table.add_column("as pruned", justify="right")
             table.add_column("recalibrated", justify="right")
-        table.add_row("unpruned", *[v for c in curves for v in ("1.00", _pct(c.unpruned), "")])
+        table.add_row("unpruned", *[v for c in curves for v in ("1.00", pct(c.unpruned), "")])
         for i, target in enumerate(speedups):
             row = [f"{target:g}x"]
             for c in curves:
                 p = c.points[i]
                 row += (["-", "unreachable", ""] if p.error else
-                        [f"{p.flops_speedup:.2f}", _pct(p.accuracy), _pct(p.recalibrated_accuracy)])
+                        [f"{p.flops_speedup:.2f}", pct(p.accuracy), pct(p.recalibrated_accuracy)])
             table.add_row(*row)
         Console(highlight=False).print(table)
     written = [p for p in (args.out, args.plot) if p]
     if written:
-        _note(f"wrote {', '.join(written)}")
+        note_line(f"wrote {', '.join(written)}")
     return 0
 
 
@@ -116,7 +125,7 @@ def register_curve(sub: argparse._SubParsersAction) -> None:
                     "set of training batches (the same at every target). No finetuning. With --metanet, the "
                     "metanetwork's output is measured beside the model itself.",
         epilog="example: fxmeta curve fxmeta:resnet20@base.pt --in-channels 1 --data digits --plot curve.png")
-    _add_model_args(p)
+    add_model_args(p)
     p.add_argument("--data", required=True, metavar="SPEC", help="data spec (digits, mnist5k, cifar10:PATH, ...)")
     p.add_argument("--image-size", type=int, metavar="N", help="resize the data's images to NxN")
     p.add_argument("--metanet", metavar="FILE", help="also measure the network this metanetwork generates")

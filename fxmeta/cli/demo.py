@@ -12,7 +12,7 @@ from rich.console import Console
 from rich.table import Table
 
 from ..errors import FxmetaError, SpecError
-from .common import DEMO_MODEL, _note, _number, _pct, _si, _stage_note, is_main_process
+from .common import DEMO_MODEL, is_main_process, note_line, parse_number, pct, si, stage_note
 
 DEMO_METANET = Path(__file__).parent.parent / "assets" / "metanet_digits.pt"
 
@@ -48,16 +48,16 @@ def _demo_base(args: argparse.Namespace, data: Any, timer: Any) -> tuple[Any, st
         with timer("load cached base"):
             try:
                 loaded = resolve_model(str(path))
-                _note(f"base network: cached {path}")
+                note_line(f"base network: cached {path}")
                 return loaded, str(path)
             except FxmetaError as exc:
-                _note(f"cached base network unusable ({exc}); training a new one")
+                note_line(f"cached base network unusable ({exc}); training a new one")
     with timer("train base"):
         torch.manual_seed(args.seed)
         loaded = _resolve_demo_model(args.model, data)
         check_model_fits(loaded.module, example_from_shape((1, *data.input_shape)), data, name=args.model,
                          hint="the digits are grayscale: pick an fxmeta:NAME model (built with in_channels=1)")
-        _note(f"training the base network {args.model} on {data.description} for {args.base_epochs} epochs")
+        note_line(f"training the base network {args.model} on {data.description} for {args.base_epochs} epochs")
         config = TrainConfig(epochs=args.base_epochs, lr=0.1, batch_size=args.batch_size, device=args.device,
                              seed=args.seed, progress=args.progress)
         result = train(loaded.module, data, config)
@@ -66,9 +66,9 @@ def _demo_base(args: argparse.Namespace, data: Any, timer: Any) -> tuple[Any, st
         folder.mkdir(parents=True, exist_ok=True)
         save(path, loaded.module, spec=loaded.spec, spec_kwargs=loaded.spec_kwargs, force=True,
              metrics={"val_acc": result.best_val_acc, "test": result.test, "config": key_data})
-        _note(f"base network cached in {path}")
+        note_line(f"base network cached in {path}")
     except OSError as exc:
-        _note(f"could not cache the base network in {folder} ({exc}); it will be trained again next time")
+        note_line(f"could not cache the base network in {folder} ({exc}); it will be trained again next time")
     return loaded, str(path)
 
 
@@ -123,7 +123,7 @@ def _demo_methods(args: argparse.Namespace, config: Any) -> list[tuple[str, Any]
         methods.append(("metanetwork", column(args.adapt_epochs, metanet=load_metanet_file(metanet_path),
                                               adapt_epochs=args.adapt_epochs)))
     elif not args.no_metanet:
-        _note(f"no committed metanetwork ({DEMO_METANET.name} is absent): no metanetwork column")
+        note_line(f"no committed metanetwork ({DEMO_METANET.name} is absent): no metanetwork column")
     if args.save not in [name for name, _ in methods]:
         raise SpecError(f"--save {args.save}: that column does not run ({', '.join(n for n, _ in methods)} do)")
     return methods
@@ -138,11 +138,11 @@ def render_comparison(title: str, columns: dict[str, dict[str, Any]], budget: di
     for name in columns:
         table.add_column(name, justify="right")
     before = first["before"]
-    rows = [("test acc., finetuned", _pct(before["accuracy"]), lambda m: _pct(m["after"]["accuracy"])),
-            ("  right after removal", "", lambda m: _pct(m["removed_accuracy"])),
-            ("  + BatchNorm recal.", "", lambda m: _pct(m.get("recalibrated_accuracy"))),
-            ("FLOPs speed-up", _si(before["flops"]), lambda m: f"{m['flops_speedup']:.2f}x"),
-            ("parameters kept", _si(before["params"]), lambda m: f"{100 * m['params_ratio']:.1f}%")]
+    rows = [("test acc., finetuned", pct(before["accuracy"]), lambda m: pct(m["after"]["accuracy"])),
+            ("  right after removal", "", lambda m: pct(m["removed_accuracy"])),
+            ("  + BatchNorm recal.", "", lambda m: pct(m.get("recalibrated_accuracy"))),
+            ("FLOPs speed-up", si(before["flops"]), lambda m: f"{m['flops_speedup']:.2f}x"),
+            ("parameters kept", si(before["params"]), lambda m: f"{100 * m['params_ratio']:.1f}%")]
     if before["latency"]:
         rows.append(("latency speed-up", f"{before['latency']['median_ms']:.3g} ms",
                      lambda m: f"{m['latency_speedup']:.2f}x"))
@@ -174,16 +174,16 @@ def cmd_demo(args: argparse.Namespace) -> int:
     methods = _demo_methods(args, config)
     outs = _demo_outputs(args)
     torch.set_num_threads(args.threads)
-    timer = StageTimer(report=_stage_note)
+    timer = StageTimer(report=stage_note)
     with timer("load data"):
         data = load_data("digits", seed=args.seed, image_size=args.image_size if args.image_size != 8 else None)
     base, base_path = _demo_base(args, data, timer)
     x = example_from_shape((1, *data.input_shape))
     results, budget = {}, {}
     for name, method_config in methods:
-        _note(f"[bold]{name}[/]")
+        note_line(f"[bold]{name}[/]")
         results[name] = transform(base.module, x, method_config, data=data,
-                                  timer=StageTimer(report=lambda stage, n=name: _stage_note(f"{n}: {stage}")))
+                                  timer=StageTimer(report=lambda stage, n=name: stage_note(f"{n}: {stage}")))
         stage = method_config.prepare.epochs or (method_config.adapt_epochs if method_config.metanet else 0)
         what = "prepare" if method_config.prepare.epochs else "adapt"
         budget[name] = (f"{stage} {what} + {method_config.finetune.epochs}" if stage
@@ -214,7 +214,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
             out.print(f"latency: {lat.device}, batch {lat.batch}, {lat.threads} thread(s), original and pruned "
                       "timed in alternation per column")
     if outs:
-        _note(f"wrote {', '.join(outs.values())} (the {args.save} column)")
+        note_line(f"wrote {', '.join(outs.values())} (the {args.save} column)")
     return 0
 
 
@@ -229,7 +229,7 @@ def register_demo(sub: argparse._SubParsersAction) -> None:
                    help=f"architecture to train and prune (default: {DEMO_MODEL}); fxmeta specs get in_channels=1")
     p.add_argument("--image-size", type=int, choices=[8, 16], default=16,
                    help="digits at their native 8x8 or upsampled to 16x16 (default: 16)")
-    p.add_argument("--speedup", type=_number, default=2.0, metavar="X", help="FLOPs target (default: 2.0)")
+    p.add_argument("--speedup", type=parse_number, default=2.0, metavar="X", help="FLOPs target (default: 2.0)")
     p.add_argument("--metanet", metavar="FILE", help=f"metanetwork to use (default: fxmeta/assets/{DEMO_METANET.name})")
     p.add_argument("--no-metanet", action="store_true", help="prune by importance alone")
     p.add_argument("--base-epochs", type=int, default=15, metavar="N", help="base network training epochs (default: 15)")

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import argparse
 
-from .common import _add_model_args, err, load_model_and_input, write_output
+from .common import add_model_args, err, load_model_and_input, write_output
 
 
 def cmd_dump(args: argparse.Namespace) -> int:
@@ -30,7 +30,7 @@ def cmd_dump(args: argparse.Namespace) -> int:
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("dump", help="lower a model to the weight-graph IR and print or save it",
                        description="Lower MODEL to the weight-graph IR and dump it (text: one line per layer).")
-    _add_model_args(p)
+    add_model_args(p)
     p.add_argument("--format", choices=["text", "json", "graphml", "dot"], default="text",
                    help="dump format (default: text)")
     p.add_argument("--detail", choices=["layer", "channel"], default="layer",

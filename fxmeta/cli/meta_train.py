@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import argparse
 
-from .common import ALLOCATIONS, _note, _number, _pct, speedup_list
+from .common import ALLOCATIONS, note_line, parse_number, pct, speedup_list
 
 
 def cmd_meta_train(args: argparse.Namespace) -> int:
@@ -36,9 +36,9 @@ def cmd_meta_train(args: argparse.Namespace) -> int:
         load_metanet_file(args.init)  # a missing or broken file fails now, not after loading the zoo
     load_zoo(args.zoo, trust=args.trust)  # a missing, damaged or untrusted zoo fails now
     result = meta_train(args.zoo, args.out, config=config, trust=args.trust)
-    _note(f"best epoch {result.best_epoch} (validation accuracy after a {args.speedup:g}x prune: "
-          f"{_pct(result.best_score if result.best_score >= 0 else None)}): {result.best_path}")
-    _note(f"next: fxmeta transform MODEL --metanet {result.best_path} --data SPEC --out pruned.pt")
+    note_line(f"best epoch {result.best_epoch} (validation accuracy after a {args.speedup:g}x prune: "
+          f"{pct(result.best_score if result.best_score >= 0 else None)}): {result.best_path}")
+    note_line(f"next: fxmeta transform MODEL --metanet {result.best_path} --data SPEC --out pruned.pt")
     return 0
 
 
@@ -65,7 +65,7 @@ def _step_lr(value) -> dict:
 
 
 def _step_lr_flag(text: str):
-    return "auto" if text == "auto" else _number(text)
+    return "auto" if text == "auto" else parse_number(text)
 
 
 def register_meta_train(sub: argparse._SubParsersAction) -> None:
@@ -98,7 +98,7 @@ def register_meta_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--alpha", type=float, default=16.0, help="group-sparsity weighting base (default: 16)")
     p.add_argument("--batches-per-step", type=int, default=4, metavar="N", help="(default: 4)")
     p.add_argument("--batch-size", type=int, default=128, metavar="B", help="(default: 128)")
-    p.add_argument("--speedup", type=_number, default=2.0, metavar="X",
+    p.add_argument("--speedup", type=parse_number, default=2.0, metavar="X",
                    help="FLOPs target of the validation prune that picks the best epoch (default: 2.0)")
     p.add_argument("--allocation", choices=list(ALLOCATIONS), default="global",
                    help="how every prune here (the masks, the prunes told, the validation prune) spreads its "
@@ -118,9 +118,9 @@ def register_meta_train(sub: argparse._SubParsersAction) -> None:
                         "those channels, and using it needs data; by default a learned optimiser: 3 rewrites with "
                         "a gradient-step head, see --steps, --step-lr (default: conditioned, the best on held-out "
                         "networks: benchmarks/results/prunability.md)")
-    p.add_argument("--mask-weight", type=_number, default=1.0, metavar="W",
+    p.add_argument("--mask-weight", type=parse_number, default=1.0, metavar="W",
                    help="weight of the masked term of --objective prunable (default: 1)")
-    p.add_argument("--ce-weight", type=_number, metavar="W",
+    p.add_argument("--ce-weight", type=parse_number, metavar="W",
                    help="weight of the generated network's own cross-entropy (0: only the pruned network's loss "
                         "counts; default: 0 with --objective conditioned, 1 otherwise)")
     p.add_argument("--mask-speedups", metavar="X[,Y...]",

@@ -13,22 +13,22 @@ from typing import Any
 
 from ..errors import SpecError
 from .common import (
-    _add_calibration_data_args,
-    _add_model_args,
-    _add_output_args,
-    _add_prepare_args,
-    _add_prune_args,
-    _add_train_args,
-    _check_outputs,
-    _load_data,
-    _load_model,
-    _note,
-    _print_report,
-    _stage_note,
-    _train_config,
-    _transform_config,
+    add_calibration_data_args,
+    add_model_args,
+    add_output_args,
+    add_prepare_args,
+    add_prune_args,
+    add_train_args,
     check_numbers,
+    check_run_outputs,
     is_main_process,
+    load_model,
+    load_run_data,
+    note_line,
+    print_report,
+    stage_note,
+    train_config,
+    transform_config,
 )
 
 
@@ -40,7 +40,7 @@ def _run(args: argparse.Namespace, *, with_training: bool) -> int:
 
     check_numbers(args)
     if with_training:
-        finetune = _train_config(args)
+        finetune = train_config(args)
     else:  # prune: with --data, calibration and BatchNorm recalibration, never training
         from ..training.loop import TrainConfig
 
@@ -49,7 +49,7 @@ def _run(args: argparse.Namespace, *, with_training: bool) -> int:
     ckpt_dir = (args.checkpoint_dir or f"{args.out}.ckpt") if with_training and args.data else None
     if with_training and args.resume and not args.data:
         raise SpecError("--resume continues an interrupted finetune, which needs --data")
-    config = _transform_config(args, finetune=finetune, checkpoint_dir=ckpt_dir)  # checks the numbers
+    config = transform_config(args, finetune=finetune, checkpoint_dir=ckpt_dir)  # checks the numbers
     if finetune is not None:
         from ..training.loop import resolve_device
 
@@ -60,20 +60,20 @@ def _run(args: argparse.Namespace, *, with_training: bool) -> int:
         inputs.append(args.data.partition(":")[2])
     stages = [s for s, on in (("adapt", getattr(args, "metanet", None) and config.adapt_epochs > 0),
                               ("prepare", config.prepare.epochs > 0)) if on] if ckpt_dir else []
-    _check_outputs(args, inputs, ckpt_dir, stages)
+    check_run_outputs(args, inputs, ckpt_dir, stages)
     created = Created()  # what this run adds to the checkpoint folder: all that cleanup may delete
     if ckpt_dir and not args.checkpoint_dir:
         for sub in ("", "adapt", "prepare", "finetune"):
             created.folder(os.path.join(ckpt_dir, sub))
             created.file(os.path.join(ckpt_dir, sub, "last.pt" if sub else "run.json"))
-    data = _load_data(args)
+    data = load_run_data(args)
     if getattr(args, "metanet", None):
         from ..metanet.files import load_metanet_file
 
         config.metanet = load_metanet_file(args.metanet)
     timer = StageTimer()
     with timer("load"):
-        loaded, x = _load_model(args, data)
+        loaded, x = load_model(args, data)
         check_model_fits(loaded.module, x, data, name=args.model)
     if args.export:
         from ..io.export import export_program
@@ -81,8 +81,8 @@ def _run(args: argparse.Namespace, *, with_training: bool) -> int:
         with timer("check export"):  # an unexportable model fails now, not after finetuning
             export_program(loaded.module, x)
     if ckpt_dir and args.resume and not os.path.isdir(ckpt_dir):
-        _note(f"--resume: no checkpoints in {ckpt_dir}, starting from the beginning")
-    timer.report = _stage_note  # everything is checked: from here on, say what runs
+        note_line(f"--resume: no checkpoints in {ckpt_dir}, starting from the beginning")
+    timer.report = stage_note  # everything is checked: from here on, say what runs
     run_info = {"model": args.model, "data": getattr(args, "data", None), "input_shape": list(first_tensor(x).shape),
                 "metanet_file": os.path.abspath(args.metanet) if getattr(args, "metanet", None) else None}
     result = transform(loaded.module, x, config, data=data, timer=timer, run_info=run_info)
@@ -90,8 +90,8 @@ def _run(args: argparse.Namespace, *, with_training: bool) -> int:
         _save_outputs(args, loaded, x, result, timer, run_info)
         created.remove()  # only fxmeta's own checkpoint files, and folders it made that are now empty
     title = f"{args.model}: {config.speedup:g}x FLOPs target" + (" with metanetwork" if config.metanet is not None else "")
-    _print_report(title, result.metrics(), timer.items())
-    _note(f"wrote {args.out}" + (f" and {args.export}" if args.export else ""))
+    print_report(title, result.metrics(), timer.items())
+    note_line(f"wrote {args.out}" + (f" and {args.export}" if args.export else ""))
     return 0
 
 
@@ -127,12 +127,12 @@ def register_transform(sub: argparse._SubParsersAction) -> None:
                     "--speedup, finetune on --data, save, and print accuracy / FLOPs / params / latency before "
                     "and after with the time per stage. Multi-GPU: torchrun --nproc_per_node N -m fxmeta transform ...",
         epilog="example: fxmeta transform fxmeta:resnet20@base.pt --in-channels 1 --data digits --out pruned.pt")
-    _add_model_args(p)
+    add_model_args(p)
     p.add_argument("--metanet", metavar="FILE", help="trained metanetwork (from fxmeta meta-train)")
-    _add_prune_args(p)
-    _add_train_args(p, epochs=10)
-    _add_prepare_args(p)
-    _add_output_args(p)
+    add_prune_args(p)
+    add_train_args(p, epochs=10)
+    add_prepare_args(p)
+    add_output_args(p)
     p.set_defaults(func=cmd_transform)
 
 
@@ -147,8 +147,8 @@ def register_prune(sub: argparse._SubParsersAction) -> None:
         epilog="examples: fxmeta prune torchvision:resnet18 --speedup 2 --out pruned.pt --export pruned.pt2\n"
                "          fxmeta prune fxmeta:resnet20@base.pt --in-channels 1 --data fashion-mnist --speedup 4 "
                "--out pruned.pt", formatter_class=argparse.RawDescriptionHelpFormatter)
-    _add_model_args(p)
-    _add_prune_args(p)
-    _add_calibration_data_args(p)
-    _add_output_args(p)
+    add_model_args(p)
+    add_prune_args(p)
+    add_calibration_data_args(p)
+    add_output_args(p)
     p.set_defaults(func=cmd_prune)

@@ -7,7 +7,7 @@ from rich.console import Console
 from rich.table import Table
 
 from ..errors import SpecError
-from .common import DEMO_MODEL, _note, _number, _pct
+from .common import DEMO_MODEL, note_line, parse_number, pct
 
 
 def cmd_zoo(args: argparse.Namespace) -> int:
@@ -31,10 +31,10 @@ def cmd_zoo(args: argparse.Namespace) -> int:
         table.add_column(col, justify="left" if col in ("member", "split") else "right")
     for m in zoo.members:
         acc = m.metrics.get("val_acc", m.metrics.get("trained_val_acc"))
-        table.add_row(m.file, m.split, str(m.seed), _pct(acc), f"{m.metrics.get('speedup', 1.0):.2f}",
+        table.add_row(m.file, m.split, str(m.seed), pct(acc), f"{m.metrics.get('speedup', 1.0):.2f}",
                       f"{m.metrics.get('seconds', 0):.1f}")
     Console(highlight=False).print(table)
-    _note(f"next: fxmeta meta-train {args.out} --out metanet/")
+    note_line(f"next: fxmeta meta-train {args.out} --out metanet/")
     return 0
 
 
@@ -53,7 +53,7 @@ def register_zoo(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--count", type=int, default=10, metavar="N", help="number of data models (default: 10)")
     p.add_argument("--val-count", type=int, default=2, metavar="N", help="of which held out (default: 2)")
     p.add_argument("--out", default="zoo/", metavar="DIR", help="zoo folder (default: zoo/)")
-    p.add_argument("--prune-speedup", type=_number, default=1.3, metavar="X",
+    p.add_argument("--prune-speedup", type=parse_number, default=1.3, metavar="X",
                    help="light pre-pruning of every member, FLOPs ratio (default: 1.3; 1 = none)")
     p.add_argument("--epochs", type=int, default=20, metavar="N", help="training epochs per member (default: 20)")
     p.add_argument("--finetune-epochs", type=int, default=10, metavar="N",

@@ -7,13 +7,12 @@ channel granularity on request (``detail="channel"``) for small models.
 from __future__ import annotations
 
 import json
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import networkx as nx
 from torch import Tensor
 
-if TYPE_CHECKING:  # annotations only: the graph module imports this one for summary()
-    from .graph import Layer, WeightGraph
+from .graph import Layer, WeightGraph
 
 
 def _num(x: float) -> str:

@@ -184,11 +184,6 @@ class WeightGraph:
             for col in range(len(layer.node_cols)):
                 _require((layer_i, "node", col) in regions, f"layer {layer.name}: node column {col} without a slot")
 
-    def summary(self) -> str:
-        from .dump import to_text
-
-        return to_text(self)
-
     def __repr__(self) -> str:
         return (f"WeightGraph({type(self.module).__name__}: {self.num_nodes} nodes, {self.num_edges} edges, "
                 f"{len(self.layers)} layers, {len(self.passthrough)} passthrough tensors)")

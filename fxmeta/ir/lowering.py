@@ -404,15 +404,48 @@ def _module_rule(b: _Builder, node: fx.Node) -> Any:
     return None
 
 
+def _analysis_rule(analysis: Any) -> Callable[[_Builder, fx.Node], Any]:
+    """For an op the lowering has no rule for: what the channel analysis (with a caller's rules)
+    proved. Its output carries the channel nodes of its input when the analysis maps the input's
+    channel entries one to one onto the output's on the same dim; anything else stays unknown."""
+    from ..analysis.spaces import FROZEN
+
+    def rule(b: _Builder, node: fx.Node) -> Any:
+        args = call_args(node)
+        arg = args[0] if args and isinstance(args[0], fx.Node) else None
+        src = b.env.get(arg) if arg is not None else None
+        out_v, in_v = analysis.values.get(node.name), analysis.values.get(getattr(arg, "name", None))
+        if not isinstance(src, Source) or src.k != 1 or not isinstance(out_v, list) or not isinstance(in_v, list):
+            return None
+        d = src.dim
+        if d >= len(out_v) or d >= len(in_v) or out_v[d] is None or in_v[d] is None or len(out_v[d]) != len(in_v[d]):
+            return None
+        out_roots, in_roots = analysis.roots(out_v[d]), analysis.roots(in_v[d])
+        if bool((in_roots == FROZEN).any()) or not torch.equal(out_roots, in_roots):
+            return None
+        return src
+
+    return rule
+
+
 def lower(model: nn.Module, example_input: Any = None, *, gm: fx.GraphModule | None = None,
-          capture: str = "auto") -> WeightGraph:
+          capture: str = "auto", rules: Mapping[Any, Callable] | None = None) -> WeightGraph:
     """Trace ``model`` (or take the traced ``gm``) and lower it to a WeightGraph.
 
-    ``model`` may be a torch.export program; ``capture`` is as in ``fxmeta.capture.trace``."""
+    ``model`` may be a torch.export program; ``capture`` is as in ``fxmeta.capture.trace``.
+    ``rules`` are channel rules ``{op: rule}`` as ``fxmeta.prune(rules=)`` takes them: an op
+    the lowering has no rule for is then lowered from the channel analysis run with them (its
+    output keeps its input's channel nodes when the analysis maps them one to one), so a rule
+    written for pruning reaches the IR and the metanetwork too."""
     if gm is None:
         gm = trace(model, example_input, capture=capture)
     elif example_input is not None:
         propagate_shapes(gm, example_input)
+    fallback = None
+    if rules:
+        from ..analysis.channels import analyze
+
+        fallback = _analysis_rule(analyze(gm, example_input, rules=rules, capture="fx"))
     b = _Builder(gm)
     outputs: list[Tensor] = []
     for node in gm.graph.nodes:
@@ -430,7 +463,7 @@ def lower(model: nn.Module, example_input: Any = None, *, gm: fx.GraphModule | N
             if key in _JUNCTIONS:
                 b.env[node] = b.junction(node, _JUNCTIONS[key], list(node.args))
             else:
-                rule = RULES.get(key)
+                rule = RULES.get(key) or fallback
                 # Sizes and other non-tensor inputs do not count: expand(n, -1) of a
                 # parameter is still a constant.
                 args = [a for a in node.all_input_nodes if tensor_meta(a) is not None]

@@ -75,14 +75,14 @@ class Condition:
 
     def __init__(self, graph: WeightGraph, example_input: Any, speedup: float, importance: str = "l2",
                  round_to: int | None = None, min_keep: float = 0.1, ignore: Sequence[str] = (),
-                 allocation: str = "global") -> None:
+                 allocation: str = "global", rules: Any = None) -> None:
         from ..analysis.channels import analyze
         from ..pruning.importance import importance_fn
         from ..pruning.masking import MaskedNetwork, analytic_flops, calibrate_target, removal
 
         self.graph = graph
         self.speedup = float(speedup)
-        analysis = analyze(graph.module, example_input, tuple(ignore))
+        analysis = analyze(graph.module, example_input, tuple(ignore), rules=rules)
         self.network = MaskedNetwork(analysis)  # masked with this prune once and for all (set below)
         self.original = {k: v.detach() for k, v in raise_params(graph).items()}
         score = importance_fn(importance, 0)

@@ -1,6 +1,6 @@
 """The block kernels of the metanetwork: one autograd.Function per edge block.
 
-Each layer's edge block is cut into chunks of whole output rows; ``_BlockPass`` computes
+Each layer's edge block is cut into chunks of whole output rows; ``BlockPass`` computes
 all aggregations and the edge update chunk by chunk with dense ops, saving only its
 inputs, and its backward recomputes each chunk (gradient checkpointing at chunk
 granularity, with a hand-written backward so no (out, in, width) intermediate is kept).
@@ -34,7 +34,7 @@ class _Chunk:
 
 
 @dataclass
-class _Block:
+class Block:
     """One layer's edge block viewed as (groups, rows per group, in per group) and its chunks."""
 
     layer: int
@@ -66,7 +66,7 @@ class _Block:
         return [groups[c.g0] for c in self.chunks]
 
 
-def _plan(graph: WeightGraph, width: int, budget: int) -> list[_Block]:
+def kernel_plan(graph: WeightGraph, width: int, budget: int) -> list[Block]:
     """Cut every edge block into chunks of whole rows, about ``budget`` elements each."""
     blocks = []
     for index, layer in enumerate(graph.layers):
@@ -84,7 +84,7 @@ def _plan(graph: WeightGraph, width: int, budget: int) -> list[_Block]:
             row_step = max(1, budget // row)
             chunks = [_Chunk(g, g + 1, r0, min(rows, r0 + row_step))
                       for g in range(groups) for r0 in range(0, rows, row_step)]
-        blocks.append(_Block(index, groups, rows, cols, k, chunks, layer.learned_edges, row_step))
+        blocks.append(Block(index, groups, rows, cols, k, chunks, layer.learned_edges, row_step))
     return blocks
 
 
@@ -97,7 +97,7 @@ def _encode_into(x: Tensor, w: Tensor, b: Tensor, out: Tensor) -> Tensor:
     return out.add_(b[:, None])
 
 
-class _Workspace:
+class Workspace:
     """Reusable chunk-sized buffers, shared by all blocks of one forward/backward.
 
     Fresh chunk-sized allocations interleaved with long-lived outputs fragment the heap
@@ -169,8 +169,8 @@ class _Inputs:
     shape: tuple[int, int, int, int]
 
 
-def _chunks(block: _Block, x: Tensor, vs: Tensor | None, vd: Tensor | None, enc_w: Tensor | None,
-            enc_b: Tensor | None, ws: _Workspace, d: int):
+def _chunks(block: Block, x: Tensor, vs: Tensor | None, vd: Tensor | None, enc_w: Tensor | None,
+            enc_b: Tensor | None, ws: Workspace, d: int):
     """Yield (chunk, inputs) with the edge state of each chunk (encoded from raw when needed)."""
     for c in block.chunks:
         xc = x[c.g0:c.g1, c.r0:c.r1]
@@ -282,7 +282,7 @@ def _decoder_backward_chunk(e: Tensor, vs: Tensor, vd: Tensor, w1: Tensor, b1: T
 
 
 # -- the autograd Functions over whole blocks ------------------------------------------------------
-class _BlockPass(torch.autograd.Function):
+class BlockPass(torch.autograd.Function):
     """Aggregations and edge update of one edge block, chunk by chunk; recomputed in backward.
 
     Inputs: ``x`` the edge state (g, r, d, in), or raw features (g, r, in, k) when
@@ -299,7 +299,7 @@ class _BlockPass(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, x, vs, vd, enc_w, enc_b, w1, b1, w2, b2, block: _Block, update: bool, ws: _Workspace):
+    def forward(ctx, x, vs, vd, enc_w, enc_b, w1, b1, w2, b2, block: Block, update: bool, ws: Workspace):
         ctx.set_materialize_grads(False)
         d = vs.shape[2] // 3
         G, R, J = block.groups, block.rows, block.cols
@@ -382,7 +382,7 @@ class _BlockPass(torch.autograd.Function):
         return (ge_full, gvs, gvd, gw, gb, *g_dec_weights, None, None, None)
 
 
-def _decoder_buffers(ws: _Workspace, inp: _Inputs, k: int, backward: bool = False) -> tuple[Tensor, ...]:
+def _decoder_buffers(ws: Workspace, inp: _Inputs, k: int, backward: bool = False) -> tuple[Tensor, ...]:
     """e_last (the chunk's shape), n and hidden (B, d, in), o (B, k, in); backward adds sig and act."""
     g, r, d, cols = inp.shape
     flat = (g * r, d, cols)

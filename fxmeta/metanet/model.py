@@ -21,7 +21,7 @@ gradient-step head (``step_lr > 0``) also moves every learned table by
 decoders and a zero head it is exactly SGD at ``lr``, so training starts from that baseline.
 
 Scale: edges are never stored as a flat list. Each layer's edge block is cut into chunks
-of whole output rows, and one autograd.Function per block (``_BlockPass`` in
+of whole output rows, and one autograd.Function per block (``BlockPass`` in
 ``fxmeta.metanet.kernels``) computes all aggregations and the edge update chunk by chunk
 with dense ops, saving only its inputs; its backward recomputes each chunk (gradient
 checkpointing at chunk granularity, with a hand-written backward so no (out, in, width)
@@ -50,9 +50,9 @@ from torch import Tensor, nn
 
 from ..errors import FxmetaError
 from ..ir.graph import WeightGraph
-from .kernels import _Block, _BlockPass, _plan, _Workspace
+from .kernels import Block, BlockPass, Workspace, kernel_plan
 from .pool import TensorPool
-from .scatter import _pna, has_torch_scatter, scatter_stats
+from .scatter import has_torch_scatter, pna, scatter_stats
 
 FORMAT = "fxmeta.metanet/1"
 _EPS = 1e-5
@@ -255,7 +255,7 @@ class Metanet(nn.Module):
             raise FxmetaError("this metanet is not conditioned on the prune; call it without a condition")
         d, layers, n_nodes = self.config.width, graph.layers, graph.num_nodes
         dtype = self.flip.dtype
-        blocks = _plan(graph, d, self.config.chunk)
+        blocks = kernel_plan(graph, d, self.config.chunk)
         edge_scale = self._edge_scales(graph, dtype)
         raw = [layers[b.layer].edge.detach().to(dtype).view(b.groups, b.rows, b.cols, b.k) for b in blocks]
         encs = [self._enc_params(layers[b.layer].edge_kind, edge_scale) for b in blocks]
@@ -269,7 +269,7 @@ class Metanet(nn.Module):
             count_bwd.index_add_(0, src, torch.full((src.numel(),), float(b.rows), dtype=dtype))
 
         self.pool.trim()
-        ws = _Workspace(max((b.max_chunk for b in blocks), default=0) * d, dtype, self.pool)
+        ws = Workspace(max((b.max_chunk for b in blocks), default=0) * d, dtype, self.pool)
         ws.reuse_grads = True
         h = self._encode_nodes(graph, dtype)
         if condition is not None:
@@ -290,7 +290,7 @@ class Metanet(nn.Module):
                 # the last layer's pass also applies the last edge update and the edge decoder
                 dec = self._edge_decoder(layers[b.layer].edge_kind, edge_scale) if not update and b.learned \
                     else [None] * 4
-                fwd, bwd, new, decoded[i] = _BlockPass.apply(x, vs, vd, w, bias, *dec, b, update, ws)
+                fwd, bwd, new, decoded[i] = BlockPass.apply(x, vs, vd, w, bias, *dec, b, update, ws)
                 fwd_parts.append((layers[b.layer].start, fwd.reshape(-1, 4, d)))
                 bwd_parts.append(bwd.reshape(-1, 4, d))
                 if update:
@@ -300,7 +300,7 @@ class Metanet(nn.Module):
                 bwd_stats = scatter_stats(torch.cat(bwd_parts), src_all, n_nodes, self.scatter)
             else:
                 bwd_stats = torch.zeros(n_nodes, 4, d, dtype=dtype)
-            h = h + mp.down(_pna(fwd_stats, count_fwd, a)) + mp.down(_pna(bwd_stats, count_bwd, a * self.flip))
+            h = h + mp.down(pna(fwd_stats, count_fwd, a)) + mp.down(pna(bwd_stats, count_bwd, a * self.flip))
             h = h + mp.mlp(h)
 
         learned = learned_columns(graph)
@@ -386,7 +386,7 @@ class Metanet(nn.Module):
         step = self.config.ratio * scales[kind]
         return [dec[1].weight, dec[1].bias, dec[3].weight * step, dec[3].bias * step]
 
-    def _decoded_edges(self, graph: WeightGraph, blocks: list[_Block],
+    def _decoded_edges(self, graph: WeightGraph, blocks: list[Block],
                        decoded: list[Tensor | None]) -> list[Tensor | None]:
         """Edge tables: input + ratio * scale * decoded for every learned block (the decoder applied the
         factor to its last linear, which saves a pass and a table-sized buffer each way)."""

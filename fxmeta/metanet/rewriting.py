@@ -85,7 +85,7 @@ def rewrite_for_prune(metanet: Any, graph: WeightGraph, example_input: Any, spec
         raise FxmetaError("this metanetwork is conditioned on the prune and needs training batches for its "
                           "gradient input; give data (--data)")
     condition = Condition(graph, example_input, spec.speedup, importance, spec.round_to, spec.min_keep, spec.ignore,
-                          spec.allocation)
+                          spec.allocation, spec.rules)
     out = _guarded(metanet, lambda: rewrite_steps(metanet, graph, condition, batches))
     return out, condition.importance()
 
@@ -93,5 +93,6 @@ def rewrite_for_prune(metanet: Any, graph: WeightGraph, example_input: Any, spec
 def apply_for_prune(metanet: Any, model: nn.Module, example_input: Any, spec: PruneSpec | float,
                     batches: Sequence[tuple[Tensor, Tensor]]) -> tuple[fx.GraphModule, Any]:
     """:func:`rewrite_for_prune` on ``model``: the rewritten module and the importance to prune it with."""
-    graph, chosen = rewrite_for_prune(metanet, lower(model, example_input), example_input, spec, batches)
+    rules = spec.rules if isinstance(spec, PruneSpec) else None
+    graph, chosen = rewrite_for_prune(metanet, lower(model, example_input, rules=rules), example_input, spec, batches)
     return raise_graph(graph), chosen

@@ -35,7 +35,7 @@ def scatter_stats(vals: Tensor, ids: Tensor, n: int, backend: str = "torch") -> 
     return torch.cat([sums, mx[:, None], mn[:, None]], 1)
 
 
-def _pna(stats: Tensor, count: Tensor, receiver: Tensor) -> Tensor:
+def pna(stats: Tensor, count: Tensor, receiver: Tensor) -> Tensor:
     """mean, std, max, min of ``receiver * t`` from the statistics of t -> (N, 4d)."""
     s, q, mx, mn = stats.unbind(1)
     pos = receiver >= 0

@@ -16,7 +16,7 @@ from typing import Any, Sequence
 import torch
 from torch import nn
 
-from ..tracing import _as_tuple, eval_mode
+from ..tracing import as_tuple, eval_mode
 
 
 @dataclass
@@ -103,7 +103,7 @@ def compare_latency(
     if device.type == "cuda" and device.index is None:
         device = torch.device("cuda", torch.cuda.current_device())
     models = [m if _params_device(m) in (None, device) else copy.deepcopy(m).to(device) for m in models]
-    args = tuple(_batched(a, batch, device) for a in _as_tuple(example_input))
+    args = tuple(_batched(a, batch, device) for a in as_tuple(example_input))
     first = next((a for a in args if isinstance(a, torch.Tensor) and a.dim() > 0), None)
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     old_threads = torch.get_num_threads()

@@ -30,7 +30,7 @@ from ..ir.raising import raise_graph
 from ..metanet.rewriting import rewrite_for_prune
 from ..pruning.flops import count_flops, count_params
 from ..pruning.spec import DATA_IMPORTANCE, PruneSpec
-from ..tracing import _as_tuple, eval_mode
+from ..tracing import as_tuple, eval_mode
 from ..training.data import DataSplits, Loaders, calibration_set, make_loaders
 from ..training.loop import TrainConfig, distributed_context, evaluate, recalibrate_bn, resolve_device, train
 from ..training.prepare import PrepareConfig, prepare
@@ -179,7 +179,7 @@ def check_model_fits(model: nn.Module, example_input: Any, data: DataSplits | No
             f"{'x'.join(map(str, data.input_shape))}; drop --input-shape or make it 1,{','.join(map(str, data.input_shape))}")
     try:
         with torch.no_grad(), eval_mode(model):
-            out = model(*_as_tuple(example_input))
+            out = model(*as_tuple(example_input))
     except Exception as exc:  # noqa: BLE001 - whatever the model raises, the input does not fit
         text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
         hint = hint or (f"build it with --in-channels {data.in_channels}" if data is not None
@@ -304,7 +304,7 @@ def _rewrite_with_metanet(model: nn.Module, x: Any, config: TransformConfig, spe
     if isinstance(metanet, (str, os.PathLike)):
         metanet = load_metanet_file(metanet)
     with timer("lower"):
-        graph = lower(model, x)
+        graph = lower(model, x, rules=spec.rules)
     with timer("metanet"):
         batches = []  # a conditioned metanetwork's gradient input
         if data is not None and getattr(metanet, "conditioned", False):

@@ -21,7 +21,7 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 
 from ..capture import is_program
-from ..tracing import _as_tuple, eval_mode
+from ..tracing import as_tuple, eval_mode
 
 aten = torch.ops.aten
 
@@ -53,7 +53,7 @@ def count_flops(model: nn.Module, example_input: Any) -> int:
     try:
         counter = FlopCounterMode(display=False, custom_mapping=_extra_formulas())
         with torch.no_grad(), eval_mode(model), counter:
-            model(*_as_tuple(example_input))
+            model(*as_tuple(example_input))
         return int(counter.get_total_flops())
     finally:
         torch.backends.mha.set_fastpath_enabled(fast_path)

@@ -29,7 +29,7 @@ from ..errors import PruningError
 from ..keys import TENSOR_META
 from .flops import FlopModel, count_flops
 from .importance import importance_fn
-from .pruner import _check_speedup, reach
+from .pruner import check_speedup, reach
 from .selection import candidates, flop_model, removed_mask, select
 
 _KEEP_PREFIX = "fxmeta_keep"
@@ -189,7 +189,7 @@ def removal(analysis: ChannelAnalysis, speedup: float, importance: Any = "l2", *
     input, which needs the parameters where the input is). ``params`` ranks other weights
     than the graph's own (e.g. a metanetwork's output, by the same names).
     """
-    _check_speedup(speedup)
+    check_speedup(speedup)
     score = importance_fn(importance, seed)
     if params is not None:
         score = (lambda fn: lambda group, _own: fn(group, params))(score)
@@ -208,7 +208,7 @@ def calibrate_target(analysis: ChannelAnalysis, speedup: float, importance: Any 
 
     ``prune`` finds it by slimming and measuring (``fxmeta.pruning.pruner.reach``); doing
     that once up front lets the masks be recomputed often without slimming each time."""
-    _check_speedup(speedup)
+    check_speedup(speedup)
     c = candidates(analysis, importance_fn(importance, seed), round_to, min_keep, allocation)
     if not c.groups:
         raise PruningError("the model has no prunable channel groups: there is nothing to mask")

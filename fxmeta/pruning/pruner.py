@@ -84,7 +84,7 @@ class _Clock:
         self.last = now
 
 
-def _check_speedup(speedup: float) -> None:
+def check_speedup(speedup: float) -> None:
     if not isinstance(speedup, (int, float)) or not math.isfinite(speedup) or speedup < 1.0:
         raise PruningError(f"speedup must be a number >= 1 (FLOPs original / pruned), got {speedup!r}")
 

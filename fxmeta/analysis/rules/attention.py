@@ -11,7 +11,7 @@ from torch import Tensor
 
 from ..context import Context
 from ..spaces import Dims
-from .common import _freeze_all, _pad_ids, _prod, _set_arg, _unite_rows
+from .common import freeze_all, pad_ids, prod_of, set_arg, unite_rows
 
 
 def sdpa(ctx: Context, node: fx.Node) -> Dims:
@@ -20,7 +20,7 @@ def sdpa(ctx: Context, node: fx.Node) -> Dims:
     dq, dk, dv = ctx.dims(q), ctx.dims(k), ctx.dims(v)
     sq, sk, sv = ctx.shape(q), ctx.shape(k), ctx.shape(v)
     if not (len(sq) == len(sk) == len(sv)) or sq[:-2] != sk[:-2] or sk[:-2] != sv[:-2]:
-        return _freeze_all(ctx, node)
+        return freeze_all(ctx, node)
     # The default scale depends on the head size and softmax runs over the key sequence.
     ctx.freeze(dq[-1], dk[-1], dk[-2], dv[-2], reason="attention scale / softmax dims")
     out = Dims([None] * len(sq))
@@ -32,7 +32,7 @@ def sdpa(ctx: Context, node: fx.Node) -> Dims:
         _mask(ctx, mask, out[:len(sq) - 2] + [dq[-2], dk[-2]], list(sq[:-1]) + [sk[-2]])
     out[-2], out[-1] = dq[-2], dv[-1]
     b = [out[i] for i in range(len(sq) - 2)]
-    coef = 2 * _prod(n for n, l in zip(sq[:-2], b) if l is None) * sq[-2] * sk[-2]
+    coef = 2 * prod_of(n for n, l in zip(sq[:-2], b) if l is None) * sq[-2] * sk[-2]
     ctx.flops(coef * sq[-1], *b)
     ctx.flops(coef * (sv[-1] if dv[-1] is None else 1), *b, dv[-1])
     return out
@@ -54,7 +54,7 @@ def _mask(ctx: Context, mask: fx.Node, score_dims: list, score_shape: list[int])
 
 
 def mha_module(ctx: Context, node: fx.Node) -> Any:
-    return _freeze_all(ctx, node)
+    return freeze_all(ctx, node)
 
 
 def swin_attention(ctx: Context, node: fx.Node) -> Dims:
@@ -65,19 +65,19 @@ def swin_attention(ctx: Context, node: fx.Node) -> Dims:
     x, qw, pw, rpb = a["input"], a["qkv_weight"], a["proj_weight"], a["relative_position_bias"]
     h = a["num_heads"]
     if not all(isinstance(t, fx.Node) for t in (x, qw, pw, rpb)) or not isinstance(h, int):
-        return _freeze_all(ctx, node)
+        return freeze_all(ctx, node)
     c = ctx.shape(x)[-1]
     qws, pws = ctx.shape(qw), ctx.shape(pw)
     if qws[0] != 3 * c or c % h or qws[1] != c or pws[1] != c:
-        return _freeze_all(ctx, node)
+        return freeze_all(ctx, node)
     hd = c // h
     xd, qd, pd, rd = ctx.dims(x), ctx.dims(qw), ctx.dims(pw), ctx.dims(rpb)
     ctx.freeze(*xd[:-1], reason="spatial dims of window attention")
     ctx.union(xd[-1], qd[1])
-    head_rows = _pad_ids(ctx, qd[0], 3 * c).view(3, h, hd)
-    _unite_rows(ctx, head_rows.permute(1, 0, 2).reshape(h, 3 * hd))
+    head_rows = pad_ids(ctx, qd[0], 3 * c).view(3, h, hd)
+    unite_rows(ctx, head_rows.permute(1, 0, 2).reshape(h, 3 * hd))
     heads = head_rows[0, :, 0].clone()
-    _unite_rows(ctx, torch.cat([heads[:, None], _pad_ids(ctx, pd[1], c).view(h, hd)], 1))
+    unite_rows(ctx, torch.cat([heads[:, None], pad_ids(ctx, pd[1], c).view(h, hd)], 1))
     ctx.union(heads, rd[1] if ctx.shape(rpb)[1] == h else None)
     for n in ("qkv_bias", "proj_bias", "logit_scale"):
         t = a[n]
@@ -99,7 +99,7 @@ def swin_attention(ctx: Context, node: fx.Node) -> Dims:
 
     def slim(s, new_node):
         new_node.target = shifted_window_attention
-        _set_arg(new_node, 5, "num_heads", s.new_count(heads))
+        set_arg(new_node, 5, "num_heads", s.new_count(heads))
 
     ctx.on_slim(slim)
     return out

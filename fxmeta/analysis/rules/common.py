@@ -14,11 +14,11 @@ from ..spaces import Dims, frozen_value
 # --------------------------------------------------------------------------- helpers
 
 
-def _prod(xs) -> int:
+def prod_of(xs) -> int:
     return math.prod(int(x) for x in xs)
 
 
-def _set_arg(node: fx.Node, index: int, name: str, value: Any) -> None:
+def set_arg(node: fx.Node, index: int, name: str, value: Any) -> None:
     """Set a call's argument: positional ``index`` when given that way, else keyword ``name``."""
     if len(node.args) > index:
         args = list(node.args)
@@ -32,28 +32,28 @@ def _tensor_args(ctx: Context, node: fx.Node) -> list[fx.Node]:
     return [a for a in node.all_input_nodes if ctx.is_tensor(a)]
 
 
-def _norm_dim(d: int, n: int) -> int:
+def norm_dim(d: int, n: int) -> int:
     return d + n if d < 0 else d
 
 
-def _pad_ids(ctx: Context, labels: Tensor | None, n: int) -> Tensor:
+def pad_ids(ctx: Context, labels: Tensor | None, n: int) -> Tensor:
     """An id vector even where the labels are None (frozen entries)."""
     return torch.zeros(n, dtype=torch.long) if labels is None else labels
 
 
-def _unite_rows(ctx: Context, rows: Tensor) -> None:
+def unite_rows(ctx: Context, rows: Tensor) -> None:
     """Unite all entries of each row of a 2-D id matrix (one call, no Python loop)."""
     if rows.shape[1] > 1:
         ctx.union(rows[:, :1].expand_as(rows).reshape(-1), rows.reshape(-1))
 
 
-def _cat_labels(parts: list[Tensor | None], sizes: list[int]) -> Tensor | None:
+def cat_labels(parts: list[Tensor | None], sizes: list[int]) -> Tensor | None:
     if all(p is None for p in parts):
         return None
     return torch.cat([torch.zeros(n, dtype=torch.long) if p is None else p for p, n in zip(parts, sizes)])
 
 
-def _broadcast(ctx: Context, node: fx.Node, operands: list[Any]) -> Dims:
+def broadcast_dims(ctx: Context, node: fx.Node, operands: list[Any]) -> Dims:
     """Elementwise with broadcasting: same-sized dims are united, broadcast dims follow the big side."""
     out_shape = ctx.shape(node)
     nd = len(out_shape)
@@ -81,6 +81,6 @@ def _broadcast(ctx: Context, node: fx.Node, operands: list[Any]) -> Dims:
 
 
 
-def _freeze_all(ctx: Context, node: fx.Node) -> Any:
+def freeze_all(ctx: Context, node: fx.Node) -> Any:
     ctx.freeze_value(tuple(ctx.value(a) for a in node.all_input_nodes), reason=f"no channel rule for {node.target}")
     return frozen_value(ctx.meta(node))

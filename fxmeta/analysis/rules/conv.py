@@ -7,7 +7,7 @@ from torch import nn
 
 from ..context import Context
 from ..spaces import Dims
-from .common import _freeze_all, _pad_ids, _prod, _set_arg, _unite_rows
+from .common import freeze_all, pad_ids, prod_of, set_arg, unite_rows
 
 # --------------------------------------------------------------------------- conv / linear
 
@@ -38,29 +38,29 @@ def _conv(ctx: Context, node: fx.Node, x: fx.Node, w: Dims, b: Dims | None, wsha
     elif cin_g == 1:
         # Depthwise-like: a unit is a whole group (one input channel and its outputs).
         mode = "groups"
-        xcid = _pad_ids(ctx, xc, cin)
+        xcid = pad_ids(ctx, xc, cin)
         if transposed:
             ctx.union(xc, w_in)
             ctx.freeze(w_out)
             out_c = None if xc is None else xcid.repeat_interleave(cout_g)
         else:
-            wo = _pad_ids(ctx, w_out, wshape[0]).view(g, cout_g)
-            _unite_rows(ctx, wo)
+            wo = pad_ids(ctx, w_out, wshape[0]).view(g, cout_g)
+            unite_rows(ctx, wo)
             ctx.union(xcid, wo[:, 0])
             out_c = w_out if w_out is not None else (None if xc is None else xcid.repeat_interleave(cout_g))
     else:
         # Grouped: the same entry of every group goes together, the group count stays.
         mode = "uniform"
-        xcid = _pad_ids(ctx, xc, cin).view(g, cin_g)
+        xcid = pad_ids(ctx, xc, cin).view(g, cin_g)
         if transposed:
-            wi = _pad_ids(ctx, w_in, cin).view(g, cin_g)
+            wi = pad_ids(ctx, w_in, cin).view(g, cin_g)
             ctx.union(xcid.reshape(-1), wi.reshape(-1))
-            _unite_rows(ctx, wi.t())
+            unite_rows(ctx, wi.t())
             out_c = None if w_out is None else w_out.repeat(g)
         else:
-            wi = _pad_ids(ctx, w_in, cin_g)
+            wi = pad_ids(ctx, w_in, cin_g)
             ctx.union(xcid.reshape(-1), wi.repeat(g))
-            _unite_rows(ctx, _pad_ids(ctx, w_out, wshape[0]).view(g, cout_g).t())
+            unite_rows(ctx, pad_ids(ctx, w_out, wshape[0]).view(g, cout_g).t())
             out_c = w_out
     if b is not None:
         ctx.union(b[0], out_c)
@@ -69,8 +69,8 @@ def _conv(ctx: Context, node: fx.Node, x: fx.Node, w: Dims, b: Dims | None, wsha
         out[i] = ctx.dims(x)[i]  # batch dims pass through
     out[cdim] = out_c
     spatial = xs[cdim + 1:] if transposed else out_shape[cdim + 1:]
-    batch = _prod(xs[:cdim])
-    ctx.flops(2 * batch * _prod(spatial) * _prod(wshape[2:]), w[0] if wshape[0] > 1 else None,
+    batch = prod_of(xs[:cdim])
+    ctx.flops(2 * batch * prod_of(spatial) * prod_of(wshape[2:]), w[0] if wshape[0] > 1 else None,
               w[1] if wshape[1] > 1 else None)
     return out, mode
 
@@ -113,7 +113,7 @@ def conv_function(ctx: Context, node: fx.Node) -> Dims:
     gi = 6 if not transposed else 6
     groups = ctx.arg(node, gi, "groups", 1)
     if isinstance(groups, fx.Node) or not isinstance(wnode, fx.Node):
-        return _freeze_all(ctx, node)
+        return freeze_all(ctx, node)
     w = ctx.dims(wnode)
     b = ctx.dims(bnode) if isinstance(bnode, fx.Node) else None
     wshape = ctx.shape(wnode)
@@ -126,7 +126,7 @@ def conv_function(ctx: Context, node: fx.Node) -> Dims:
             xs = s.new_shape(x)
             cdim = len(xs) - (len(wshape) - 2) - 1
             new_groups = xs[cdim] // (cin_g if not transposed else 1)
-            _set_arg(new_node, gi, "groups", new_groups)
+            set_arg(new_node, gi, "groups", new_groups)
 
         ctx.note_constant("groups")
         ctx.on_slim(slim)
@@ -139,7 +139,7 @@ def _linear(ctx: Context, node: fx.Node, x: fx.Node, w: Dims, b: Dims | None, ws
     if b is not None:
         ctx.union(b[0], w[0])
     out = Dims(xd[:-1]) + Dims([w[0]])
-    ctx.flops(2 * _prod(ctx.shape(x)[:-1]), w[0], w[1] if len(w) > 1 else None)
+    ctx.flops(2 * prod_of(ctx.shape(x)[:-1]), w[0], w[1] if len(w) > 1 else None)
     return Dims(out)
 
 
@@ -160,7 +160,7 @@ def linear_function(ctx: Context, node: fx.Node) -> Dims:
     wnode = ctx.arg(node, 1, "weight")
     bnode = ctx.arg(node, 2, "bias")
     if not isinstance(wnode, fx.Node) or len(ctx.shape(wnode)) != 2:
-        return _freeze_all(ctx, node)
+        return freeze_all(ctx, node)
     b = ctx.dims(bnode) if isinstance(bnode, fx.Node) else None
     return _linear(ctx, node, node.args[0], ctx.dims(wnode), b, ctx.shape(wnode))
 
@@ -170,10 +170,10 @@ def addmm(ctx: Context, node: fx.Node) -> Dims:
     stored transposed (GPT-2's ``Conv1D``)."""
     b, x, w = node.args[:3]
     if len(node.args) > 3 or node.kwargs or not all(isinstance(t, fx.Node) for t in (b, x, w)):
-        return _freeze_all(ctx, node)
+        return freeze_all(ctx, node)
     bd, xd, wd = ctx.dims(b), ctx.dims(x), ctx.dims(w)
     if len(bd) != 1 or len(xd) != 2 or len(wd) != 2:
-        return _freeze_all(ctx, node)
+        return freeze_all(ctx, node)
     ctx.union(xd[1], wd[0])
     ctx.union(bd[0], wd[1])
     ctx.flops(2 * ctx.shape(x)[0], wd[0], wd[1])
@@ -203,7 +203,7 @@ def matmul(ctx: Context, node: fx.Node) -> Dims:
     sa, sb = list(ctx.shape(a)), list(ctx.shape(b))
     da, db = list(ctx.dims(a)), list(ctx.dims(b))
     if len(sa) < 2 or len(sb) < 2:
-        return _freeze_all(ctx, node)
+        return freeze_all(ctx, node)
     ctx.union(da[-1], db[-2])
     os = ctx.shape(node)
     nb = len(os) - 2
@@ -218,7 +218,7 @@ def matmul(ctx: Context, node: fx.Node) -> Dims:
             ctx.union(*same)
             out[i] = None if any(l is None for l in same) else same[0]
     out[-2], out[-1] = da[-2], db[-1]
-    coef = 2 * _prod([os[i] for i in range(nb) if out[i] is None])
+    coef = 2 * prod_of([os[i] for i in range(nb) if out[i] is None])
     ctx.flops(coef * (sa[-2] if da[-2] is None else 1) * (sa[-1] if da[-1] is None else 1)
               * (sb[-1] if db[-1] is None else 1),
               *[out[i] for i in range(nb)], da[-2], da[-1], db[-1])
@@ -231,11 +231,11 @@ def einsum(ctx: Context, node: fx.Node) -> Dims:
     if len(operands) == 1 and isinstance(operands[0], (list, tuple)):
         operands = list(operands[0])
     if not isinstance(eq, str) or "..." in eq or "->" not in eq:
-        return _freeze_all(ctx, node)
+        return freeze_all(ctx, node)
     lhs, rhs = eq.replace(" ", "").split("->")
     specs = lhs.split(",")
     if len(specs) != len(operands) or not all(ctx.is_tensor(o) for o in operands):
-        return _freeze_all(ctx, node)
+        return freeze_all(ctx, node)
     letters: dict[str, list] = {}
     sizes: dict[str, int] = {}
     for spec, o in zip(specs, operands):
@@ -251,6 +251,6 @@ def einsum(ctx: Context, node: fx.Node) -> Dims:
         label[ch] = None if any(l is None for l in ls) else ls[0]
     counted = [ch for ch in sizes if ch in rhs or sum(ch in s for s in specs) > 1]
     if len(operands) == 2:
-        coef = 2 * _prod(sizes[ch] for ch in counted if label[ch] is None)
+        coef = 2 * prod_of(sizes[ch] for ch in counted if label[ch] is None)
         ctx.flops(coef, *[label[ch] for ch in counted])
     return Dims([label.get(ch) for ch in rhs])

@@ -8,7 +8,7 @@ import torch.fx as fx
 
 from ..context import Context
 from ..spaces import Dims, frozen_value
-from .common import _broadcast, _freeze_all, _norm_dim
+from .common import broadcast_dims, freeze_all, norm_dim
 
 # --------------------------------------------------------------------------- elementwise
 
@@ -17,20 +17,20 @@ def elementwise(ctx: Context, node: fx.Node) -> Dims:
     """Any op applied entry by entry (with broadcasting) over its tensor operands."""
     if not hasattr(ctx.meta(node), "shape"):
         return frozen_value(ctx.meta(node))
-    return _broadcast(ctx, node, list(node.args) + list(node.kwargs.values()))
+    return broadcast_dims(ctx, node, list(node.args) + list(node.kwargs.values()))
 
 
 def first_arg(ctx: Context, node: fx.Node) -> Dims:
     """Ops that return their first argument's labels unchanged (contiguous, clone, to ...)."""
     if not hasattr(ctx.meta(node), "shape") or ctx.shape(node) != ctx.shape(node.args[0]):
-        return _freeze_all(ctx, node)
+        return freeze_all(ctx, node)
     return Dims(ctx.dims(node.args[0]))
 
 
 def metadata(ctx: Context, node: fx.Node) -> Any:
     """Ops that read shapes only (size, dim, shape ...): no channel ids in the result."""
     if hasattr(ctx.meta(node), "shape") or isinstance(ctx.meta(node), (tuple, list)):
-        return _freeze_all(ctx, node)  # e.g. getattr(x, "T") is a tensor after all
+        return freeze_all(ctx, node)  # e.g. getattr(x, "T") is a tensor after all
     return frozen_value(ctx.meta(node))
 
 
@@ -53,7 +53,7 @@ def freeze_dim(dim_index: int, arg_name: str = "dim", default: int = -1):
             ctx.freeze(*ctx.dims(x), reason=f"{node.target} over all dims")
             return frozen_value(ctx.meta(node))
         dims = Dims(ctx.dims(x))
-        d = _norm_dim(d, nd)
+        d = norm_dim(d, nd)
         ctx.freeze(dims[d], reason="normalised over this dim")
         dims[d] = None
         return dims
@@ -68,7 +68,7 @@ def softmax_module(ctx: Context, node: fx.Node) -> Dims:
     if d is None:
         ctx.freeze(*dims)
         return frozen_value(ctx.meta(node))
-    d = _norm_dim(d, len(dims))
+    d = norm_dim(d, len(dims))
     ctx.freeze(dims[d], reason="softmax over this dim")
     dims[d] = None
     return dims

@@ -8,19 +8,19 @@ import torch.fx as fx
 
 from ..context import Context
 from ..spaces import Dims, frozen_value
-from .common import _cat_labels, _freeze_all, _norm_dim
+from .common import cat_labels, freeze_all, norm_dim
 
 
 def cat(ctx: Context, node: fx.Node) -> Dims:
     tensors = list(ctx.arg(node, 0, "tensors"))
     d = ctx.arg(node, 1, "dim", 0)
     nd = len(ctx.shape(node))
-    d = _norm_dim(d, nd)
+    d = norm_dim(d, nd)
     tensors = [t for t in tensors if ctx.is_tensor(t) and len(ctx.shape(t)) == nd]
     out = Dims([None] * nd)
     for i in range(nd):
         if i == d:
-            out[i] = _cat_labels([ctx.dims(t)[i] for t in tensors], [ctx.shape(t)[i] for t in tensors])
+            out[i] = cat_labels([ctx.dims(t)[i] for t in tensors], [ctx.shape(t)[i] for t in tensors])
         else:
             labels = [ctx.dims(t)[i] for t in tensors]
             ctx.union(*labels)
@@ -30,7 +30,7 @@ def cat(ctx: Context, node: fx.Node) -> Dims:
 
 def stack(ctx: Context, node: fx.Node) -> Dims:
     tensors = list(ctx.arg(node, 0, "tensors"))
-    d = _norm_dim(ctx.arg(node, 1, "dim", 0), len(ctx.shape(node)))
+    d = norm_dim(ctx.arg(node, 1, "dim", 0), len(ctx.shape(node)))
     nd = len(ctx.shape(tensors[0]))
     dims = []
     for i in range(nd):
@@ -57,9 +57,9 @@ def split(ctx: Context, node: fx.Node) -> Any:
     spec = ctx.arg(node, 1, "chunks" if is_chunk else "split_size_or_sections")
     if spec is None:
         spec = node.kwargs.get("split_size")
-    d = _norm_dim(ctx.arg(node, 2, "dim", 0), len(xs))
+    d = norm_dim(ctx.arg(node, 2, "dim", 0), len(xs))
     if isinstance(spec, fx.Node) or (isinstance(spec, (list, tuple)) and any(isinstance(v, fx.Node) for v in spec)):
-        return _freeze_all(ctx, node)
+        return freeze_all(ctx, node)
     sizes = _split_sizes(xs[d], spec, spec if is_chunk else None)
     dims = ctx.dims(x)
     outs, start = [], 0
@@ -87,7 +87,7 @@ def split(ctx: Context, node: fx.Node) -> Any:
 def unbind(ctx: Context, node: fx.Node) -> Any:
     x = node.args[0]
     dims = Dims(ctx.dims(x))
-    d = _norm_dim(ctx.arg(node, 1, "dim", 0), len(dims))
+    d = norm_dim(ctx.arg(node, 1, "dim", 0), len(dims))
     ctx.freeze(dims[d], reason="unbind: one output per entry")
     rest = Dims(dims[:d] + dims[d + 1:])
     return tuple(Dims(rest) for _ in range(ctx.shape(x)[d]))
@@ -118,7 +118,7 @@ def _tensor_index(ctx: Context, node: fx.Node, src: fx.Node, idx: Any) -> Dims:
     d = 0
     tensor_index = [it for it in items if isinstance(it, fx.Node)]
     if len(tensor_index) > 1:
-        return _freeze_all(ctx, node)
+        return freeze_all(ctx, node)
     rewrites = []
     for it in items:
         if it is None:
@@ -147,10 +147,10 @@ def _tensor_index(ctx: Context, node: fx.Node, src: fx.Node, idx: Any) -> Dims:
             idx_shape = ctx.shape(it) if ctx.is_tensor(it) else ()
             out.extend([None] * len(idx_shape))
         else:
-            return _freeze_all(ctx, node)
+            return freeze_all(ctx, node)
         d += 1
     if len(out) != len(ctx.shape(node)):
-        return _freeze_all(ctx, node)
+        return freeze_all(ctx, node)
     if rewrites:
         ctx.note_constant("slice bounds")
 
@@ -185,7 +185,7 @@ def index_select(ctx: Context, node: fx.Node) -> Dims:
     that slimming would have to rewrite); every other dim passes through unchanged."""
     x = node.args[0]
     dims = Dims(ctx.dims(x))
-    d = _norm_dim(ctx.arg(node, 1, "dim", 0), len(dims))
+    d = norm_dim(ctx.arg(node, 1, "dim", 0), len(dims))
     ctx.freeze(dims[d], reason="index_select: indexed by a tensor")
     dims[d] = None
     return dims
@@ -203,7 +203,7 @@ def pad(ctx: Context, node: fx.Node) -> Dims:
     mode = ctx.arg(node, 2, "mode", "constant")
     dims = Dims(ctx.dims(x))
     if isinstance(p, fx.Node):
-        return _freeze_all(ctx, node)
+        return freeze_all(ctx, node)
     nd = len(dims)
     for k in range(len(p) // 2):
         d = nd - 1 - k

@@ -7,7 +7,7 @@ from torch import nn
 
 from ..context import Context
 from ..spaces import Dims
-from .common import _freeze_all, _set_arg, _unite_rows
+from .common import freeze_all, set_arg, unite_rows
 from .statistics import narrow, widen
 
 # --------------------------------------------------------------------------- norms
@@ -55,7 +55,7 @@ def _groupnorm(ctx: Context, x: fx.Node, num_groups: int, params: list[Dims | No
     n = ctx.shape(x)[1]
     # A unit is a whole group: the statistics of the other groups do not change.
     if c is not None:
-        _unite_rows(ctx, c.view(num_groups, n // num_groups))
+        unite_rows(ctx, c.view(num_groups, n // num_groups))
     for p in params:
         if p is not None:
             ctx.union(c, p[0])
@@ -83,12 +83,12 @@ def groupnorm_function(ctx: Context, node: fx.Node) -> Dims:
     g = ctx.arg(node, 1, "num_groups")
     w, b = ctx.arg(node, 2, "weight"), ctx.arg(node, 3, "bias")
     if isinstance(g, fx.Node):
-        return _freeze_all(ctx, node)
+        return freeze_all(ctx, node)
     per_group = ctx.shape(x)[1] // g
     dims = _groupnorm(ctx, x, g, [ctx.dims(a) if isinstance(a, fx.Node) else None for a in (w, b)])
 
     def slim(s, new_node):
-        _set_arg(new_node, 1, "num_groups", s.new_shape(x)[1] // per_group)
+        set_arg(new_node, 1, "num_groups", s.new_shape(x)[1] // per_group)
 
     ctx.note_constant("num_groups")
     ctx.on_slim(slim)
@@ -153,13 +153,13 @@ def layernorm_function(ctx: Context, node: fx.Node) -> Dims:
     w, b = ctx.arg(node, 2, "weight"), ctx.arg(node, 3, "bias")
     eps = ctx.arg(node, 4, "eps", 1e-5)
     if isinstance(ns, fx.Node) or isinstance(eps, fx.Node):
-        return _freeze_all(ctx, node)
+        return freeze_all(ctx, node)
     ns = [ns] if isinstance(ns, int) else list(ns)
     x = node.args[0]
     dims = _layernorm(ctx, node, x, ns, [ctx.dims(a) if isinstance(a, fx.Node) else None for a in (w, b)], eps)
 
     def slim(s, new_node):
-        _set_arg(new_node, 1, "normalized_shape", (int(s.new_shape(x)[-1]),))
+        set_arg(new_node, 1, "normalized_shape", (int(s.new_shape(x)[-1]),))
 
     if len(ns) == 1:
         ctx.on_slim(slim)

@@ -7,7 +7,7 @@ import torch.fx as fx
 
 from ..context import Context
 from ..spaces import Dims, frozen_value
-from .common import _freeze_all, _norm_dim
+from .common import freeze_all, norm_dim
 from .statistics import call, narrow
 
 # --------------------------------------------------------------------------- pooling, reductions
@@ -19,12 +19,12 @@ def pool(k_of: Callable[[Context, fx.Node], int]):
     def rule(ctx: Context, node: fx.Node) -> Any:
         meta = ctx.meta(node)
         if not hasattr(meta, "shape"):
-            return _freeze_all(ctx, node)  # e.g. return_indices
+            return freeze_all(ctx, node)  # e.g. return_indices
         x = node.args[0]
         dims = Dims(ctx.dims(x))
         k = k_of(ctx, node)
         if len(ctx.shape(node)) != len(dims):
-            return _freeze_all(ctx, node)
+            return freeze_all(ctx, node)
         for i in range(len(dims) - k, len(dims)):
             ctx.freeze(dims[i], reason="pooled dim")
             dims[i] = None
@@ -57,12 +57,12 @@ def reduction(kind: str):
         nd = len(dims)
         d = ctx.arg(node, 1, "dim")
         if isinstance(d, fx.Node):
-            return _freeze_all(ctx, node)
+            return freeze_all(ctx, node)
         keep = ctx.arg(node, 2, "keepdim", False)
         if d is None or (isinstance(d, (tuple, list)) and len(d) == 0):
             reduced = list(range(nd))
         else:
-            reduced = [_norm_dim(i, nd) for i in ([d] if isinstance(d, int) else d)]
+            reduced = [norm_dim(i, nd) for i in ([d] if isinstance(d, int) else d)]
         if kind == "max":
             ctx.freeze(*[dims[i] for i in reduced], reason=f"{kind} over this dim")
         elif kind != "sum":

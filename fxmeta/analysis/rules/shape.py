@@ -9,7 +9,7 @@ from torch import nn
 
 from ..context import Context
 from ..spaces import Dims
-from .common import _freeze_all, _norm_dim, _set_arg, _unite_rows
+from .common import freeze_all, norm_dim, set_arg, unite_rows
 
 # --------------------------------------------------------------------------- shapes
 
@@ -96,7 +96,7 @@ def reshape_labels(ctx: Context, in_shape, in_dims: Dims, out_shape, swapped: tu
             target = next((p for p in big if outs[p] not in indexed), big[0])
             if swapped is not None and len(big) == 2 and {outs[p] for p in big} == set(swapped):
                 target = big[1]
-            _unite_rows(ctx, flat.view(osizes).movedim(target, 0).reshape(osizes[target], -1))
+            unite_rows(ctx, flat.view(osizes).movedim(target, 0).reshape(osizes[target], -1))
         rows = flat.view(osizes).movedim(target, 0).reshape(osizes[target], -1)
         out[outs[target]] = rows[:, 0].clone()
     return out
@@ -172,7 +172,7 @@ def _swap_after(ctx: Context, node: fx.Node) -> tuple[int, int] | None:
     a, b = user.args[1], user.args[2]
     if not isinstance(a, int) or not isinstance(b, int):
         return None
-    return _norm_dim(a, nd), _norm_dim(b, nd)
+    return norm_dim(a, nd), norm_dim(b, nd)
 
 
 def _indexed_later(ctx: Context, node: fx.Node, depth: int = 4) -> set[int]:
@@ -191,15 +191,15 @@ def _indexed_later(ctx: Context, node: fx.Node, depth: int = 4) -> set[int]:
             t = user.target
             if t in ("permute", torch.permute):
                 order = user.args[1:] if len(user.args) > 2 or isinstance(user.args[1], int) else user.args[1]
-                order = [_norm_dim(o, nd) for o in order]
+                order = [norm_dim(o, nd) for o in order]
                 todo.append((user, [order.index(w) for w in where], d + 1))
             elif t in ("transpose", torch.transpose, "swapaxes", torch.swapaxes) and len(user.args) >= 3:
-                a, b = _norm_dim(user.args[1], nd), _norm_dim(user.args[2], nd)
+                a, b = norm_dim(user.args[1], nd), norm_dim(user.args[2], nd)
                 todo.append((user, [b if w == a else a if w == b else w for w in where], d + 1))
             elif t in ("contiguous", "clone"):
                 todo.append((user, where, d + 1))
             elif t in ("unbind", torch.unbind):
-                dim = _norm_dim(user.args[1] if len(user.args) > 1 else user.kwargs.get("dim", 0), nd)
+                dim = norm_dim(user.args[1] if len(user.args) > 1 else user.kwargs.get("dim", 0), nd)
                 found.update(i for i, w in enumerate(where) if w == dim)
             elif t is operator.getitem:
                 idx = user.args[1]
@@ -219,9 +219,9 @@ def channel_shuffle(ctx: Context, node: fx.Node) -> Dims:
     dims = Dims(ctx.dims(x))
     c = dims[1]
     if c is None or not isinstance(g, int):
-        return Dims(dims) if c is None else _freeze_all(ctx, node)
+        return Dims(dims) if c is None else freeze_all(ctx, node)
     cols = c.view(g, -1)
-    _unite_rows(ctx, cols.t())
+    unite_rows(ctx, cols.t())
     dims[1] = cols.t().reshape(-1).clone()
     return dims
 
@@ -236,7 +236,7 @@ def pixel_shuffle(ctx: Context, node: fx.Node) -> Dims:
     ctx.freeze(dims[c + 1], dims[c + 2], reason="spatial dims")
     if dims[c] is not None:
         blocks = dims[c].view(-1, r * r)
-        _unite_rows(ctx, blocks)
+        unite_rows(ctx, blocks)
         out[c] = blocks[:, 0].clone()
     return out
 
@@ -256,7 +256,7 @@ def squeeze(ctx: Context, node: fx.Node) -> Dims:
     xs = ctx.shape(x)
     dims = ctx.dims(x)
     d = ctx.arg(node, 1, "dim")
-    asked = range(len(xs)) if d is None else [_norm_dim(i, len(xs)) for i in ([d] if isinstance(d, int) else d)]
+    asked = range(len(xs)) if d is None else [norm_dim(i, len(xs)) for i in ([d] if isinstance(d, int) else d)]
     for i in asked:
         if xs[i] > 1:  # not squeezed now, but could be if pruning left one entry
             ctx.freeze(dims[i], reason="squeeze could drop this dim after pruning")
@@ -268,7 +268,7 @@ def flatten_module(ctx: Context, node: fx.Node) -> Dims:
     out = reshape_labels(ctx, ctx.shape(x), ctx.dims(x), ctx.shape(node))
     if isinstance(ctx.module(node), nn.Unflatten):
         m = ctx.module(node)
-        d = _norm_dim(m.dim, len(ctx.shape(x)))
+        d = norm_dim(m.dim, len(ctx.shape(x)))
         n = len(m.unflattened_size)
 
         def slim(s, new_node):
@@ -282,7 +282,7 @@ def flatten_module(ctx: Context, node: fx.Node) -> Dims:
 def unflatten(ctx: Context, node: fx.Node) -> Dims:
     x = node.args[0]
     out = reshape_labels(ctx, ctx.shape(x), ctx.dims(x), ctx.shape(node))
-    d = _norm_dim(ctx.arg(node, 1, "dim"), len(ctx.shape(x)))
+    d = norm_dim(ctx.arg(node, 1, "dim"), len(ctx.shape(x)))
     sizes = ctx.arg(node, 2, "sizes")
     n = len(sizes)
 
@@ -290,7 +290,7 @@ def unflatten(ctx: Context, node: fx.Node) -> Dims:
         new = tuple(int(v) for v in s.new_shape(new_node.name)[d:d + n])
         old = tuple(int(v) for v in s.old_shape(new_node.name)[d:d + n])
         if new != old:
-            _set_arg(new_node, 2, "sizes", new)
+            set_arg(new_node, 2, "sizes", new)
 
     ctx.note_constant("sizes")
     ctx.on_slim(slim)
@@ -301,7 +301,7 @@ def permute(ctx: Context, node: fx.Node) -> Dims:
     x = node.args[0]
     dims = ctx.dims(x)
     order = node.args[1:] if len(node.args) > 2 or isinstance(ctx.arg(node, 1, "dims"), int) else ctx.arg(node, 1, "dims")
-    order = [_norm_dim(i, len(dims)) for i in order]
+    order = [norm_dim(i, len(dims)) for i in order]
     return Dims([dims[i] for i in order])
 
 
@@ -310,8 +310,8 @@ def transpose(ctx: Context, node: fx.Node) -> Dims:
     dims = Dims(ctx.dims(x))
     if len(node.args) < 3 and not node.kwargs:  # .t()
         return Dims(reversed(dims))
-    a = _norm_dim(ctx.arg(node, 1, "dim0"), len(dims))
-    b = _norm_dim(ctx.arg(node, 2, "dim1"), len(dims))
+    a = norm_dim(ctx.arg(node, 1, "dim0"), len(dims))
+    b = norm_dim(ctx.arg(node, 2, "dim1"), len(dims))
     dims[a], dims[b] = dims[b], dims[a]
     return dims
 
@@ -320,8 +320,8 @@ def movedim(ctx: Context, node: fx.Node) -> Dims:
     x = node.args[0]
     n = len(ctx.shape(x))
     src, dst = ctx.arg(node, 1, "source"), ctx.arg(node, 2, "destination")
-    src = [_norm_dim(i, n) for i in ([src] if isinstance(src, int) else src)]
-    dst = [_norm_dim(i, n) for i in ([dst] if isinstance(dst, int) else dst)]
+    src = [norm_dim(i, n) for i in ([src] if isinstance(src, int) else src)]
+    dst = [norm_dim(i, n) for i in ([dst] if isinstance(dst, int) else dst)]
     order: list[int | None] = [None] * n
     for a, b in zip(src, dst):
         order[b] = a
