@@ -179,14 +179,10 @@ def _hf(target: str, kwargs: dict[str, Any]) -> LoadedModel:
 
 
 def _fxmeta(name: str, kwargs: dict[str, Any]) -> LoadedModel:
+    from ..models import get_model
+
     try:
-        models = importlib.import_module("fxmeta.models")
-    except ModuleNotFoundError as exc:
-        if exc.name != "fxmeta.models":
-            raise
-        raise SpecError(f"fxmeta:{name} needs fxmeta.models, which this fxmeta install lacks") from exc
-    try:
-        module = models.get_model(name, **kwargs)  # raises SpecError for unknown names
+        module = get_model(name, **kwargs)  # raises SpecError for unknown names
     except TypeError as exc:
         raise SpecError(f"fxmeta:{name} does not accept {kwargs}: {_first_line(exc)}") from exc
     if not isinstance(module, nn.Module):
@@ -360,13 +356,8 @@ def _captured(plan: Any) -> bool:
 
 
 def _apply_plan(module: Any, plan: Any, x: Any, path: str) -> nn.Module:
-    try:
-        from ..pruning.plan import apply_plan
-    except ImportError as exc:
-        raise FxmetaError(
-            f"{path} holds a pruned model, but this fxmeta cannot apply pruning plans "
-            f"({type(exc).__name__}: {_first_line(exc)}); install a complete fxmeta"
-        ) from exc
+    from ..pruning.plan import apply_plan
+
     _set_eval(module)
     pruned = apply_plan(module, plan, x)
     return pruned if isinstance(pruned, nn.Module) else module
