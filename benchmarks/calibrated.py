@@ -108,6 +108,7 @@ class Bench:
         out = {}
         if recalibrate:
             out["val_no_recal"] = evaluate(module, self.loaders.val)["acc"]
+            out["test_no_recal"] = evaluate(module, self.loaders.test)["acc"]
             recalibrate_bn(module, self.recal_batches(seed), RECAL["batches"])
         out["val"] = evaluate(module, self.loaders.val)["acc"]
         out["test"] = evaluate(module, self.loaders.test)["acc"]

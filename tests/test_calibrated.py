@@ -34,16 +34,17 @@ def test_taylor_importance_equals_a_hand_computation_on_a_two_layer_model():
     analysis = analyze(model, batches[0][0][:1])
     (group,) = [g for g in analysis.groups if g.prunable]
     got = taylor_importance(analysis, Calibration(batches))(group, {})
-    # by hand: the loss gradient summed over the batches; per hidden unit the mean over its three
-    # slices (fc1's row, fc1's bias entry, fc2's column) of sum |w * g|
-    grads = [torch.zeros_like(p) for p in model.parameters()]
+    # by hand: per batch, the loss change of removing hidden unit u to first order, the sum of w * g
+    # over its three slices (fc1's row, fc1's bias entry, fc2's column); the mean of its square
+    want = torch.zeros(4, dtype=torch.float64)
     for x, y in batches:
         loss = nn.functional.cross_entropy(model(x), y)
-        for acc, g in zip(grads, torch.autograd.grad(loss, list(model.parameters()))):
-            acc += g
-    (w1, b1, w2, _), (g1, gb1, g2, _) = list(model.parameters()), grads
-    want = ((w1 * g1).abs().sum(1) + (b1 * gb1).abs() + (w2 * g2).abs().sum(0)) / 3
-    assert torch.allclose(got, want.double(), rtol=1e-5, atol=1e-9)
+        w1, b1, w2, _ = model.parameters()
+        g1, gb1, g2, _ = torch.autograd.grad(loss, list(model.parameters()))
+        change = (w1 * g1).sum(1) + b1 * gb1 + (w2 * g2).sum(0)
+        want += change.double().pow(2)
+    want /= len(batches)
+    assert torch.allclose(got, want, rtol=1e-5, atol=1e-12)
     assert all(p.grad is None for p in model.parameters())  # the model's own gradients are untouched
 
 

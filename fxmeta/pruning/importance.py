@@ -150,9 +150,11 @@ def _input_dim(node: fx.Node, module: nn.Module) -> int:
 
 
 def taylor_importance(analysis: ChannelAnalysis, calibration: Calibration) -> Importance:
-    """First-order Taylor: per unit, ``sum |w * g|`` over its slices (mean over the group's
-    slices, as l2), ``g`` the gradient of the loss summed over the calibration batches. The
-    model's own parameters and their ``.grad`` are not touched."""
+    """First-order Taylor (Molchanov et al. 2019): per unit and calibration batch, the first-order
+    change of the loss when the unit is removed, ``t = sum(w * dL/dw)`` over all of the unit's
+    slices; the score is the mean over the batches of ``t ** 2``. Squared per batch, so the
+    near-zero mean gradient of a trained network does not cancel the signal. The model's own
+    parameters and their ``.grad`` are not touched."""
     gm = analysis.gm
     first: dict[int, str] = {}  # tied parameters (an lm_head and its embedding) are one tensor: one entry
     alias: dict[str, str] = {}
@@ -162,18 +164,26 @@ def taylor_importance(analysis: ChannelAnalysis, calibration: Calibration) -> Im
               for n, p in gm.named_parameters(remove_duplicate=False) if alias[n] == n}
     buffers = dict(gm.named_buffers(remove_duplicate=False))
     names = [n for n, p in params.items() if p.requires_grad]
-    grads = {n: torch.zeros_like(params[n]) for n in names}
+    groups = [g for g in analysis.groups if g.prunable]
+    squares = {g.key: torch.zeros(g.units, dtype=torch.float64) for g in groups}
+    batches = calibration.chunks(fixed_batch(gm, analysis.example_input))
     with eval_mode(gm), torch.enable_grad():
-        for inputs, target in calibration.chunks(fixed_batch(gm, analysis.example_input)):
+        for inputs, target in batches:
             out = torch.func.functional_call(gm, {**params, **buffers}, inputs, tie_weights=False)
             loss = calibration.loss_of(out, target, inputs)
-            for n, g in zip(names, torch.autograd.grad(loss, [params[n] for n in names], allow_unused=True)):
-                if g is not None:
-                    grads[n] += g
-    saliency = {n: (params[alias[n]].detach() * grads[alias[n]]).abs() for n in alias if alias[n] in grads}
+            grads = dict(zip(names, torch.autograd.grad(loss, [params[n] for n in names], allow_unused=True)))
+            change = {n: params[alias[n]].detach() * grads[alias[n]] for n in alias
+                      if grads.get(alias[n]) is not None}
+            for g in groups:
+                t = torch.zeros(g.units, dtype=torch.float64)
+                for name, dim, index in g.slices:
+                    if name in change:
+                        c = change[name]
+                        t += c.movedim(dim, 0)[index.to(c.device)].flatten(1).double().sum(1).cpu()
+                squares[g.key] += t.pow(2)
 
     def score(group: Group, own: dict[str, Tensor]) -> Tensor:
-        return _group_reduce(group, saliency, lambda t: t)
+        return squares[group.key] / max(len(batches), 1) if group.key in squares else l2_importance(group, own)
 
     score.__name__ = "taylor_importance"
     return score
