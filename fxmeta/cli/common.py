@@ -147,9 +147,10 @@ def add_prune_args(p: argparse.ArgumentParser) -> None:
                    help="target FLOPs ratio original / pruned, >= 1 (default: 2.0)")
     g.add_argument("--importance", choices=list(WEIGHT_IMPORTANCE + DATA_IMPORTANCE),
                    help="how channels are scored, weakest removed first: l2 / l1 (the group's weight norm), random, "
-                        "taylor (|weight x gradient| on the calibration batches), activation (input RMS x weight "
+                        "taylor (first-order loss change of removing the channel, on the calibration batches), "
+                        "activation (input RMS x weight "
                         "norm of the layers reading the channel). Default: l2 without --data; with --data the "
-                        f"calibrated default ({CALIBRATED['importance']}; l2 with --prepare-epochs)")
+                        f"calibrated default ({CALIBRATED['importance']}; l2 after a prepare stage or a metanetwork)")
     g.add_argument("--compensate", choices=list(COMPENSATIONS),
                    help="change the weights that stay so the network loses less, on the calibration batches: bias "
                         "(each layer that loses inputs gets their mean contribution added to its bias) or lstsq "
@@ -282,8 +283,9 @@ def prune_spec(args: argparse.Namespace):
     if not getattr(args, "data", None) and (importance in DATA_IMPORTANCE or compensate not in (None, "none")):
         wants = f"--importance {importance}" if importance in DATA_IMPORTANCE else f"--compensate {compensate}"
         raise SpecError(f"{wants} reads calibration data: give --data")
-    return PruneSpec(speedup=args.speedup, importance=importance, allocation=getattr(args, "allocation", "global"),
-                     round_to=args.round_to, min_keep=getattr(args, "min_keep", 0.1), ignore=tuple(args.ignore),
+    return PruneSpec(speedup=getattr(args, "speedup", 2.0), importance=importance,
+                     allocation=getattr(args, "allocation", "global"), round_to=getattr(args, "round_to", None),
+                     min_keep=getattr(args, "min_keep", 0.1), ignore=tuple(getattr(args, "ignore", ())),
                      compensate=compensate, ridge=getattr(args, "ridge", 1e-3)).check(SpecError)
 
 

@@ -11,12 +11,17 @@ from rich.table import Table
 from ..errors import SpecError
 from .common import (
     ALLOCATIONS,
+    COMPENSATIONS,
+    DATA_IMPORTANCE,
+    WEIGHT_IMPORTANCE,
     add_model_args,
     is_main_process,
     load_model,
     load_run_data,
     note_line,
+    parse_number,
     pct,
+    prune_spec,
     speedup_list,
 )
 
@@ -56,9 +61,13 @@ def cmd_curve(args: argparse.Namespace) -> int:
     def progress(text: str) -> None:
         note_line(f"[dim]> {text}[/]")
 
+    # with a metanetwork both curves prune by the weight importance it rewrites for
+    spec = prune_spec(args).resolved(with_data=True, prepare=metanet is not None)
+    if metanet is not None and spec.importance in DATA_IMPORTANCE:
+        raise SpecError(f"a metanetwork rewrites for a prune by weight importance, not {spec.importance!r}: "
+                        "drop --importance or --metanet")
     curves = [prunability_curve(loaded.module.eval(), x, split, speedups, calibration=calibration, label="model",
-                                split=args.split, importance=args.importance, progress=progress,
-                                allocation=args.allocation)]
+                                split=args.split, spec=spec, progress=progress)]
     if metanet is not None:
         curves.append(_metanet_curve(metanet, loaded.module, x, data, split, speedups, calibration, args, progress))
     if args.out:
@@ -93,23 +102,21 @@ def _metanet_curve(metanet: Any, model: Any, x: Any, data: Any, split: Any, spee
     """The curve of the metanetwork's output. A conditioned metanetwork rewrites once per target (it is
     told each prune); its unpruned accuracy is that of the first target's rewrite."""
     from ..metanet.rewriting import apply, apply_for_prune
-    from ..pruning.spec import PruneSpec
     from ..training.curve import prunability_curve
     from ..training.data import calibration_set
 
     label = "model + metanetwork"
+    spec = prune_spec(args).resolved(with_data=True, prepare=True)
     if not metanet.conditioned:
         return prunability_curve(apply(metanet, model, x).eval(), x, split, speedups, calibration=calibration,
-                                 label=label, split=args.split, importance=args.importance, progress=progress,
-                                 allocation=args.allocation)
+                                 label=label, split=args.split, spec=spec, progress=progress)
     batches = calibration_set(data.train, metanet.config.condition_batches, args.batch_size, args.seed)
     merged = None
     for target in speedups:
-        spec = PruneSpec(target, importance=args.importance, allocation=args.allocation)
+        spec = spec.with_(speedup=target)
         module, importance = apply_for_prune(metanet, model, x, spec, batches)
         curve = prunability_curve(module.eval(), x, split, [target], calibration=calibration, label=label,
-                                  split=args.split, importance=importance, progress=progress,
-                                  allocation=args.allocation)
+                                  split=args.split, spec=spec.with_(importance=importance), progress=progress)
         if merged is None:
             merged = curve
         else:
@@ -131,7 +138,12 @@ def register_curve(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--metanet", metavar="FILE", help="also measure the network this metanetwork generates")
     p.add_argument("--speedups", default="1.5,2,3,4,6,8", metavar="X,Y,...",
                    help="FLOPs targets (default: 1.5,2,3,4,6,8)")
-    p.add_argument("--importance", choices=["l2", "l1", "random"], default="l2", help="(default: l2)")
+    p.add_argument("--importance", choices=list(WEIGHT_IMPORTANCE + DATA_IMPORTANCE),
+                   help="channel scores (see fxmeta prune --help); default: the calibrated default, as --data is given")
+    p.add_argument("--compensate", choices=list(COMPENSATIONS),
+                   help="weight compensation on the calibration batches (see fxmeta prune --help); default: the "
+                        "calibrated default")
+    p.add_argument("--ridge", type=parse_number, default=1e-3, metavar="R", help="lstsq regulariser (default: 1e-3)")
     p.add_argument("--allocation", choices=list(ALLOCATIONS), default="global",
                    help="how each prune spreads its removal over the channel groups, as fxmeta prune "
                         "--allocation (default: global)")

@@ -79,10 +79,13 @@ class TransformConfig:
             raise SpecError(f"prune must be a PruneSpec, got {type(self.prune).__name__}")
         if self.calib_batches < 1:
             raise SpecError(f"calibration batches must be >= 1, got {self.calib_batches}")
-        if self.prepare.epochs > 0 and isinstance(self.prune.importance, str) and \
-                self.prune.importance in DATA_IMPORTANCE:
-            raise SpecError(f"the prepare stage trains for a prune by weight importance (l2, l1, random), not "
-                            f"{self.prune.importance!r}: drop --prepare-epochs or use --importance l2")
+        if isinstance(self.prune.importance, str) and self.prune.importance in DATA_IMPORTANCE:
+            if self.prepare.epochs > 0:
+                raise SpecError(f"the prepare stage trains for a prune by weight importance (l2, l1, random), not "
+                                f"{self.prune.importance!r}: drop --prepare-epochs or use --importance l2")
+            if self.metanet is not None:
+                raise SpecError(f"a metanetwork rewrites for a prune by weight importance (l2, l1, random), not "
+                                f"{self.prune.importance!r}: drop --metanet or use --importance l2")
         if self.adapt_epochs < 0:
             raise SpecError(f"adapt epochs must be >= 0, got {self.adapt_epochs}")
         if self.bn_batches < 0:
@@ -334,7 +337,9 @@ def transform(
     run (e.g. the model spec) and must match when resuming from checkpoints.
     """
     config = config or TransformConfig()
-    spec = config.prune.resolved(with_data=data is not None, prepare=config.prepare.epochs > 0)
+    # a prepare stage or a metanetwork trains / rewrites for a weight-importance prune: that is the default then
+    spec = config.prune.resolved(with_data=data is not None,
+                                 prepare=config.prepare.epochs > 0 or config.metanet is not None)
     if is_program(model):  # a torch.export program: its captured torch-level graph is the model
         model = trace(model, example_input)
     model, exported = _plain_module(model)

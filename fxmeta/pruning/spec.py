@@ -26,8 +26,8 @@ CALIBRATED = {"importance": "taylor", "compensate": "lstsq"}
 
 def default_settings(with_data: bool, prepare: bool = False) -> dict[str, str]:
     """Importance and compensation of a prune that names neither: l2 and none without data; with data
-    the calibrated defaults, except that a prepared network is pruned by the weight importance it was
-    prepared for (l2)."""
+    the calibrated defaults, except that a network trained or rewritten for a weight-importance prune
+    (``prepare``: a prepare stage or a metanetwork ran) is pruned by that importance (l2)."""
     if not with_data:
         return {"importance": "l2", "compensate": "none"}
     return {"importance": "l2" if prepare else CALIBRATED["importance"], "compensate": CALIBRATED["compensate"]}
@@ -42,8 +42,8 @@ class PruneSpec:
     data gets the calibrated prune without naming it.
 
     ``speedup``: FLOPs original / pruned to reach. ``importance``: "l2", "l1", "random" (weights
-    only), "taylor" (first-order Taylor: ``|w * dL/dw|`` summed over a unit's slices, gradients
-    accumulated over the calibration batches), "activation" (each consumer layer's input RMS per
+    only), "taylor" (first-order Taylor, Molchanov et al. 2019: per calibration batch the loss change
+    of removing the unit, ``sum(w * dL/dw)`` over its slices, squared and averaged), "activation" (each consumer layer's input RMS per
     channel times the norm of the weights that read it, summed over the consumers: Wanda-sp /
     FLAP's signal), or a callable ``(group, params) -> scores``. ``allocation``: how the removal
     spreads over the groups ("global", "global-mean", "uniform"). ``round_to``: kept counts are

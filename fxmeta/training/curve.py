@@ -42,12 +42,24 @@ class Curve:
 
 
 def prunability_curve(model: nn.Module, example_input: Any, eval_loader: DataLoader, speedups: Sequence[float], *,
-                      calibration: list, label: str = "model", split: str = "test", importance: str = "l2",
+                      calibration: list, label: str = "model", split: str = "test", importance: Any = "l2",
                       round_to: int | None = None, ignore: Sequence[str] = (), device: str = "cpu",
-                      progress: Any = None, allocation: str = "global") -> Curve:
-    """Prune ``model`` (left unchanged) to every target and score it right after removal."""
+                      progress: Any = None, allocation: str = "global", spec: Any = None) -> Curve:
+    """Prune ``model`` (left unchanged) to every target and score it right after removal.
+
+    ``spec`` (a ``PruneSpec``; its speed-up is replaced by each target, its unset importance and
+    compensation are the calibrated defaults) says how; without one, ``importance``, ``round_to``,
+    ``ignore`` and ``allocation`` do, without compensation (meta-training scores its checkpoints so).
+    ``calibration`` (training batches) recalibrates BatchNorm after each prune and feeds a
+    data-aware spec (taylor / activation importance, compensation)."""
     from ..pruning.pruner import prune
+    from ..pruning.spec import PruneSpec
     from .loop import evaluate, recalibrate_bn
+
+    if spec is None:
+        spec = PruneSpec(importance=importance, round_to=round_to, ignore=tuple(ignore), allocation=allocation,
+                         compensate="none")
+    spec = spec.resolved(with_data=bool(calibration))
 
     if not speedups:
         raise SpecError("give at least one speed-up")
@@ -58,8 +70,8 @@ def prunability_curve(model: nn.Module, example_input: Any, eval_loader: DataLoa
         if progress:
             progress(f"{label}: {target:g}x")
         try:
-            result = prune(model, example_input, speedup=float(target), importance=importance, round_to=round_to,
-                           ignore=tuple(ignore), allocation=allocation)
+            result = prune(model, example_input, speedup=float(target), spec=spec,
+                           calibration=calibration if spec.needs_data else None)
         except PruningError as exc:
             curve.points.append(CurvePoint(float(target), error=str(exc)))
             continue
