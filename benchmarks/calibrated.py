@@ -266,6 +266,45 @@ def tp_cells(bench: Bench, arch: str, seed: int, base: torch.nn.Module) -> list[
     return cells
 
 
+# ----------------------------------------------------------------------------------- sweep
+
+SWEEP = {"importance": ("l2", "activation"), "ridge": (1e-4, 1e-3, 1e-2, 1e-1), "calib_batches": (8, 32),
+         "allocation": ("global", "uniform")}
+
+
+def sweep(bench: Bench, arch: str, seeds: list[int], bases: dict, target: float = 4.0) -> list[dict]:
+    """lstsq's settings on the validation split only (test is never read): ridge, calibration batches and
+    the allocation, for l2 and activation importance, at ``target``."""
+    import itertools
+
+    import fxmeta
+    from fxmeta.pruning.spec import PruneSpec
+    from fxmeta.training.data import calibration_set
+    from fxmeta.training.loop import evaluate, recalibrate_bn
+
+    out = []
+    for seed in seeds:
+        base = bases[(arch, seed)]
+        for importance, ridge, batches, allocation in itertools.product(*SWEEP.values()):
+            parts = {"stage": "sweep", "arch": arch, "seed": seed, "size": bench.image_size, "importance": importance,
+                     "ridge": ridge, "calib_batches": batches, "allocation": allocation, "target": target}
+
+            def run(importance=importance, ridge=ridge, batches=batches, allocation=allocation, seed=seed,
+                    base=base):
+                calibration = calibration_set(bench.data.train, batches, CALIB["batch_size"], seed=seed)
+                spec = PruneSpec(target, importance=importance, compensate="lstsq", ridge=ridge, allocation=allocation)
+                module = fxmeta.prune(base, bench.example, spec=spec, calibration=calibration).module.eval()
+                no_recal = evaluate(module, bench.loaders.val)["acc"]
+                recalibrate_bn(module, bench.recal_batches(seed), RECAL["batches"])
+                return {"val_no_recal": no_recal, "val": evaluate(module, bench.loaders.val)["acc"]}
+
+            out.append(cached_cell(bench, parts, run))
+            c = out[-1]
+            say(f"sweep {arch} s{seed} {importance} ridge {ridge:g} batches {batches} {allocation}: "
+                f"val {c['val']:.4f} (no recal {c['val_no_recal']:.4f})")
+    return out
+
+
 # ---------------------------------------------------------------------------------- report
 
 
@@ -406,7 +445,7 @@ def write_plot(cells, bases, archs, seeds, chosen, path: Path) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--stage", default="all", choices=("bases", "cells", "report", "all"))
+    p.add_argument("--stage", default="all", choices=("bases", "sweep", "cells", "report", "all"))
     p.add_argument("--quick", action="store_true", help="one seed, ResNet20 only")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--archs", nargs="+", default=list(ARCHS), choices=ARCHS)
@@ -423,6 +462,11 @@ def main(argv: list[str] | None = None) -> None:
     if args.stage == "bases":
         return
     bench = Bench(args.image_size)
+    if args.stage == "sweep":
+        bases = {(a, s): base_network(a, s, args.image_size, bench.data)[0] for a in args.archs for s in args.seeds}
+        for arch in args.archs:
+            sweep(bench, arch, args.seeds, bases)
+        return
     cells, bases = [], {}
     for arch in args.archs:
         for seed in args.seeds:

@@ -167,10 +167,11 @@ def add_prune_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--min-keep", type=parse_number, default=0.1, metavar="F",
                    help="the least fraction of every channel group that stays; 0.5 spreads the removal over "
                         "every kind of group (e.g. a transformer's width, heads and MLP) (default: 0.1)")
-    g.add_argument("--allocation", choices=list(ALLOCATIONS), default="global",
+    g.add_argument("--allocation", choices=list(ALLOCATIONS),
                    help="how the removal spreads over the channel groups: global (scores divided by their group's "
                         "largest, one ranking across groups), global-mean (divided by the group's mean) or uniform "
-                        "(every group loses the same fraction) (default: global)")
+                        "(every group loses the same fraction). Default: global without --data, "
+                        f"{CALIBRATED['allocation']} with it")
     g.add_argument("--ignore", action="append", default=[], metavar="LAYER",
                    help="never prune this layer (module name, repeatable)")
     g.add_argument("--no-check", dest="check", action="store_false",
@@ -284,7 +285,7 @@ def prune_spec(args: argparse.Namespace):
         wants = f"--importance {importance}" if importance in DATA_IMPORTANCE else f"--compensate {compensate}"
         raise SpecError(f"{wants} reads calibration data: give --data")
     return PruneSpec(speedup=getattr(args, "speedup", 2.0), importance=importance,
-                     allocation=getattr(args, "allocation", "global"), round_to=getattr(args, "round_to", None),
+                     allocation=getattr(args, "allocation", None), round_to=getattr(args, "round_to", None),
                      min_keep=getattr(args, "min_keep", 0.1), ignore=tuple(getattr(args, "ignore", ())),
                      compensate=compensate, ridge=getattr(args, "ridge", 1e-3)).check(SpecError)
 

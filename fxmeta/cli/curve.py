@@ -144,9 +144,9 @@ def register_curve(sub: argparse._SubParsersAction) -> None:
                    help="weight compensation on the calibration batches (see fxmeta prune --help); default: the "
                         "calibrated default")
     p.add_argument("--ridge", type=parse_number, default=1e-3, metavar="R", help="lstsq regulariser (default: 1e-3)")
-    p.add_argument("--allocation", choices=list(ALLOCATIONS), default="global",
+    p.add_argument("--allocation", choices=list(ALLOCATIONS),
                    help="how each prune spreads its removal over the channel groups, as fxmeta prune "
-                        "--allocation (default: global)")
+                        "--allocation (default: the calibrated default; global with --metanet)")
     p.add_argument("--bn-batches", type=int, default=20, metavar="N",
                    help="training batches that recompute BatchNorm statistics after removal; 0: off (default: 20)")
     p.add_argument("--split", choices=["val", "test"], default="test",

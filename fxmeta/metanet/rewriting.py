@@ -72,7 +72,7 @@ def rewrite_for_prune(metanet: Any, graph: WeightGraph, example_input: Any, spec
     importance makes ``fxmeta.prune(..., spec=spec)`` remove exactly the channels it was told.
     A data importance ("taylor", "activation") is not told: the metanetwork's prune is the l2
     one (what it was trained for)."""
-    spec = spec if isinstance(spec, PruneSpec) else PruneSpec(spec)
+    spec = (spec if isinstance(spec, PruneSpec) else PruneSpec(spec)).resolved(with_data=False, prepare=True)
     importance = spec.importance if spec.importance is not None and spec.importance not in DATA_IMPORTANCE else "l2"
     metanet = _load(metanet)
     if not getattr(metanet, "conditioned", False):

@@ -29,7 +29,7 @@ from ..ir.lowering import lower
 from ..ir.raising import raise_graph
 from ..metanet.rewriting import rewrite_for_prune
 from ..pruning.flops import count_flops, count_params
-from ..pruning.spec import DATA_IMPORTANCE, PruneSpec
+from ..pruning.spec import DATA_IMPORTANCE, PruneSpec, recalibrates
 from ..tracing import as_tuple, eval_mode
 from ..training.data import DataSplits, Loaders, calibration_set, make_loaders
 from ..training.loop import TrainConfig, distributed_context, evaluate, recalibrate_bn, resolve_device, train
@@ -56,7 +56,8 @@ class TransformConfig:
     ``prepare.epochs`` epochs of the prunability objective run right before removal
     (``fxmeta.prepare``; its targets default to ``speedup``, its lr to the finetune's).
     ``bn_batches`` training batches recompute the BatchNorm statistics
-    right after removal, before the finetune (0: off; see ``train.recalibrate_bn``).
+    right after removal, before the finetune (0: off; see ``train.recalibrate_bn``), unless the
+    prune refit the weights to the stored statistics (``fxmeta.pruning.spec.recalibrates``).
     Checkpoints go to ``checkpoint_dir/{adapt,prepare,finetune}``; ``resume`` continues
     from them.
     """
@@ -398,7 +399,9 @@ def transform(
         if loaders is not None:
             module.to(device)
             removed_acc = evaluate(module, loaders.test, device)["acc"]
-            if config.bn_batches > 0:
+            if config.bn_batches > 0 and not recalibrates(spec):
+                notes.append("BatchNorm statistics kept: the lstsq compensation refit the layers to them")
+            if config.bn_batches > 0 and recalibrates(spec):
                 with timer("recalibrate BatchNorm"):
                     recalibrate_bn(module, loaders.train, config.bn_batches, device)
                 recalibrated_acc = evaluate(module, loaders.test, device)["acc"]

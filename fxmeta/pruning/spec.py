@@ -21,25 +21,34 @@ COMPENSATIONS = ("none", "bias", "lstsq")
 
 # What a prune with calibration data does when its importance and compensation are not named:
 # chosen on the validation split of ``python -m benchmarks.calibrated`` (benchmarks/results/calibrated.md).
-CALIBRATED = {"importance": "taylor", "compensate": "lstsq"}
+CALIBRATED = {"importance": "activation", "compensate": "lstsq", "allocation": "uniform"}
+WEIGHTS_ONLY = {"importance": "l2", "compensate": "none", "allocation": "global"}
 
 
 def default_settings(with_data: bool, prepare: bool = False) -> dict[str, str]:
-    """Importance and compensation of a prune that names neither: l2 and none without data; with data
-    the calibrated defaults, except that a network trained or rewritten for a weight-importance prune
-    (``prepare``: a prepare stage or a metanetwork ran) is pruned by that importance (l2)."""
-    if not with_data:
-        return {"importance": "l2", "compensate": "none"}
-    return {"importance": "l2" if prepare else CALIBRATED["importance"], "compensate": CALIBRATED["compensate"]}
+    """Importance, compensation and allocation of a prune that names none of them: l2, none and
+    global without data; with data the calibrated defaults. A network trained or rewritten for a
+    weight-importance prune (``prepare``: a prepare stage or a metanetwork ran) is pruned the way it
+    was made for (l2, global) and not compensated: that combination was not measured."""
+    if not with_data or prepare:
+        return dict(WEIGHTS_ONLY)
+    return dict(CALIBRATED)
+
+
+def recalibrates(spec: PruneSpec) -> bool:
+    """Whether BatchNorm statistics should be recomputed after this prune. Not after ``lstsq``: its
+    refit reproduces each layer's output under the stored statistics, and recomputing them undid
+    part of it on validation (benchmarks/results/calibrated.md)."""
+    return spec.compensate != "lstsq"
 
 
 @dataclass(frozen=True)
 class PruneSpec:
     """What to remove and how.
 
-    ``importance`` and ``compensate`` left as None are filled in by :meth:`resolved` once it is
-    known whether the prune has calibration data (:func:`default_settings`): a user who gives
-    data gets the calibrated prune without naming it.
+    ``importance``, ``compensate`` and ``allocation`` left as None are filled in by :meth:`resolved`
+    once it is known whether the prune has calibration data (:func:`default_settings`): a user who
+    gives data gets the calibrated prune without naming it.
 
     ``speedup``: FLOPs original / pruned to reach. ``importance``: "l2", "l1", "random" (weights
     only), "taylor" (first-order Taylor, Molchanov et al. 2019: per calibration batch the loss change
@@ -59,7 +68,7 @@ class PruneSpec:
 
     speedup: float = 2.0
     importance: str | Callable | None = None
-    allocation: str = "global"
+    allocation: str | None = None
     round_to: int | None = None
     min_keep: float = 0.1
     ignore: tuple[str, ...] = ()
@@ -85,7 +94,8 @@ class PruneSpec:
                 and self.importance not in WEIGHT_IMPORTANCE + DATA_IMPORTANCE:
             raise error(f"unknown importance {self.importance!r}; use one of "
                         f"{', '.join(WEIGHT_IMPORTANCE + DATA_IMPORTANCE)} or a callable")
-        check_allocation(self.allocation, error)
+        if self.allocation is not None:
+            check_allocation(self.allocation, error)
         if self.round_to is not None and (isinstance(self.round_to, bool) or not isinstance(self.round_to, int)
                                           or self.round_to < 1):
             raise error(f"round_to must be a positive integer, got {self.round_to!r}")
@@ -100,8 +110,7 @@ class PruneSpec:
     def resolved(self, with_data: bool, prepare: bool = False) -> PruneSpec:
         """This spec with the unset importance / compensation filled in (:func:`default_settings`)."""
         defaults = default_settings(with_data, prepare)
-        return replace(self, importance=defaults["importance"] if self.importance is None else self.importance,
-                       compensate=defaults["compensate"] if self.compensate is None else self.compensate)
+        return replace(self, **{k: v for k, v in defaults.items() if getattr(self, k) is None})
 
     @property
     def needs_data(self) -> bool:

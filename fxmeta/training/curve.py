@@ -53,7 +53,7 @@ def prunability_curve(model: nn.Module, example_input: Any, eval_loader: DataLoa
     ``calibration`` (training batches) recalibrates BatchNorm after each prune and feeds a
     data-aware spec (taylor / activation importance, compensation)."""
     from ..pruning.pruner import prune
-    from ..pruning.spec import PruneSpec
+    from ..pruning.spec import PruneSpec, recalibrates
     from .loop import evaluate, recalibrate_bn
 
     if spec is None:
@@ -78,7 +78,7 @@ def prunability_curve(model: nn.Module, example_input: Any, eval_loader: DataLoa
         pruned = result.module.to(device)
         raw = evaluate(pruned, eval_loader, device)["acc"]
         recal = None
-        if calibration:
+        if calibration and recalibrates(spec):
             recalibrate_bn(pruned, calibration, len(calibration), device)
             recal = evaluate(pruned, eval_loader, device)["acc"]
         curve.points.append(CurvePoint(float(target), result.speedup, raw, recal))
