@@ -20,6 +20,8 @@ from typing import Any
 
 import torch
 
+from fxmeta.pruning.spec import CALIBRATED as CALIBRATED_DEFAULTS
+
 from .common import cache_dir, header, key, mean_se, pct, table
 
 ARCHS = ("resnet20", "vgg11")
@@ -69,6 +71,7 @@ def base_network(arch: str, seed: int, image_size: int, data: Any) -> tuple[torc
 # ----------------------------------------------------------------------------------- cells
 
 TARGETS = (2.0, 4.0, 8.0)
+ALLOC = "uniform"  # fxmeta's rows: the allocation the sweep chose on validation (``--stage sweep``)
 IMPORTANCES = ("l2", "taylor", "activation")
 COMPENSATIONS = ("none", "bias", "lstsq")
 TP_METHODS = ("magnitude", "taylor", "hessian")
@@ -131,16 +134,18 @@ def fxmeta_cells(bench: Bench, arch: str, seed: int, base: torch.nn.Module) -> l
 
     cells = []
     calibration = bench.calibration(seed)
-    rows = [(imp, comp) for imp in IMPORTANCES for comp in COMPENSATIONS] + [("random", "none")]
-    for importance, compensate in rows:
+    rows = [(imp, comp, ALLOC) for imp in IMPORTANCES for comp in COMPENSATIONS] + [
+        ("l2", "none", "global"), ("activation", "lstsq", "global"), ("random", "none", ALLOC)]
+    for importance, compensate, allocation in rows:
         for target in TARGETS:
             parts = {"arch": arch, "seed": seed, "size": bench.image_size, "family": "fxmeta",
                      "importance": importance, "compensate": compensate, "target": target, "calib": CALIB,
-                     "recal": RECAL}
+                     "recal": RECAL, **({"allocation": allocation} if allocation != "global" else {})}
 
-            def run(importance=importance, compensate=compensate, target=target):
+            def run(importance=importance, compensate=compensate, target=target, allocation=allocation):
                 t0 = time.perf_counter()
-                spec = PruneSpec(target, importance=importance, compensate=compensate, seed=seed)
+                spec = PruneSpec(target, importance=importance, compensate=compensate, seed=seed,
+                                 allocation=allocation)
                 result = fxmeta.prune(base, bench.example, spec=spec, calibration=calibration)
                 prune_s = time.perf_counter() - t0
                 return {"speedup": result.speedup, "prune_seconds": round(prune_s, 2),
@@ -148,7 +153,7 @@ def fxmeta_cells(bench: Bench, arch: str, seed: int, base: torch.nn.Module) -> l
 
             cells.append(cached_cell(bench, parts, run))
             c = cells[-1]
-            say(f"{arch} s{seed} {importance}+{compensate} {target:g}x: val {c['val']:.4f} test {c['test']:.4f} "
+            say(f"{arch} s{seed} {importance}+{compensate} {allocation} {target:g}x: val {c['val']:.4f} test {c['test']:.4f} "
                 f"(no recal {c['val_no_recal']:.4f}; prune {c['prune_seconds']} s)")
     return cells
 
@@ -266,6 +271,150 @@ def tp_cells(bench: Bench, arch: str, seed: int, base: torch.nn.Module) -> list[
     return cells
 
 
+# ------------------------------------------------------------------------------- k epochs
+
+FT = {"epochs": 1, "lr": 0.01, "batch_size": 128, "weight_decay": 5e-4}  # every method's finetune after the prune
+SL_REG = 5e-4  # Torch-Pruning's group-sparsity regulariser default (its CIFAR recipe)
+FT_TARGETS = (4.0, 8.0)
+
+
+class _SparsityLearning:
+    """Torch-Pruning's group-norm sparsity learning (DepGraph+SL) as a training objective of the loop:
+    cross-entropy, then ``pruner.regularize`` between backward and step."""
+
+    def __init__(self, pruner: object, model: torch.nn.Module) -> None:
+        self.pruner, self.model = pruner, model
+
+    def wrap(self, model):
+        return model
+
+    def begin_epoch(self, epoch: int) -> None:
+        pass
+
+    def before_step(self, step: int) -> None:
+        pass
+
+    def loss(self, out, y, criterion):
+        return criterion(out.float(), y), out
+
+    def after_backward(self) -> None:
+        self.pruner.regularize(self.model)
+
+
+def _train_config(seed: int, epochs: int):
+    from fxmeta.training.loop import TrainConfig
+
+    return TrainConfig(epochs=epochs, lr=FT["lr"], batch_size=FT["batch_size"], weight_decay=FT["weight_decay"],
+                       seed=seed, device="cpu", progress=False, keep="best")
+
+
+def finetuned(bench: Bench, module: torch.nn.Module, seed: int) -> dict:
+    """``FT`` epochs of plain finetuning (the best validation epoch kept), then val / test accuracy."""
+    from fxmeta.training.loop import evaluate, train
+
+    result = train(module, bench.data, _train_config(seed, FT["epochs"]))
+    return {"ft_val": evaluate(result.model, bench.loaders.val)["acc"],
+            "ft_test": evaluate(result.model, bench.loaders.test)["acc"]}
+
+
+def ft_cells(bench: Bench, arch: str, seed: int, base: torch.nn.Module, tp_best: dict) -> list[dict]:
+    """After the prune, ``FT`` epochs of finetuning for every method: fxmeta's data default and l2 (one-shot),
+    Torch-Pruning's best importance (chosen on validation), fxmeta prepare (k epochs before the prune)
+    and DepGraph+SL (k sparsity-learning epochs before the prune): the same k epochs after the prune for
+    all, k more before it for the last two."""
+    import copy
+
+    import torch_pruning as tp
+
+    import fxmeta
+    from fxmeta.pruning.spec import PruneSpec, recalibrates
+    from fxmeta.training.loop import evaluate, recalibrate_bn, train
+
+    calibration = bench.calibration(seed)
+
+    def at(target: float) -> list[dict]:
+        cells = []
+        tp_label = tp_best[(arch, target)]
+        common = {"stage": "ft", "arch": arch, "seed": seed, "size": bench.image_size, "target": target, "ft": FT,
+                  "calib": CALIB, "recal": RECAL, "calibrated": CALIBRATED_DEFAULTS}
+
+        def one_shot(spec, pre_epochs=0):
+            module = fxmeta.prune(base, bench.example, spec=spec, calibration=calibration).module.eval()
+            if recalibrates(spec):
+                recalibrate_bn(module, bench.recal_batches(seed), RECAL["batches"])
+            return {"val": evaluate(module, bench.loaders.val)["acc"], "test": evaluate(module, bench.loaders.test)["acc"],
+                    "pre_epochs": pre_epochs, **finetuned(bench, module, seed)}
+
+        rows = {"fxmeta calibrated default": lambda: one_shot(PruneSpec(target).resolved(with_data=True)),
+                "fxmeta l2 + none (global)": lambda: one_shot(PruneSpec(target).resolved(with_data=False))}
+
+        def prepared():
+            model = copy.deepcopy(base)
+            fxmeta.prepare(model, bench.example, bench.data, _train_config(seed, FT["epochs"]), [target])
+            module = fxmeta.prune(model.eval(), bench.example, speedup=target).module.eval()
+            recalibrate_bn(module, bench.recal_batches(seed), RECAL["batches"])
+            return {"val": evaluate(module, bench.loaders.val)["acc"], "test": evaluate(module, bench.loaders.test)["acc"],
+                    "pre_epochs": FT["epochs"], **finetuned(bench, module, seed)}
+
+        def sparsity_learning():
+            model = copy.deepcopy(base)
+            ignored = [m for m in model.modules() if isinstance(m, torch.nn.Linear) and m.out_features == 10]
+            pruner = tp.pruner.GroupNormPruner(model, bench.example, reg=SL_REG, global_pruning=True,
+                                               importance=tp.importance.GroupMagnitudeImportance(p=2, normalizer="max"),
+                                               iterative_steps=TP_STEPS, pruning_ratio=1.0, max_pruning_ratio=1.0,
+                                               ignored_layers=ignored)
+            train(model, bench.data, _train_config(seed, FT["epochs"]), _SparsityLearning(pruner, model))
+            module = _tp_to_target(pruner, model.eval(), bench, target)
+            if module is None:
+                return {"error": f"Torch-Pruning did not reach {target:g}x"}
+            recalibrate_bn(module, bench.recal_batches(seed), RECAL["batches"])
+            return {"val": evaluate(module, bench.loaders.val)["acc"], "test": evaluate(module, bench.loaders.test)["acc"],
+                    "pre_epochs": FT["epochs"], **finetuned(bench, module, seed)}
+
+        def tp_row():
+            method = tp_label.split()[-1]
+            model = copy.deepcopy(base)
+            importance = _tp_importance(method, model, calibration)
+            ignored = [m for m in model.modules() if isinstance(m, torch.nn.Linear) and m.out_features == 10]
+            pruner = tp.pruner.MetaPruner(model, bench.example, importance=importance, global_pruning=True,
+                                          iterative_steps=TP_STEPS, pruning_ratio=1.0, max_pruning_ratio=1.0,
+                                          ignored_layers=ignored)
+            module = _tp_to_target(pruner, model.eval(), bench, target)
+            if module is None:
+                return {"error": f"Torch-Pruning did not reach {target:g}x"}
+            module.zero_grad(set_to_none=True)
+            recalibrate_bn(module, bench.recal_batches(seed), RECAL["batches"])
+            return {"val": evaluate(module, bench.loaders.val)["acc"], "test": evaluate(module, bench.loaders.test)["acc"],
+                    "pre_epochs": 0, **finetuned(bench, module, seed)}
+
+        rows.update({"fxmeta prepare (l2)": prepared, "DepGraph+SL (Torch-Pruning)": sparsity_learning,
+                     f"{tp_label} (best on val)": tp_row})
+        for label, run in rows.items():
+            cells.append(cached_cell(bench, {**common, "row": label, **({"tp": tp_label} if "best" in label else {}),
+                                             **({"reg": SL_REG} if "SL" in label else {})}, run))
+            c = cells[-1]
+            say(f"ft {arch} s{seed} {target:g}x {label}: " + (c.get("error") or
+                f"pruned test {c['test']:.4f} -> finetuned val {c['ft_val']:.4f} test {c['ft_test']:.4f}"))
+        return cells
+
+    return [c for target in FT_TARGETS for c in at(target)]
+
+
+def _tp_to_target(pruner, model: torch.nn.Module, bench: Bench, target: float):
+    """Step a Torch-Pruning pruner until FLOPs drop by ``target`` (fxmeta's counter confirms it)."""
+    import copy
+
+    from fxmeta.pruning.flops import count_flops
+
+    base_flops = count_flops(model, bench.example)
+    quick = _ConvFlops(model, bench.example)
+    while pruner.current_step < pruner.iterative_steps:
+        pruner.step()
+        if base_flops / max(quick(), 1) >= target and base_flops / max(count_flops(model, bench.example), 1) >= target:
+            return copy.deepcopy(model).eval()
+    return None
+
+
 # ----------------------------------------------------------------------------------- sweep
 
 SWEEP = {"importance": ("l2", "activation"), "ridge": (1e-4, 1e-3, 1e-2, 1e-1), "calib_batches": (8, 32),
@@ -311,12 +460,23 @@ def sweep(bench: Bench, arch: str, seeds: list[int], bases: dict, target: float 
 def _label(c: dict) -> str:
     if c["family"] == "torch-pruning":
         return f"Torch-Pruning {c['importance']}"
-    return f"fxmeta {c['importance']}" + ("" if c["importance"] == "random" else f" + {c['compensate']}")
+    allocation = c.get("allocation", "global")
+    return (f"fxmeta {c['importance']}" + ("" if c["importance"] == "random" else f" + {c['compensate']}")
+            + ("" if allocation == ALLOC else f", {allocation}"))
 
 
-def _values(cells: list[dict], label: str, arch: str | None, target: float, split: str) -> list[float]:
-    return [c[split] for c in cells if _label(c) == label and (arch is None or c["arch"] == arch)
-            and c["target"] == target and split in c]
+def _score(c: dict, split: str, recal: bool | None = None) -> float | None:
+    """A cell's accuracy as the product measures it: after BatchNorm recalibration, except after lstsq
+    (``fxmeta.pruning.spec.recalibrates``); ``recal`` forces one or the other."""
+    if recal is None:
+        recal = c.get("compensate") != "lstsq"
+    return c.get(split if recal else f"{split}_no_recal")
+
+
+def _values(cells: list[dict], label: str, arch: str | None, target: float, split: str,
+            recal: bool | None = None) -> list[float]:
+    return [v for c in cells if _label(c) == label and (arch is None or c["arch"] == arch)
+            and c["target"] == target and (v := _score(c, split, recal)) is not None]
 
 
 def choose(cells: list[dict], archs: list[str]) -> dict:
@@ -337,18 +497,63 @@ def choose(cells: list[dict], archs: list[str]) -> dict:
     return {"ranking": ranking, "default": ranking[0][1], "tp_best": tp_best}
 
 
-def write_report(cells: list[dict], bases: dict, archs: list[str], seeds: list[int], args, out: Path) -> None:
+def _sweep_table(sweeps: list[dict]) -> str:
+    keys = sorted({(c["importance"], c["allocation"], c["ridge"], c["calib_batches"]) for c in sweeps})
+    rows = []
+    for k in keys:
+        cs = [c for c in sweeps if (c["importance"], c["allocation"], c["ridge"], c["calib_batches"]) == k]
+        rows.append([k[0], k[1], f"{k[2]:g}", k[3], f"{100 * mean_se([c['val_no_recal'] for c in cs])[0]:.2f}",
+                     f"{100 * mean_se([c['val'] for c in cs])[0]:.2f}"])
+    return table(["importance", "allocation", "ridge", "calib batches", "val, stored BN stats",
+                  "val, BN recalibrated"], rows)
+
+
+def _ft_section(ft: list[dict], archs: list[str], seeds: list[int]) -> list[str]:
+    lines = []
+    for arch in sorted({c["arch"] for c in ft}):
+        rows = []
+        labels = list(dict.fromkeys(c["row"] for c in ft if c["arch"] == arch))
+        for label in labels:
+            row = [label]
+            for t in FT_TARGETS:
+                cs = [c for c in ft if c["arch"] == arch and c["row"] == label and c["target"] == t and "ft_test" in c]
+                row += [pct([c["test"] for c in cs]), pct([c["ft_test"] for c in cs])] if cs else ["—", "—"]
+            pre = [c.get("pre_epochs", 0) for c in ft if c["row"] == label]
+            row.append(f"{max(pre) if pre else 0} + {FT['epochs']}")
+            rows.append(row)
+        head = ["method"] + [h for t in FT_TARGETS for h in (f"{t:g}x right after", f"{t:g}x after finetune")]
+        lines += [f"### {arch}", "", table(head + ["epochs before + after the prune"], rows), ""]
+        d, sl = "fxmeta calibrated default", "DepGraph+SL (Torch-Pruning)"
+        checks = []
+        for t in FT_TARGETS:
+            def m(label, key, t=t, arch=arch):
+                return 100 * mean_se([c[key] for c in ft if c["arch"] == arch and c["row"] == label
+                                      and c["target"] == t and key in c])[0]
+            for label in (d, "fxmeta prepare (l2)"):
+                checks.append(f"{t:g}x {label} vs DepGraph+SL: right after {m(label, 'test') - m(sl, 'test'):+.1f} "
+                              f"(target ≥ +20), after the finetune {m(label, 'ft_test') - m(sl, 'ft_test'):+.1f} "
+                              "(target ≥ +0.5)")
+        lines += ["- " + c for c in checks] + [""]
+    return lines
+
+
+def write_report(cells: list[dict], bases: dict, ft: list[dict], sweeps: list[dict], args, out: Path) -> None:
     import os
 
-    from fxmeta.pruning.spec import CALIBRATED
-
+    archs, seeds = args.archs, args.seeds
     chosen = choose(cells, archs)
+    default = (f"fxmeta {CALIBRATED_DEFAULTS['importance']} + {CALIBRATED_DEFAULTS['compensate']}"
+               + ("" if CALIBRATED_DEFAULTS["allocation"] == ALLOC else f", {CALIBRATED_DEFAULTS['allocation']}"))
+    lstsq = [label for _, label in chosen["ranking"] if "lstsq" in label]
+    recal_rows = [[label, f"{100 * mean_se([v for a in archs for t in TARGETS for v in _values(cells, label, a, t, 'val', False)])[0]:.2f}",
+                   f"{100 * mean_se([v for a in archs for t in TARGETS for v in _values(cells, label, a, t, 'val', True)])[0]:.2f}"]
+                  for label in lstsq]
     lines = ["# Calibrated pruning on Fashion-MNIST", "",
              header(f"python -m benchmarks.calibrated --image-size {args.image_size} --threads {args.threads}"
                     + (" --quick" if args.quick else ""), args.threads, ",".join(map(str, seeds))), "",
              "## Setup", "",
-             f"- Data: Fashion-MNIST from Debian's `dataset-fashion-mnist` (`--data fashion-mnist`): a fixed stratified "
-             f"54,000 / 6,000 train / validation split of the official 60,000 training images, the official 10,000 "
+             "- Data: Fashion-MNIST from Debian's `dataset-fashion-mnist` (`--data fashion-mnist`): a fixed stratified "
+             "54,000 / 6,000 train / validation split of the official 60,000 training images, the official 10,000 "
              f"as test. Images bilinearly resized to {args.image_size}x{args.image_size}"
              + (" (to fit the 2-core budget; `--image-size 28` for full resolution)." if args.image_size != 28 else "."),
              f"- Base networks: {', '.join(archs)} (CIFAR-style, one input channel), seeds {seeds}, recipe "
@@ -356,63 +561,77 @@ def write_report(cells: list[dict], bases: dict, archs: list[str], seeds: list[i
              "this script and cached in `~/.cache/fxmeta-bench/calibrated`.",
              f"- Every prune reads the same calibration set per seed: {CALIB['batches']} batches of "
              f"{CALIB['batch_size']} drawn from the training split with the base seed (`--calib-batches` default). "
-             f"After every prune, of every method, BatchNorm statistics are recomputed on {RECAL['batches']} other "
-             f"training batches of {RECAL['batch_size']}; then validation and test accuracy, no training at all.",
+             f"After a prune BatchNorm statistics are recomputed on {RECAL['batches']} other training batches of "
+             f"{RECAL['batch_size']}, except after lstsq (the product's rule, `fxmeta.pruning.spec.recalibrates`, "
+             "justified below); then validation and test accuracy, no training.",
              f"- Torch-Pruning {__import__('torch_pruning').__version__} as real code: `MetaPruner`, global pruning, "
              f"{TP_STEPS} iterative steps until each FLOPs target is met (the last Linear ignored, as fxmeta never "
-             "prunes outputs); Taylor with the gradient of the loss summed over the calibration batches (its "
-             f"recipe), Hessian with squared per-sample gradients over {HESSIAN_SAMPLES} calibration samples "
-             "(TP 1.6.1's `accumulate_grad` keeps only the last sample, a key mismatch; its accumulator is filled "
-             "here with the sum, its scoring code used as is).",
+             "prunes outputs), then the same recalibration; Taylor with the gradient of the loss summed over the "
+             f"calibration batches (its recipe), Hessian with squared per-sample gradients over {HESSIAN_SAMPLES} "
+             "calibration samples (TP 1.6.1's `accumulate_grad` keeps only the last sample, a key mismatch; its "
+             "accumulator is filled here with the sum, its scoring code used as is).",
              "- Every choice is made on the validation split; the test split is reported only.", "",
              "## Base networks", "",
              table(["family", "val", "test", "per seed (test)"],
                    [[a, pct([bases[(a, s)]["val_acc"] for s in seeds]), pct([bases[(a, s)]["test_acc"] for s in seeds]),
                      " / ".join(f"{100 * bases[(a, s)]['test_acc']:.1f}" for s in seeds)] for a in archs]), "",
-             "## The choice (validation)", "",
-             "Mean validation accuracy over families, seeds and the 2/4/8x targets, right after prune + "
-             "recalibration:", "",
-             table(["fxmeta setting", "mean val"], [[label, f"{100 * v:.2f}"] for v, label in chosen["ranking"]]), "",
-             f"→ **{chosen['default']}** is the best on validation; the library's data default is "
-             f"`{CALIBRATED['importance']} + {CALIBRATED['compensate']}` "
-             + ("(the same)." if chosen["default"] == f"fxmeta {CALIBRATED['importance']} + {CALIBRATED['compensate']}"
-                else "(**not** the validation choice: see below)."), ""]
+             "## The choices (validation only)", ""]
+    if sweeps:
+        lines += [f"**lstsq's settings** at 4x on {', '.join(sorted({c['arch'] for c in sweeps}))} seeds "
+                  f"{sorted({c['seed'] for c in sweeps})} (mean validation accuracy, %); the allocation fxmeta's rows "
+                  f"use ({ALLOC}) and the library's defaults come from here:", "", _sweep_table(sweeps), ""]
+    lines += ["**Recalibration after lstsq** (mean validation accuracy over families, seeds and targets, %):", "",
+              table(["setting", "stored BN statistics", "BN recalibrated"], recal_rows), "",
+              "**fxmeta's data default**: mean validation accuracy over families, seeds and the 2/4/8x targets, "
+              "right after the prune (recalibrated unless lstsq):", "",
+              table(["fxmeta setting", "mean val"], [[label, f"{100 * v:.2f}"] for v, label in chosen["ranking"]]), "",
+              f"→ best on validation: **{chosen['default']}**; the library's data default (`CALIBRATED` in "
+              f"`fxmeta/pruning/spec.py`) is **{default}** "
+              + ("(the same)." if chosen["default"] == default else "(**not** the validation choice).")]
+    lines.append("")
     for arch in archs:
         base_test = [bases[(arch, s)]["test_acc"] for s in seeds]
         head = ["method"] + [f"{t:g}x test" for t in TARGETS] + ["prune s (4x)"]
-        labels = ([f"fxmeta {i} + {c}" for i in IMPORTANCES for c in COMPENSATIONS] + ["fxmeta random"]
+        labels = ([f"fxmeta {i} + {c}" for i in IMPORTANCES for c in COMPENSATIONS]
+                  + ["fxmeta l2 + none, global", "fxmeta activation + lstsq, global", "fxmeta random"]
                   + [f"Torch-Pruning {m}" for m in TP_METHODS])
         rows = [["unpruned"] + [pct(base_test)] * len(TARGETS) + ["—"]]
         for label in labels:
             secs = [c.get("prune_seconds") for c in cells if _label(c) == label and c["arch"] == arch
                     and c["target"] == 4.0 and "prune_seconds" in c]
-            mark = " (default)" if label == chosen["default"] else ""
-            row = [label + mark]
+            row = [label + (" (default)" if label == default else "")]
             for t in TARGETS:
                 vals = _values(cells, label, arch, t, "test")
-                best = chosen["tp_best"].get((arch, t)) == label
-                row.append(pct(vals) + (" ★" if best else "") if vals else "—")
+                row.append(pct(vals) + (" ★" if chosen["tp_best"].get((arch, t)) == label else "") if vals else "—")
             row.append(f"{sum(secs) / len(secs):.1f}" if secs else "—")
             rows.append(row)
-        lines += [f"## {arch}: test accuracy right after the prune + recalibration (no training)", "",
-                  f"Mean ± SE over seeds {seeds}, %. ★: Torch-Pruning's best importance at that target, chosen on "
-                  "validation.", "", table(head, rows), ""]
-        d = chosen["default"]
+        lines += [f"## {arch}: test accuracy right after the prune (no training)", "",
+                  f"Mean ± SE over seeds {seeds}, %. fxmeta rows use the `{ALLOC}` allocation unless they say "
+                  "`global`. ★: Torch-Pruning's best importance at that target, chosen on validation. Prune "
+                  "seconds include calibration and compensation (one thread, other work on the machine).", "",
+                  table(head, rows), ""]
         checks = []
         for t, limit in ((2.0, 2.0), (4.0, 8.0)):
-            gap = 100 * (mean_se(base_test)[0] - mean_se(_values(cells, d, arch, t, "test"))[0])
+            gap = 100 * (mean_se(base_test)[0] - mean_se(_values(cells, default, arch, t, "test"))[0])
             checks.append(f"{t:g}x: {gap:.1f} points below the unpruned network (target ≤ {limit:g}: "
                           f"{'met' if gap <= limit else 'missed'})")
         tp = chosen["tp_best"].get((arch, 4.0))
         if tp:
-            edge = 100 * (mean_se(_values(cells, d, arch, 4.0, "test"))[0] - mean_se(_values(cells, tp, arch, 4.0,
-                                                                                              "test"))[0])
-            checks.append(f"4x vs {tp} (+ the same recalibration): {edge:+.1f} points (target ≥ +30: "
-                          f"{'met' if edge >= 30 else 'missed'})")
-        lines += [f"{d} on {arch}: " + "; ".join(checks) + ".", ""]
+            edge = 100 * (mean_se(_values(cells, default, arch, 4.0, "test"))[0]
+                          - mean_se(_values(cells, tp, arch, 4.0, "test"))[0])
+            checks.append(f"4x vs {tp}: {edge:+.1f} points (target ≥ +30: {'met' if edge >= 30 else 'missed'})")
+        lines += [f"The default on {arch}: " + "; ".join(checks) + ".", ""]
+    if ft:
+        lines += [f"## {FT['epochs']} epoch(s) of training on the network", "",
+                  f"Every method: after the prune, {FT['epochs']} epoch(s) of finetuning ({FT}; SGD, cosine, the best "
+                  "validation epoch kept); fxmeta prepare and DepGraph+SL also train "
+                  f"{FT['epochs']} epoch(s) before the prune (prepare: the prunability objective, weight 1; SL: "
+                  f"Torch-Pruning's `GroupNormPruner.regularize`, reg {SL_REG:g}, its default; neither tuned here). "
+                  "Test accuracy, mean ± SE, %.", ""]
+        lines += _ft_section(ft, archs, seeds)
     out.write_text("\n".join(lines))
-    out.with_suffix(".json").write_text(json.dumps({"cells": cells, "bases": {f"{a}-{s}": b for (a, s), b in
-                                                                               bases.items()},
+    out.with_suffix(".json").write_text(json.dumps({"cells": cells, "ft": ft, "sweep": sweeps,
+                                                    "bases": {f"{a}-{s}": b for (a, s), b in bases.items()},
                                                     "choice": {"ranking": chosen["ranking"],
                                                                "default": chosen["default"]}}, indent=1))
     write_plot(cells, bases, archs, seeds, chosen, out.with_suffix(".png"))
@@ -427,7 +646,7 @@ def write_plot(cells, bases, archs, seeds, chosen, path: Path) -> None:
 
     fig, axes = plt.subplots(1, len(archs), figsize=(5 * len(archs), 4), squeeze=False)
     for ax, arch in zip(axes[0], archs):
-        labels = [chosen["default"], "fxmeta l2 + none", "fxmeta random"] + [f"Torch-Pruning {m}" for m in TP_METHODS]
+        labels = [chosen["default"], "fxmeta l2 + none, global", "fxmeta random"] + [f"Torch-Pruning {m}" for m in TP_METHODS]
         for label in dict.fromkeys(labels):
             pts = [(t, 100 * mean_se(_values(cells, label, arch, t, "test"))[0]) for t in TARGETS
                    if _values(cells, label, arch, t, "test")]
@@ -445,12 +664,16 @@ def write_plot(cells, bases, archs, seeds, chosen, path: Path) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--stage", default="all", choices=("bases", "sweep", "cells", "report", "all"))
+    p.add_argument("--stage", default="all", choices=("bases", "sweep", "cells", "ft", "report", "all"))
     p.add_argument("--quick", action="store_true", help="one seed, ResNet20 only")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--archs", nargs="+", default=list(ARCHS), choices=ARCHS)
     p.add_argument("--image-size", type=int, default=14, choices=(14, 28))
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--ft-archs", nargs="+", default=["resnet20"], choices=ARCHS,
+                   help="families that get the k-epoch comparison (default: resnet20)")
+    p.add_argument("--sweep-archs", nargs="+", default=["resnet20"], choices=ARCHS)
+    p.add_argument("--sweep-seeds", type=int, nargs="+", default=[0, 1])
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     if args.quick:
@@ -475,8 +698,22 @@ def main(argv: list[str] | None = None) -> None:
             cells += tp_cells(bench, arch, seed, base)
     if args.stage == "cells":
         return
+    chosen = choose(cells, args.archs)
+    ft = []
+    if args.stage in ("ft", "all", "report"):
+        for arch in [a for a in args.archs if a in args.ft_archs]:
+            for seed in args.seeds:
+                ft += ft_cells(bench, arch, seed, base_network(arch, seed, args.image_size, bench.data)[0],
+                               chosen["tp_best"])
+    if args.stage == "ft":
+        return
+    sweeps = []
+    for arch in [a for a in args.archs if a in args.sweep_archs]:
+        sweeps += sweep(bench, arch, [s for s in args.seeds if s in args.sweep_seeds],
+                        {(arch, s): base_network(arch, s, args.image_size, bench.data)[0] for s in args.seeds
+                         if s in args.sweep_seeds})
     name = "calibrated_quick.md" if args.quick else "calibrated.md"
-    write_report(cells, bases, args.archs, args.seeds, args, Path(__file__).parent / "results" / name)
+    write_report(cells, bases, ft, sweeps, args, Path(__file__).parent / "results" / name)
 
 
 if __name__ == "__main__":

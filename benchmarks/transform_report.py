@@ -2,7 +2,7 @@
 
 Each run is a fresh `python -m fxmeta demo` process: first with an empty cache (the base
 network is trained), then again with the warm cache (the base network is loaded). Every
-run prunes three ways at the same epoch budget (importance alone, prepared, metanetwork);
+run prunes three ways at the same epoch budget (calibrated, prepared, metanetwork);
 the table has a row per column of the demo. Per-stage times, accuracy, FLOPs and latency
 come from the run's metrics.json; the wall time is the whole process (start-up included).
 
@@ -109,7 +109,7 @@ def main() -> None:
         header(f"python -m benchmarks.transform_report --seeds {' '.join(map(str, args.seeds))} "
                f"--threads {args.threads}", args.threads, seeds=", ".join(map(str, args.seeds))),
         f"- demo command: `{demo_cmd}` (defaults otherwise: fxmeta:resnet20, digits 16x16, 15 base epochs, "
-        "2x FLOPs target, BatchNorm recalibration on 20 batches, 10 epochs per column: importance 10 finetune; "
+        "2x FLOPs target, BatchNorm recalibration on 20 batches, 10 epochs per column: calibrated 10 finetune; "
         "prepared 5 prepare + 5 finetune; metanetwork 2 adapt (the prunability objective for the prune it was told) + 8 finetune)",
         f"- columns: {columns}",
         f"- metanetwork: {'fxmeta/assets/' + METANET.name if METANET.is_file() else 'none committed: importance pruning'}",

@@ -284,14 +284,14 @@ def test_demo_trains_once_then_uses_the_cache(tmp_path, capsys, monkeypatch):
     metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())
     assert metrics["flops_speedup"] >= 2 and "train base" in metrics["stages"]
     assert "BatchNorm recal" in out and 0 <= metrics["recalibrated_accuracy"] <= 1  # on by default
-    assert set(metrics["methods"]) >= {"importance", "prepared"} and metrics["saved"] == "prepared"
+    assert set(metrics["methods"]) >= {"calibrated", "prepared"} and metrics["saved"] == "prepared"
     assert fxmeta.load(tmp_path / "out" / "pruned.pt")(torch.randn(1, 1, 8, 8)).shape == (1, 10)
     [cached] = os.listdir(tmp_path / "cache")
     # same base config: the base network comes from the cache (one column is enough to show it)
-    code, out, err = run_main(argv + ["--prepare-epochs", "0", "--no-metanet", "--save", "importance"], capsys)
+    code, out, err = run_main(argv + ["--prepare-epochs", "0", "--no-metanet", "--save", "calibrated"], capsys)
     assert code == 0, err
     assert f"base network: cached {tmp_path / 'cache' / cached}" in err and "train base" not in out
-    assert "importance" in out and "prepared" not in out
+    assert "calibrated" in out and "prepared" not in out
     # a different config is a different cache entry; existing result files need --force
     code, _, err = run_main(argv + ["--out", str(tmp_path / "out")], capsys)
     assert code == 2 and "exists; pass --force" in err

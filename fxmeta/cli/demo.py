@@ -113,7 +113,7 @@ def _demo_methods(args: argparse.Namespace, config: Any) -> list[tuple[str, Any]
     def column(stage_epochs: int, **kw: Any) -> Any:
         return replace(config, finetune=replace(config.finetune, epochs=args.epochs - stage_epochs), **kw)
 
-    methods = [("importance", column(0))]
+    methods = [("calibrated", column(0))]
     if args.prepare_epochs > 0:
         methods.append(("prepared", column(args.prepare_epochs, prepare=PrepareConfig(epochs=args.prepare_epochs))))
     metanet_path = _demo_metanet_path(args)
@@ -222,7 +222,8 @@ def register_demo(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "demo", help="the main job on the embedded digits data: train, transform at 2x, finetune, report",
         description="Train a small network on scikit-learn's bundled digits (or load it from the cache), prune it "
-                    "to --speedup fewer FLOPs three ways at the same epoch budget: by importance alone, after "
+                    "to --speedup fewer FLOPs three ways at the same epoch budget: calibrated on training batches (data "
+                    "importance and weight compensation, no training), after "
                     "--prepare-epochs of prunability training, and with the committed metanetwork; finetune each and "
                     "print them side by side. Offline; a few minutes on 2 CPU cores.")
     p.add_argument("--model", default=DEMO_MODEL, metavar="SPEC",
@@ -231,7 +232,7 @@ def register_demo(sub: argparse._SubParsersAction) -> None:
                    help="digits at their native 8x8 or upsampled to 16x16 (default: 16)")
     p.add_argument("--speedup", type=parse_number, default=2.0, metavar="X", help="FLOPs target (default: 2.0)")
     p.add_argument("--metanet", metavar="FILE", help=f"metanetwork to use (default: fxmeta/assets/{DEMO_METANET.name})")
-    p.add_argument("--no-metanet", action="store_true", help="prune by importance alone")
+    p.add_argument("--no-metanet", action="store_true", help="no metanetwork column")
     p.add_argument("--base-epochs", type=int, default=15, metavar="N", help="base network training epochs (default: 15)")
     p.add_argument("--epochs", type=int, default=10, metavar="N",
                    help="epochs every column spends on the network after base training: its own stage "
@@ -244,7 +245,7 @@ def register_demo(sub: argparse._SubParsersAction) -> None:
                         "prunability objective for the prune it was told (default: 2)")
     p.add_argument("--bn-batches", type=int, default=20, metavar="N",
                    help="training batches that recompute the BatchNorm statistics after removal (default: 20)")
-    p.add_argument("--save", choices=["importance", "prepared", "metanetwork"], default="prepared",
+    p.add_argument("--save", choices=["calibrated", "prepared", "metanetwork"], default="prepared",
                    help="which column's pruned network --out saves (default: prepared)")
     p.add_argument("--lr", type=float, default=0.01, help="finetune learning rate (default: 0.01)")
     p.add_argument("--batch-size", type=int, default=64, metavar="B", help="(default: 64)")
