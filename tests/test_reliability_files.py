@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -219,3 +221,49 @@ def test_10_tied_weights_stay_tied():
     x = torch.randn(1, 3, 8, 8)
     result = prune(Tied().eval(), x, speedup=1.2)
     assert result.module.a.weight is result.module.b.weight
+
+
+# ------------------------------------------------------------------ inputs, names, leftovers
+
+
+def test_an_example_input_is_never_overwritten(tmp_path):
+    from fxmeta.cli.app import main
+
+    xin = tmp_path / "xin.pt"
+    torch.save(torch.randn(1, 1, 8, 8), xin)
+    before = xin.read_bytes()
+    for extra in (["--out", str(xin), "--force"], ["--out", str(tmp_path / "p.pt"), "--log", str(xin), "--force"]):
+        argv = ["transform" if "--log" in extra else "prune", "fxmeta:resnet20", "--in-channels", "1",
+                "--example-input", str(xin), *extra]
+        assert main(argv) == 2
+    assert xin.read_bytes() == before
+
+
+def test_a_name_too_long_for_the_temp_file_is_refused_before_any_work(tmp_path, capsys):
+    from fxmeta.cli.app import main
+
+    out = tmp_path / ("p" * 250 + ".pt")  # a valid name (255 bytes) whose temp file would not be
+    assert main(["prune", "fxmeta:resnet20", "--in-channels", "1", "--out", str(out)]) == 2
+    assert "file name is too long" in capsys.readouterr().err
+    assert os.listdir(tmp_path) == []
+
+
+def test_an_output_ending_in_a_separator_is_refused_up_front(tmp_path, capsys):
+    from fxmeta.cli.app import main
+
+    assert main(["prune", "fxmeta:resnet20", "--in-channels", "1", "--out", str(tmp_path / "pruned") + os.sep]) == 2
+    assert "ends with a path separator" in capsys.readouterr().err
+    assert os.listdir(tmp_path) == []
+
+
+def test_a_dead_runs_temp_file_is_removed_by_the_next_save(tmp_path):
+    from fxmeta.io.files import atomic_write_text
+
+    out = tmp_path / "out.json"
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    stale = tmp_path / f".out.json.{int(dead.stdout)}.0123456789ab.tmp"
+    live = tmp_path / f".out.json.{os.getpid()}.ba9876543210.tmp"  # a running writer's: kept
+    stale.write_bytes(b"half")
+    live.write_bytes(b"half")
+    atomic_write_text("{}", out)
+    assert out.read_text() == "{}" and not stale.exists() and live.exists()

@@ -39,7 +39,7 @@ def cmd_curve(args: argparse.Namespace) -> int:
         raise SpecError("--speedups needs at least one target")
     if args.bn_batches < 0 or args.batch_size < 1:
         raise SpecError("--bn-batches must be >= 0 and --batch-size >= 1")
-    inputs = [args.model] + ([args.metanet] if args.metanet else [])
+    inputs = [args.model] + [p for p in (args.metanet, getattr(args, "example_input", None)) if p]
     check_outputs([("--out", args.out), ("--plot", args.plot)], inputs=inputs, force=args.force)
     if args.plot:
         import importlib.util

@@ -54,7 +54,8 @@ def _run(args: argparse.Namespace, *, with_training: bool) -> int:
         from ..training.loop import resolve_device
 
         resolve_device(finetune.device)  # CUDA asked for but absent
-    inputs = [args.model] + ([args.metanet] if getattr(args, "metanet", None) else [])
+    # every file the run reads is an input: no output may overwrite one, --force or not
+    inputs = [args.model] + [p for p in (getattr(args, "metanet", None), getattr(args, "example_input", None)) if p]
     if getattr(args, "data", None) and args.data.partition(":")[0] in (
             "cifar10", "cifar100", "imagefolder", "fashion-mnist") and args.data.partition(":")[2]:
         inputs.append(args.data.partition(":")[2])

@@ -32,7 +32,6 @@ import numbers
 import os
 import pickle
 import re
-import secrets
 import sys
 from dataclasses import dataclass, field
 from typing import Any, BinaryIO, Sequence
@@ -48,7 +47,7 @@ from .embed import is_torchscript as _is_torchscript
 from .inputs import DTYPES, dtype_name, example_input
 from .inputs import first_tensor as _first_tensor
 from .libraries import hf_model, timm_model, torchvision_model
-from .paths import check_output
+from .paths import check_output, remove_stale_temps, temp_path
 from .schema import check_dtypes, check_model_payload, digest
 from .trust import TRUST_HINT, check_model_spec, require_trust
 
@@ -534,7 +533,8 @@ def atomic_save(obj: Any, path: str | os.PathLike, *, force: bool = False) -> No
     folder = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(folder):
         raise FxmetaError(f"output folder {folder} does not exist; create it first")
-    tmp = os.path.join(folder, f".{os.path.basename(path)}.{secrets.token_hex(6)}.tmp")
+    remove_stale_temps(path)  # a dead run's half-written temp file of this output
+    tmp = temp_path(path)
     # os.open with 0o666 gives the file the usual umask permissions (mkstemp would give 0600).
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
     try:

@@ -34,6 +34,8 @@ def check_output(path: str | os.PathLike, *, inputs: Sequence[str] = (), force: 
     path = os.fspath(path)
     if not path:
         raise FxmetaError(f"empty {what} path")
+    if kind == "file" and path.endswith((os.sep, os.altsep or os.sep)):
+        raise OutputExistsError(f"{what} {path} ends with a path separator: give a file path")
     for spec in inputs:
         for candidate in spec_paths(os.fspath(spec)):
             if same_file(path, candidate):
@@ -47,6 +49,7 @@ def check_output(path: str | os.PathLike, *, inputs: Sequence[str] = (), force: 
         if not os.path.isdir(folder):
             raise FxmetaError(f"the folder of {what} {path} ({folder}) does not exist; create it first")
         _check_writable(folder, what, path)
+        _check_name_length(folder, what, path)
     elif kind == "dir":
         if os.path.exists(path) and not os.path.isdir(path):
             raise OutputExistsError(f"{what} {path} is a file; give a folder path")
@@ -78,6 +81,60 @@ def check_outputs(outputs: Iterable[tuple[str, str | None]], *, inputs: Sequence
             check_output(path, inputs=inputs, force=force, kind=kind, what=what,
                          existing_ok=what in existing_ok)
             seen.append((what, path))
+
+
+def temp_path(path: str) -> str:
+    """Where an atomic write of ``path`` writes first: a hidden name beside it that carries the writing
+    process's id, so that a later run can tell a dead run's leftover from a live run's file."""
+    folder, name = os.path.split(os.path.abspath(path))
+    return os.path.join(folder, f".{name}.{os.getpid()}.{secrets.token_hex(6)}.tmp")
+
+
+TEMP_EXTRA = len(".") + len(".") + 7 + len(".") + 12 + len(".tmp")  # what a temp name adds (pids have <= 7 digits)
+
+
+def remove_stale_temps(path: str) -> list[str]:
+    """Remove the temp files of ``path`` left by writing processes that no longer run (a SIGKILL during
+    a save); a live process's temp file is kept. Returns what was removed."""
+    folder, name = os.path.split(os.path.abspath(path))
+    removed = []
+    try:
+        entries = os.listdir(folder)
+    except OSError:
+        return removed
+    prefix = f".{name}."
+    for entry in entries:
+        if not (entry.startswith(prefix) and entry.endswith(".tmp")):
+            continue
+        pid_text = entry[len(prefix):-len(".tmp")].split(".")[0]
+        if not pid_text.isdigit() or _alive(int(pid_text)):
+            continue
+        with contextlib.suppress(OSError):
+            os.unlink(os.path.join(folder, entry))
+            removed.append(entry)
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # e.g. another user's process: it exists
+        return True
+    return True
+
+
+def _check_name_length(folder: str, what: str, path: str) -> None:
+    """The temp file an atomic write makes must fit where the final name fits: refuse the name now."""
+    try:
+        limit = os.pathconf(folder, "PC_NAME_MAX")
+    except (OSError, ValueError):
+        limit = 255
+    name = os.path.basename(path)
+    if len(os.fsencode(name)) + TEMP_EXTRA > limit:
+        raise FxmetaError(f"{what} {path}: the file name is too long ({len(os.fsencode(name))} bytes; at most "
+                          f"{limit - TEMP_EXTRA} here, as writes go through a temporary file beside it)")
 
 
 def _check_writable(folder: str, what: str, path: str) -> None:
