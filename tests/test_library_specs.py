@@ -105,7 +105,7 @@ def test_example_input_files_hold_tensors(tmp_path):
 
 
 @pytest.mark.parametrize("case", ["no transformers", "no timm", "no config", "unknown class", "unknown timm",
-                                  "bad dtype", "both inputs"])
+                                  "bad dtype", "both inputs", "not a model class", "folder without weights"])
 def test_spec_and_input_errors_are_one_line(case, tmp_path, capsys, monkeypatch):
     spec, extra = f"hf:{tmp_path}/missing.json", []
     if case == "no transformers":
@@ -122,6 +122,15 @@ def test_spec_and_input_errors_are_one_line(case, tmp_path, capsys, monkeypatch)
         spec, want = f"hf:{_llama_config(tmp_path)}", "no class 'LlamaForMagic'"
         text = (tmp_path / "config.json").read_text().replace("LlamaForCausalLM", "LlamaForMagic")
         (tmp_path / "config.json").write_text(text)
+    elif case == "not a model class":
+        pytest.importorskip("transformers", minversion="5")
+        spec, want = f"hf:{_llama_config(tmp_path)}", "'LlamaConfig' is not a transformers model class"
+        text = (tmp_path / "config.json").read_text().replace("LlamaForCausalLM", "LlamaConfig")
+        (tmp_path / "config.json").write_text(text)
+    elif case == "folder without weights":
+        pytest.importorskip("transformers", minversion="5")
+        _llama_config(tmp_path)
+        spec, want = f"hf:{tmp_path}", "is a folder without weights"
     elif case == "unknown timm":
         pytest.importorskip("timm")
         spec, want = "timm:no_such_net", "unknown timm model 'no_such_net'"

@@ -267,3 +267,25 @@ def test_a_dead_runs_temp_file_is_removed_by_the_next_save(tmp_path):
     live.write_bytes(b"half")
     atomic_write_text("{}", out)
     assert out.read_text() == "{}" and not stale.exists() and live.exists()
+
+
+def test_weights_with_nan_are_refused_before_any_work(tmp_path, capsys):
+    from fxmeta.cli.app import main
+    from fxmeta.models import resnet20
+
+    state = resnet20(in_channels=1).state_dict()
+    state["conv1.weight"][0, 0, 0, 0] = float("nan")
+    torch.save(state, tmp_path / "w.pt")
+    out = tmp_path / "p.pt"
+    assert main(["prune", f"fxmeta:resnet20@{tmp_path / 'w.pt'}", "--in-channels", "1", "--out", str(out)]) == 2
+    assert "holds NaN or infinite values (conv1.weight)" in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_a_huge_example_input_is_a_user_error(tmp_path, capsys):
+    from fxmeta.cli.app import main
+
+    out = tmp_path / "p.pt"
+    assert main(["prune", "fxmeta:resnet20", "--input-shape", "1,1,100000,100000", "--out", str(out)]) == 2
+    assert "give a smaller --input-shape" in capsys.readouterr().err
+    assert not out.exists()

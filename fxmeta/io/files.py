@@ -396,6 +396,11 @@ def _load_state(module: nn.Module, state: dict[str, torch.Tensor], path: str, sp
             f"{path} does not fit {spec}: {'; '.join(problems)}. Check the architecture spec and --num-classes."
         )
     check_dtypes(own, state, path)
+    bad = [k for k, v in state.items() if isinstance(v, torch.Tensor) and v.is_floating_point() and v.numel()
+           and not bool(torch.isfinite(v).all())]
+    if bad:  # no prune or self-check can make sense of them: say so before any work
+        raise SpecError(f"{path} holds NaN or infinite values ({_few(bad)}); the weights are damaged or come from a "
+                        "diverged training run")
     module.load_state_dict(state, strict=True)
 
 

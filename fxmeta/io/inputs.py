@@ -40,9 +40,19 @@ def vocab_size(module: Any) -> int | None:
     return size if isinstance(size, int) and size > 0 else None
 
 
+MAX_EXAMPLE_BYTES = 2 * 2**30  # an example input is one sample: anything this large is a mistyped shape
+
+
 def example_input(shape: Sequence[int], dtype: torch.dtype = torch.float32, module: Any = None,
                   seed: int = 0) -> torch.Tensor:
     """A reproducible example input: random normal floats, or random ids the model can embed."""
+    numel = 1
+    for n in shape:
+        numel *= int(n)
+    if numel * torch.empty((), dtype=dtype).element_size() > MAX_EXAMPLE_BYTES:
+        raise InputShapeError(f"an example input of shape {','.join(map(str, shape))} would take "
+                              f"{numel * torch.empty((), dtype=dtype).element_size() / 2**30:.1f} GiB; "
+                              "give a smaller --input-shape (batch 1 is enough: the prune works on any batch)")
     if dtype.is_floating_point:
         return example_from_shape(shape, dtype=dtype, seed=seed)
     gen = torch.Generator().manual_seed(seed)

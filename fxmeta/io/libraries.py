@@ -109,8 +109,8 @@ def hf_model(target: str, kwargs: dict[str, Any]) -> tuple[torch.nn.Module, tupl
     """The transformers model ``target`` (a config.json, or a folder with one) describes.
 
     The class is the config's first ``architectures`` entry (``AutoModel`` without one), with
-    ``use_cache=False``. A folder's weights are loaded from its own files; else the weights are
-    random. Returns the module, its example input shape and dtype, and the spec kwargs that
+    ``use_cache=False``. A folder's weights are loaded from its own files (a folder without any is
+    an error); a config.json alone gives random weights. Returns the module, its example input shape and dtype, and the spec kwargs that
     rebuild it (the config itself, see the module docstring)."""
     tf = _transformers()
     args = dict(kwargs)
@@ -136,6 +136,9 @@ def hf_model(target: str, kwargs: dict[str, Any]) -> tuple[torch.nn.Module, tupl
     config.use_cache = False  # a KV cache is state torch.export cannot return as a plain output
     cls = _model_class(tf, config, target)
     weights = folder is not None and any(os.path.isfile(os.path.join(folder, f)) for f in _WEIGHT_FILES)
+    if folder is not None and not weights:
+        raise SpecError(f"hf:{target} is a folder without weights (none of {', '.join(_WEIGHT_FILES)}); for random "
+                        f"weights name its config file: hf:{os.path.join(target, 'config.json')}")
     try:
         if weights:
             module = cls.from_pretrained(folder, config=config, local_files_only=True)
@@ -167,6 +170,9 @@ def _model_class(tf: Any, config: Any, target: str) -> Any:
     if cls is None:
         raise SpecError(f"hf:{target}: transformers {tf.__version__} has no class {names[0]!r} (the config's "
                         "architectures entry)")
+    if not (isinstance(cls, type) and issubclass(cls, torch.nn.Module) and hasattr(cls, "from_pretrained")):
+        raise SpecError(f"hf:{target}: the config's architectures entry {names[0]!r} is not a transformers model "
+                        "class; name one such as LlamaForCausalLM")
     return cls
 
 
