@@ -122,6 +122,23 @@ def test_5_diverged_training_stops_with_an_error_and_writes_no_model(tmp_path, t
     assert not (tmp_path / "o.pt").exists()
 
 
+def test_5_the_retry_a_divergence_suggests_is_accepted(tmp_path, tiny, capsys):
+    """Diverged in its first epoch, the run leaves nothing to resume and nothing that refuses the retry."""
+    argv = ["transform", tiny, *FAST[:-4], "--epochs", "1", "--speedup", "1.3", "--out", tmp_path / "o.pt"]
+    code, _, err = run(argv + ["--lr", "1e12"], capsys)
+    assert code == 2 and "diverged" in err and not (tmp_path / "o.pt.ckpt").exists(), err
+    code, _, err = run(argv + ["--lr", "0.01"], capsys)
+    assert code == 0, err
+
+
+def test_5_a_resumed_run_leaves_no_checkpoint_folders(tmp_path, tiny, capsys):
+    ckpt = tmp_path / "o.pt.ckpt" / "finetune"
+    ckpt.mkdir(parents=True)  # what an interrupted run leaves (its checkpoint already used up)
+    code, _, err = run(["transform", tiny, *FAST, "--resume", "--out", tmp_path / "o.pt"], capsys)
+    assert code == 0, err
+    assert not (tmp_path / "o.pt.ckpt").exists()
+
+
 # 8. outputs are checked before the long work --------------------------------------------------
 def test_8_output_problems_fail_before_training(tmp_path, tiny, capsys):
     (tmp_path / "dir.pt").mkdir()

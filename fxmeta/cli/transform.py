@@ -11,7 +11,7 @@ import os
 import textwrap
 from typing import Any
 
-from ..errors import SpecError
+from ..errors import SpecError, TrainingDivergedError
 from .common import (
     add_calibration_data_args,
     add_model_args,
@@ -63,9 +63,9 @@ def _run(args: argparse.Namespace, *, with_training: bool) -> int:
                               ("prepare", config.prepare.epochs > 0)) if on] if ckpt_dir else []
     check_run_outputs(args, inputs, ckpt_dir, stages)
     created = Created()  # what this run adds to the checkpoint folder: all that cleanup may delete
-    if ckpt_dir and not args.checkpoint_dir:
+    if ckpt_dir and not args.checkpoint_dir:  # the default OUT.ckpt is fxmeta's own, a resumed run's too
         for sub in ("", "adapt", "prepare", "finetune"):
-            created.folder(os.path.join(ckpt_dir, sub))
+            created.folder(os.path.join(ckpt_dir, sub), ours=args.resume)
             created.file(os.path.join(ckpt_dir, sub, "last.pt" if sub else "run.json"))
     data = load_run_data(args)
     if getattr(args, "metanet", None):
@@ -86,7 +86,15 @@ def _run(args: argparse.Namespace, *, with_training: bool) -> int:
     timer.report = stage_note  # everything is checked: from here on, say what runs
     run_info = {"model": args.model, "data": getattr(args, "data", None), "input_shape": list(first_tensor(x).shape),
                 "metanet_file": os.path.abspath(args.metanet) if getattr(args, "metanet", None) else None}
-    result = transform(loaded.module, x, config, data=data, timer=timer, run_info=run_info)
+    try:
+        result = transform(loaded.module, x, config, data=data, timer=timer, run_info=run_info)
+    except TrainingDivergedError as exc:
+        kept = [os.path.join(ckpt_dir, s, "last.pt") for s in ("adapt", "prepare", "finetune")] if ckpt_dir else []
+        if not any(os.path.isfile(k) for k in kept):
+            created.remove()  # nothing to resume from: leave nothing that would refuse the retry
+            raise
+        raise TrainingDivergedError(f"{exc}; re-run with a lower --lr and --resume to continue from that checkpoint, "
+                                    "or --force to start over") from exc
     if is_main_process():
         _save_outputs(args, loaded, x, result, timer, run_info)
         created.remove()  # only fxmeta's own checkpoint files, and folders it made that are now empty

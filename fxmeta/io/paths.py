@@ -181,8 +181,12 @@ class Created:
     files: list[str] = field(default_factory=list)
     folders: list[str] = field(default_factory=list)
 
-    def folder(self, path: str | os.PathLike) -> str:
+    def folder(self, path: str | os.PathLike, ours: bool = False) -> str:
+        """``ours``: the folder is fxmeta's own from an earlier run of the same job (a resumed run's
+        default checkpoint folder): removed when empty even though it exists now."""
         path = os.path.abspath(os.fspath(path))
+        if ours and os.path.isdir(path) and path not in self.folders:
+            self.folders.append(path)
         missing = []
         probe = path
         while not os.path.exists(probe):
