@@ -289,3 +289,53 @@ def test_a_huge_example_input_is_a_user_error(tmp_path, capsys):
     assert main(["prune", "fxmeta:resnet20", "--input-shape", "1,1,100000,100000", "--out", str(out)]) == 2
     assert "give a smaller --input-shape" in capsys.readouterr().err
     assert not out.exists()
+
+
+# ---------------------------------------------------------------------- messages that point the right way
+
+
+class _Evil:
+    def __reduce__(self):
+        return (print, ("never printed",))
+
+
+@pytest.mark.parametrize("case", ["float16 input", "config without hf:", "float16 weights", "min-keep 1",
+                                  "evil pt2", "hostile example input", "hostile hf bin"])
+def test_messages_say_what_to_do_with_fxmeta(case, tmp_path, capsys):
+    from fxmeta.cli.app import main
+
+    out, extra = tmp_path / "o.pt", []
+    spec = "fxmeta:resnet20"
+    if case == "float16 input":
+        extra, want = ["--input-dtype", "float16"], "the input is float16 and the weights are float32"
+    elif case == "config without hf:":
+        (tmp_path / "cfg.json").write_text('{"model_type": "llama"}')
+        spec, want = str(tmp_path / "cfg.json"), "is given as hf:"
+    elif case == "float16 weights":
+        from fxmeta.models import resnet20
+
+        torch.save({k: v.half() for k, v in resnet20(in_channels=1).state_dict().items()}, tmp_path / "h.pt")
+        spec, extra, want = f"fxmeta:resnet20@{tmp_path / 'h.pt'}", ["--in-channels", "1"], "convert them first"
+    elif case == "min-keep 1":
+        extra, want = ["--min-keep", "1"], "lower the target (--speedup) or --min-keep"
+    elif case == "evil pt2":
+        (tmp_path / "evil.pt2").write_text("not a zip")
+        spec, extra, want = str(tmp_path / "evil.pt2"), ["--trust"], "is not a torch.export program"
+    elif case == "hostile example input":
+        torch.save(_Evil(), tmp_path / "x.pt")
+        extra, want = ["--example-input", str(tmp_path / "x.pt")], "holds more than tensors"
+    else:
+        pytest.importorskip("transformers", minversion="5")
+        folder = tmp_path / "hf"
+        folder.mkdir()
+        (folder / "config.json").write_text('{"model_type": "llama", "architectures": ["LlamaForCausalLM"], '
+                                            '"hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 1, '
+                                            '"num_attention_heads": 2, "vocab_size": 32}')
+        torch.save({"w": _Evil()}, folder / "pytorch_model.bin")
+        spec, want = f"hf:{folder}", "convert the folder to safetensors"
+    assert main(["prune", spec, *extra, "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert want in err, err
+    lines = [line for line in err.strip().splitlines() if not line.startswith(">")]  # stage notes aside
+    assert "weights_only" not in err and "Traceback" not in err and len(lines) == 1, err
+    assert not out.exists()

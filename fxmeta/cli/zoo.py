@@ -62,6 +62,8 @@ def register_zoo(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-size", type=int, default=128, metavar="B", help="(default: 128)")
     p.add_argument("--seed", type=int, default=0, help="seed of the first member (default: 0)")
     p.add_argument("--trust", action="store_true",
-                   help="allow a MODEL spec that imports code from a file, and resuming a zoo whose manifest names code")
+                   help="allow resuming a zoo whose zoo.json names code (a factory or data function): a spec read "
+                        "from a file may only run code with --trust. A MODEL or --data spec given on the command "
+                        "line is yours and runs without it")
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no per-epoch lines")
     p.set_defaults(func=cmd_zoo)

@@ -285,6 +285,17 @@ def _load_file(path: str, *, trust: bool, depth: int) -> LoadedModel:
     raise SpecError(f"{path} holds a {type(obj).__name__}, not a model, an fxmeta model file or a state_dict")
 
 
+def _what_instead(path: str) -> str:
+    """What to do with a file fxmeta's safe loader refuses (torch's own advice, to turn
+    weights_only off, is not something the CLI can or should do)."""
+    if path.endswith(".json"):
+        return "; a transformers config.json is given as hf:" + path
+    if path.endswith((".bin", ".pth", ".pt", ".ckpt")):
+        return ("; a file that needs a full unpickle can run code: pass --trust if you made it, or save a "
+                "state_dict / safetensors and give it with an architecture spec (SPEC@weights.pt)")
+    return "; give an fxmeta model file, SPEC@weights.pt, hf:FOLDER or a .pt2 program"
+
+
 def _torch_load(path: str, *, trust: bool) -> Any:
     """torch.load without running code from the file; with ``trust`` a full unpickle."""
     if _is_torchscript(path):
@@ -296,7 +307,7 @@ def _torch_load(path: str, *, trust: bool) -> Any:
     except pickle.UnpicklingError as exc:
         needs = _unsafe_globals(path, exc)
         if not needs:
-            raise SpecError(f"{path} is not a file torch.load can read: {_first_line(exc)}") from exc
+            raise SpecError(f"{path} is not a file torch.load can read{_what_instead(path)}") from exc
         shown = ", ".join(needs[:3]) + (" ..." if len(needs) > 3 else "")
         require_trust(trust, path, f"is a pickled module or object (it needs {shown}); loading it runs code "
                       "from the file", "save a state_dict with an architecture spec instead")
@@ -362,13 +373,27 @@ def _apply_plan(module: Any, plan: Any, x: Any, path: str) -> nn.Module:
     return pruned if isinstance(pruned, nn.Module) else module
 
 
+@contextlib.contextmanager
+def _quiet_export_log():
+    import logging
+
+    logger = logging.getLogger("torch.export")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
 def _load_export(path: str, *, trust: bool) -> LoadedModel:
     # torch.export.load unpickles parts of the archive (its own docs: never load
     # untrusted files), so a .pt2 gets the same treatment as a pickled module.
     require_trust(trust, path, "is a torch.export program; torch.export.load unpickles parts of it, which can run "
                   "code from the file", "save a state_dict with an architecture spec instead")
     try:
-        program = torch.export.load(path)
+        with _quiet_export_log():  # torch logs a traceback of its own before raising on a damaged archive
+            program = torch.export.load(path)
     except Exception as exc:  # noqa: BLE001 - any failure means the file is not a usable program
         raise SpecError(f"{path} is not a torch.export program: {type(exc).__name__}: {_first_line(exc)}") from exc
     shape = None

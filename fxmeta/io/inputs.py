@@ -67,6 +67,9 @@ def load_example_input(path: str) -> torch.Tensor | tuple[torch.Tensor, ...]:
     try:
         obj = torch.load(path, weights_only=True, map_location="cpu")
     except Exception as exc:  # noqa: BLE001 - a damaged or foreign file: whatever the reader raises
+        if "weights_only" in str(exc) or "Weights only" in str(exc):
+            raise SpecError(f"--example-input {path} holds more than tensors (reading it would run code from the "
+                            "file); save a tensor or a tuple of tensors with torch.save") from None
         text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise SpecError(f"--example-input {path} is not a tensor file torch.load can read: {text}") from None
     if isinstance(obj, torch.Tensor):

@@ -145,6 +145,10 @@ def hf_model(target: str, kwargs: dict[str, Any]) -> tuple[torch.nn.Module, tupl
         else:
             module = cls.from_config(config) if cls is tf.AutoModel else cls(config)
     except Exception as exc:  # noqa: BLE001 - any failure of the library on this config is a bad spec
+        if "weights_only" in str(exc) or "Weights only" in str(exc):
+            raise SpecError(f"hf:{target}: its weights file needs a full unpickle, which can run code from it; "
+                            "convert the folder to safetensors where you trust it (model.save_pretrained(folder))"
+                            ) from None
         raise SpecError(f"hf:{target}: building {cls.__name__} failed: {type(exc).__name__}: {_first_line(exc)}") from exc
     shape, dtype = _hf_input(config)
     return module, shape, dtype, {"config_json": config.to_json_string(use_diff=False)}

@@ -209,7 +209,17 @@ def _check_checksum(obj: dict, p: _Problems) -> None:
 
 
 def check_dtypes(own: dict, state: dict, path: str) -> None:
-    """A stored tensor must have the dtype of the model's own (int64 weights are a damaged file)."""
+    """A stored tensor must have the dtype of the model's own (int64 weights are a damaged file);
+    floating weights of another precision (a float16 / bfloat16 export) are the user's to convert."""
+    floats = [k for k, v in own.items() if k in state and isinstance(state[k], torch.Tensor)
+              and state[k].dtype != v.dtype and state[k].is_floating_point() and v.is_floating_point()]
+    if floats and len(floats) == sum(1 for k in own if k in state and own[k].is_floating_point()):
+        from ..errors import SpecError
+
+        have, want = state[floats[0]].dtype, own[floats[0]].dtype
+        raise SpecError(f"{path} holds {str(have).replace('torch.', '')} weights and the model is "
+                        f"{str(want).replace('torch.', '')}: convert them first, e.g. torch.save({{k: v.float() for k, "
+                        f"v in torch.load(path).items()}}, 'weights_fp32.pt')")
     p = _Problems(path)
     for k, v in own.items():
         if k in state and isinstance(state[k], torch.Tensor) and state[k].dtype != v.dtype:

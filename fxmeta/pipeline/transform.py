@@ -186,6 +186,12 @@ def check_model_fits(model: nn.Module, example_input: Any, data: DataSplits | No
             out = model(*as_tuple(example_input))
     except Exception as exc:  # noqa: BLE001 - whatever the model raises, the input does not fit
         text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        weight = next((p for p in model.parameters() if p.is_floating_point()), None) \
+            if isinstance(model, nn.Module) else None
+        x0 = example_input if isinstance(example_input, torch.Tensor) else None
+        if hint is None and weight is not None and x0 is not None and x0.is_floating_point() and x0.dtype != weight.dtype:
+            hint = (f"the input is {str(x0.dtype).replace('torch.', '')} and the weights are "
+                    f"{str(weight.dtype).replace('torch.', '')}: drop --input-dtype (or use the weights' dtype)")
         hint = hint or (f"build it with --in-channels {data.in_channels}" if data is not None
                         else "pass a fitting --input-shape")
         raise InputShapeError(f"{name} does not run on an input of shape {shape} "

@@ -114,6 +114,7 @@ def select(analysis: ChannelAnalysis, c: Candidates, model: FlopModel, base: flo
             f"speed-up {target:.3g}x is unreachable: at most {best:.3g}x while every group keeps at least "
             f"{min_keep:.0%} of its channels (library: min_keep={min_keep})"
             f"{f' in multiples of {round_to} (--round-to)' if round_to else ''}; lower the target (--speedup)"
+            + (" or --min-keep" if min_keep > 0.1 else "")
         )
     lo, hi = 0, total  # smallest k whose removal reaches the target
     while lo < hi:
