@@ -30,12 +30,13 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dags", type=int, default=1000)
     parser.add_argument("--corruptions", type=int, default=500, help="mutated copies per file kind")
+    parser.add_argument("--inputs", type=int, default=500, help="damaged state dicts (and a fifth as many HF folders)")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     sys.path.insert(0, str(ROOT / "tests"))
     torch.set_num_threads(1)
     from fuzzing import Tally, run_dags
-    from test_fuzz import corruption
+    from test_fuzz import corruption, damaged_inputs
 
     from ._env import header
 
@@ -51,8 +52,12 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as folder:
         results = corruption(Path(folder), args.corruptions, seed=args.seed)
     corrupt_seconds = time.perf_counter() - started
+    started = time.perf_counter()
+    with tempfile.TemporaryDirectory() as folder:
+        inputs = damaged_inputs(Path(folder), args.inputs, seed=args.seed)
+    input_seconds = time.perf_counter() - started
     lines = ["# Fuzzing", "", header(f"python -m benchmarks.fuzz --dags {args.dags} --corruptions "
-                                     f"{args.corruptions} --seed {args.seed}", 1,
+                                     f"{args.corruptions} --inputs {args.inputs} --seed {args.seed}", 1,
                                      f"hypothesis seed {args.seed}, corruption RNG seed {args.seed}"), "",
              "## Random DAGs against the independent oracle", "",
              "| examples | outcomes | failures | seconds |", "|---:|---|---:|---:|",
@@ -70,7 +75,25 @@ def main(argv: list[str] | None = None) -> int:
         lines.append(f"| {name} | {len(outcomes)} | {outcomes.count('error')} | {outcomes.count('same')} | "
                      f"{len(crashes)} | {len(silent)} |")
         lines += [f"- {o}" for o in (crashes + silent)[:5]]
-    lines += ["", f"Corruption fuzz: {corrupt_seconds:.0f} s. **Failures: {failures}** (must be 0).", ""]
+    lines += ["", f"Corruption fuzz: {corrupt_seconds:.0f} s.", "",
+              "## Damaged inputs", "",
+              "What users give as weights, with one thing wrong: a state dict for `SPEC@weights.pt` (NaN / inf "
+              "values, float16 / int64 / float64 tensors, a missing, extra or resized key, a value that is not a "
+              "tensor, a list instead of a dict; and the valid DDP `module.` prefix, which must load), and a "
+              "Hugging Face folder (no weights, bad JSON, unknown model_type or class, an architectures entry "
+              "that is not a model class, weights of another shape, a pickled `pytorch_model.bin`, a truncated "
+              "safetensors file, a config that is not a dict). Each must fail with a clean fxmeta error before "
+              "any work, or load exactly what it holds.", "",
+              "| input | cases | clean fxmeta error | loaded exactly | tracebacks | silent wrong loads |",
+              "|---|---:|---:|---:|---:|---:|"]
+    for name, outcomes in inputs.items():
+        crashes = [o for o in outcomes if o.startswith("crash")]
+        silent = [o for o in outcomes if o.startswith("silent")]
+        failures += len(crashes) + len(silent)
+        lines.append(f"| {name} | {len(outcomes)} | {outcomes.count('error')} | {outcomes.count('same')} | "
+                     f"{len(crashes)} | {len(silent)} |")
+        lines += [f"- {o}" for o in (crashes + silent)[:5]]
+    lines += ["", f"Damaged inputs: {input_seconds:.0f} s. **Failures: {failures}** (must be 0).", ""]
     RESULTS.parent.mkdir(exist_ok=True)
     RESULTS.write_text("\n".join(lines))
     print("\n".join(lines))

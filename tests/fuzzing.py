@@ -178,3 +178,111 @@ def corrupt_case(path: str, data: bytes, load, reference: dict, rng: random.Rand
         if os.path.exists(scratch):
             os.unlink(scratch)
     return "same" if _same_state(module.state_dict(), reference) else f"silent wrong load ({how})"
+
+
+# -------------------------------------------------------------------------- damaged inputs
+# What users hand the CLI as weights: a state dict (SPEC@weights.pt) or a Hugging Face folder.
+# Each damaged input must fail with an FxmetaError before any work, or load exactly what it holds.
+
+
+def damage_state(state: dict, rng: random.Random) -> tuple[dict | object, str, bool]:
+    """(a damaged copy of ``state``, what was done, whether the copy is still valid)."""
+    state = {k: v.clone() for k, v in state.items()}
+    floats = [k for k, v in state.items() if v.is_floating_point() and v.numel()]
+    k = rng.choice(floats)
+    kind = rng.choice(["nan", "inf", "float16", "int64", "float64", "missing", "extra", "reshape", "not a tensor",
+                       "ddp prefix", "not a dict"])
+    if kind in ("nan", "inf"):
+        state[k].view(-1)[rng.randrange(state[k].numel())] = float(kind)
+    elif kind in ("float16", "int64", "float64"):
+        state[k] = state[k].to(getattr(torch, kind))
+    elif kind == "missing":
+        del state[k]
+    elif kind == "extra":
+        state[k + "_extra"] = torch.zeros(3)
+    elif kind == "reshape":
+        state[k] = state[k].reshape(-1)[:-1] if state[k].numel() > 1 else torch.zeros(2)
+    elif kind == "not a tensor":
+        state[k] = [1, 2, 3]
+    elif kind == "ddp prefix":  # what DDP saves: valid, loads as the plain names
+        return {f"module.{n}": v for n, v in state.items()}, kind, True
+    else:
+        return list(state.values()), kind, False
+    return state, f"{kind} {k}", False
+
+
+def damaged_state_case(spec: str, reference: dict, resolve, rng: random.Random, scratch: str) -> str:
+    """'error', 'same' (a valid variant loaded exactly) or a failure description."""
+    damaged, how, valid = damage_state(reference, rng)
+    torch.save(damaged, scratch)
+    try:
+        module = resolve(f"{spec}@{scratch}")
+    except FxmetaError:
+        return f"crash ({how}): a valid input refused" if valid else "error"
+    except Exception as exc:  # noqa: BLE001 - this is what the fuzz looks for
+        return f"crash ({how}): {type(exc).__name__}: {str(exc)[:200]}"
+    finally:
+        os.unlink(scratch)
+    if not valid:
+        return f"silent wrong load ({how})"
+    return "same" if _same_state(module.state_dict(), reference) else f"silent wrong load ({how})"
+
+
+HF_CONFIG = {"model_type": "llama", "architectures": ["LlamaForCausalLM"], "hidden_size": 16,
+             "intermediate_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2, "num_key_value_heads": 1,
+             "vocab_size": 32}
+
+
+def damaged_hf_case(folder: str, rng: random.Random) -> str:
+    """A Hugging Face folder with one thing wrong: 'error', or a failure description."""
+    import json
+    import shutil
+
+    import transformers as tf
+
+    from fxmeta.io.files import resolve_model
+
+    shutil.rmtree(folder, ignore_errors=True)
+    os.makedirs(folder)
+    config = dict(HF_CONFIG)
+    kind = rng.choice(["no weights", "bad json", "unknown model_type", "not a model class", "unknown class",
+                       "wrong shapes", "hostile bin", "truncated safetensors", "config not a dict"])
+    weights = True
+    if kind == "no weights":
+        weights = False
+    elif kind == "unknown model_type":
+        config["model_type"] = "no-such-model"
+    elif kind == "not a model class":
+        config["architectures"] = ["LlamaConfig"]
+    elif kind == "unknown class":
+        config["architectures"] = ["LlamaForMagic"]
+    if weights:
+        source = dict(HF_CONFIG, hidden_size=8 if kind == "wrong shapes" else 16)
+        tf.LlamaForCausalLM(tf.LlamaConfig(**{k: v for k, v in source.items() if k != "model_type"})).save_pretrained(
+            folder)
+    path = os.path.join(folder, "config.json")
+    if kind == "bad json":
+        open(path, "w").write("{not json")
+    elif kind == "config not a dict":
+        open(path, "w").write("[1, 2]")
+    else:
+        open(path, "w").write(json.dumps(config))
+    if kind == "hostile bin":
+        os.unlink(os.path.join(folder, "model.safetensors"))
+
+        class Evil:
+            def __reduce__(self):
+                return (print, ("never",))
+
+        torch.save({"w": Evil()}, os.path.join(folder, "pytorch_model.bin"))
+    elif kind == "truncated safetensors":
+        weights_file = os.path.join(folder, "model.safetensors")
+        data = open(weights_file, "rb").read()
+        open(weights_file, "wb").write(data[: rng.randrange(8, len(data))])
+    try:
+        resolve_model(f"hf:{folder}")
+    except FxmetaError:
+        return "error"
+    except Exception as exc:  # noqa: BLE001 - this is what the fuzz looks for
+        return f"crash ({kind}): {type(exc).__name__}: {str(exc)[:200]}"
+    return f"silent wrong load ({kind})"

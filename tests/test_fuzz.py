@@ -72,3 +72,33 @@ def test_corruption_five_hundred(tmp_path, capsys):
     _check(corruption(tmp_path, 500, seed=0))
     capsys.readouterr()
     assert not os.path.exists(tmp_path / "mutated.pt")
+
+
+def damaged_inputs(folder, count: int, seed: int) -> dict:
+    """Damaged user inputs: SPEC@weights state dicts and Hugging Face folders."""
+    from fuzzing import damaged_hf_case, damaged_state_case
+
+    from fxmeta.io.files import resolve_model
+    from fxmeta.models import resnet20
+
+    rng = random.Random(seed)
+    reference = resnet20(in_channels=1).state_dict()
+
+    def resolve(spec):
+        return resolve_model(spec, in_channels=1).module
+
+    states = [damaged_state_case("fxmeta:resnet20", reference, resolve, rng, str(folder / "w.pt"))
+              for _ in range(count)]
+    results = {"state dict (SPEC@weights.pt)": states}
+    try:
+        import transformers  # noqa: F401
+    except ImportError:
+        return results
+    results["Hugging Face folder"] = [damaged_hf_case(str(folder / "hf"), rng) for _ in range(max(1, count // 5))]
+    return results
+
+
+def test_damaged_inputs_fast_slice(tmp_path):
+    results = damaged_inputs(tmp_path, 30, seed=0)
+    _check(results)
+    assert sum(o == "error" for o in results["state dict (SPEC@weights.pt)"]) >= 15  # damage was made and seen
