@@ -195,7 +195,7 @@ def meta_train_once(s: Settings, zoo: Path, name: str, options: dict, cache: Pat
         return {**info, "baseline": _baseline(folder), "metanet": load_metanet(str(folder / "best.pt"))}
     t0 = time.perf_counter()
     say(f"meta-training ({name}): {epochs} epochs, {options}")
-    result = meta_train(zoo, folder, epochs=epochs, force=True, trust=True, **settings)
+    result = meta_train(zoo, folder, epochs=epochs, preset_name="reference", force=True, trust=True, **settings)
     info = {"seconds": time.perf_counter() - t0, "best_epoch": result.best_epoch, "best_score": result.best_score,
             "history": [{k: v for k, v in h.items() if k != "val"} for h in result.history],
             "options": options if epochs == s.meta_epochs else {**options, "epochs": epochs}}

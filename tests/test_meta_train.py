@@ -50,7 +50,7 @@ def test_meta_training_smoke_run_checkpoints_log_and_resume(zoo_dir, tmp_path):
     out = tmp_path / "run"
     settings = dict(width=8, depth=1, ratio=0.01, batches_per_step=1, batch_size=32, speedup=1.5,
                     eval_finetune_epochs=0, progress=False)
-    result = meta_train(zoo_dir, out, epochs=1, **settings)
+    result = meta_train(zoo_dir, out, epochs=1, preset_name="reference", **settings)
     records = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
     steps = [r for r in records if "step" in r]
     assert len(steps) == 2 and all(r["ce"] > 0 and r["penalty"] > 0 for r in steps)  # 2 training data models
@@ -67,10 +67,10 @@ def test_meta_training_smoke_run_checkpoints_log_and_resume(zoo_dir, tmp_path):
     net = load_metanet(str(out / "best.pt"))
     assert net.config.width == 8 and "conv2d+batchnorm2d" in net.config.node_kinds
     with pytest.raises(OutputExistsError):
-        meta_train(zoo_dir, out, epochs=1, **settings)
+        meta_train(zoo_dir, out, epochs=1, preset_name="reference", **settings)
     # resuming continues from the saved epoch with the saved optimizer state
     before = {k: v.clone() for k, v in load_metanet(str(out / "last.pt")).state_dict().items()}
-    meta_train(zoo_dir, out, epochs=2, resume=True, **settings)
+    meta_train(zoo_dir, out, epochs=2, preset_name="reference", resume=True, **settings)
     records = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in records if "step" in r] == [1, 1, 2, 2]
     after = load_metanet(str(out / "last.pt")).state_dict()
@@ -79,7 +79,7 @@ def test_meta_training_smoke_run_checkpoints_log_and_resume(zoo_dir, tmp_path):
 
 def test_metanet_refuses_graphs_of_unknown_kinds(zoo_dir, tmp_path):
     out = tmp_path / "run"
-    meta_train(zoo_dir, out, epochs=0, width=8, depth=1, progress=False)
+    meta_train(zoo_dir, out, epochs=0, preset_name="reference", width=8, depth=1, progress=False)
     net = load_metanet(str(out / "best.pt"))
     other = nn.Sequential(nn.Conv2d(1, 4, 3, bias=True), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten(), nn.Linear(144, 10))
     graph = lower(other.eval(), torch.randn(1, 1, 8, 8))
@@ -196,7 +196,7 @@ def test_two_step_meta_training_with_each_objective_scores_with_the_curve(zoo_di
     settings = dict(width=8, depth=1, batches_per_step=1, batch_size=32, speedup=1.5, eval_finetune_epochs=0,
                     eval_bn_batches=2, objective="prunable" if conditioned else objective, mask_speedups=(2.0,),
                     conditioned=conditioned, progress=False, allocation=allocation, **unrolled)
-    result = meta_train(zoo_dir, out, epochs=1, **settings)  # 2 training members: 2 steps
+    result = meta_train(zoo_dir, out, epochs=1, preset_name="reference", **settings)  # 2 training members: 2 steps
     assert result.metanet.conditioned == conditioned
     records = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
     assert result.metanet.config.steps == unrolled.get("steps", 1)
@@ -223,7 +223,7 @@ def test_two_step_meta_training_with_each_objective_scores_with_the_curve(zoo_di
 
 def test_a_start_lr_that_blows_the_network_up_scores_nothing_and_the_run_goes_on(zoo_dir, tmp_path):
     out = tmp_path / "blown"
-    result = meta_train(zoo_dir, out, epochs=1, width=8, depth=1, batches_per_step=1, batch_size=32, speedup=1.5,
+    result = meta_train(zoo_dir, out, epochs=1, preset_name="reference", width=8, depth=1, batches_per_step=1, batch_size=32, speedup=1.5,
                         eval_finetune_epochs=0, eval_bn_batches=2, objective="prunable", mask_speedups=(2.0,),
                         conditioned=True, steps=2, step_lr=0.05, step_lrs=(0.05, 1e30), zero_init=True,
                         ce_weight=0.0, progress=False)
@@ -231,3 +231,19 @@ def test_a_start_lr_that_blows_the_network_up_scores_nothing_and_the_run_goes_on
     starts = {r["step_lr"]: r["score"] for r in records if "step_lr" in r}
     assert starts[1e30] == 0.0 < starts[0.05]
     assert result.metanet.config.step_lr == 0.05
+
+
+def test_the_library_and_the_command_share_the_meta_training_defaults():
+    import argparse
+
+    from fxmeta.cli.meta_train import config_from_args, register_meta_train
+    from fxmeta.metatrain.loop import PRESETS, preset
+
+    parser = argparse.ArgumentParser()
+    register_meta_train(parser.add_subparsers(dest="command"))
+    for objective in PRESETS:
+        args = parser.parse_args(["meta-train", "zoo/", "--objective", objective])
+        assert config_from_args(args) == preset(objective), objective
+    library = preset()  # what fxmeta.meta_train() starts from without a config
+    assert library == config_from_args(parser.parse_args(["meta-train", "zoo/"]))
+    assert library.conditioned and library.objective == "prunable" and library.steps == 3

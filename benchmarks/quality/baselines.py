@@ -72,7 +72,7 @@ def _meta_train_once(ctx: Context, arch: str, zoo_dir: Path, meta_dir: Path, reg
         f"finetune epochs on the held-out members) in {meta_dir}")
     t0 = time.perf_counter()
     try:
-        result = meta_train(zoo_dir, out=meta_dir, epochs=s.meta_epochs, width=s.meta_width, depth=s.meta_depth,
+        result = meta_train(zoo_dir, out=meta_dir, epochs=s.meta_epochs, preset_name="reference", width=s.meta_width, depth=s.meta_depth,
                             ratio=s.meta_ratio, reg=reg, speedup=s.meta_speedup, batch_size=s.batch_size,
                             eval_finetune_epochs=s.meta_eval_finetune, resume=True, progress=True)
     finally:  # an interrupted meta-training resumes; its time so far still counts

@@ -6,27 +6,30 @@ import argparse
 from .common import ALLOCATIONS, note_line, parse_number, pct, speedup_list
 
 
+def config_from_args(args: argparse.Namespace):
+    """The library's preset of --objective (``fxmeta.metatrain.loop.preset``) with the flags a user gave over it."""
+    from ..metatrain.loop import preset
+
+    given = {"ratio": args.ratio, "reg": args.reg, "eval_finetune_epochs": args.eval_finetune_epochs,
+             "ce_weight": args.ce_weight, "steps": args.steps,
+             "mask_speedups": speedup_list(args.mask_speedups, "--mask-speedups") if args.mask_speedups else None,
+             **(_step_lr(args.step_lr) if args.step_lr is not None else {})}
+    return preset(args.objective, epochs=args.epochs, lr=args.lr, weight_decay=args.weight_decay,
+                    width=args.width, depth=args.depth, learn=args.learn, alpha=args.alpha,
+                    batches_per_step=args.batches_per_step, batch_size=args.batch_size, speedup=args.speedup,
+                    allocation=args.allocation, eval_bn_batches=args.eval_bn_batches, mask_weight=args.mask_weight,
+                    grad_batches=args.grad_batches, seed=args.seed, init=args.init, resume=args.resume,
+                    force=args.force, progress=args.progress, **{k: v for k, v in given.items() if v is not None},
+                    **({"zero_init": True} if args.zero_init else {}))
+
+
 def cmd_meta_train(args: argparse.Namespace) -> int:
-    from ..metatrain.loop import MetaTrainConfig, meta_train
+    from ..io.paths import check_output
+    from ..metatrain.loop import meta_train
     from .common import check_numbers
 
     check_numbers(args)
-    conditioned = args.objective == "conditioned"
-    chosen = CONDITIONED if conditioned else PAPER  # what a flag left out means for this objective
-    config = MetaTrainConfig(
-        epochs=args.epochs, lr=args.lr, weight_decay=args.weight_decay, width=args.width, depth=args.depth,
-        ratio=_given(args.ratio, chosen["ratio"]), zero_init=args.zero_init or conditioned, learn=args.learn,
-        reg=_given(args.reg, chosen["reg"]), alpha=args.alpha, batches_per_step=args.batches_per_step,
-        batch_size=args.batch_size, speedup=args.speedup, allocation=args.allocation,
-        eval_bn_batches=args.eval_bn_batches,
-        eval_finetune_epochs=_given(args.eval_finetune_epochs, chosen["eval_finetune_epochs"]),
-        objective="prunable" if conditioned else args.objective, mask_weight=args.mask_weight,
-        ce_weight=_given(args.ce_weight, chosen["ce_weight"]),
-        mask_speedups=speedup_list(args.mask_speedups or chosen["mask_speedups"], "--mask-speedups"),
-        conditioned=conditioned, grad_batches=args.grad_batches, steps=_given(args.steps, chosen["steps"]),
-        **_step_lr(_given(args.step_lr, chosen["step_lr"])), seed=args.seed, init=args.init,
-        resume=args.resume, force=args.force, progress=args.progress)
-    from ..io.paths import check_output
+    config = config_from_args(args)
     from ..metatrain.zoo import load_zoo
 
     check_output(args.out, inputs=[args.zoo] + ([args.init] if args.init else []), kind="dir", what="--out")
@@ -42,26 +45,14 @@ def cmd_meta_train(args: argparse.Namespace) -> int:
     return 0
 
 
-# Settings a flag left out takes. "conditioned" (the default): the best of the objective sweep on held-out
-# zoo members (benchmarks/results/prunability.md); "reference" / "prunable": the paper's.
-CONDITIONED = {"ratio": 1.0, "reg": 0.0, "eval_finetune_epochs": 0, "mask_speedups": "2,4,8", "steps": 3,
-               "step_lr": "auto", "ce_weight": 0.0}
-PAPER = {"ratio": 0.01, "reg": 10.0, "eval_finetune_epochs": 1, "mask_speedups": None, "steps": 1, "step_lr": 0.0,
-         "ce_weight": 1.0}
-
-
-def _given(value, default):
-    return default if value is None else value
-
-
-STEP_LRS = (0.01, 0.03, 0.1, 0.3, 1.0)  # what --step-lr auto tries
-
-
 def _step_lr(value) -> dict:
-    """--step-lr: a number, or auto (the start lr chosen on the held-out members among STEP_LRS)."""
+    """--step-lr: a number, or auto (the start lr chosen on the held-out members among the preset's)."""
+    from ..metatrain.loop import PRESETS
+
     if value == "auto":
-        return {"step_lr": STEP_LRS[0], "step_lrs": STEP_LRS}
-    return {"step_lr": float(value)}
+        lrs = PRESETS["conditioned"]["step_lrs"]
+        return {"step_lr": lrs[0], "step_lrs": lrs}
+    return {"step_lr": float(value), "step_lrs": ()}
 
 
 def _step_lr_flag(text: str):
@@ -135,7 +126,7 @@ def register_meta_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--step-lr", type=_step_lr_flag, metavar="LR|auto",
                    help="> 0: give the conditioned metanetwork a gradient-step head that starts as SGD with this "
                         "lr on the masked loss and learns per-channel step sizes; auto: the best of "
-                        f"{', '.join(map(str, STEP_LRS))} for --steps SGD steps on the held-out members "
+                        "0.01, 0.03, 0.1, 0.3, 1 for --steps SGD steps on the held-out members "
                         "(default: auto with --objective conditioned, else 0: none)")
     p.add_argument("--seed", type=int, default=0, help="(default: 0)")
     p.add_argument("--init", metavar="FILE", help="start from this metanetwork instead of a fresh one")

@@ -191,11 +191,35 @@ class _Masking:
                        params={k: v.detach() for k, v in params.items()})
 
 
+# Named settings of meta-training; ``fxmeta meta-train --objective NAME`` and ``meta_train(preset=NAME)``
+# start from the same one. "conditioned" (the default): a learned optimiser told the prune, the best of the
+# objective sweep on held-out zoo members (docs/results.md); "reference" and "prunable": the paper's
+# settings with its objective or with the prunability term added.
+PRESETS: dict[str, dict[str, Any]] = {
+    "conditioned": {"objective": "prunable", "conditioned": True, "zero_init": True, "ratio": 1.0, "reg": 0.0,
+                    "eval_finetune_epochs": 0, "mask_speedups": (2.0, 4.0, 8.0), "steps": 3, "step_lr": 0.01,
+                    "step_lrs": (0.01, 0.03, 0.1, 0.3, 1.0), "ce_weight": 0.0},
+    "prunable": {"objective": "prunable"},
+    "reference": {"objective": "reference"},
+}
+DEFAULT_PRESET = "conditioned"
+
+
+def preset(name: str = DEFAULT_PRESET, **settings: Any) -> MetaTrainConfig:
+    """The :class:`MetaTrainConfig` of a named preset (:data:`PRESETS`) with ``settings`` over it."""
+    if name not in PRESETS:
+        raise SpecError(f"unknown meta-training preset {name!r}; use one of {', '.join(PRESETS)}")
+    return MetaTrainConfig(**{**PRESETS[name], **settings})
+
+
 def meta_train(zoo_dir: str | os.PathLike, out: str | os.PathLike = "metanet/", epochs: int | None = None,
-               config: MetaTrainConfig | None = None, *, trust: bool = False, **settings: Any) -> MetaTrainResult:
+               config: MetaTrainConfig | None = None, *, trust: bool = False, preset_name: str = DEFAULT_PRESET,
+               **settings: Any) -> MetaTrainResult:
     """Meta-train a metanetwork on the data models of ``zoo_dir``; write checkpoints to ``out``.
 
-    Settings are the fields of :class:`MetaTrainConfig`, given as keywords (or as ``config``).
+    Settings are the fields of :class:`MetaTrainConfig`, given as keywords over ``config``, or,
+    without one, over the preset ``preset_name`` (:data:`PRESETS`; "conditioned", as for
+    ``fxmeta meta-train``).
     ``trust`` allows a zoo whose manifest or members name code (a user's model factory or
     data function), which loading them runs.
     """
@@ -203,7 +227,7 @@ def meta_train(zoo_dir: str | os.PathLike, out: str | os.PathLike = "metanet/", 
     from ..training.data import load_data, make_loaders
     from .zoo import load_zoo
 
-    config = replace(config or MetaTrainConfig(), **settings)
+    config = replace(config or preset(preset_name), **settings)
     if epochs is not None:
         config = replace(config, epochs=epochs)
     zoo = load_zoo(zoo_dir, trust=trust)
