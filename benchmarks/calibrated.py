@@ -22,14 +22,11 @@ import torch
 
 from fxmeta.pruning.spec import CALIBRATED as CALIBRATED_DEFAULTS
 
-from .common import cache_dir, header, key, mean_se, pct, table
+from .common import cache_dir, cached_cell, header, key, line_plot, mean_se, pct, say, table
+from .tp_baselines import ConvFlops, SparsityLearning, tp_importance, tp_to_target
 
 ARCHS = ("resnet20", "vgg11")
 BASE_RECIPE = {"epochs": 8, "lr": 0.1, "batch_size": 128, "weight_decay": 5e-4, "schedule": "cosine"}
-
-
-def say(text: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {text}", flush=True)
 
 
 def load_splits(image_size: int):
@@ -118,16 +115,6 @@ class Bench:
         return out
 
 
-def cached_cell(bench: Bench, parts: dict, run) -> dict:
-    path = bench.cache / f"{key(parts)}.json"
-    if path.is_file():
-        return json.loads(path.read_text())
-    t0 = time.perf_counter()
-    cell = {**parts, **run(), "seconds": round(time.perf_counter() - t0, 2)}
-    path.write_text(json.dumps(cell))
-    return cell
-
-
 def fxmeta_cells(bench: Bench, arch: str, seed: int, base: torch.nn.Module) -> list[dict]:
     import fxmeta
     from fxmeta.pruning.spec import PruneSpec
@@ -151,74 +138,11 @@ def fxmeta_cells(bench: Bench, arch: str, seed: int, base: torch.nn.Module) -> l
                 return {"speedup": result.speedup, "prune_seconds": round(prune_s, 2),
                         "params_ratio": result.params_ratio, **bench.score(result.module.eval(), seed)}
 
-            cells.append(cached_cell(bench, parts, run))
+            cells.append(cached_cell(bench.cache, parts, run))
             c = cells[-1]
             say(f"{arch} s{seed} {importance}+{compensate} {allocation} {target:g}x: val {c['val']:.4f} test {c['test']:.4f} "
                 f"(no recal {c['val_no_recal']:.4f}; prune {c['prune_seconds']} s)")
     return cells
-
-
-class _ConvFlops:
-    """2 x multiply-adds of the conv and linear layers from their current widths (FlopCounterMode's count),
-    cheap enough to call after every Torch-Pruning step; confirmed by fxmeta's counter at each target."""
-
-    def __init__(self, model: torch.nn.Module, example: torch.Tensor) -> None:
-        import math
-
-        self.model, self.spatial, self.math = model, {}, math
-        hooks = [m.register_forward_hook(self._record(n)) for n, m in model.named_modules()
-                 if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))]
-        with torch.no_grad():
-            model.eval()(example)
-        for h in hooks:
-            h.remove()
-
-    def _record(self, name: str):
-        def hook(module, inputs, output):
-            self.spatial[name] = self.math.prod(output.shape[2:]) * output.shape[0]
-        return hook
-
-    def __call__(self) -> int:
-        total = 0
-        for name, m in self.model.named_modules():
-            if isinstance(m, torch.nn.Conv2d):
-                total += 2 * m.out_channels * (m.in_channels // m.groups) * self.math.prod(m.kernel_size) \
-                    * self.spatial[name]
-            elif isinstance(m, torch.nn.Linear):
-                total += 2 * m.in_features * m.out_features * self.spatial[name]
-        return total
-
-
-def _tp_importance(method: str, model: torch.nn.Module, calibration: list) -> object:
-    """Torch-Pruning's importance object, with the gradients it reads already on the model."""
-    import torch.nn.functional as F
-    import torch_pruning as tp
-
-    if method == "magnitude":
-        return tp.importance.GroupMagnitudeImportance(p=2)
-    model.eval()
-    model.zero_grad()
-    if method == "taylor":  # TP's recipe: loss.backward() on calibration data, then prune
-        for x, y in calibration:
-            F.cross_entropy(model(x), y).backward()
-        return tp.importance.GroupTaylorImportance()
-    imp = tp.importance.GroupHessianImportance()
-    # TP 1.6.1's accumulate_grad tests `name not in` a dict keyed by parameters, so it keeps only the
-    # last sample's squared gradient; its scoring code is used as is, with the accumulator filled here
-    # with the sum over the samples.
-    xs = torch.cat([x for x, _ in calibration])[:HESSIAN_SAMPLES]
-    ys = torch.cat([y for _, y in calibration])[:HESSIAN_SAMPLES]
-    params = [p for p in model.parameters() if p.requires_grad]
-    sums = [torch.zeros_like(p) for p in params]
-    for i in range(len(xs)):
-        grads = torch.autograd.grad(F.cross_entropy(model(xs[i:i + 1]), ys[i:i + 1]), params)
-        for acc, g in zip(sums, grads):
-            acc += g.pow(2)
-    for p, acc in zip(params, sums):
-        imp._accu_grad[p] = acc
-        imp._counter[p] = len(xs)
-        p.grad = acc.clone() / len(xs)
-    return imp
 
 
 def tp_cells(bench: Bench, arch: str, seed: int, base: torch.nn.Module) -> list[dict]:
@@ -241,13 +165,13 @@ def tp_cells(bench: Bench, arch: str, seed: int, base: torch.nn.Module) -> list[
         if todo:
             t0 = time.perf_counter()
             model = copy.deepcopy(base)
-            importance = _tp_importance(method, model, calibration)
+            importance = tp_importance(method, model, calibration, HESSIAN_SAMPLES)
             ignored = [m for m in model.modules() if isinstance(m, torch.nn.Linear) and m.out_features == 10]
             pruner = tp.pruner.MetaPruner(model, bench.example, importance=importance, global_pruning=True,
                                           iterative_steps=TP_STEPS, pruning_ratio=1.0, max_pruning_ratio=1.0,
                                           ignored_layers=ignored)
             base_flops = count_flops(model, bench.example)
-            quick = _ConvFlops(model, bench.example)
+            quick = ConvFlops(model, bench.example)
             pending = sorted(todo)
             while pending and pruner.current_step < pruner.iterative_steps:
                 pruner.step()
@@ -265,7 +189,7 @@ def tp_cells(bench: Bench, arch: str, seed: int, base: torch.nn.Module) -> list[
                 module.zero_grad(set_to_none=True)
                 return {"speedup": measured, "prune_seconds": round(seconds, 2), **bench.score(module, seed)}
 
-            cells.append(cached_cell(bench, {**parts, "target": target}, run))
+            cells.append(cached_cell(bench.cache, {**parts, "target": target}, run))
             c = cells[-1]
             say(f"{arch} s{seed} TP {method} {target:g}x: " + (c.get("error") or f"val {c['val']:.4f} test {c['test']:.4f}"))
     return cells
@@ -276,29 +200,6 @@ def tp_cells(bench: Bench, arch: str, seed: int, base: torch.nn.Module) -> list[
 FT = {"epochs": 1, "lr": 0.01, "batch_size": 128, "weight_decay": 5e-4}  # every method's finetune after the prune
 SL_REG = 5e-4  # Torch-Pruning's group-sparsity regulariser default (its CIFAR recipe)
 FT_TARGETS = (4.0, 8.0)
-
-
-class _SparsityLearning:
-    """Torch-Pruning's group-norm sparsity learning (DepGraph+SL) as a training objective of the loop:
-    cross-entropy, then ``pruner.regularize`` between backward and step."""
-
-    def __init__(self, pruner: object, model: torch.nn.Module) -> None:
-        self.pruner, self.model = pruner, model
-
-    def wrap(self, model):
-        return model
-
-    def begin_epoch(self, epoch: int) -> None:
-        pass
-
-    def before_step(self, step: int) -> None:
-        pass
-
-    def loss(self, out, y, criterion):
-        return criterion(out.float(), y), out
-
-    def after_backward(self) -> None:
-        self.pruner.regularize(self.model)
 
 
 def _train_config(seed: int, epochs: int):
@@ -363,8 +264,8 @@ def ft_cells(bench: Bench, arch: str, seed: int, base: torch.nn.Module, tp_best:
                                                importance=tp.importance.GroupMagnitudeImportance(p=2, normalizer="max"),
                                                iterative_steps=TP_STEPS, pruning_ratio=1.0, max_pruning_ratio=1.0,
                                                ignored_layers=ignored)
-            train(model, bench.data, _train_config(seed, FT["epochs"]), _SparsityLearning(pruner, model))
-            module = _tp_to_target(pruner, model.eval(), bench, target)
+            train(model, bench.data, _train_config(seed, FT["epochs"]), SparsityLearning(pruner, model))
+            module = tp_to_target(pruner, model.eval(), bench.example, target)
             if module is None:
                 return {"error": f"Torch-Pruning did not reach {target:g}x"}
             recalibrate_bn(module, bench.recal_batches(seed), RECAL["batches"])
@@ -374,12 +275,12 @@ def ft_cells(bench: Bench, arch: str, seed: int, base: torch.nn.Module, tp_best:
         def tp_row():
             method = tp_label.split()[-1]
             model = copy.deepcopy(base)
-            importance = _tp_importance(method, model, calibration)
+            importance = tp_importance(method, model, calibration, HESSIAN_SAMPLES)
             ignored = [m for m in model.modules() if isinstance(m, torch.nn.Linear) and m.out_features == 10]
             pruner = tp.pruner.MetaPruner(model, bench.example, importance=importance, global_pruning=True,
                                           iterative_steps=TP_STEPS, pruning_ratio=1.0, max_pruning_ratio=1.0,
                                           ignored_layers=ignored)
-            module = _tp_to_target(pruner, model.eval(), bench, target)
+            module = tp_to_target(pruner, model.eval(), bench.example, target)
             if module is None:
                 return {"error": f"Torch-Pruning did not reach {target:g}x"}
             module.zero_grad(set_to_none=True)
@@ -390,7 +291,7 @@ def ft_cells(bench: Bench, arch: str, seed: int, base: torch.nn.Module, tp_best:
         rows.update({"fxmeta prepare (l2)": prepared, "DepGraph+SL (Torch-Pruning)": sparsity_learning,
                      f"{tp_label} (best on val)": tp_row})
         for label, run in rows.items():
-            cells.append(cached_cell(bench, {**common, "row": label, **({"tp": tp_label} if "best" in label else {}),
+            cells.append(cached_cell(bench.cache, {**common, "row": label, **({"tp": tp_label} if "best" in label else {}),
                                              **({"reg": SL_REG} if "SL" in label else {})}, run))
             c = cells[-1]
             say(f"ft {arch} s{seed} {target:g}x {label}: " + (c.get("error") or
@@ -398,21 +299,6 @@ def ft_cells(bench: Bench, arch: str, seed: int, base: torch.nn.Module, tp_best:
         return cells
 
     return [c for target in FT_TARGETS for c in at(target)]
-
-
-def _tp_to_target(pruner, model: torch.nn.Module, bench: Bench, target: float):
-    """Step a Torch-Pruning pruner until FLOPs drop by ``target`` (fxmeta's counter confirms it)."""
-    import copy
-
-    from fxmeta.pruning.flops import count_flops
-
-    base_flops = count_flops(model, bench.example)
-    quick = _ConvFlops(model, bench.example)
-    while pruner.current_step < pruner.iterative_steps:
-        pruner.step()
-        if base_flops / max(quick(), 1) >= target and base_flops / max(count_flops(model, bench.example), 1) >= target:
-            return copy.deepcopy(model).eval()
-    return None
 
 
 # ----------------------------------------------------------------------------------- sweep
@@ -447,7 +333,7 @@ def sweep(bench: Bench, arch: str, seeds: list[int], bases: dict, target: float 
                 recalibrate_bn(module, bench.recal_batches(seed), RECAL["batches"])
                 return {"val_no_recal": no_recal, "val": evaluate(module, bench.loaders.val)["acc"]}
 
-            out.append(cached_cell(bench, parts, run))
+            out.append(cached_cell(bench.cache, parts, run))
             c = out[-1]
             say(f"sweep {arch} s{seed} {importance} ridge {ridge:g} batches {batches} {allocation}: "
                 f"val {c['val']:.4f} (no recal {c['val_no_recal']:.4f})")
@@ -639,27 +525,12 @@ def write_report(cells: list[dict], bases: dict, ft: list[dict], sweeps: list[di
 
 
 def write_plot(cells, bases, archs, seeds, chosen, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, len(archs), figsize=(5 * len(archs), 4), squeeze=False)
-    for ax, arch in zip(axes[0], archs):
-        labels = [chosen["default"], "fxmeta l2 + none, global", "fxmeta random"] + [f"Torch-Pruning {m}" for m in TP_METHODS]
-        for label in dict.fromkeys(labels):
-            pts = [(t, 100 * mean_se(_values(cells, label, arch, t, "test"))[0]) for t in TARGETS
-                   if _values(cells, label, arch, t, "test")]
-            if pts:
-                ax.plot(*zip(*pts), "o-", label=label)
-        ax.axhline(100 * mean_se([bases[(arch, s)]["test_acc"] for s in seeds])[0], color="k", ls=":", label="unpruned")
-        ax.set_xscale("log", base=2)
-        ax.set_xlabel("FLOPs speed-up")
-        ax.set_ylabel("test accuracy after prune + recal (%)")
-        ax.set_title(f"Fashion-MNIST {arch}")
-        ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    labels = [chosen["default"], "fxmeta l2 + none, global", "fxmeta random"] + [f"Torch-Pruning {m}" for m in TP_METHODS]
+    panels = {f"Fashion-MNIST {arch}": {label: [(t, 100 * mean_se(_values(cells, label, arch, t, "test"))[0])
+                                                for t in TARGETS if _values(cells, label, arch, t, "test")]
+                                        for label in dict.fromkeys(labels)} for arch in archs}
+    line_plot(path, panels, {f"Fashion-MNIST {a}": 100 * mean_se([bases[(a, s)]["test_acc"] for s in seeds])[0]
+                             for a in archs}, "FLOPs speed-up", "test accuracy after the prune (%)")
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -48,7 +48,7 @@ _LAZY = {
     "meta_train": "fxmeta.metatrain.loop",
     "build_zoo": "fxmeta.metatrain.zoo",
     "load": "fxmeta.io.files",
-    "save": "fxmeta.io.files",
+    "save": "fxmeta.io.saving",
 }
 
 

@@ -13,8 +13,9 @@ import torch
 from torch import nn
 
 import fxmeta
+from fxmeta import io
 from fxmeta.errors import FxmetaError, InputShapeError, OutputExistsError, SpecError, UnsafeFileError
-from fxmeta.io import files as io
+from fxmeta.io import files
 from fxmeta.io.libraries import _torchvision_shape
 
 
@@ -113,7 +114,7 @@ def test_fxmeta_spec_passes_kwargs_and_default_shape(fake_models):
     with pytest.raises(SpecError, match="unknown model .nope.; known models: resnet20"):
         io.resolve_model("fxmeta:nope")
     with pytest.raises(SpecError, match="does not accept"):
-        io._resolve("fxmeta:tiny", {"depth": 3}, trust=False, from_file=None, depth=0)
+        files._resolve("fxmeta:tiny", {"depth": 3}, trust=False, from_file=None, depth=0)
 
 
 def test_fxmeta_spec_with_real_zoo():

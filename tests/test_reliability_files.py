@@ -257,7 +257,7 @@ def test_an_output_ending_in_a_separator_is_refused_up_front(tmp_path, capsys):
 
 
 def test_a_dead_runs_temp_file_is_removed_by_the_next_save(tmp_path):
-    from fxmeta.io.files import atomic_write_text
+    from fxmeta.io.saving import atomic_write_text
 
     out = tmp_path / "out.json"
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)

@@ -84,8 +84,7 @@ def load_model_and_input(args: argparse.Namespace):
 def example_for(args: argparse.Namespace, loaded: Any, data_shape: Sequence[int] | None = None) -> Any:
     """The example input: --example-input, else --input-shape / --input-dtype, else the data's
     sample shape, else the model family's usual shape and dtype."""
-    from ..io.files import parse_input_shape
-    from ..io.inputs import example_input, load_example_input, parse_dtype
+    from ..io.inputs import example_input, load_example_input, parse_dtype, parse_input_shape
 
     path = getattr(args, "example_input", None)
     if path is not None:
@@ -110,7 +109,7 @@ def write_output(text: str, out: str | None, force: bool, inputs: Sequence[str])
     if out is None:
         sys.stdout.write(text)
         return
-    from ..io.files import atomic_write_text, check_output_path
+    from ..io.saving import atomic_write_text, check_output_path
 
     check_output_path(out, list(inputs), force)
     atomic_write_text(text, out, force=force)
@@ -382,7 +381,7 @@ def check_numbers(args: argparse.Namespace) -> None:
     need("--calib-batches", v is None or v >= 1, ">= 1")
     shape = val("input_shape")
     if shape is not None:
-        from ..io.files import parse_input_shape
+        from ..io.inputs import parse_input_shape
 
         parse_input_shape(shape)  # "" is an error, not the default
 
@@ -401,7 +400,8 @@ def load_model(args: argparse.Namespace, data) -> tuple[Any, Any]:
     """The model and an example input (``example_for``)."""
     import torch
 
-    from ..io.files import parse_input_shape, resolve_model
+    from ..io.files import resolve_model
+    from ..io.inputs import parse_input_shape
 
     torch.manual_seed(args.seed if hasattr(args, "seed") else 0)  # spec-built models: reproducible weights
     if args.input_shape is not None:

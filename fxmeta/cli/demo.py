@@ -33,7 +33,8 @@ def _demo_base(args: argparse.Namespace, data: Any, timer: Any) -> tuple[Any, st
     import torch
 
     from .. import __version__
-    from ..io.files import resolve_model, save
+    from ..io.files import resolve_model
+    from ..io.saving import save
     from ..pipeline.transform import check_model_fits
     from ..tracing import example_from_shape
     from ..training.loop import TrainConfig, train
@@ -156,7 +157,7 @@ def render_comparison(title: str, columns: dict[str, dict[str, Any]], budget: di
 def cmd_demo(args: argparse.Namespace) -> int:
     import torch
 
-    from ..io.files import atomic_write_text, save
+    from ..io.saving import atomic_write_text, save
     from ..pipeline.transform import StageTimer, TransformConfig, transform
     from ..pruning.spec import PruneSpec
     from ..tracing import example_from_shape

@@ -7,7 +7,7 @@ from .common import add_model_args, err, load_model_and_input, write_output
 
 
 def cmd_dump(args: argparse.Namespace) -> int:
-    from ..io.files import check_output_path
+    from ..io.saving import check_output_path
     from ..ir.dump import dump
     from ..ir.lowering import lower
 

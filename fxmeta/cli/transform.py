@@ -106,7 +106,7 @@ def _run(args: argparse.Namespace, *, with_training: bool) -> int:
 
 def _save_outputs(args: argparse.Namespace, loaded: Any, x: Any, result: Any, timer: Any,
                   run_info: dict[str, Any]) -> None:
-    from ..io.files import save
+    from ..io.saving import save
 
     metrics = result.metrics() | {"source": loaded.source, "run": run_info,
                                   "speedup_target": args.speedup}

@@ -13,7 +13,7 @@ from torch import nn
 from torch.export import ExportedProgram
 
 from ..capture.export import export_program
-from .files import atomic_save
+from .saving import atomic_save
 
 __all__ = ["export_program", "save_program"]
 

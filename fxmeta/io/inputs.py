@@ -8,6 +8,7 @@ model is traced with the same kind of input when it is loaded again.
 from __future__ import annotations
 
 import os
+import re
 from typing import Any, Sequence
 
 import torch
@@ -83,3 +84,14 @@ def load_example_input(path: str) -> torch.Tensor | tuple[torch.Tensor, ...]:
 def first_tensor(x: Any) -> torch.Tensor:
     """The example input's first tensor (the one whose shape and dtype files record)."""
     return x if isinstance(x, torch.Tensor) else x[0]
+
+
+def parse_input_shape(text: str) -> tuple[int, ...]:
+    """Parse a CLI shape such as ``1,3,224,224`` (also ``1x3x224x224`` or ``(1, 3, 224, 224)``)."""
+    body = text.strip().strip("()[]").strip()
+    parts = re.split(r"\s*[,x]\s*|\s+", body) if body else []
+    if not parts or not all(re.fullmatch(r"[0-9]+", p) and int(p) > 0 for p in parts):
+        raise InputShapeError(
+            f"bad input shape {text!r}: expected positive integers separated by commas, e.g. 1,3,224,224"
+        )
+    return tuple(int(p) for p in parts)

@@ -7,7 +7,7 @@ from typing import Any
 import torch
 
 from ..errors import FxmetaError, SpecError
-from ..io.files import atomic_save
+from ..io.saving import atomic_save
 from .model import FORMAT, Metanet, MetanetConfig
 
 

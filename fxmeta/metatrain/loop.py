@@ -545,7 +545,7 @@ def _describe(summary: dict) -> str:
 
 def _save_last(path: Path, net: Metanet, optimizer: torch.optim.Optimizer, state: dict,
                config: MetaTrainConfig) -> None:
-    from ..io.files import atomic_save, plain_data
+    from ..io.saving import atomic_save, plain_data
 
     obj = {"format": CHECKPOINT_FORMAT,
            "metanet": {"format": METANET_FORMAT, "config": net.config.to_dict(), "state_dict": net.state_dict()},

@@ -117,7 +117,7 @@ def _check_manifest(data: dict, path: Path, folder: str) -> Zoo:
 
 
 def _write_manifest(zoo: Zoo) -> None:
-    from ..io.files import atomic_write_text
+    from ..io.saving import atomic_write_text
 
     atomic_write_text(json.dumps(zoo.to_dict(), indent=1) + "\n", Path(zoo.folder) / MANIFEST, force=True)
 
@@ -191,7 +191,8 @@ def build_zoo(
 
 def _build_member(zoo: Zoo, index: int, member_seed: int, split: str, splits: Any, *, trust: bool,
                   progress: bool) -> ZooMember:
-    from ..io.files import resolve_model, save
+    from ..io.files import resolve_model
+    from ..io.saving import save
     from ..pruning.pruner import prune
     from ..tracing import example_from_shape
     from ..training.loop import TrainConfig, train

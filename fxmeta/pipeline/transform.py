@@ -242,7 +242,7 @@ def _check_resume(folder: Path, record: dict[str, Any], resume: bool, is_main: b
             raise SpecError(f"the checkpoints in {folder} belong to another run ({'; '.join(diff[:3])}); "
                             "drop --resume or use another --checkpoint-dir")
     if is_main:
-        from ..io.files import atomic_write_text
+        from ..io.saving import atomic_write_text
 
         folder.mkdir(parents=True, exist_ok=True)
         atomic_write_text(json.dumps(record, indent=1, sort_keys=True), path, force=True)

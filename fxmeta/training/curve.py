@@ -86,7 +86,7 @@ def prunability_curve(model: nn.Module, example_input: Any, eval_loader: DataLoa
 
 
 def write_json(curves: list[Curve], path: str, force: bool = False) -> None:
-    from ..io.files import atomic_write_text
+    from ..io.saving import atomic_write_text
 
     atomic_write_text(json.dumps([c.to_json() for c in curves], indent=1), path, force=force)
 

@@ -29,7 +29,7 @@ from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler
 
 from ..errors import SpecError, TrainingDivergedError
-from ..io.files import atomic_save
+from ..io.saving import atomic_save
 from .data import DataSplits, Loaders, ShardSampler, make_loaders
 
 _CHECKPOINT = "last.pt"

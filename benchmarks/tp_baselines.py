@@ -1,0 +1,106 @@
+"""Torch-Pruning run as real code, as the benchmarks compare with it: its importance criteria with the
+gradients they read, stepping a pruner to a FLOPs target, and group-sparsity learning as a training
+objective of fxmeta's loop. Shared by benchmarks; not a benchmark itself."""
+from __future__ import annotations
+
+import copy
+import math
+
+import torch
+import torch.nn.functional as F
+
+
+class ConvFlops:
+    """2 x multiply-adds of the conv and linear layers from their current widths (FlopCounterMode's count),
+    cheap enough to call after every Torch-Pruning step; confirmed by fxmeta's counter at each target."""
+
+    def __init__(self, model: torch.nn.Module, example: torch.Tensor) -> None:
+        self.model, self.spatial = model, {}
+        hooks = [m.register_forward_hook(self._record(n)) for n, m in model.named_modules()
+                 if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))]
+        with torch.no_grad():
+            model.eval()(example)
+        for h in hooks:
+            h.remove()
+
+    def _record(self, name: str):
+        def hook(module, inputs, output):
+            self.spatial[name] = math.prod(output.shape[2:]) * output.shape[0]
+        return hook
+
+    def __call__(self) -> int:
+        total = 0
+        for name, m in self.model.named_modules():
+            if isinstance(m, torch.nn.Conv2d):
+                total += 2 * m.out_channels * (m.in_channels // m.groups) * math.prod(m.kernel_size) \
+                    * self.spatial[name]
+            elif isinstance(m, torch.nn.Linear):
+                total += 2 * m.in_features * m.out_features * self.spatial[name]
+        return total
+
+
+def tp_importance(method: str, model: torch.nn.Module, calibration: list, hessian_samples: int = 256) -> object:
+    """Torch-Pruning's importance object, with the gradients it reads already on the model."""
+    import torch_pruning as tp
+
+    if method == "magnitude":
+        return tp.importance.GroupMagnitudeImportance(p=2)
+    model.eval()
+    model.zero_grad()
+    if method == "taylor":  # TP's recipe: loss.backward() on calibration data, then prune
+        for x, y in calibration:
+            F.cross_entropy(model(x), y).backward()
+        return tp.importance.GroupTaylorImportance()
+    imp = tp.importance.GroupHessianImportance()
+    # TP 1.6.1's accumulate_grad tests `name not in` a dict keyed by parameters, so it keeps only the
+    # last sample's squared gradient; its scoring code is used as is, with the accumulator filled here
+    # with the sum over the samples.
+    xs = torch.cat([x for x, _ in calibration])[:hessian_samples]
+    ys = torch.cat([y for _, y in calibration])[:hessian_samples]
+    params = [p for p in model.parameters() if p.requires_grad]
+    sums = [torch.zeros_like(p) for p in params]
+    for i in range(len(xs)):
+        grads = torch.autograd.grad(F.cross_entropy(model(xs[i:i + 1]), ys[i:i + 1]), params)
+        for acc, g in zip(sums, grads):
+            acc += g.pow(2)
+    for p, acc in zip(params, sums):
+        imp._accu_grad[p] = acc
+        imp._counter[p] = len(xs)
+        p.grad = acc.clone() / len(xs)
+    return imp
+
+
+class SparsityLearning:
+    """Torch-Pruning's group-norm sparsity learning (DepGraph+SL) as a training objective of the loop:
+    cross-entropy, then ``pruner.regularize`` between backward and step."""
+
+    def __init__(self, pruner: object, model: torch.nn.Module) -> None:
+        self.pruner, self.model = pruner, model
+
+    def wrap(self, model):
+        return model
+
+    def begin_epoch(self, epoch: int) -> None:
+        pass
+
+    def before_step(self, step: int) -> None:
+        pass
+
+    def loss(self, out, y, criterion):
+        return criterion(out.float(), y), out
+
+    def after_backward(self) -> None:
+        self.pruner.regularize(self.model)
+
+
+def tp_to_target(pruner, model: torch.nn.Module, example: torch.Tensor, target: float):
+    """Step a Torch-Pruning pruner until FLOPs drop by ``target`` (fxmeta's counter confirms it)."""
+    from fxmeta.pruning.flops import count_flops
+
+    base_flops = count_flops(model, example)
+    quick = ConvFlops(model, example)
+    while pruner.current_step < pruner.iterative_steps:
+        pruner.step()
+        if base_flops / max(quick(), 1) >= target and base_flops / max(count_flops(model, example), 1) >= target:
+            return copy.deepcopy(model).eval()
+    return None
