@@ -204,7 +204,8 @@ def add_train_args(p: argparse.ArgumentParser, epochs: int) -> None:
                         "prune (--objective conditioned), on the prunability objective for that prune (default: 0)")
     g.add_argument("--bn-batches", type=int, default=20, metavar="N",
                    help="recompute the BatchNorm statistics on N training batches right after channel removal, "
-                        "before finetuning; restores much of the accuracy removal costs (default: 20; 0: off)")
+                        "before finetuning; restores much of the accuracy removal costs; not after --compensate "
+                        "lstsq, which refits the layers to the stored ones (default: 20; 0: off)")
     g.add_argument("--batch-size", type=int, default=128, metavar="B", help="per-process batch size (default: 128)")
     g.add_argument("--lr", type=float, default=0.01, help="peak learning rate, cosine schedule (default: 0.01)")
     g.add_argument("--optimizer", choices=["sgd", "adamw"], default="sgd", help="(default: sgd)")
@@ -298,7 +299,8 @@ def add_calibration_data_args(p: argparse.ArgumentParser) -> None:
                         "imagefolder:PATH or module.path:function")
     g.add_argument("--image-size", type=int, metavar="N", help="resize the data's images to NxN")
     g.add_argument("--bn-batches", type=int, default=20, metavar="N",
-                   help="recompute the BatchNorm statistics on N training batches after removal (default: 20; 0: off)")
+                   help="recompute the BatchNorm statistics on N training batches after removal; not after "
+                        "--compensate lstsq, which refits the layers to the stored ones (default: 20; 0: off)")
     g.add_argument("--batch-size", type=int, default=128, metavar="B", help="calibration batch size (default: 128)")
     g.add_argument("--seed", type=int, default=0, help="seed of the calibration draw (default: 0)")
 
