@@ -96,10 +96,13 @@ def test_transform_with_data_finetunes_and_reports_accuracy(digits, tmp_path):
 
 
 def test_batchnorm_recalibration_after_removal(digits):
-    def run(bn_batches: int):
-        config = TransformConfig(prune=PruneSpec(2.0), bn_batches=bn_batches, finetune=_finetune(epochs=0), latency_batch=1)
+    def run(bn_batches: int, spec=PruneSpec(2.0, importance="l2", compensate="none")):
+        config = TransformConfig(prune=spec, bn_batches=bn_batches, finetune=_finetune(epochs=0), latency_batch=1)
         return transform(_r20(), X, config, data=digits)
 
+    refit = run(4, PruneSpec(2.0))  # the calibrated default (lstsq): its layers fit the stored statistics
+    assert refit.recalibrated_accuracy is None and "recalibrate BatchNorm" not in dict(refit.stages)
+    assert any("BatchNorm statistics kept" in n for n in refit.notes)
     plain, recalibrated = run(0), run(4)
     assert plain.recalibrated_accuracy is None and "recalibrate BatchNorm" not in dict(plain.stages)
     assert 0.0 <= recalibrated.recalibrated_accuracy <= 1.0
