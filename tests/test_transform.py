@@ -96,7 +96,8 @@ def test_transform_with_data_finetunes_and_reports_accuracy(digits, tmp_path):
 
 
 def test_batchnorm_recalibration_after_removal(digits):
-    def run(bn_batches: int, spec=PruneSpec(2.0, importance="l2", compensate="none")):
+    def run(bn_batches: int, spec=None):
+        spec = spec or PruneSpec(2.0, importance="l2", compensate="none")
         config = TransformConfig(prune=spec, bn_batches=bn_batches, finetune=_finetune(epochs=0), latency_batch=1)
         return transform(_r20(), X, config, data=digits)
 
