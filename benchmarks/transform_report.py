@@ -49,12 +49,15 @@ def _fmt_pct(x: float | None) -> str:
 def summary(rows: list[tuple[str, int, dict]]) -> list[str]:
     """Mean ± std over the seeds' empty-cache runs, per column (the warm runs repeat them)."""
     cold = [r for name, _, r in rows if name == "empty cache"]
-    head = ["column", "acc after BatchNorm recalibration %", "acc after finetune %", "FLOPs x", "n"]
+    head = ["column", "acc before any finetune % (after BatchNorm recalibration where it runs)",
+            "acc after finetune %", "FLOPs x", "n"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for column in cold[0]["metrics"]["methods"]:
         ms = [r["metrics"]["methods"][column] for r in cold]
         cells = [column]
-        for values in ([m.get("recalibrated_accuracy") for m in ms], [m["after"]["accuracy"] for m in ms]):
+        before = [m.get("recalibrated_accuracy") if m.get("recalibrated_accuracy") is not None
+                  else m.get("removed_accuracy") for m in ms]
+        for values in (before, [m["after"]["accuracy"] for m in ms]):
             values = [100 * v for v in values if v is not None]
             sd = statistics.stdev(values) if len(values) > 1 else 0.0
             cells.append(f"{statistics.mean(values):.1f} ± {sd:.1f}" if values else "-")
