@@ -318,3 +318,16 @@ def test_fashion_mnist_splits_when_installed():
     assert (len(data.train), len(data.val), len(data.test)) == (54000, 6000, 10000)
     assert data.input_shape == (1, 28, 28) and data.num_classes == 10
     assert torch.bincount(data.val.tensors[1]).tolist() == [600] * 10  # stratified
+
+
+def test_a_data_importance_is_refused_where_the_network_was_made_for_a_weight_prune():
+    from fxmeta.pipeline.transform import TransformConfig
+    from fxmeta.training.prepare import PrepareConfig
+
+    with pytest.raises(SpecError, match="prepare stage trains for a prune by weight importance"):
+        TransformConfig(prune=PruneSpec(2.0, importance="taylor"), prepare=PrepareConfig(epochs=1))
+    with pytest.raises(SpecError, match="metanetwork rewrites for a prune by weight importance"):
+        TransformConfig(prune=PruneSpec(2.0, importance="activation"), metanet=lambda graph: graph)
+    # named weight settings stay as named, with data or not
+    spec = PruneSpec(2.0, importance="l1", compensate="bias", allocation="global-mean")
+    assert spec.resolved(with_data=True) == spec == spec.resolved(with_data=False)
