@@ -32,7 +32,7 @@ from torch import Tensor, nn
 from ..analysis.channels import ChannelAnalysis
 from ..tracing import eval_mode
 from .calibration import Calibration, fixed_batch
-from .importance import consumer_nodes
+from .importance import channel_dim, consumer_nodes, input_units
 from .selfcheck import masked_original, removed_masks
 
 MAX_ROWS = 32768  # rows (samples x positions) per least-squares solve: a fixed, seeded draw above this
@@ -50,13 +50,6 @@ class Compensation:
     def to_plan(self) -> dict[str, Any]:
         return {"mode": self.mode, "changed": list(self.changed), "skipped": dict(self.skipped),
                 "samples": self.samples}
-
-
-def _keep_of(analysis: ChannelAnalysis, node: fx.Node, dim: int, removed: Tensor) -> Tensor | None:
-    value = analysis.values.get(node.name)
-    if not isinstance(value, list) or dim >= len(value) or value[dim] is None:
-        return None
-    return ~removed[analysis.roots(value[dim])]
 
 
 def _only_batchnorm_user(gm: fx.GraphModule, node: fx.Node, calls: dict[str, int]) -> nn.Module | None:
@@ -146,7 +139,7 @@ def _refit(module: nn.Module, x: Tensor, y: Tensor, keep: Tensor, intercept: boo
 
 
 def _mean_lost(module: nn.Module, y: Tensor, current: Tensor) -> Tensor:
-    d = y.dim() - 1 if isinstance(module, nn.Linear) else 1
+    d = channel_dim(module, y)
     return (y - current).double().movedim(d, 0).flatten(1).mean(1).to(y.dtype)
 
 
@@ -228,8 +221,8 @@ def _compensate_layer(gm: fx.GraphModule, node: fx.Node, y: Tensor, x: Tensor, a
                       removed: Tensor, mode: str, ridge: float, calls: dict, shared: dict, after: dict,
                       report: Compensation, gen: torch.Generator) -> None:
     module = gm.get_submodule(node.target)
-    d = x.dim() - 1 if isinstance(module, nn.Linear) else 1
-    keep = _keep_of(analysis, node.args[0], d, removed)
+    units = input_units(analysis, node, channel_dim(module, x))
+    keep = None if units is None else ~removed[units]
     if keep is None or bool(keep.all()) or not isinstance(y, Tensor):
         return  # the layer loses no input
     name = str(node.target)

@@ -9,7 +9,6 @@ from torch import Tensor, nn
 
 from ..analysis.channels import ChannelAnalysis, Group
 from ..errors import PruningError
-from ..keys import TENSOR_META
 from ..tracing import eval_mode
 from .calibration import Calibration, fixed_batch
 
@@ -81,12 +80,12 @@ def column_norms(module: nn.Module) -> Tensor:
     return w.reshape(groups, out_per, in_per, -1).pow(2).sum((1, 3)).sqrt().flatten()
 
 
-def _per_unit(analysis: ChannelAnalysis, node: fx.Node, dim: int, per_channel: Tensor, total: Tensor) -> None:
-    """Add a consumer input's per-channel values to the units the channels belong to."""
+def input_units(analysis: ChannelAnalysis, node: fx.Node, dim: int) -> Tensor | None:
+    """The unit of every channel on dim ``dim`` of a consumer's input (None where it carries none)."""
     value = analysis.values.get(node.args[0].name)
     if not isinstance(value, list) or dim >= len(value) or value[dim] is None:
-        return
-    total.index_add_(0, analysis.roots(value[dim]), per_channel.cpu().double())
+        return None
+    return analysis.roots(value[dim])
 
 
 def _grouped(analysis: ChannelAnalysis, per_unit: Tensor, name: str) -> Importance:
@@ -108,6 +107,7 @@ def activation_importance(analysis: ChannelAnalysis, calibration: Calibration) -
     consumers = consumer_nodes(gm)
     sums: dict[str, Tensor] = {}
     counts: dict[str, float] = {}
+    dims: dict[str, int] = {}
 
     class Recorder(fx.Interpreter):
         def call_module(self, target, args, kwargs):
@@ -115,7 +115,7 @@ def activation_importance(analysis: ChannelAnalysis, calibration: Calibration) -
             if node in wanted:
                 module = gm.get_submodule(target)
                 x = args[0].detach().double()
-                d = channel_dim(module, x)
+                d = dims[node.name] = channel_dim(module, x)
                 sums[node.name] = sums.get(node.name, 0) + x.pow(2).movedim(d, 0).flatten(1).sum(1)
                 counts[node.name] = counts.get(node.name, 0) + x.numel() / max(x.shape[d], 1)
             return super().call_module(target, args, kwargs)
@@ -138,15 +138,10 @@ def activation_importance(analysis: ChannelAnalysis, calibration: Calibration) -
         norms = column_norms(module)
         if rms.shape != norms.shape:
             continue
-        d = _input_dim(node, module)
-        _per_unit(analysis, node, d, rms * norms, per_unit)
+        units = input_units(analysis, node, dims[node.name])
+        if units is not None:
+            per_unit.index_add_(0, units, (rms * norms).cpu())
     return _grouped(analysis, per_unit, "activation")
-
-
-def _input_dim(node: fx.Node, module: nn.Module) -> int:
-    meta = node.args[0].meta.get(TENSOR_META)
-    ndim = len(meta.shape) if meta is not None and hasattr(meta, "shape") else 2
-    return ndim - 1 if isinstance(module, nn.Linear) else 1
 
 
 def taylor_importance(analysis: ChannelAnalysis, calibration: Calibration) -> Importance:
