@@ -23,7 +23,7 @@ import torch
 from fxmeta.pruning.spec import CALIBRATED as CALIBRATED_DEFAULTS
 
 from .common import cache_dir, cached_cell, header, key, line_plot, mean_se, pct, say, table
-from .tp_baselines import ConvFlops, SparsityLearning, tp_importance, tp_to_target
+from .tp_baselines import ConvFlops, SparsityLearning, tp_importance, tp_pruner, tp_to_target
 
 ARCHS = ("resnet20", "vgg11")
 BASE_RECIPE = {"epochs": 8, "lr": 0.1, "batch_size": 128, "weight_decay": 5e-4, "schedule": "cosine"}
@@ -150,8 +150,6 @@ def tp_cells(bench: Bench, arch: str, seed: int, base: torch.nn.Module) -> list[
     BatchNorm recalibration as fxmeta's rows."""
     import copy
 
-    import torch_pruning as tp
-
     from fxmeta.pruning.flops import count_flops
 
     cells = []
@@ -165,11 +163,8 @@ def tp_cells(bench: Bench, arch: str, seed: int, base: torch.nn.Module) -> list[
         if todo:
             t0 = time.perf_counter()
             model = copy.deepcopy(base)
-            importance = tp_importance(method, model, calibration, HESSIAN_SAMPLES)
-            ignored = [m for m in model.modules() if isinstance(m, torch.nn.Linear) and m.out_features == 10]
-            pruner = tp.pruner.MetaPruner(model, bench.example, importance=importance, global_pruning=True,
-                                          iterative_steps=TP_STEPS, pruning_ratio=1.0, max_pruning_ratio=1.0,
-                                          ignored_layers=ignored)
+            pruner = tp_pruner(model, bench.example, tp_importance(method, model, calibration, HESSIAN_SAMPLES),
+                               TP_STEPS)
             base_flops = count_flops(model, bench.example)
             quick = ConvFlops(model, bench.example)
             pending = sorted(todo)
@@ -225,8 +220,6 @@ def ft_cells(bench: Bench, arch: str, seed: int, base: torch.nn.Module, tp_best:
     all, k more before it for the last two."""
     import copy
 
-    import torch_pruning as tp
-
     import fxmeta
     from fxmeta.pruning.spec import PruneSpec, recalibrates
     from fxmeta.training.loop import evaluate, recalibrate_bn, train
@@ -259,13 +252,9 @@ def ft_cells(bench: Bench, arch: str, seed: int, base: torch.nn.Module, tp_best:
 
         def sparsity_learning():
             model = copy.deepcopy(base)
-            ignored = [m for m in model.modules() if isinstance(m, torch.nn.Linear) and m.out_features == 10]
-            pruner = tp.pruner.GroupNormPruner(model, bench.example, reg=SL_REG, global_pruning=True,
-                                               importance=tp.importance.GroupMagnitudeImportance(p=2, normalizer="max"),
-                                               iterative_steps=TP_STEPS, pruning_ratio=1.0, max_pruning_ratio=1.0,
-                                               ignored_layers=ignored)
-            train(model, bench.data, _train_config(seed, FT["epochs"]), SparsityLearning(pruner, model))
-            module = tp_to_target(pruner, model.eval(), bench.example, target)
+            objective = SparsityLearning(model, bench.example, SL_REG, TP_STEPS)
+            train(model, bench.data, _train_config(seed, FT["epochs"]), objective)
+            module = tp_to_target(objective.pruner, model.eval(), bench.example, target)
             if module is None:
                 return {"error": f"Torch-Pruning did not reach {target:g}x"}
             recalibrate_bn(module, bench.recal_batches(seed), RECAL["batches"])
@@ -275,11 +264,8 @@ def ft_cells(bench: Bench, arch: str, seed: int, base: torch.nn.Module, tp_best:
         def tp_row():
             method = tp_label.split()[-1]
             model = copy.deepcopy(base)
-            importance = tp_importance(method, model, calibration, HESSIAN_SAMPLES)
-            ignored = [m for m in model.modules() if isinstance(m, torch.nn.Linear) and m.out_features == 10]
-            pruner = tp.pruner.MetaPruner(model, bench.example, importance=importance, global_pruning=True,
-                                          iterative_steps=TP_STEPS, pruning_ratio=1.0, max_pruning_ratio=1.0,
-                                          ignored_layers=ignored)
+            pruner = tp_pruner(model, bench.example, tp_importance(method, model, calibration, HESSIAN_SAMPLES),
+                               TP_STEPS)
             module = tp_to_target(pruner, model.eval(), bench.example, target)
             if module is None:
                 return {"error": f"Torch-Pruning did not reach {target:g}x"}

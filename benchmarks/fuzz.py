@@ -68,13 +68,7 @@ def main(argv: list[str] | None = None) -> int:
     lines += ["## Damaged files", "", "| file | mutated copies | clean fxmeta error | loaded unchanged | tracebacks "
               "| silent wrong loads |", "|---|---:|---:|---:|---:|---:|"]
     failures = 0 if dag_failure is None else 1
-    for name, outcomes in results.items():
-        crashes = [o for o in outcomes if o.startswith("crash")]
-        silent = [o for o in outcomes if o.startswith("silent")]
-        failures += len(crashes) + len(silent)
-        lines.append(f"| {name} | {len(outcomes)} | {outcomes.count('error')} | {outcomes.count('same')} | "
-                     f"{len(crashes)} | {len(silent)} |")
-        lines += [f"- {o}" for o in (crashes + silent)[:5]]
+    failures += outcome_rows(results, lines)
     lines += ["", f"Corruption fuzz: {corrupt_seconds:.0f} s.", "",
               "## Damaged inputs", "",
               "What users give as weights, with one thing wrong: a state dict for `SPEC@weights.pt` (NaN / inf "
@@ -86,18 +80,26 @@ def main(argv: list[str] | None = None) -> int:
               "any work, or load exactly what it holds.", "",
               "| input | cases | clean fxmeta error | loaded exactly | tracebacks | silent wrong loads |",
               "|---|---:|---:|---:|---:|---:|"]
-    for name, outcomes in inputs.items():
+    failures += outcome_rows(inputs, lines)
+    lines += ["", f"Damaged inputs: {input_seconds:.0f} s. **Failures: {failures}** (must be 0).", ""]
+    RESULTS.parent.mkdir(exist_ok=True)
+    RESULTS.write_text("\n".join(lines))
+    print("\n".join(lines))
+    return 0 if failures == 0 else 1
+
+
+def outcome_rows(results: dict[str, list[str]], lines: list[str]) -> int:
+    """One table row per kind of damaged file or input, the first failures listed under it; returns
+    the number of failures (tracebacks and silent wrong loads)."""
+    failures = 0
+    for name, outcomes in results.items():
         crashes = [o for o in outcomes if o.startswith("crash")]
         silent = [o for o in outcomes if o.startswith("silent")]
         failures += len(crashes) + len(silent)
         lines.append(f"| {name} | {len(outcomes)} | {outcomes.count('error')} | {outcomes.count('same')} | "
                      f"{len(crashes)} | {len(silent)} |")
         lines += [f"- {o}" for o in (crashes + silent)[:5]]
-    lines += ["", f"Damaged inputs: {input_seconds:.0f} s. **Failures: {failures}** (must be 0).", ""]
-    RESULTS.parent.mkdir(exist_ok=True)
-    RESULTS.write_text("\n".join(lines))
-    print("\n".join(lines))
-    return 0 if failures == 0 else 1
+    return failures
 
 
 if __name__ == "__main__":

@@ -223,7 +223,7 @@ class Bench:
 
     def pre_stage(self, arch: str, seed: int, method: str, target: float, hp: dict) -> tuple[torch.nn.Module, dict]:
         """The network after the method's own ``pre_epochs`` epochs (cached)."""
-        from benchmarks.quality.baselines import SparsityLearning
+        from benchmarks.tp_baselines import SparsityLearning
         from fxmeta.training.loop import train
         from fxmeta.training.prepare import prepare
 

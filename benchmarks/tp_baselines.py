@@ -70,12 +70,32 @@ def tp_importance(method: str, model: torch.nn.Module, calibration: list, hessia
     return imp
 
 
-class SparsityLearning:
-    """Torch-Pruning's group-norm sparsity learning (DepGraph+SL) as a training objective of the loop:
-    cross-entropy, then ``pruner.regularize`` between backward and step."""
+def _outputs(model: torch.nn.Module) -> list[torch.nn.Module]:
+    """The classifier layers Torch-Pruning is told to leave alone (fxmeta never prunes outputs)."""
+    return [m for m in model.modules() if isinstance(m, torch.nn.Linear) and m.out_features == 10]
 
-    def __init__(self, pruner: object, model: torch.nn.Module) -> None:
-        self.pruner, self.model = pruner, model
+
+def tp_pruner(model: torch.nn.Module, example: torch.Tensor, importance: object, steps: int) -> object:
+    """Torch-Pruning's ``MetaPruner``: global pruning in ``steps`` iterative steps, any ratio allowed."""
+    import torch_pruning as tp
+
+    return tp.pruner.MetaPruner(model, example, importance=importance, global_pruning=True, iterative_steps=steps,
+                                pruning_ratio=1.0, max_pruning_ratio=1.0, ignored_layers=_outputs(model))
+
+
+class SparsityLearning:
+    """Torch-Pruning's group-norm sparsity learning (DepGraph+SL) as a training objective of fxmeta's
+    loop: plain cross-entropy, then ``pruner.regularize`` on the gradients between backward and step;
+    ``pruner`` then prunes the sparsified network."""
+
+    def __init__(self, model: torch.nn.Module, example: torch.Tensor, reg: float, steps: int) -> None:
+        import torch_pruning as tp
+
+        self.model = model
+        self.pruner = tp.pruner.GroupNormPruner(
+            model, example, reg=reg, importance=tp.importance.GroupMagnitudeImportance(p=2, normalizer="max"),
+            global_pruning=True, iterative_steps=steps, pruning_ratio=1.0, max_pruning_ratio=1.0,
+            ignored_layers=_outputs(model))
 
     def wrap(self, model):
         return model

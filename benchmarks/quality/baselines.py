@@ -2,14 +2,14 @@
 from __future__ import annotations
 
 import copy
-import math
 import time
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
+from ..tp_baselines import ConvFlops
 from .settings import (
     DATA_SPEC,
     IMAGE_SIZE,
@@ -218,40 +218,6 @@ def sparsity_learning(ctx: Context, arch: str, seed: int, reg: float) -> tuple[t
     return model.eval(), seconds, info
 
 
-class _ConvFlops:
-    """FLOPs of a conv / linear network from its modules' current widths, cheap to call every step.
-
-    The spatial sizes are recorded once (pruning channels does not change them); the
-    formula is FlopCounterMode's (2 x multiply-adds of conv and linear layers), and every
-    count that decides a target is confirmed with ``fxmeta.pruning.flops.count_flops``."""
-
-    def __init__(self, model: torch.nn.Module, example: torch.Tensor) -> None:
-        self.model, self.spatial = model, {}
-        hooks = [m.register_forward_hook(self._record(name)) for name, m in model.named_modules()
-                 if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))]
-        try:
-            with torch.no_grad():
-                model.eval()(example)
-        finally:
-            for h in hooks:
-                h.remove()
-
-    def _record(self, name: str) -> Callable:
-        def hook(module: torch.nn.Module, inputs: Any, output: torch.Tensor) -> None:
-            self.spatial[name] = math.prod(output.shape[2:]) * output.shape[0]
-        return hook
-
-    def __call__(self) -> int:
-        total = 0
-        for name, m in self.model.named_modules():
-            if isinstance(m, torch.nn.Conv2d):
-                fan_in = (m.in_channels // m.groups) * math.prod(m.kernel_size)
-                total += 2 * m.out_channels * fan_in * self.spatial[name]
-            elif isinstance(m, torch.nn.Linear):
-                total += 2 * m.in_features * m.out_features * self.spatial[name]
-        return total
-
-
 def tp_progressive(model: torch.nn.Module, ctx: Context, reg: float | None,
                    targets: list[float]) -> dict[float, dict]:
     """Step a Torch-Pruning pruner until each FLOPs target is met, keeping a copy at each target
@@ -262,7 +228,7 @@ def tp_progressive(model: torch.nn.Module, ctx: Context, reg: float | None,
     pruner = _tp_pruner(model, ctx, reg)
     model.eval()
     base_flops = count_flops(model, ctx.example)
-    quick = _ConvFlops(model, ctx.example)
+    quick = ConvFlops(model, ctx.example)
     exact = quick() == base_flops  # else every step is counted with count_flops
     out: dict[float, dict] = {}
     pending = sorted(targets)
@@ -282,32 +248,3 @@ def tp_progressive(model: torch.nn.Module, ctx: Context, reg: float | None,
                            f"(pruning_ratio=1.0, max_pruning_ratio=1.0): {t:g}x is out of its reach"}
     return out
 
-
-class SparsityLearning:
-    """Torch-Pruning's group-norm sparsity learning as a training objective (plain
-    cross-entropy, ``pruner.regularize`` on the gradients after every backward)."""
-
-    def __init__(self, model: torch.nn.Module, example: torch.Tensor, reg: float, steps: int) -> None:
-        import torch_pruning as tp
-
-        self.model = model
-        ignored = [m for m in model.modules() if isinstance(m, torch.nn.Linear) and m.out_features == 10]
-        self.pruner = tp.pruner.GroupNormPruner(
-            model, example, reg=reg, importance=tp.importance.GroupMagnitudeImportance(p=2, normalizer="max"),
-            global_pruning=True, iterative_steps=steps, pruning_ratio=1.0, max_pruning_ratio=1.0,
-            ignored_layers=ignored)
-
-    def wrap(self, model):
-        return model
-
-    def begin_epoch(self, epoch: int) -> None:
-        pass
-
-    def before_step(self, step: int) -> None:
-        pass
-
-    def loss(self, out, y, criterion):
-        return criterion(out.float(), y), out
-
-    def after_backward(self) -> None:
-        self.pruner.regularize(self.model)
