@@ -374,9 +374,7 @@ def transform(
         calibration = None
         if spec.needs_data:
             if data is None:
-                wants = (f"importance {spec.importance!r}" if spec.importance in DATA_IMPORTANCE
-                         else f"compensation {spec.compensate!r}")
-                raise SpecError(f"{wants} reads calibration data: give --data")
+                raise SpecError(f"{spec.reads_data} reads calibration data: give --data")
             calibration = calibration_set(data.train, config.calib_batches, config.finetune.batch_size,
                                           seed=config.finetune.seed)
         if config.metanet is not None:

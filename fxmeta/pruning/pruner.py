@@ -169,9 +169,7 @@ def prune(
         calibration = Calibration(calibration)
     spec = spec.resolved(with_data=calibration is not None)
     if spec.needs_data and calibration is None:
-        wants = (f"importance {spec.importance!r}" if spec.importance in DATA_IMPORTANCE
-                 else f"compensation {spec.compensate!r}")
-        raise PruningError(f"{wants} reads data: give calibration batches (--data, or "
+        raise PruningError(f"{spec.reads_data} reads data: give calibration batches (--data, or "
                            "fxmeta.prune(..., calibration=...))")
     clock = _Clock()
     work = model

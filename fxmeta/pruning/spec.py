@@ -113,10 +113,18 @@ class PruneSpec:
         return replace(self, **{k: v for k, v in defaults.items() if getattr(self, k) is None})
 
     @property
+    def reads_data(self) -> str | None:
+        """What of this prune reads calibration batches ("importance 'taylor'", "compensation 'lstsq'"), or None."""
+        if isinstance(self.importance, str) and self.importance in DATA_IMPORTANCE:
+            return f"importance {self.importance!r}"
+        if self.compensate not in (None, "none"):
+            return f"compensation {self.compensate!r}"
+        return None
+
+    @property
     def needs_data(self) -> bool:
         """True when the prune reads calibration batches (data importance or compensation)."""
-        return (isinstance(self.importance, str) and self.importance in DATA_IMPORTANCE) or \
-            self.compensate not in (None, "none")
+        return self.reads_data is not None
 
     def with_(self, **changes: Any) -> PruneSpec:
         """A copy with some settings changed (checked again)."""
