@@ -6,8 +6,9 @@ from typing import Any
 import torch.fx as fx
 from torch.fx.passes.infra.pass_base import PassResult
 
-from fxmeta.ir import lower, raise_graph
-from fxmeta.keys import AUTO_LEAVES, EXAMPLE_INPUT, IR, PRUNE_IMPORTANCE, TRACED
+from fxmeta.keys import AUTO_LEAVES, TRACED
+from fxmeta.pipeline.stages import Lower, Raise, State
+from fxmeta.pruning.spec import PruneSpec
 
 from .base import INPUT_KEY, IR_KEY, FxmetaPass, example_input_of, require_ir
 
@@ -27,18 +28,17 @@ class LowerPass(FxmetaPass):
     def __init__(self, example_input: Any = None, *, spec: Any = None) -> None:
         super().__init__()
         self.example_input = example_input
-        self.rules = getattr(spec, "rules", None)
+        self.spec = spec or PruneSpec()
 
     def requires(self, graph_module: fx.GraphModule) -> None:
         example_input_of(graph_module, self.example_input)
 
     def call(self, graph_module: fx.GraphModule) -> PassResult:
         x = example_input_of(graph_module, self.example_input)
-        graph_module.meta[EXAMPLE_INPUT] = x
         graph_module.meta.setdefault(TRACED, True)
         graph_module.meta.setdefault(AUTO_LEAVES, {})
-        graph_module.meta[IR] = lower(graph_module, x, gm=graph_module, rules=self.rules)
-        return PassResult(graph_module, True)
+        state = Lower(own_graph=True)(State.of(graph_module, self.spec, x))
+        return PassResult(state.into(graph_module), True)
 
 
 class RaisePass(FxmetaPass):
@@ -52,8 +52,7 @@ class RaisePass(FxmetaPass):
         require_ir(graph_module, "RaisePass").check()
 
     def call(self, graph_module: fx.GraphModule) -> PassResult:
-        out = raise_graph(require_ir(graph_module, "RaisePass"))
-        out.meta[EXAMPLE_INPUT] = graph_module.meta.get(EXAMPLE_INPUT)
-        if PRUNE_IMPORTANCE in graph_module.meta:  # a conditioned metanetwork's prune (MetanetPass)
-            out.meta[PRUNE_IMPORTANCE] = graph_module.meta[PRUNE_IMPORTANCE]
-        return PassResult(out, True)
+        require_ir(graph_module, "RaisePass")
+        # a conditioned metanetwork's importance (MetanetPass) travels on with the state
+        state = Raise()(State.of(graph_module, PruneSpec()))
+        return PassResult(state.into(state.module), True)

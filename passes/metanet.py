@@ -9,9 +9,8 @@ import torch.fx as fx
 from torch.fx.passes.infra.pass_base import PassResult
 
 from fxmeta.errors import FxmetaError
-from fxmeta.keys import EXAMPLE_INPUT, IR, PRUNE_IMPORTANCE
 from fxmeta.metanet import load_metanet_file, rewrite
-from fxmeta.metanet.rewriting import rewrite_for_prune
+from fxmeta.pipeline.stages import Rewrite, State
 from fxmeta.pruning.spec import PruneSpec
 
 from .base import FxmetaPass, require_ir
@@ -52,12 +51,6 @@ class MetanetPass(FxmetaPass):
         require_ir(graph_module, "MetanetPass")
 
     def call(self, graph_module: fx.GraphModule) -> PassResult:
-        graph = require_ir(graph_module, "MetanetPass")
-        if getattr(self.metanet, "conditioned", False):
-            graph, importance = rewrite_for_prune(self.metanet, graph, graph_module.meta.get(EXAMPLE_INPUT),
-                                                  self.spec, self.batches)
-            graph_module.meta[PRUNE_IMPORTANCE] = importance
-        else:
-            graph = rewrite(self.metanet, graph)
-        graph_module.meta[IR] = graph
-        return PassResult(graph_module, True)
+        require_ir(graph_module, "MetanetPass")
+        state = Rewrite(self.metanet, self.batches)(State.of(graph_module, self.spec or PruneSpec()))
+        return PassResult(state.into(graph_module), True)

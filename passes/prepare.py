@@ -7,9 +7,9 @@ import torch.fx as fx
 from torch.fx.passes.infra.pass_base import PassResult
 
 from fxmeta.errors import SpecError
+from fxmeta.pipeline.stages import Prepare, State
 from fxmeta.pruning.spec import DATA_IMPORTANCE, PruneSpec
 from fxmeta.training.loop import TrainConfig
-from fxmeta.training.prepare import prepare
 
 from .base import FxmetaPass, example_input_of
 
@@ -48,8 +48,6 @@ class PreparePass(FxmetaPass):
     def call(self, graph_module: fx.GraphModule) -> PassResult:
         x = example_input_of(graph_module, self.example_input)
         spec = self.spec.resolved(with_data=False)  # the weight importance it prepares for
-        result = prepare(graph_module, x, self.data, self.config, self.speedups, weight=self.weight,
-                         mask_every=self.mask_every, importance=spec.importance, round_to=spec.round_to,
-                         ignore=spec.ignore, min_keep=spec.min_keep, allocation=spec.allocation)
-        module = result.model.cpu().eval()
-        return PassResult(module, self.config.epochs > 0)
+        state = State.of(graph_module, spec, x)
+        state = Prepare(self.data, self.config, self.speedups, weight=self.weight, mask_every=self.mask_every)(state)
+        return PassResult(state.into(state.module), self.config.epochs > 0)

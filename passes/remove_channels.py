@@ -1,15 +1,14 @@
 """RemoveChannelsPass: structured pruning to a FLOPs target as a torch.fx pass."""
 from __future__ import annotations
 
-from dataclasses import replace
 from typing import Any
 
 import torch.fx as fx
 from torch.fx.passes.infra.pass_base import PassResult
 
 from fxmeta.errors import PruningError
-from fxmeta.keys import EXAMPLE_INPUT, IR, PLAN, PRUNE_IMPORTANCE, SPEEDUP
-from fxmeta.pruning import prune
+from fxmeta.keys import EXAMPLE_INPUT, IR, PLAN, PRUNE_IMPORTANCE
+from fxmeta.pipeline.stages import RemoveChannels, State
 from fxmeta.pruning.pruner import resolve_spec
 from fxmeta.pruning.spec import PruneSpec
 
@@ -54,16 +53,10 @@ class RemoveChannelsPass(FxmetaPass):
         self._input(graph_module)
 
     def call(self, graph_module: fx.GraphModule) -> PassResult:
-        x = self._input(graph_module)
-        spec = self.spec
-        if PRUNE_IMPORTANCE in graph_module.meta:  # the spec's importance on the weights the metanetwork was told
-            spec = replace(spec, importance=graph_module.meta[PRUNE_IMPORTANCE])
-        result = prune(graph_module, x, spec=spec, calibration=self.calibration, check=self.check)
-        new_gm = result.module
+        # after a conditioned metanetwork the state's importance is the spec's on the weights it was told
+        state = RemoveChannels(self.calibration, self.check)(State.of(graph_module, self.spec, self._input(graph_module)))
+        new_gm = state.module
         for key, value in graph_module.meta.items():
             if key.startswith("fxmeta.") and key not in new_gm.meta and key not in (IR, PRUNE_IMPORTANCE):
                 new_gm.meta[key] = value  # carry state (the IR describes the old shapes: dropped)
-        new_gm.meta[EXAMPLE_INPUT] = x
-        new_gm.meta[PLAN] = result.plan
-        new_gm.meta[SPEEDUP] = result.speedup
-        return PassResult(new_gm, True)
+        return PassResult(state.into(new_gm), True)

@@ -201,3 +201,28 @@ def test_one_spec_makes_the_pass_pipeline_and_the_library_call_remove_the_same_c
         library = prune(model, x, spec=spec)
         assert out.meta["fxmeta.plan"]["groups"] == library.plan["groups"], spec
         assert out.meta["fxmeta.plan"]["allocation"] == (spec.allocation or "global")
+
+
+def test_transform_runs_the_stages_the_passes_wrap_and_prunes_as_the_pass_pipeline_does():
+    """One orchestration: ``fxmeta.transform`` runs the stage list the passes wrap one by one,
+    so the same metanetwork and spec give the same pruned weights either way."""
+    from fxmeta.ir import lower
+    from fxmeta.metanet import Metanet
+    from fxmeta.pipeline.stages import Lower, Raise, RemoveChannels, Rewrite, prune_stages
+    from fxmeta.pipeline.transform import TransformConfig, transform
+    from fxmeta.pruning.spec import PruneSpec
+    from passes import RemoveChannelsPass
+
+    model, x = _model(), torch.randn(1, 1, 8, 8)
+    net = Metanet.for_graph(lower(model, x), width=8, depth=1, ratio=1.0)
+    assert [type(s) for s in prune_stages(metanet=net)] == [Lower, Rewrite, Raise, RemoveChannels]
+    spec = PruneSpec(2.0, allocation="uniform", round_to=2)
+    result = transform(model, x, TransformConfig(prune=spec, metanet=net, latency_threads=1))
+    assert [n for n, _ in result.stages if n in ("lower", "metanet", "raise", "remove channels")] == \
+        ["lower", "metanet", "raise", "remove channels"]
+    pipeline = PassManager([LowerPass(x, spec=spec), MetanetPass(net, spec=spec), RaisePass(),
+                            RemoveChannelsPass(spec=spec)])
+    out = pipeline(fx.symbolic_trace(model)).graph_module
+    assert out.meta["fxmeta.plan"]["groups"] == result.plan["groups"]
+    ours, theirs = result.module.state_dict(), out.state_dict()
+    assert ours.keys() == theirs.keys() and all(torch.equal(ours[k], theirs[k]) for k in ours)

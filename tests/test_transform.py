@@ -186,7 +186,7 @@ def test_adapt_finetune_runs_between_metanet_and_removal(digits, tmp_path):
 
 
 def test_after_a_conditioned_metanet_the_adapt_epochs_train_for_the_prune_it_was_told(digits, monkeypatch):
-    import fxmeta.pipeline.transform as pipeline
+    import fxmeta.pipeline.stages as pipeline
     from fxmeta.ir import lower
     from fxmeta.metanet import Metanet
     from fxmeta.metanet.condition import FEATURES

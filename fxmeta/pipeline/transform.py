@@ -24,17 +24,15 @@ import torch.fx as fx
 from torch import nn
 
 from ..capture import is_program, trace
-from ..errors import InputShapeError, PruningError, SpecError
-from ..ir.lowering import lower
-from ..ir.raising import raise_graph
-from ..metanet.rewriting import rewrite_for_prune
+from ..errors import InputShapeError, SpecError
 from ..pruning.flops import count_flops, count_params
 from ..pruning.spec import DATA_IMPORTANCE, PruneSpec, recalibrates
 from ..tracing import as_tuple, eval_mode
 from ..training.data import DataSplits, Loaders, calibration_set, make_loaders
 from ..training.loop import TrainConfig, distributed_context, evaluate, recalibrate_bn, resolve_device, train
-from ..training.prepare import PrepareConfig, prepare
+from ..training.prepare import PrepareConfig
 from .latency import Latency, compare_latency
+from .stages import Prepare, State, prune_stages, run_stages
 
 _RUN_FILE = "run.json"
 
@@ -281,48 +279,30 @@ def _plain_module(model: nn.Module) -> tuple[nn.Module, bool]:
         return fx.GraphModule(model, model.graph), True
 
 
-def _prune(model: nn.Module, x: Any, config: TransformConfig, spec: PruneSpec, exported: bool, importance: Any,
-           calibration: Any) -> Any:
-    from ..pruning.pruner import prune
-
-    try:
-        return prune(model, x, spec=spec, importance=importance, calibration=calibration, check=config.check)
-    except PruningError as exc:
-        if not exported:
-            raise
-        raise PruningError(f"{exc}; the module of a torch.export program is an ATen-level graph, which the channel "
-                           "rules do not cover: capture the program itself (fxmeta.capture.trace, or leave out "
-                           "--capture fx)") from exc
-
-
-def _prepare_stage(model: nn.Module, x: Any, loaders: Any, config: TransformConfig, spec: PruneSpec,
-                   train_config: TrainConfig, speedups: list[float], importance: Any) -> nn.Module:
-    """``fxmeta.prepare`` with the transform's prune settings (in place), back on the CPU."""
-    p = config.prepare
-    return prepare(model, x, loaders, train_config, speedups, weight=p.weight, mask_every=p.mask_every,
-                   importance=importance, round_to=spec.round_to, ignore=spec.ignore,
-                   min_keep=spec.min_keep, allocation=spec.allocation).model.cpu()
-
-
-def _rewrite_with_metanet(model: nn.Module, x: Any, config: TransformConfig, spec: PruneSpec,
-                          data: DataSplits | None, timer: StageTimer) -> tuple[fx.GraphModule, Any, bool]:
-    """lower → metanetwork → raise (``fxmeta.metanet.rewriting.apply_for_prune``), timed stage by
-    stage; also the importance the prune then uses (a conditioned metanetwork fixes the channels)
-    and whether it was conditioned."""
-    from ..metanet.files import load_metanet_file
+def _stages(config: TransformConfig, spec: PruneSpec, data: DataSplits | None, loaders: Loaders | None,
+            calibration: Any, notes: list[str]) -> list[Any]:
+    """The transform's stages up to the pruned network (``fxmeta.pipeline.stages.prune_stages``):
+    the training ones only with data."""
+    batches: list[Any] = []  # a conditioned metanetwork's gradient input
     metanet = config.metanet
-    if isinstance(metanet, (str, os.PathLike)):
-        metanet = load_metanet_file(metanet)
-    with timer("lower"):
-        graph = lower(model, x, rules=spec.rules)
-    with timer("metanet"):
-        batches = []  # a conditioned metanetwork's gradient input
-        if data is not None and getattr(metanet, "conditioned", False):
+    if metanet is not None and data is not None:
+        if isinstance(metanet, (str, os.PathLike)):
+            from ..metanet.files import load_metanet_file
+            metanet = load_metanet_file(metanet)
+        if getattr(metanet, "conditioned", False):
             batches = calibration_set(data.train, metanet.config.condition_batches, config.finetune.batch_size,
-                                          seed=config.finetune.seed)
-        graph, importance = rewrite_for_prune(metanet, graph, x, spec, batches)
-    with timer("raise"):
-        return raise_graph(graph), importance, bool(getattr(metanet, "conditioned", False))
+                                      seed=config.finetune.seed)
+    adapt = prepare_stage = None
+    if loaders is not None and config.metanet is not None and config.adapt_epochs > 0:
+        adapt = (loaders, _stage_config(config, "adapt", config.adapt_epochs))
+    p = config.prepare
+    if loaders is not None and p.epochs > 0:
+        prepare_stage = Prepare(loaders, _stage_config(config, "prepare", p.epochs, p.lr),
+                                p.speedups or [spec.speedup], weight=p.weight, mask_every=p.mask_every)
+    elif p.epochs > 0:
+        notes.append("no data given: the prepare stage is skipped")
+    return prune_stages(metanet=metanet, batches=batches, adapt=adapt, prepare_stage=prepare_stage,
+                        calibration=calibration, check=config.check)
 
 
 def transform(
@@ -369,37 +349,20 @@ def transform(
         with timer("measure original"):
             before = _measure(model, example_input, loaders, device)
         model.cpu()
-        work: nn.Module = model
-        importance: Any = spec.importance
         calibration = None
         if spec.needs_data:
             if data is None:
                 raise SpecError(f"{spec.reads_data} reads calibration data: give --data")
             calibration = calibration_set(data.train, config.calib_batches, config.finetune.batch_size,
                                           seed=config.finetune.seed)
-        if config.metanet is not None:
-            work, importance, told = _rewrite_with_metanet(model, example_input, config, spec, data, timer)
-            if data is not None and config.adapt_epochs > 0:
-                with timer("adapt finetune"):
-                    adapt = _stage_config(config, "adapt", config.adapt_epochs)
-                    if told:  # train for the prune the metanetwork was told, not for the channels about to go
-                        work = _prepare_stage(work, example_input, loaders, config, spec, adapt, [spec.speedup],
-                                              importance)
-                    else:
-                        work = train(work, loaders, adapt).model.cpu()
-        if data is not None and config.prepare.epochs > 0:
-            p = config.prepare
-            with timer("prepare for pruning"):
-                # prepare trains in place: never the caller's own model
-                start = copy.deepcopy(work) if work is model else work
-                work = _prepare_stage(start, example_input, loaders, config, spec,
-                                      _stage_config(config, "prepare", p.epochs, p.lr), p.speedups or [config.speedup],
-                                      importance)
-        elif config.prepare.epochs > 0:
-            notes.append("no data given: the prepare stage is skipped")
-        with timer("remove channels"):
-            pruned = _prune(work.eval(), example_input, config, spec, exported, importance, calibration)
-        module, removed_acc, recalibrated_acc, best_epoch = pruned.module, None, None, None
+        stages = _stages(config, spec, data, loaders, calibration, notes)
+        if config.metanet is None and any(isinstance(s, Prepare) for s in stages):
+            work = copy.deepcopy(model)  # prepare trains in place: never the caller's own model
+        else:
+            work = model
+        state = run_stages(stages, State(work.eval(), example_input, spec, exported=exported), timer)
+        pruned_module, plan = state.module, state.plan
+        module, removed_acc, recalibrated_acc, best_epoch = pruned_module, None, None, None
         if loaders is not None:
             module.to(device)
             removed_acc = evaluate(module, loaders.test, device)["acc"]
@@ -428,7 +391,7 @@ def transform(
             # Rank 0 times latency alone: leave the process group together, else a rank that
             # tears it down while the other still holds it can abort at exit (gloo).
             torch.distributed.barrier()
-    return TransformResult(module, pruned.plan, before, after, removed_acc, timer.items(), notes, best_epoch,
+    return TransformResult(module, plan, before, after, removed_acc, timer.items(), notes, best_epoch,
                            recalibrated_acc)
 
 
