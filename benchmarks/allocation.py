@@ -28,63 +28,36 @@ import platform
 import statistics
 import time
 from pathlib import Path
-from typing import Any
 
 import torch
 
-from benchmarks.prepare import FULL as PREPARE
-from benchmarks.prepare import Bench, _key, _mean_std, _versions, say
-from benchmarks.prunability import STEP_LRS, Settings, _rewrite, build_zoo_once, gradient_step, meta_train_once
+from benchmarks._env import versions
+from benchmarks.allocation_cells import (
+    ALLOCATIONS,
+    ARCH,
+    METHODS,
+    PREPARED,
+    PREPARED_TARGETS,
+    STEPS,
+    TARGETS,
+    cell,
+    choice_cell,
+    control_lr,
+    metanet_name,
+    start_scores,
+)
+from benchmarks.common import say
+from benchmarks.digits import FULL as PREPARE
+from benchmarks.digits import Bench, cache_key, mean_std
+from benchmarks.zoo import STEP_LRS, Settings, build_zoo_once, meta_train_once
 
 RESULTS = Path(__file__).resolve().parent / "results"
-ARCH = "resnet56"
-ALLOCATIONS = ("global", "global-mean", "uniform")
 CHOICE_TARGETS = (2.0, 4.0)
 # the 10 SGD steps' lr: benchmarks.prunability's choice for them on this zoo's held-out members (global allocation)
 CHOICE_LRS = (0.03,)
-TARGETS = (2.0, 3.0, 4.0, 8.0)
-STEPS = 10
-METHODS = ("fxmeta-l2", "random", f"{STEPS} gradient steps")
 # learned optimisers (10 rewrites, benchmarks.prunability's ResNet56-zoo recipe) meta-trained under the chosen
 # allocation and under uniform (Torch-Pruning's local pruning); each is measured under its own allocation
 META_ALLOCATIONS = ("chosen", "uniform")
-
-
-def metanet_name(allocation: str) -> str:
-    return f"metanet T10 (meta-trained with {allocation})"
-# the per-network oracle: benchmarks.prepare's 5 prepare epochs, with the settings its validation sweep
-# chose (benchmarks/results/prepare.md: weight 1, lr 0.05, mask once per epoch); at 2x only (~70 s a cell)
-PREPARED, PREPARED_HP, PREPARED_TARGETS = "prepared (5 epochs)", {"weight": 1.0, "lr": 0.05, "mask_every": 0}, (2.0,)
-
-
-def _prune_score(bench: Bench, module: torch.nn.Module, target: float, importance: Any, allocation: str,
-                 split: str, seed: int = 0) -> float:
-    """Accuracy on ``split`` right after a prune to ``target`` + recalibration on the shared batches."""
-    from fxmeta.pruning.pruner import prune
-    from fxmeta.training.loop import evaluate, recalibrate_bn
-
-    pruned = prune(module, bench.example, speedup=target, importance=importance, allocation=allocation,
-                   seed=seed).module
-    recalibrate_bn(pruned, bench.calibration, len(bench.calibration))
-    return evaluate(pruned, getattr(bench.loaders, split))["acc"]
-
-
-def choice_cell(bench: Bench, member: Path, allocation: str, target: float, lr: float | None) -> float:
-    """One zoo member's validation score (l2 alone when ``lr`` is None, else 10 SGD steps at ``lr``)."""
-    from fxmeta.io.files import load
-
-    path = bench.cache / "allocation-cells" / f"choice-{_key([str(member), allocation, target, lr, STEPS])}.json"
-    if path.is_file():
-        return json.loads(path.read_text())["val_acc"]
-    model = load(str(member), trust=True).eval()
-    importance: Any = "l2"
-    if lr is not None:
-        model, importance = gradient_step(model, bench, target, lr, STEPS, allocation)
-    acc = _prune_score(bench, model, target, importance, allocation, "val")
-    say(f"choice {member.name} {allocation:>11} {target:g}x lr {lr}: val {acc:.4f}")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({"val_acc": acc}))
-    return acc
 
 
 def choose(bench: Bench, zoo: Path) -> dict:
@@ -105,55 +78,6 @@ def choose(bench: Bench, zoo: Path) -> dict:
     return {"members": len(members), "table": table, "chosen": chosen}
 
 
-def control_lr(bench: Bench, zoo: Path, allocation: str, s: Settings) -> tuple[float, dict]:
-    """The 10-step control's lr under ``allocation``: the best of ``STEP_LRS`` on the zoo's held-out
-    members' validation split after a prune to ``select_speedup`` (how the learned optimiser's start
-    lr is chosen, and benchmarks.prunability's controls' lr)."""
-    from fxmeta.metatrain.zoo import load_zoo
-
-    held_out = load_zoo(zoo, trust=True)
-    members = [Path(held_out.path(m)) for m in held_out.split("val")]
-    scores = {lr: statistics.mean(choice_cell(bench, m, allocation, s.select_speedup, lr) for m in members)
-              for lr in STEP_LRS}
-    return max(scores, key=scores.get), scores
-
-
-def cell(bench: Bench, seed: int, method: str, allocation: str, target: float, lr: float,
-         metanet: dict | None) -> dict:
-    path = bench.cache / "allocation-cells" / \
-        f"{ARCH}-s{seed}-{method.replace(' ', '_')}-{allocation}-{target:g}x-" \
-        f"{_key([lr, metanet['key'] if method.startswith('metanet') else None])}.json"
-    if path.is_file():
-        return json.loads(path.read_text())
-    from fxmeta.errors import FxmetaError
-
-    base, importance = bench.base(ARCH, seed), "random" if method == "random" else "l2"
-    record: dict[str, Any] = {"seed": seed, "method": method, "allocation": allocation, "target": target}
-    t0 = time.perf_counter()
-    try:
-        if method.startswith("metanet"):
-            base, importance = _rewrite(metanet["metanet"], bench, base, target, allocation)
-        elif method == PREPARED:
-            import copy
-
-            from fxmeta.training.prepare import prepare
-
-            config = bench.train_config(PREPARE.pre_epochs, PREPARED_HP["lr"], seed)
-            base = prepare(copy.deepcopy(base), bench.example, bench.data, config, [target],
-                           weight=PREPARED_HP["weight"], mask_every=PREPARED_HP["mask_every"],
-                           allocation=allocation).model.cpu().eval()
-        elif method != "fxmeta-l2" and method != "random":
-            base, importance = gradient_step(base, bench, target, lr, STEPS, allocation)
-        record["recal_test_acc"] = _prune_score(bench, base, target, importance, allocation, "test", seed)
-        record["seconds"] = time.perf_counter() - t0
-        say(f"{ARCH} s{seed} {method:>45} {allocation:>11} {target:g}x: {record['recal_test_acc']:.4f}")
-    except FxmetaError as exc:
-        record["error"] = str(exc)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(record))
-    return record
-
-
 def _paired(cells: list[dict], method: str, a: str, b: str, target: float) -> tuple[float, float, int]:
     by = {(c["seed"], c["allocation"]): c.get("recal_test_acc") for c in cells
           if c["method"] == method and c["target"] == target}
@@ -162,13 +86,6 @@ def _paired(cells: list[dict], method: str, a: str, b: str, target: float) -> tu
     if len(diffs) < 2:
         return float("nan"), float("nan"), len(diffs)
     return statistics.mean(diffs), statistics.stdev(diffs) / len(diffs) ** 0.5, len(diffs)
-
-
-def _start_scores(cache: Path, name: str) -> dict:
-    """The SGD scores of the start-lr candidates a meta-training run logged (its epoch 0)."""
-    runs = sorted((cache.glob(f"metanet-{name.replace(' ', '-')}-*/done.json")), key=lambda f: f.stat().st_mtime)
-    lines = (runs[-1].parent / "log.jsonl").read_text().splitlines() if runs else []
-    return {r["step_lr"]: r["score"] for r in map(json.loads, lines) if "step_lr" in r}
 
 
 def write_report(choice: dict, cells: list[dict], meta: dict, metanets: dict, out: Path) -> None:
@@ -220,7 +137,7 @@ def write_report(choice: dict, cells: list[dict], meta: dict, metanets: dict, ou
             for allocation in ALLOCATIONS:
                 got = [c["recal_test_acc"] for c in cells if c["method"] == method and c["target"] == target
                        and c["allocation"] == allocation and "recal_test_acc" in c]
-                m, sd = _mean_std(got) if got else (float("nan"), float("nan"))
+                m, sd = mean_std(got) if got else (float("nan"), float("nan"))
                 vals[allocation] = f"{100 * m:.2f} ± {100 * sd:.2f}" if got else "—"
                 n = max(n, len(got))
                 if allocation != "global":
@@ -272,8 +189,8 @@ def main(argv: list[str] | None = None) -> None:
     for allocation in dict.fromkeys(choice["chosen"] if a == "chosen" else a for a in META_ALLOCATIONS):
         info = meta_train_once(s, zoo, f"{name} {ARCH} {allocation}", {**dict(options), "allocation": allocation},
                                cache)
-        info.update(zoo=str(zoo), zoo_seconds=zoo_seconds, key=_key([info["best_epoch"], info["options"]]),
-                    start_scores=_start_scores(cache, f"{name} {ARCH} {allocation}"))
+        info.update(zoo=str(zoo), zoo_seconds=zoo_seconds, key=cache_key([info["best_epoch"], info["options"]]),
+                    start_scores=start_scores(cache, f"{name} {ARCH} {allocation}"))
         metanets[allocation] = info
     if args.stage == "metanet":
         return
@@ -289,7 +206,7 @@ def main(argv: list[str] | None = None) -> None:
     meta = {"command": "python -m benchmarks.allocation" + (f" --threads {args.threads}" if args.threads != 1 else ""),
             "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
             "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
-            "threads": args.threads, "versions": _versions(), "seeds": ", ".join(map(str, seeds)),
+            "threads": args.threads, "versions": versions(), "seeds": ", ".join(map(str, seeds)),
             "load_start": load_start, "load_end": "/".join(f"{x:.2f}" for x in os.getloadavg()),
             "minutes": (time.time() - t0) / 60}
     write_report(choice, cells, meta, metanets, RESULTS / "allocation")

@@ -35,19 +35,21 @@ from pathlib import Path
 
 import torch
 
-from benchmarks.allocation import (
+from benchmarks._env import versions
+from benchmarks.allocation_cells import (
     ALLOCATIONS,
     ARCH,
     METHODS,
     STEPS,
     TARGETS,
-    _start_scores,
     cell,
     control_lr,
     metanet_name,
+    start_scores,
 )
-from benchmarks.prepare import FULL, Bench, _key, _mean_std, _versions, say
-from benchmarks.prunability import Settings, build_zoo_once, meta_train_once
+from benchmarks.common import say
+from benchmarks.digits import FULL, Bench, cache_key, mean_std
+from benchmarks.zoo import Settings, build_zoo_once, meta_train_once
 
 RESULTS = Path(__file__).resolve().parent / "results"
 CONFIRM = dataclasses.replace(FULL, seeds=(10, 11, 12, 13, 14), spare_seeds=(15, 16, 17))
@@ -60,8 +62,8 @@ def metanets_once(s: Settings, zoo: Path, cache: Path, zoo_seconds: float, alloc
     for allocation in allocations:
         run = f"{name} {ARCH} {allocation}"  # benchmarks.allocation's names: its runs are reused
         info = meta_train_once(s, zoo, run, {**dict(options), "allocation": allocation}, cache)
-        info.update(zoo=str(zoo), zoo_seconds=zoo_seconds, key=_key([info["best_epoch"], info["options"]]),
-                    start_scores=_start_scores(cache, run))
+        info.update(zoo=str(zoo), zoo_seconds=zoo_seconds, key=cache_key([info["best_epoch"], info["options"]]),
+                    start_scores=start_scores(cache, run))
         out[allocation] = info
     return out
 
@@ -77,7 +79,7 @@ def _diff(a: dict[int, float], b: dict[int, float]) -> str:
 
 
 def _ms(values: dict[int, float]) -> str:
-    m, sd = _mean_std(list(values.values()))
+    m, sd = mean_std(list(values.values()))
     return f"{100 * m:.2f} ± {100 * sd:.2f}" if values else "—"
 
 
@@ -192,7 +194,7 @@ def main(argv: list[str] | None = None) -> None:
                        + (f" --threads {args.threads}" if args.threads != 1 else ""),
             "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
             "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
-            "threads": args.threads, "versions": _versions(), "seeds": ", ".join(map(str, seeds)),
+            "threads": args.threads, "versions": versions(), "seeds": ", ".join(map(str, seeds)),
             "load_start": load_start, "load_end": "/".join(f"{x:.2f}" for x in os.getloadavg()),
             "minutes": (time.time() - t0) / 60}
     write_report(meta, metanets, chosen, lrs, cells, rejected, RESULTS / "allocation_confirm")

@@ -31,14 +31,21 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from benchmarks.prepare import _versions, say
+from benchmarks._env import versions
+from benchmarks.common import say
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
+def forever(loader):
+    """The loader's batches, epoch after epoch."""
+    while True:
+        yield from loader
+
+
 def fit(kind: str, zoo_dir: Path, steps: int, lr: float, batches_per_step: int, speedup: float, seed: int) -> dict:
     from fxmeta.ir.raising import raise_graph, raise_params
-    from fxmeta.metatrain.loop import MetaTrainConfig, _forever, _make_metanet, _prepare
+    from fxmeta.metatrain.loop import MetaTrainConfig, load_data_model, make_metanet
     from fxmeta.metatrain.zoo import load_zoo
     from fxmeta.tracing import example_from_shape
     from fxmeta.training.curve import prunability_curve
@@ -48,11 +55,11 @@ def fit(kind: str, zoo_dir: Path, steps: int, lr: float, batches_per_step: int, 
     example = example_from_shape(zoo.input_shape)
     config = MetaTrainConfig(ratio=1.0, zero_init=True, objective="prunable", mask_speedups=(speedup,), reg=0.0,
                              batches_per_step=batches_per_step, seed=seed, progress=False)
-    data_model = _prepare(zoo.path(zoo.members[0]), example, config, trust=True)
+    data_model = load_data_model(zoo.path(zoo.members[0]), example, config, trust=True)
     loaders = make_loaders(load_data(zoo.data, seed=0), config.batch_size, seed=seed)
-    batches = _forever(loaders.train)
+    batches = forever(loaders.train)
     if kind == "metanet":
-        net = _make_metanet([data_model.graph], config)
+        net = make_metanet([data_model.graph], config)
         optimizer = torch.optim.AdamW([p for p in net.parameters() if p.requires_grad], lr=lr,
                                       weight_decay=config.weight_decay)
 
@@ -104,7 +111,7 @@ def fit(kind: str, zoo_dir: Path, steps: int, lr: float, batches_per_step: int, 
 
 
 def main(argv: list[str] | None = None) -> None:
-    from benchmarks.prunability import Settings, build_zoo_once
+    from benchmarks.zoo import Settings, build_zoo_once
 
     p = argparse.ArgumentParser(prog="python -m benchmarks.metanet_capacity", description=__doc__.split("\n\n")[0])
     p.add_argument("--threads", type=int, default=1)
@@ -123,7 +130,7 @@ def main(argv: list[str] | None = None) -> None:
              f"- date: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}",
              f"- machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch threads = "
              f"{args.threads}; load average at start {load_start}",
-             f"- versions: {', '.join(f'{k} {v}' for k, v in _versions().items())}",
+             f"- versions: {', '.join(f'{k} {v}' for k, v in versions().items())}",
              f"- network: zoo member 0 of `benchmarks.prunability` (ResNet20, digits 16x16); {args.steps} AdamW steps "
              "of 4 batches of 128; target 4x; validation split; seed 0", "",
              "| what is trained | lr | masked CE at step 1 / 10 / 30 / last | val acc unpruned | val acc after 4x prune "

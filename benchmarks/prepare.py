@@ -41,73 +41,25 @@ Results: ``benchmarks/results/prepare.{md,json,png}``; caches under
 from __future__ import annotations
 
 import argparse
-import copy
-import hashlib
 import json
 import math
 import os
 import platform
 import statistics
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, replace
 from pathlib import Path
-from types import SimpleNamespace
-from typing import Any
 
 import torch
 
-from benchmarks._env import versions as _versions
+from benchmarks._env import versions
+from benchmarks.common import say
+from benchmarks.digits import FULL, METANET, QUICK, Bench, Settings, choose, mean_std, pct
 
 RESULTS = Path(__file__).resolve().parent / "results"
 METHODS = ("prepared", "DepGraph+SL", "fxmeta-l2", "random", "metanet + prepared", "metanet")
 PAIRS = (("prepared", "DepGraph+SL"), ("metanet + prepared", "prepared"), ("metanet + prepared", "DepGraph+SL"),
          ("metanet", "fxmeta-l2"), ("metanet", "DepGraph+SL"))
-METANET = Path(__file__).resolve().parent.parent / "fxmeta" / "assets" / "metanet_digits.pt"
-
-
-@dataclass(frozen=True)
-class Settings:
-    archs: tuple[str, ...] = ("resnet20", "resnet56")
-    seeds: tuple[int, ...] = (0, 1, 2, 3, 4)
-    targets: tuple[float, ...] = (2.0, 4.0, 8.0, 16.0)
-    image_size: int = 16
-    data: str = "digits"  # or "mnist5k" (benchmarks.prunability --data mnist5k)
-    base_epochs: int = 20
-    base_lrs: tuple[tuple[str, float], ...] = (("resnet20", 0.1), ("resnet56", 0.05))  # as quality.py
-    batch_size: int = 128
-    pre_epochs: int = 5
-    finetune_epochs: int = 5
-    finetune_lrs: tuple[tuple[str, float], ...] = (("resnet20", 0.05), ("resnet56", 0.01))  # quality.py, on val
-    bn_batches: int = 20
-    sweep_seed: int = 100
-    # a base network whose training failed (validation accuracy below this) is no network to prune:
-    # it is replaced by the next spare seed, decided on validation accuracy only
-    min_base_val: float = 0.9
-    spare_seeds: tuple[int, ...] = (5, 6, 7)
-    sweep_arch: str = "resnet20"  # the choices made on it serve every family
-    sweep_targets: tuple[float, ...] = (4.0, 8.0)
-    # (weight, lr, mask_every): the prepare grid; weight 1 / lr 0.01 / once per epoch first
-    prepare_grid: tuple[tuple[float, float, int], ...] = (
-        (1.0, 0.01, 0), (0.5, 0.01, 0), (2.0, 0.01, 0), (1.0, 0.05, 0), (1.0, 0.01, 4))
-    sl_lr: float = 0.01
-    sl_regs: tuple[float, ...] = (5e-4, 5e-3, 5e-2)
-    tp_steps: int = 400
-    # the metanetwork rows (the ResNet20 metanetwork, transferred to ResNet56 at two targets: its cells
-    # cost ~2.5 min each there)
-    metanet_targets: tuple[tuple[str, tuple[float, ...]], ...] = (("resnet20", (2.0, 4.0, 8.0, 16.0)),
-                                                                  ("resnet56", (4.0, 8.0)))
-
-    def runs(self, arch: str, method: str, target: float) -> bool:
-        return not method.startswith("metanet") or target in dict(self.metanet_targets).get(arch, ())
-
-    def lr_of(self, table: tuple, arch: str) -> float:
-        return dict(table)[arch]
-
-
-FULL = Settings()
-QUICK = Settings(archs=("resnet20",), seeds=(0, 1), targets=(4.0, 8.0), base_epochs=4, pre_epochs=2,
-                 finetune_epochs=1, prepare_grid=((1.0, 0.01, 0), (2.0, 0.01, 0)), sl_regs=(5e-3,),
-                 sweep_targets=(4.0,), bn_batches=5, metanet_targets=(("resnet20", (4.0,)),))
 
 
 def _rewrites() -> str:
@@ -119,292 +71,7 @@ def _rewrites() -> str:
     return f"{config.steps} rewrite{'s' if config.steps > 1 else ''} per use{head}"
 
 
-def _file_digest(path: Path) -> str:
-    return hashlib.sha1(path.read_bytes()).hexdigest()[:10]
-
-
-def _key(obj: Any) -> str:
-    return hashlib.sha1(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:10]
-
-
-def say(text: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {text}", flush=True)
-
-
-class Bench:
-    """Data, caches and the shared pieces of every cell."""
-
-    def __init__(self, s: Settings, cache: Path) -> None:
-        from fxmeta.training.data import load_data, make_loaders
-
-        self.s = s
-        self.cache = cache
-        self.data = load_data(s.data, seed=0, image_size=s.image_size)
-        self.example = torch.zeros(1, *self.data.input_shape)
-        self.loaders = make_loaders(self.data, s.batch_size, seed=0)
-        # the same calibration batches for every method and cell
-        gen = torch.Generator().manual_seed(12345)
-        loader = torch.utils.data.DataLoader(self.data.train, batch_size=s.batch_size, shuffle=True, generator=gen)
-        self.calibration = [batch for _, batch in zip(range(s.bn_batches), loader)]
-
-    def train_config(self, epochs: int, lr: float, seed: int, **kw: Any):
-        from fxmeta.training.loop import TrainConfig
-
-        return TrainConfig(epochs=epochs, lr=lr, batch_size=self.s.batch_size, seed=seed, device="cpu",
-                           progress=False, **kw)
-
-    def cached_model(self, name: str, parts: Any, build) -> tuple[torch.nn.Module, dict]:
-        """A trained network and its info, from the cache or ``build() -> (model, info)``."""
-        path = self.cache / "models" / f"{name}-{_key(parts)}.pt"
-        meta = path.with_suffix(".json")
-        if path.is_file() and meta.is_file():
-            state = torch.load(path, map_location="cpu", weights_only=True)
-            model, info = build(only_architecture=True)
-            model.load_state_dict(state)
-            return model.eval(), json.loads(meta.read_text())
-        model, info = build()
-        path.parent.mkdir(parents=True, exist_ok=True)
-        torch.save(model.state_dict(), path)
-        meta.write_text(json.dumps(info))
-        return model.eval(), info
-
-    def base(self, arch: str, seed: int) -> torch.nn.Module:
-        from fxmeta.models import get_model
-        from fxmeta.training.loop import train
-
-        s = self.s
-
-        def build(only_architecture: bool = False):
-            torch.manual_seed(seed)
-            model = get_model(arch, num_classes=10, in_channels=1)
-            if only_architecture:
-                return model, {}
-            t0 = time.perf_counter()
-            result = train(model, self.data, self.train_config(s.base_epochs, s.lr_of(s.base_lrs, arch), seed))
-            info = {"val_acc": result.best_val_acc, "test_acc": result.test["acc"],
-                    "seconds": time.perf_counter() - t0}
-            say(f"{arch} seed {seed}: base val {info['val_acc']:.4f} test {info['test_acc']:.4f} "
-                f"({info['seconds']:.0f} s)")
-            return result.model.cpu(), info
-
-        parts = [arch, seed, s.base_epochs, s.base_lrs, s.batch_size, s.image_size]
-        model, _ = self.cached_model(f"base-{arch}-s{seed}", parts + ([s.data] if s.data != "digits" else []), build)
-        return model
-
-    def usable_seeds(self, arch: str) -> tuple[list[int], dict[int, float]]:
-        """``s.seeds`` with every base network below ``min_base_val`` replaced by a spare seed."""
-        from fxmeta.errors import FxmetaError
-
-        used, rejected = [], {}
-        spares = [sd for sd in self.s.spare_seeds if sd not in self.s.seeds]
-        for seed in self.s.seeds:
-            while True:
-                try:
-                    self.base(arch, seed)
-                    val = self.base_info(arch, seed)["val_acc"]
-                except FxmetaError as exc:  # e.g. training diverged
-                    say(f"{arch} seed {seed}: base training failed: {exc}")
-                    val = 0.0
-                if val >= self.s.min_base_val:
-                    used.append(seed)
-                    break
-                rejected[seed] = val
-                if not spares:
-                    raise SystemExit(f"{arch}: base network seed {seed} reached only {val:.3f} val acc and no "
-                                     "spare seed is left")
-                seed = spares.pop(0)
-        return used, rejected
-
-    def base_info(self, arch: str, seed: int) -> dict:
-        path = next((self.cache / "models").glob(f"base-{arch}-s{seed}-*.json"))
-        return json.loads(path.read_text())
-
-    # ------------------------------------------------------------------ pre-stages
-
-    def pre_stage(self, arch: str, seed: int, method: str, target: float, hp: dict) -> tuple[torch.nn.Module, dict]:
-        """The network after the method's own ``pre_epochs`` epochs (cached)."""
-        from benchmarks.tp_baselines import SparsityLearning
-        from fxmeta.training.loop import train
-        from fxmeta.training.prepare import prepare
-
-        s = self.s
-        epochs = s.pre_epochs
-        parts = [arch, seed, method, hp, epochs, s.batch_size, s.base_epochs, s.base_lrs]
-        if s.data != "digits":
-            parts.append(s.data)
-        per_target = method in ("prepared", "metanet + prepared", "metanet")
-        if per_target:
-            parts.append(target)
-        if method.startswith("metanet"):
-            parts += [_file_digest(METANET), s.bn_batches]
-
-        def build(only_architecture: bool = False):
-            model = copy.deepcopy(self.base(arch, seed))
-            if only_architecture:
-                return model, {}
-            t0 = time.perf_counter()
-            if method.startswith("metanet"):
-                model, importance = self.rewrite(model, target)
-                if method == "metanet":
-                    return model, {"seconds": time.perf_counter() - t0, "epoch_seconds": []}
-                config = self.train_config(epochs, hp["lr"], seed)
-                result = prepare(model, self.example, self.data, config, [target], weight=hp["weight"],
-                                 mask_every=hp["mask_every"], importance=importance)
-            elif method == "prepared":
-                config = self.train_config(epochs, hp["lr"], seed)
-                result = prepare(model, self.example, self.data, config, [target], weight=hp["weight"],
-                                 mask_every=hp["mask_every"])
-            elif method == "DepGraph+SL":
-                config = self.train_config(epochs, s.sl_lr, seed, weight_decay=0.0, schedule="step",
-                                           milestones=(int(0.6 * epochs), int(0.8 * epochs)))
-                result = train(model, self.data, config, SparsityLearning(model, self.example, hp["reg"], s.tp_steps))
-            else:  # plain epochs
-                result = train(model, self.data, self.train_config(epochs, hp["lr"], seed))
-            seconds = time.perf_counter() - t0
-            return result.model.cpu(), {"seconds": seconds, "epoch_seconds": [h["seconds"] for h in result.history]}
-
-        tag = f"pre-{arch}-s{seed}-{method.replace(' + ', '+')}" + (f"-{target:g}x" if per_target else "")
-        if method.startswith("metanet"):  # the rewritten network is a GraphModule: rebuilt, not loaded
-            model, info = build()
-            return model, info
-        return self.cached_model(tag, parts, build)
-
-    def rewrite(self, model: torch.nn.Module, target: float) -> tuple[torch.nn.Module, Any]:
-        """The committed metanetwork's output for a prune to ``target`` and the importance that prunes
-        it to the channels it was told (``fxmeta.metanet.rewriting.apply_for_prune``)."""
-        from fxmeta.metanet import load_metanet
-        from fxmeta.metanet.rewriting import apply_for_prune
-
-        if not hasattr(self, "_metanet"):
-            self._metanet = load_metanet(str(METANET))
-        return apply_for_prune(self._metanet, model, self.example, target, self.calibration)
-
-    def told_importance(self, arch: str, seed: int, target: float) -> Any:
-        """The importance that removes the channels the metanetwork was told for this base network."""
-        from fxmeta.ir.lowering import lower
-        from fxmeta.metanet.condition import Condition
-
-        return Condition(lower(self.base(arch, seed), self.example), self.example, target).importance()
-
-    # ------------------------------------------------------------------------ cells
-
-    def prune(self, model: torch.nn.Module, method: str, target: float, hp: dict, seed: int) -> dict:
-        from fxmeta.errors import PruningError
-        from fxmeta.pruning.pruner import prune
-
-        t0 = time.perf_counter()
-        if method == "DepGraph+SL":
-            from benchmarks.quality.baselines import tp_progressive
-
-            ctx = SimpleNamespace(example=self.example)
-            found = tp_progressive(copy.deepcopy(model), ctx, hp["reg"], [target])[target]
-            if "error" in found:
-                return {"error": found["error"]}
-            return {"module": found["module"], "seconds": time.perf_counter() - t0}
-        try:
-            importance = hp.get("importance") or ("random" if method == "random" else "l2")
-            result = prune(model, self.example, speedup=target, importance=importance, seed=seed)
-        except PruningError as exc:
-            return {"error": str(exc)}
-        return {"module": result.module, "seconds": time.perf_counter() - t0}
-
-    def after_prune(self, module: torch.nn.Module) -> tuple[float, float, float]:
-        """(test acc as pruned, val and test acc after BatchNorm recalibration), in place."""
-        from fxmeta.training.loop import evaluate, recalibrate_bn
-
-        raw = evaluate(module, self.loaders.test)["acc"]
-        recalibrate_bn(module, self.calibration, len(self.calibration))
-        return raw, evaluate(module, self.loaders.val)["acc"], evaluate(module, self.loaders.test)["acc"]
-
-    def cell(self, arch: str, seed: int, method: str, target: float, hp: dict) -> dict:
-        from fxmeta.pruning.flops import count_flops, count_params
-        from fxmeta.training.loop import train
-
-        s = self.s
-        parts = [hp, s.image_size, s.base_epochs, s.base_lrs, s.batch_size, s.pre_epochs, s.finetune_epochs,
-                 s.finetune_lrs, s.bn_batches, s.sl_lr, s.tp_steps]
-        if method.startswith("metanet"):
-            parts.append(_file_digest(METANET))
-        path = self.cache / "cells" / f"{arch}-s{seed}-{method.replace(' + ', '+')}-{target:g}x-{_key(parts)}.json"
-        if path.is_file():
-            return json.loads(path.read_text())
-        start, pre = self.pre_stage(arch, seed, method, target, hp)
-        record: dict[str, Any] = {"arch": arch, "seed": seed, "method": method, "target": target, "hp": hp,
-                                  "pre_seconds": pre["seconds"], "pre_epoch_seconds": pre["epoch_seconds"]}
-        prune_hp = {**hp, "importance": self.told_importance(arch, seed, target)} if method.startswith("metanet") \
-            else hp
-        got = self.prune(start, method, target, prune_hp, seed)
-        if "error" in got:
-            record["error"] = got["error"]
-        else:
-            module = got["module"]
-            record["prune_seconds"] = got["seconds"]
-            record["flops_speedup"] = count_flops(start, self.example) / max(count_flops(module, self.example), 1)
-            record["params_ratio"] = count_params(module) / count_params(start)
-            raw, val, test = self.after_prune(module)
-            record.update(pruned_test_acc=raw, recal_val_acc=val, recal_test_acc=test)
-            for p in module.parameters():
-                p.requires_grad_(True)
-            t0 = time.perf_counter()
-            epochs = s.finetune_epochs + (s.pre_epochs if method == "metanet" else 0)  # the same total budget
-            tuned = train(module, self.data, self.train_config(epochs, s.lr_of(s.finetune_lrs, arch), seed))
-            record.update(finetune_seconds=time.perf_counter() - t0, finetuned_val_acc=tuned.best_val_acc,
-                          finetuned_test_acc=tuned.test["acc"])
-            say(f"{arch} s{seed} {method:>11} {target:>4g}x: {record['flops_speedup']:.2f}x, "
-                f"right after {raw:.4f} -> recalibrated {test:.4f} -> finetuned {tuned.test['acc']:.4f} "
-                f"(pre-stage {pre['seconds']:.0f} s)")
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(record))
-        return record
-
-    def sweep_score(self, arch: str, method: str, hp: dict) -> float:
-        """Validation accuracy right after a prune + recalibration, mean over the sweep targets."""
-        seed, scores = self.s.sweep_seed, []
-        for target in self.s.sweep_targets:
-            start, _ = self.pre_stage(arch, seed, method, target, hp)
-            got = self.prune(start, method, target, hp, seed)
-            scores.append(0.0 if "error" in got else self.after_prune(got["module"])[1])
-        return statistics.fmean(scores)
-
-
-# ----------------------------------------------------------------------------- choices
-
-
-def choose(bench: Bench, arch: str, log: dict) -> dict[str, dict]:
-    s = bench.s
-    prepare_scores = {}
-    for weight, lr, every in s.prepare_grid:
-        hp = {"weight": weight, "lr": lr, "mask_every": every}
-        prepare_scores[json.dumps(hp)] = bench.sweep_score(arch, "prepared", hp)
-        say(f"{arch} sweep prepared {hp}: val {prepare_scores[json.dumps(hp)]:.4f}")
-    best_prepare = json.loads(max(prepare_scores, key=lambda k: prepare_scores[k]))
-    # plain epochs for l2 / random use the prepare stage's lr: the same optimiser on the plain loss
-    plain_lr = best_prepare["lr"]
-    sl_scores = {}
-    for reg in s.sl_regs:
-        sl_scores[reg] = bench.sweep_score(arch, "DepGraph+SL", {"reg": reg})
-        say(f"{arch} sweep DepGraph+SL reg {reg:g}: val {sl_scores[reg]:.4f}")
-    best_reg = max(sl_scores, key=lambda r: (sl_scores[r], -r))
-    log[arch] = {"prepare": prepare_scores, "sl_reg": {str(k): v for k, v in sl_scores.items()},
-                 "chosen": {"prepared": best_prepare, "DepGraph+SL": {"reg": best_reg}}}
-    return {"prepared": best_prepare, "metanet + prepared": best_prepare, "metanet": {},
-            "DepGraph+SL": {"reg": best_reg}, "fxmeta-l2": {"lr": plain_lr},
-            "random": {"lr": plain_lr}}
-
-
 # ------------------------------------------------------------------------------ report
-
-
-def _mean_std(values: list[float]) -> tuple[float, float]:
-    if not values:
-        return float("nan"), float("nan")
-    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
-
-
-def pct(m: float, sd: float | None = None) -> str:
-    if math.isnan(m):
-        return "—"
-    return f"{100 * m:.2f}" + (f" ± {100 * sd:.2f}" if sd is not None else "")
 
 
 def paired(cells: list[dict], arch: str, target: float, key: str, a: str, b: str) -> tuple[float, float, int]:
@@ -470,7 +137,7 @@ def write_report(bench: Bench, cells: list[dict], choices: dict, sweep: dict, me
     lines += ["## Test accuracy (%), mean ± std over seeds", ""]
     for arch in s.archs:
         base_acc = [bench.base_info(arch, sd)["test_acc"] for sd in seeds_of[arch][0]]
-        lines += [f"### {arch} (unpruned: {pct(*_mean_std(base_acc))})", "",
+        lines += [f"### {arch} (unpruned: {pct(*mean_std(base_acc))})", "",
                   "| target | method | n | FLOPs x | right after prune + recal | after finetune | pre-stage s | "
                   "finetune s |", "|---|---|---|---|---|---|---|---|"]
         for target in s.targets:
@@ -482,7 +149,7 @@ def write_report(bench: Bench, cells: list[dict], choices: dict, sweep: dict, me
                 if not ok:
                     lines.append(f"| {target:g}x | {method} | 0 | — | not reached: {group[0]['error'][:80]} | | | |")
                     continue
-                stat = {k: _mean_std([c[k] for c in ok]) for k in ("flops_speedup", "recal_test_acc",
+                stat = {k: mean_std([c[k] for c in ok]) for k in ("flops_speedup", "recal_test_acc",
                                                                    "finetuned_test_acc", "pre_seconds",
                                                                    "finetune_seconds")}
                 lines.append(f"| {target:g}x | {method} | {len(ok)} | {stat['flops_speedup'][0]:.2f} | "
@@ -539,7 +206,7 @@ def write_plot(cells: list[dict], s: Settings, path: Path) -> None:
                     vals = [c[key] for c in cells if (c["arch"], c["method"], c["target"]) == (arch, method, t)
                             and key in c]
                     if vals:
-                        m, sd = _mean_std(vals)
+                        m, sd = mean_std(vals)
                         xs.append(t)
                         ms.append(100 * m)
                         sds.append(100 * sd)
@@ -589,7 +256,7 @@ def main(argv: list[str] | None = None) -> None:
             + (f" --archs {args.archs}" if args.archs else "") + (f" --seeds {args.seeds}" if args.seeds else "")
             + (f" --threads {args.threads}" if args.threads != 1 else ""),
             "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "machine": f"{platform.processor() or platform.machine()}, "
-            f"{os.cpu_count()} cores", "threads": args.threads, "versions": _versions(), "load_start": load_start,
+            f"{os.cpu_count()} cores", "threads": args.threads, "versions": versions(), "load_start": load_start,
             "load_end": "/".join(f"{x:.2f}" for x in os.getloadavg()), "minutes": (time.time() - t0) / 60}
     out = (cache / "prepare") if args.quick else RESULTS / "prepare"
     write_report(bench, cells, chosen_for, sweep, meta, out, seeds_of)

@@ -1,10 +1,12 @@
 """Torch-Pruning run as real code, as the benchmarks compare with it: its importance criteria with the
-gradients they read, stepping a pruner to a FLOPs target, and group-sparsity learning as a training
-objective of fxmeta's loop. Shared by benchmarks; not a benchmark itself."""
+gradients they read, its magnitude and group-norm pruners, stepping a pruner to one FLOPs target or to
+several on the way, and group-sparsity learning as a training objective of fxmeta's loop. Shared by
+benchmarks; not a benchmark itself."""
 from __future__ import annotations
 
 import copy
 import math
+import time
 
 import torch
 import torch.nn.functional as F
@@ -83,6 +85,21 @@ def tp_pruner(model: torch.nn.Module, example: torch.Tensor, importance: object,
                                 pruning_ratio=1.0, max_pruning_ratio=1.0, ignored_layers=_outputs(model))
 
 
+def tp_group_pruner(model: torch.nn.Module, example: torch.Tensor, reg: float | None, steps: int) -> object:
+    """Torch-Pruning's ``MagnitudePruner`` (``reg`` None) or its group-norm pruner of sparsity learning
+    (``GroupNormPruner`` at strength ``reg``): global, ``steps`` iterative steps, any ratio allowed."""
+    import torch_pruning as tp
+
+    common = dict(global_pruning=True, iterative_steps=steps, pruning_ratio=1.0, max_pruning_ratio=1.0,
+                  ignored_layers=_outputs(model))
+    if reg is None:
+        return tp.pruner.MagnitudePruner(model, example, importance=tp.importance.GroupMagnitudeImportance(p=2),
+                                         **common)
+    return tp.pruner.GroupNormPruner(model, example, reg=reg,
+                                     importance=tp.importance.GroupMagnitudeImportance(p=2, normalizer="max"),
+                                     **common)
+
+
 class SparsityLearning:
     """Torch-Pruning's group-norm sparsity learning (DepGraph+SL) as a training objective of fxmeta's
     loop: plain cross-entropy, then ``pruner.regularize`` on the gradients between backward and step;
@@ -124,3 +141,34 @@ def tp_to_target(pruner, model: torch.nn.Module, example: torch.Tensor, target: 
         if base_flops / max(quick(), 1) >= target and base_flops / max(count_flops(model, example), 1) >= target:
             return copy.deepcopy(model).eval()
     return None
+
+
+def tp_progressive(model: torch.nn.Module, example: torch.Tensor, reg: float | None, targets: list[float],
+                   steps: int) -> dict[float, dict]:
+    """Step a Torch-Pruning pruner until each FLOPs target is met, keeping a copy at each target
+    on the way: the same states separate runs per target would reach (the steps are the same)."""
+    from fxmeta.pruning.flops import count_flops
+
+    t0 = time.perf_counter()
+    pruner = tp_group_pruner(model, example, reg, steps)
+    model.eval()
+    base_flops = count_flops(model, example)
+    quick = ConvFlops(model, example)
+    exact = quick() == base_flops  # else every step is counted with count_flops
+    out: dict[float, dict] = {}
+    pending = sorted(targets)
+    speedup = 1.0
+    while pending:
+        if pending and speedup >= pending[0]:
+            speedup = base_flops / max(count_flops(model, example), 1)  # confirm with fxmeta's counter
+        while pending and speedup >= pending[0]:
+            out[pending.pop(0)] = {"module": copy.deepcopy(model), "seconds": time.perf_counter() - t0,
+                                   "steps": pruner.current_step}
+        if not pending or pruner.current_step >= pruner.iterative_steps:
+            break
+        pruner.step()
+        speedup = base_flops / max(quick() if exact else count_flops(model, example), 1)
+    for t in pending:
+        out[t] = {"error": f"Torch-Pruning stopped at {speedup:.2f}x after all {steps} iterative steps "
+                           f"(pruning_ratio=1.0, max_pruning_ratio=1.0): {t:g}x is out of its reach"}
+    return out

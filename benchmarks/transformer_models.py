@@ -1,5 +1,6 @@
 """The models of ``coverage_transformers``: transformers families from small configs and timm
-architectures at reduced image sizes, all with random weights (nothing downloads).
+architectures at reduced image sizes, all with random weights (nothing downloads). A data module
+shared by the benchmarks, not a benchmark.
 
 Each entry builds ``(model, example_input)`` and names the parameters whose sizes say which
 dims a prune removed: ``hidden`` (the model width: one parameter holding it, for ConvNeXt every

@@ -168,18 +168,66 @@ def test_no_module_imports_another_modules_private_names():
     assert not offenders
 
 
-SHARED_BENCHMARK_MODULES = {"common", "_env", "tp_baselines"}  # libraries of the benchmarks, not benchmarks
+# The libraries of the benchmarks (no main; ARCHITECTURE.md, "benchmarks/"): what benchmarks share. "quality"
+# is that package's API (its __init__: settings, base networks, metanetwork, the digits16 data zoos load by
+# name); the quality benchmark itself is benchmarks.quality.__main__, which nothing imports.
+SHARED_BENCHMARK_MODULES = {"_env", "common", "tp_baselines", "digits", "zoo", "allocation_cells",
+                            "transformer_models", "quality"}
 
 
-def test_new_benchmarks_import_no_private_fxmeta_names_and_no_other_benchmark():
-    """benchmarks/common.py and tp_baselines.py hold what benchmarks share; these benchmarks use them and
-    fxmeta's public names only (the older scripts that still import each other are listed in ARCHITECTURE.md)."""
-    for name in ("calibrated.py", "calibration_cost.py", "common.py", "tp_baselines.py"):
-        path = ROOT / "benchmarks" / name
-        assert not _private_imports(path, ("fxmeta",)), name
-        siblings = {n.module for n in _imports(ast.parse(path.read_text())) if isinstance(n, ast.ImportFrom)
-                    and (n.level or (n.module or "").startswith("benchmarks"))}
-        assert {m.removeprefix("benchmarks.") for m in siblings} <= SHARED_BENCHMARK_MODULES, (name, siblings)
+def _benchmark_imports(path: Path) -> set[str]:
+    """The modules of ``benchmarks`` that ``path`` imports, named inside the package (``benchmarks.x.y`` ->
+    ``x.y``); ``from PKG import NAME`` imports the submodule NAME where there is one."""
+    name = _module_name(path)
+    here = name if path.name == "__init__.py" else name.rpartition(".")[0]
+
+    def is_module(dotted: str) -> bool:
+        file = ROOT.joinpath(*dotted.split("."))
+        return file.with_suffix(".py").is_file() or (file / "__init__.py").is_file()
+
+    found = set()
+    for node in _imports(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            targets = [alias.name for alias in node.names]
+        else:
+            base = node.module or ""
+            if node.level:
+                anchor = here.split(".")
+                base = ".".join(anchor[:len(anchor) - (node.level - 1)] + ([base] if base else []))
+            targets = [f"{base}.{a.name}" if is_module(f"{base}.{a.name}") else base for a in node.names]
+        found |= {t.removeprefix("benchmarks.") for t in targets if t.startswith("benchmarks.")}
+    return found
+
+
+def test_benchmark_import_resolution():
+    assert _benchmark_imports(ROOT / "benchmarks" / "metanet_digits.py") >= {"quality"}
+    assert "tp_baselines" in _benchmark_imports(ROOT / "benchmarks" / "quality" / "cells.py")
+    assert "quality.settings" in _benchmark_imports(ROOT / "benchmarks" / "quality" / "cells.py")
+
+
+def test_all_benchmarks_import_no_private_fxmeta_names_and_no_other_benchmark():
+    """Every file under benchmarks/ uses fxmeta's public names only and imports no other benchmark: what
+    benchmarks share lives in the library modules (inside the quality package its modules import each other)."""
+    files = sorted((ROOT / "benchmarks").rglob("*.py"))
+    assert len(files) > 20
+    for path in files:
+        rel = str(path.relative_to(ROOT))
+        assert not _private_imports(path, ("fxmeta",)), rel
+        own = _module_name(path).removeprefix("benchmarks").lstrip(".")
+        others = {m for m in _benchmark_imports(path) if m != own and m not in SHARED_BENCHMARK_MODULES
+                  and not (own.startswith("quality") and m.startswith("quality."))}
+        assert not others, (rel, others)
+
+
+def test_the_shared_benchmark_modules_are_libraries():
+    """A shared module has no ``main`` and no ``__main__`` block: running it is no benchmark."""
+    for name in SHARED_BENCHMARK_MODULES:
+        path = ROOT / "benchmarks" / f"{name}.py"
+        path = path if path.is_file() else ROOT / "benchmarks" / name / "__init__.py"
+        tree = ast.parse(path.read_text(), str(path))
+        assert not any(isinstance(n, ast.FunctionDef) and n.name == "main" for n in tree.body), name
+        assert "__main__" not in {c.value for n in ast.walk(tree) if isinstance(n, ast.Compare)
+                                  for c in n.comparators if isinstance(c, ast.Constant)}, name
 
 
 @pytest.mark.parametrize("folder", ["fxmeta", "passes", "benchmarks"])

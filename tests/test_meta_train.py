@@ -88,19 +88,19 @@ def test_metanet_refuses_graphs_of_unknown_kinds(zoo_dir, tmp_path):
 
 
 def test_prunable_objective_trains_through_the_masked_generated_network(zoo_dir, tmp_path):
-    from fxmeta.metatrain.loop import MetaTrainConfig, _make_metanet, _prepare, _train_step
+    from fxmeta.metatrain.loop import MetaTrainConfig, _train_step, load_data_model, make_metanet
 
     zoo = load_zoo(zoo_dir)
     config = MetaTrainConfig(objective="prunable", mask_speedups=(2.0, 3.0), mask_weight=1.0, width=8, depth=1,
                              batches_per_step=1, batch_size=32, progress=False, reg=0.0)
-    data_model = _prepare(zoo.path(zoo.members[0]), torch.randn(1, 1, 8, 8), config)
+    data_model = load_data_model(zoo.path(zoo.members[0]), torch.randn(1, 1, 8, 8), config)
 
     x, y = torch.randn(32, 1, 8, 8), torch.randint(0, 10, (32,))
 
     def grads(weight: float):
         from dataclasses import replace
 
-        net = _make_metanet([data_model.graph], config)  # seeded: the same initial metanet
+        net = make_metanet([data_model.graph], config)  # seeded: the same initial metanet
         optimizer = torch.optim.SGD(net.parameters(), lr=0.0)
         record = _train_step(net, optimizer, data_model, iter([(x, y)] * 2), replace(config, mask_weight=weight), 1,
                              torch.Generator().manual_seed(0))
@@ -127,7 +127,7 @@ def test_prunable_objective_trains_through_the_masked_generated_network(zoo_dir,
 
 
 def test_zero_init_starts_as_the_identity_and_learn_nodes_keeps_the_edges(zoo_dir):
-    from fxmeta.metatrain.loop import MetaTrainConfig, _make_metanet, _prepare, _train_step
+    from fxmeta.metatrain.loop import MetaTrainConfig, _train_step, load_data_model, make_metanet
 
     zoo = load_zoo(zoo_dir)
     example = torch.randn(1, 1, 8, 8)
@@ -136,8 +136,8 @@ def test_zero_init_starts_as_the_identity_and_learn_nodes_keeps_the_edges(zoo_di
         config = MetaTrainConfig(objective="prunable", mask_speedups=(2.0,), width=8, depth=1, ratio=1.0,
                                  zero_init=True, learn=learn, batches_per_step=1, batch_size=32, progress=False,
                                  reg=0.0)
-        data_model = _prepare(zoo.path(zoo.members[0]), example, config)
-        net = _make_metanet([data_model.graph], config)
+        data_model = load_data_model(zoo.path(zoo.members[0]), example, config)
+        net = make_metanet([data_model.graph], config)
         graph = data_model.graph
         with torch.no_grad():
             out = net(graph)
@@ -162,7 +162,7 @@ def test_zero_init_starts_as_the_identity_and_learn_nodes_keeps_the_edges(zoo_di
 
 
 def test_learn_step_trains_only_the_step_sizes_of_an_sgd_start(zoo_dir):
-    from fxmeta.metatrain.loop import MetaTrainConfig, _make_metanet, _prepare, _train_step
+    from fxmeta.metatrain.loop import MetaTrainConfig, _train_step, load_data_model, make_metanet
 
     zoo = load_zoo(zoo_dir)
     example = torch.randn(1, 1, 8, 8)
@@ -170,8 +170,8 @@ def test_learn_step_trains_only_the_step_sizes_of_an_sgd_start(zoo_dir):
     config = MetaTrainConfig(objective="prunable", conditioned=True, mask_speedups=(2.0,), width=8, depth=1,
                              ratio=1.0, learn="step", step_lr=0.05, steps=2, ce_weight=0.0, batches_per_step=1,
                              batch_size=32, grad_batches=1, progress=False, reg=0.0)
-    data_model = _prepare(zoo.path(zoo.members[0]), example, config)
-    net = _make_metanet([data_model.graph], config)
+    data_model = load_data_model(zoo.path(zoo.members[0]), example, config)
+    net = make_metanet([data_model.graph], config)
     decoders = {k: v.clone() for k, v in net.state_dict().items() if ".dec." in k}
     head = net.step_head.weight.clone()
     optimizer = torch.optim.AdamW([p for p in net.parameters() if p.requires_grad], lr=1e-2)

@@ -1,7 +1,9 @@
 """Pruning quality: fxmeta with and without the metanetwork against Torch-Pruning (``python -m benchmarks.quality``).
 
 settings (grid, data, shared plumbing) -> baselines (base networks, metanetwork, Torch-Pruning)
--> cells (one method at one target) -> report (tables, plot); ``__main__`` runs the grid.
+-> cells (one method at one target) -> report (tables, plot); ``__main__`` runs the grid and is the
+benchmark. This package's API (the names below) is a library of the benchmarks: ``metanet_digits``
+reuses its base networks and metanetwork, and zoos load ``digits16`` by name.
 """
 import os
 

@@ -1,4 +1,5 @@
-"""What every method starts from: base networks, the metanetwork, Torch-Pruning's pruners."""
+"""What every method starts from: base networks, the metanetwork, Torch-Pruning's sparsity learning
+(Torch-Pruning's pruners themselves are in ``benchmarks.tp_baselines``)."""
 from __future__ import annotations
 
 import copy
@@ -9,7 +10,7 @@ from typing import Any
 
 import torch
 
-from ..tp_baselines import ConvFlops
+from ..tp_baselines import tp_group_pruner
 from .settings import (
     DATA_SPEC,
     IMAGE_SIZE,
@@ -153,20 +154,6 @@ def metanet_output(ctx: Context, arch: str, seed: int) -> tuple[Any, float, dict
 # --------------------------------------------------------------------------- Torch-Pruning
 
 
-def _tp_pruner(model: torch.nn.Module, ctx: Context, reg: float | None) -> Any:
-    import torch_pruning as tp
-
-    ignored = [m for m in model.modules() if isinstance(m, torch.nn.Linear) and m.out_features == 10]
-    common = dict(global_pruning=True, iterative_steps=TP_STEPS, pruning_ratio=1.0, max_pruning_ratio=1.0,
-                  ignored_layers=ignored)
-    if reg is None:
-        return tp.pruner.MagnitudePruner(model, ctx.example, importance=tp.importance.GroupMagnitudeImportance(p=2),
-                                         **common)
-    return tp.pruner.GroupNormPruner(model, ctx.example, reg=reg,
-                                     importance=tp.importance.GroupMagnitudeImportance(p=2, normalizer="max"),
-                                     **common)
-
-
 def sparsity_learning(ctx: Context, arch: str, seed: int, reg: float) -> tuple[torch.nn.Module, float, dict]:
     """Torch-Pruning's group_sl sparsity learning on a copy of the base network (cached)."""
     import torch.nn.functional as F
@@ -184,7 +171,7 @@ def sparsity_learning(ctx: Context, arch: str, seed: int, reg: float) -> tuple[t
         info = _read_json(meta_path)
         return model.eval(), info["seconds"], info
     t0 = time.perf_counter()
-    pruner = _tp_pruner(model, ctx, reg)
+    pruner = tp_group_pruner(model, ctx.example, reg, TP_STEPS)
     loaders = make_loaders(ctx.splits, s.batch_size, seed=seed)
     optimizer = torch.optim.SGD(model.parameters(), lr=s.sl_lr, momentum=0.9, weight_decay=0.0)
     milestones = (int(0.6 * s.sl_epochs), int(0.8 * s.sl_epochs))  # TP: 60,80 of 100 epochs
@@ -216,35 +203,3 @@ def sparsity_learning(ctx: Context, arch: str, seed: int, reg: float) -> tuple[t
     say(f"{arch} seed {seed}: SL reg {reg:g} done in {seconds:.0f} s, best epoch {best_epoch}, "
         f"val {best_val:.4f} (per epoch {history})")
     return model.eval(), seconds, info
-
-
-def tp_progressive(model: torch.nn.Module, ctx: Context, reg: float | None,
-                   targets: list[float]) -> dict[float, dict]:
-    """Step a Torch-Pruning pruner until each FLOPs target is met, keeping a copy at each target
-    on the way: the same states separate runs per target would reach (the steps are the same)."""
-    from fxmeta.pruning.flops import count_flops
-
-    t0 = time.perf_counter()
-    pruner = _tp_pruner(model, ctx, reg)
-    model.eval()
-    base_flops = count_flops(model, ctx.example)
-    quick = ConvFlops(model, ctx.example)
-    exact = quick() == base_flops  # else every step is counted with count_flops
-    out: dict[float, dict] = {}
-    pending = sorted(targets)
-    speedup = 1.0
-    while pending:
-        if pending and speedup >= pending[0]:
-            speedup = base_flops / max(count_flops(model, ctx.example), 1)  # confirm with fxmeta's counter
-        while pending and speedup >= pending[0]:
-            out[pending.pop(0)] = {"module": copy.deepcopy(model), "seconds": time.perf_counter() - t0,
-                                   "steps": pruner.current_step}
-        if not pending or pruner.current_step >= pruner.iterative_steps:
-            break
-        pruner.step()
-        speedup = base_flops / max(quick() if exact else count_flops(model, ctx.example), 1)
-    for t in pending:
-        out[t] = {"error": f"Torch-Pruning stopped at {speedup:.2f}x after all {TP_STEPS} iterative steps "
-                           f"(pruning_ratio=1.0, max_pruning_ratio=1.0): {t:g}x is out of its reach"}
-    return out
-

@@ -8,8 +8,10 @@ from typing import Any
 
 import torch
 
-from .baselines import metanet_output, sparsity_learning, tp_progressive
+from ..tp_baselines import tp_progressive
+from .baselines import metanet_output, sparsity_learning
 from .settings import (
+    TP_STEPS,
     Context,
     _eval,
     _key,
@@ -64,8 +66,8 @@ def pruned_for(ctx: Context, arch: str, seed: int, method: str, target: float, r
         else:
             start, sl_seconds, sl_info = copy.deepcopy(base), 0.0, {}
         # the stepping reaches every target of the run on the way: one pass serves them all
-        found = tp_progressive(copy.deepcopy(start), ctx, reg if method == "DepGraph+SL" else None,
-                               list(ctx.s.targets))
+        found = tp_progressive(copy.deepcopy(start), ctx.example, reg if method == "DepGraph+SL" else None,
+                               list(ctx.s.targets), TP_STEPS)
         for entry in found.values():
             entry["extra_seconds"] = sl_seconds
             if sl_info:

@@ -243,12 +243,12 @@ def meta_train(zoo_dir: str | os.PathLike, out: str | os.PathLike = "metanet/", 
         splits = load_data(zoo.data, seed=0)
         loaders = make_loaders(splits, config.batch_size, seed=config.seed)
         example = example_from_shape(zoo.input_shape)
-        train_models = [_prepare(zoo.path(m), example, config, trust) for m in train_members]
-        val_models = [_prepare(zoo.path(m), example, config, trust) for m in val_members]
+        train_models = [load_data_model(zoo.path(m), example, config, trust) for m in train_members]
+        val_models = [load_data_model(zoo.path(m), example, config, trust) for m in val_members]
     except BaseException:
         created.remove()  # a folder this run made, still empty: gone again
         raise
-    net = _make_metanet([d.graph for d in train_models + val_models], config)
+    net = make_metanet([d.graph for d in train_models + val_models], config)
     optimizer = torch.optim.AdamW([p for p in net.parameters() if p.requires_grad], lr=config.lr,
                                   weight_decay=config.weight_decay)
     state = {"epoch": 0, "best_epoch": 0, "best_score": -1.0, "history": []}
@@ -319,7 +319,9 @@ def _output_folder(out: str | os.PathLike, config: MetaTrainConfig) -> Path:
     return folder
 
 
-def _prepare(path: str, example: torch.Tensor, config: MetaTrainConfig, trust: bool = False) -> _DataModel:
+def load_data_model(path: str, example: torch.Tensor, config: MetaTrainConfig, trust: bool = False) -> _DataModel:
+    """One zoo member as meta-training sees it: its frozen network lowered to a WeightGraph, its group
+    regulariser, and (``objective="prunable"`` or conditioned) the prunes it is trained for."""
     from ..io.files import load
 
     model = load(path, trust=trust).eval()
@@ -345,7 +347,9 @@ def _prepare(path: str, example: torch.Tensor, config: MetaTrainConfig, trust: b
     return _DataModel(path, graph, regularizer, masking, example, allocation=config.allocation)
 
 
-def _make_metanet(graphs: list[WeightGraph], config: MetaTrainConfig) -> Metanet:
+def make_metanet(graphs: list[WeightGraph], config: MetaTrainConfig) -> Metanet:
+    """The metanetwork ``config`` starts from: ``config.init`` loaded, or a fresh one (seeded) for the node
+    and edge kinds of ``graphs``."""
     if config.init:
         net = load_metanet(config.init)
         if net.conditioned != config.conditioned:
