@@ -253,14 +253,16 @@ def test_the_calibration_draw_reads_only_the_training_split(monkeypatch):
     draws = calibration_set(data.train, 3, 16, seed=1)
     assert all(bool((x[:, 0, 0, 0] == 100.0).all()) for x, _ in draws)
     assert all(torch.equal(a[0], b[0]) for a, b in zip(draws, calibration_set(data.train, 3, 16, seed=1)))
+    from fxmeta.pipeline import stages
+
     seen = []
-    real_prune = pipeline._prune
+    real_call = stages.RemoveChannels.__call__
 
-    def spy(model, x, config, spec, exported, importance, calibration):
-        seen.extend(calibration)
-        return real_prune(model, x, config, spec, exported, importance, calibration)
+    def spy(self, state):
+        seen.extend(self.calibration)
+        return real_call(self, state)
 
-    monkeypatch.setattr(pipeline, "_prune", spy)
+    monkeypatch.setattr(stages.RemoveChannels, "__call__", spy)
     model = get_model("resnet20", num_classes=10, in_channels=1)
     config = TransformConfig(prune=PruneSpec(2.0), calib_batches=2, bn_batches=0,
                              finetune=TrainConfig(epochs=0, batch_size=32, device="cpu", progress=False))

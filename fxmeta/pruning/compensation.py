@@ -85,6 +85,10 @@ def _out_rows(module: nn.Module, y: Tensor) -> Tensor:
     return y.movedim(1, -1).reshape(-1, y.shape[1])
 
 
+def _row_count(module: nn.Module, y: Tensor) -> int:
+    return y.numel() // y.shape[-1 if isinstance(module, nn.Linear) else 1]
+
+
 def _why_not(module: nn.Module) -> str | None:
     if isinstance(module, nn.Conv3d):
         return "Conv3d is not refit"
@@ -96,51 +100,91 @@ def _why_not(module: nn.Module) -> str | None:
     return None
 
 
-def _solve(a_t_a: Tensor, a_t_y: Tensor, ridge: float, features: int) -> Tensor:
-    """Ridge solution of the normal equations; the intercept column (after ``features``) is not regularised."""
-    reg = torch.zeros(a_t_a.shape[0], dtype=a_t_a.dtype)
-    if features:
-        scale = a_t_a.diagonal()[:features].mean().clamp_min(1e-12)
-        reg[:features] = ridge * scale
-    system = a_t_a + torch.diag(reg) + 1e-12 * torch.eye(a_t_a.shape[0], dtype=a_t_a.dtype)
-    try:
+def _solve(a_t_a: Tensor, a_t_y: Tensor, ridge: float, weights: Tensor, fitted: Tensor) -> Tensor:
+    """Ridge solutions of a batch of normal equations ``(groups, f, f) sol = (groups, f, out)``, in float64.
+
+    ``fitted`` (groups, f) flags the features in the fit; the others have zero rows and columns, get
+    a unit diagonal and solve to zero. ``weights`` flags the fitted features that are weights: they
+    are regularised by ``ridge`` times their group's mean diagonal (an intercept is not)."""
+    a_t_a, a_t_y = a_t_a.double(), a_t_y.double()
+    diag = a_t_a.diagonal(dim1=1, dim2=2)
+    scale = (diag * weights).sum(1) / weights.sum(1).clamp_min(1)
+    reg = ridge * scale.clamp_min(1e-12)[:, None] * weights + (~fitted).double() + 1e-12
+    system = a_t_a + torch.diag_embed(reg)
+    factor, info = torch.linalg.cholesky_ex(system)
+    if bool((info == 0).all()):
+        return torch.cholesky_solve(a_t_y, factor)
+    try:  # not positive definite in floating point: LU, then the least-norm solution
         return torch.linalg.solve(system, a_t_y)
-    except RuntimeError:  # singular: the least-norm solution
+    except RuntimeError:
         return torch.linalg.lstsq(system, a_t_y).solution
 
 
-def _refit(module: nn.Module, x: Tensor, y: Tensor, keep: Tensor, intercept: bool, ridge: float,
+def _refit(module: nn.Module, xs: list[Tensor], ys: list[Tensor], keep: Tensor, intercept: bool, ridge: float,
            gen: torch.Generator) -> tuple[Tensor, Tensor | None]:
-    """New weight (full size; removed input columns unchanged, they read zeros) and intercept."""
-    a, k = _rows(module, x)
-    target = _out_rows(module, y)
-    if a.shape[0] > MAX_ROWS:
-        pick = torch.randperm(a.shape[0], generator=gen)[:MAX_ROWS].to(a.device)
-        a, target = a[pick], target[pick]
-    a, target = a.double(), target.double()
+    """New weight (full size; removed input columns unchanged, they read zeros) and intercept, fit on
+    the calibration pieces ``xs`` (inputs) / ``ys`` (original outputs).
+
+    At most MAX_ROWS rows (samples x positions), a seeded draw over all pieces, enter the normal
+    equations, which are accumulated piece by piece in float32 for all groups of a grouped conv at
+    once, and solved in float64."""
     weight = module.weight.detach()
     groups = getattr(module, "groups", 1)
     out_per, in_per = weight.shape[0] // groups, weight.shape[1]
-    new_w = weight.double().reshape(groups, out_per, in_per * k).clone()
-    new_b = torch.zeros(weight.shape[0], dtype=torch.float64) if intercept else None
-    for g in range(groups):
-        cols = keep[g * in_per:(g + 1) * in_per].repeat_interleave(k).to(a.device)
-        feats = a[:, g * in_per * k:(g + 1) * in_per * k][:, cols]
-        yg = target[:, g * out_per:(g + 1) * out_per]
-        if intercept:
-            feats = torch.cat([feats, torch.ones(len(feats), 1, dtype=feats.dtype, device=feats.device)], 1)
-        if feats.shape[1] == 0:
+    counts = [_row_count(module, y) for y in ys]
+    total = sum(counts)
+    pick = None if total <= MAX_ROWS else torch.randperm(total, generator=gen)[:MAX_ROWS].sort().values
+    k = weight[0].numel() // in_per
+    cols = keep.reshape(groups, in_per).repeat_interleave(k, dim=1)  # (groups, in_per * k)
+    # one group: the kept columns alone (the system's size is the kept features); groups: every
+    # group's columns, the removed ones zeroed, so that all groups solve in one batch
+    take = cols[0].nonzero().squeeze(1) if groups == 1 else None
+    fit_cols = cols if take is None else cols[:, take]
+    fitted = torch.cat([fit_cols, torch.full((groups, 1), intercept)], 1)
+    weights = torch.cat([fit_cols, torch.zeros(groups, 1, dtype=torch.bool)], 1)
+    f = fitted.shape[1]
+    a_t_a = torch.zeros(groups, f, f, device=weight.device)
+    a_t_y = torch.zeros(groups, f, out_per, device=weight.device)
+    mask = fitted.to(weight.dtype).to(weight.device)
+    start = 0
+    for x, y, n in zip(xs, ys, counts):
+        rows = None if pick is None else pick[(pick >= start) & (pick < start + n)] - start
+        start += n
+        if rows is not None and not len(rows):
             continue
-        sol = _solve((feats.T @ feats).cpu(), (feats.T @ yg).cpu(), ridge, int(cols.sum()))
-        new_w[g][:, cols.cpu()] = sol[:int(cols.sum())].T
-        if intercept:
-            new_b[g * out_per:(g + 1) * out_per] = sol[-1]
-    return new_w.reshape(weight.shape).to(weight.dtype), None if new_b is None else new_b.to(weight.dtype)
+        if take is not None:  # only the kept input channels: fewer columns to unfold
+            x = x.index_select(-1 if isinstance(module, nn.Linear) else 1, keep.nonzero().squeeze(1).to(x.device))
+        a, _ = _rows(module, x)
+        target = _out_rows(module, y)
+        if rows is not None:
+            a, target = a[rows.to(a.device)], target[rows.to(a.device)]
+        ones = torch.ones(len(a), groups, 1, dtype=a.dtype, device=a.device)  # the intercept's column
+        a = torch.cat([a.reshape(len(a), groups, -1), ones], 2) * mask  # features out of the fit read zero
+        a = a.float().permute(1, 0, 2)  # (groups, rows, f)
+        t = target.float().reshape(len(target), groups, out_per).permute(1, 0, 2)
+        a_t_a.baddbmm_(a.transpose(1, 2), a)
+        a_t_y.baddbmm_(a.transpose(1, 2), t)
+    sol = _solve(a_t_a.cpu(), a_t_y.cpu(), ridge, weights, fitted)  # (groups, f, out_per)
+    new_w = weight.double().reshape(groups, out_per, in_per * k).clone().cpu()
+    fit = sol[:, :-1].transpose(1, 2)  # (groups, out_per, fitted weight columns)
+    if take is None:
+        new_w = torch.where(cols[:, None, :], fit, new_w)
+    else:
+        new_w[:, :, take] = fit
+    new_b = sol[:, -1].reshape(-1) if intercept else None
+    return (new_w.reshape(weight.shape).to(weight.dtype).to(weight.device),
+            None if new_b is None else new_b.to(weight.dtype).to(weight.device))
 
 
-def _mean_lost(module: nn.Module, y: Tensor, current: Tensor) -> Tensor:
-    d = channel_dim(module, y)
-    return (y - current).double().movedim(d, 0).flatten(1).mean(1).to(y.dtype)
+def _mean_lost(module: nn.Module, ys: list[Tensor], xs: list[Tensor]) -> Tensor:
+    """Per output channel, the mean of original output minus the output on ``xs``, over all pieces."""
+    d = channel_dim(module, ys[0])
+    total, count = 0, 0
+    for y, x in zip(ys, xs):
+        lost = (y - module(x)).double()
+        total = total + lost.sum([i for i in range(lost.dim()) if i != d])
+        count += lost.numel() // lost.shape[d]
+    return (total / max(count, 1)).to(ys[0].dtype)
 
 
 class _Lockstep:
@@ -162,10 +206,9 @@ class _Lockstep:
             out.append(interp.env[node])
         return out
 
-    def value(self, node: fx.Node) -> Any:
-        """``node``'s value over all pieces, concatenated along the batch dim."""
-        values = [interp.env[node] for interp in self.interps]
-        return values[0] if len(values) == 1 or not isinstance(values[0], Tensor) else torch.cat(values)
+    def values(self, node: fx.Node) -> list[Any]:
+        """``node``'s value on each piece."""
+        return [interp.env[node] for interp in self.interps]
 
     def free(self, node: fx.Node) -> None:
         for interp in self.interps:
@@ -191,8 +234,10 @@ def compensate(analysis: ChannelAnalysis, removed: Tensor, calibration: Calibrat
     for name, p in gm.named_parameters(remove_duplicate=False):
         shared.setdefault(id(p), []).append(name)
     consumers = set(consumer_nodes(gm))
+    # the batches as given (pieces of a captured graph's fixed batch): a network runs faster on
+    # small batches than on all of them stacked, and the refit never needs them in one tensor
     pieces = [gm.graph.process_inputs(*inputs)
-              for inputs in calibration.stacked(fixed_batch(gm, analysis.example_input))]
+              for inputs, _ in calibration.chunks(fixed_batch(gm, analysis.example_input))]
     report.samples = sum(int(p[0].shape[0]) for p in pieces)
     gen = torch.Generator().manual_seed(0)
     masks = removed_masks(analysis, removed)
@@ -207,8 +252,8 @@ def compensate(analysis: ChannelAnalysis, removed: Tensor, calibration: Calibrat
             if node in after:
                 after.pop(node)()
             if node in consumers:
-                _compensate_layer(gm, node, original.value(node), masked.value(node.args[0]), analysis, removed,
-                                  mode, ridge, calls, shared, after, report, gen)
+                _compensate_layer(gm, node, original, masked, analysis, removed, mode, ridge, calls, shared, after,
+                                  report, gen)
             masked.step(node)
             original.free(node)
             masked.free(node)
@@ -217,13 +262,18 @@ def compensate(analysis: ChannelAnalysis, removed: Tensor, calibration: Calibrat
     return report
 
 
-def _compensate_layer(gm: fx.GraphModule, node: fx.Node, y: Tensor, x: Tensor, analysis: ChannelAnalysis,
-                      removed: Tensor, mode: str, ridge: float, calls: dict, shared: dict, after: dict,
-                      report: Compensation, gen: torch.Generator) -> None:
+def _compensate_layer(gm: fx.GraphModule, node: fx.Node, original: _Lockstep, masked: _Lockstep,
+                      analysis: ChannelAnalysis, removed: Tensor, mode: str, ridge: float, calls: dict, shared: dict,
+                      after: dict, report: Compensation, gen: torch.Generator) -> None:
+    """Compensate the consumer ``node`` for its removed inputs: its original outputs are in
+    ``original``, its (compensated, masked) inputs in ``masked``, one value per piece."""
     module = gm.get_submodule(node.target)
-    units = input_units(analysis, node, channel_dim(module, x))
+    ys, xs = original.values(node), masked.values(node.args[0])
+    if not isinstance(ys[0], Tensor) or not isinstance(xs[0], Tensor):
+        return
+    units = input_units(analysis, node, channel_dim(module, xs[0]))
     keep = None if units is None else ~removed[units]
-    if keep is None or bool(keep.all()) or not isinstance(y, Tensor):
+    if keep is None or bool(keep.all()):
         return  # the layer loses no input
     name = str(node.target)
     why = _why_not(module)
@@ -238,7 +288,7 @@ def _compensate_layer(gm: fx.GraphModule, node: fx.Node, y: Tensor, x: Tensor, a
         return
     bn_node = None if module.bias is not None else _only_batchnorm_user(gm, node, calls)
     if mode == "lstsq":
-        new_w, intercept = _refit(module, x, y, keep, module.bias is not None or bn_node is not None, ridge, gen)
+        new_w, intercept = _refit(module, xs, ys, keep, module.bias is not None or bn_node is not None, ridge, gen)
         module.weight.copy_(new_w)
         shift = None
         if intercept is not None and module.bias is not None:
@@ -246,7 +296,7 @@ def _compensate_layer(gm: fx.GraphModule, node: fx.Node, y: Tensor, x: Tensor, a
         elif intercept is not None:
             shift = intercept
     else:
-        shift = _mean_lost(module, y, module(x))
+        shift = _mean_lost(module, ys, xs)
         if module.bias is not None:
             module.bias.add_(shift)
             shift = None

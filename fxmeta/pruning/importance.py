@@ -114,9 +114,11 @@ def activation_importance(analysis: ChannelAnalysis, calibration: Calibration) -
             node = self.current
             if node in wanted:
                 module = gm.get_submodule(target)
-                x = args[0].detach().double()
+                x = args[0].detach()
                 d = dims[node.name] = channel_dim(module, x)
-                sums[node.name] = sums.get(node.name, 0) + x.pow(2).movedim(d, 0).flatten(1).sum(1)
+                # per batch in the input's precision (no copy of the activation), accumulated in float64
+                square = x.float().pow(2).sum([i for i in range(x.dim()) if i != d]).double()
+                sums[node.name] = sums.get(node.name, 0) + square
                 counts[node.name] = counts.get(node.name, 0) + x.numel() / max(x.shape[d], 1)
             return super().call_module(target, args, kwargs)
 
