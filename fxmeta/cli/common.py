@@ -63,8 +63,9 @@ def capture_model(loaded: Any, x: Any, how: str) -> Any:
     if loaded.program is not None:
         return loaded if how == "fx" else dataclasses.replace(loaded, module=trace(loaded.program, x))
     if how == "auto":
-        how = loaded.capture  # "export" for transformers models, which fx cannot trace
-    if how == "auto":
+        # transformers models (loaded.capture "export"): the stages capture them themselves, so that
+        # the prune gives the model's own class back (generate, any batch and sequence length)
+        # instead of a graph fixed to the example input's shape
         return loaded
     return dataclasses.replace(loaded, module=trace(loaded.module, x, capture=how))
 
@@ -194,9 +195,18 @@ def add_output_args(p: argparse.ArgumentParser, required: bool = True) -> None:
 def add_train_args(p: argparse.ArgumentParser, epochs: int) -> None:
     g = p.add_argument_group("finetuning (needs --data)")
     g.add_argument("--data", metavar="SPEC",
-                   help="training data: digits, mnist5k, fashion-mnist[:PATH], cifar10:PATH, cifar100:PATH, imagefolder:PATH or "
-                        "module.path:function; without it there is no finetuning and no accuracy")
+                   help="training data: digits, mnist5k, fashion-mnist[:PATH], cifar10:PATH, cifar100:PATH, imagefolder:PATH, "
+                        "text:PATH (a language model's text: a file or a folder, tokenised with the tokenizer in the "
+                        "hf: model's folder, else as bytes) or module.path:function; without it there is no "
+                        "finetuning and no accuracy / perplexity")
     g.add_argument("--image-size", type=int, metavar="N", help="resize the data's images to NxN")
+    g.add_argument("--block-size", type=int, metavar="T",
+                   help="text data: tokens per training sequence (default: 128)")
+    g.add_argument("--distill", action="store_true",
+                   help="finetune on the KL divergence to the unpruned model's outputs (recovery by distillation) "
+                        "instead of on the labels / next tokens")
+    g.add_argument("--distill-temperature", type=float, default=1.0, metavar="T",
+                   help="softmax temperature of --distill (default: 1)")
     g.add_argument("--epochs", type=int, default=epochs, metavar="N",
                    help=f"finetuning epochs after channel removal (default: {epochs})")
     g.add_argument("--adapt-epochs", type=int, default=0, metavar="N",
@@ -296,8 +306,10 @@ def add_calibration_data_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--data", metavar="SPEC",
                    help="data to calibrate the prune on (the training split only) and to measure accuracy before "
                         "and after: digits, mnist5k, fashion-mnist[:PATH], cifar10:PATH, cifar100:PATH, "
-                        "imagefolder:PATH or module.path:function")
+                        "imagefolder:PATH, text:PATH (a language model's text) or module.path:function")
     g.add_argument("--image-size", type=int, metavar="N", help="resize the data's images to NxN")
+    g.add_argument("--block-size", type=int, metavar="T",
+                   help="text data: tokens per calibration sequence (default: 128)")
     g.add_argument("--bn-batches", type=int, default=20, metavar="N",
                    help="recompute the BatchNorm statistics on N training batches after removal; not after "
                         "--compensate lstsq, which refits the layers to the stored ones (default: 20; 0: off)")
@@ -316,6 +328,7 @@ def transform_config(args: argparse.Namespace, *, finetune: Any = None, checkpoi
         finetune=finetune or TrainConfig(epochs=0, device="cpu", progress=False),
         checkpoint_dir=checkpoint_dir, resume=getattr(args, "resume", False),
         latency_threads=args.latency_threads, latency_batch=args.latency_batch,
+        distill=getattr(args, "distill", False), distill_temperature=getattr(args, "distill_temperature", 1.0),
     )
 
 
@@ -395,7 +408,30 @@ def load_run_data(args: argparse.Namespace):
 
     if args.image_size is not None and args.image_size < 1:
         raise SpecError(f"--image-size must be >= 1, got {args.image_size}")
-    return load_data(args.data, seed=args.seed, image_size=args.image_size)
+    block = getattr(args, "block_size", None)
+    if block is not None and block < 2:
+        raise SpecError(f"--block-size must be >= 2, got {block}")
+    if args.data.partition(":")[0] != "text":
+        return load_data(args.data, seed=args.seed, image_size=args.image_size)
+    tokenizer, vocab = text_model_info(args.model)
+    return load_data(args.data, seed=args.seed, tokenizer=tokenizer, block_size=block, vocab_size=vocab)
+
+
+def text_model_info(model: str) -> tuple[Any, int | None]:
+    """For text data: the tokenizer in an ``hf:`` model's folder (None: bytes) and its vocabulary size."""
+    import json
+
+    from ..training.text import folder_tokenizer
+
+    if not model.startswith("hf:"):
+        return None, None
+    path = model[3:]
+    config = path if path.endswith(".json") else os.path.join(path, "config.json")
+    try:
+        vocab = json.loads(open(config).read()).get("vocab_size")
+    except (OSError, ValueError):
+        vocab = None  # the model's loading reports a broken config
+    return folder_tokenizer(path if os.path.isdir(path) else os.path.dirname(path) or "."), vocab
 
 
 def load_model(args: argparse.Namespace, data) -> tuple[Any, Any]:
@@ -440,7 +476,14 @@ def render_table(title: str, metrics: dict[str, Any], stages: list[tuple[str, fl
     table.add_column("original", justify="right")
     table.add_column("pruned", justify="right")
     table.add_column("change", justify="right")
-    if before["accuracy"] is not None:
+    if before.get("perplexity") is not None:
+        ratio = after["perplexity"] / before["perplexity"]
+        table.add_row("test perplexity", f"{before['perplexity']:.3f}", f"{after['perplexity']:.3f}", f"{ratio:.3f}x")
+        if metrics.get("removed_perplexity") is not None:
+            table.add_row("  right after removal", "", f"{metrics['removed_perplexity']:.3f}", "")
+        table.add_row("next-token accuracy", pct(before["accuracy"]), pct(after["accuracy"]),
+                      f"{100 * (after['accuracy'] - before['accuracy']):+.2f} pt")
+    elif before["accuracy"] is not None:
         delta = 100 * (after["accuracy"] - before["accuracy"])
         table.add_row("test accuracy", pct(before["accuracy"]), pct(after["accuracy"]), f"{delta:+.2f} pt")
         table.add_row("  right after removal", "", pct(metrics["removed_accuracy"]), "")

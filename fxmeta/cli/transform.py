@@ -57,7 +57,7 @@ def _run(args: argparse.Namespace, *, with_training: bool) -> int:
     # every file the run reads is an input: no output may overwrite one, --force or not
     inputs = [args.model] + [p for p in (getattr(args, "metanet", None), getattr(args, "example_input", None)) if p]
     if getattr(args, "data", None) and args.data.partition(":")[0] in (
-            "cifar10", "cifar100", "imagefolder", "fashion-mnist") and args.data.partition(":")[2]:
+            "cifar10", "cifar100", "imagefolder", "fashion-mnist", "text") and args.data.partition(":")[2]:
         inputs.append(args.data.partition(":")[2])
     stages = [s for s, on in (("adapt", getattr(args, "metanet", None) and config.adapt_epochs > 0),
                               ("prepare", config.prepare.epochs > 0)) if on] if ckpt_dir else []

@@ -57,7 +57,9 @@ class TransformConfig:
     right after removal, before the finetune (0: off; see ``train.recalibrate_bn``), unless the
     prune refit the weights to the stored statistics (``fxmeta.pruning.spec.recalibrates``).
     Checkpoints go to ``checkpoint_dir/{adapt,prepare,finetune}``; ``resume`` continues
-    from them.
+    from them. ``distill``: the finetune trains the pruned network on the KL divergence to the
+    original network's outputs at ``distill_temperature`` (``fxmeta.training.distill``) instead of
+    on the labels / next tokens.
     """
 
     prune: PruneSpec = field(default_factory=PruneSpec)
@@ -72,6 +74,8 @@ class TransformConfig:
     resume: bool = False
     latency_threads: int = 1
     latency_batch: int = 1
+    distill: bool = False
+    distill_temperature: float = 1.0
 
     def __post_init__(self) -> None:
         if not isinstance(self.prune, PruneSpec):
@@ -93,6 +97,8 @@ class TransformConfig:
             raise SpecError("latency threads and batch must be >= 1")
         if self.resume and not self.checkpoint_dir:
             raise SpecError("resume needs a checkpoint directory (--checkpoint-dir)")
+        if not (self.distill_temperature > 0 and self.distill_temperature < float("inf")):
+            raise SpecError(f"the distillation temperature must be a positive number, got {self.distill_temperature}")
 
     @property
     def speedup(self) -> float:
@@ -101,12 +107,14 @@ class TransformConfig:
 
 @dataclass
 class Measurement:
-    """One model's cost and quality; ``accuracy`` is on the test split (None without data)."""
+    """One model's cost and quality; ``accuracy`` (next-token accuracy for a language model) and
+    ``perplexity`` (language models only) are on the test split (None without data)."""
 
     flops: int
     params: int
     latency: Latency | None = None
     accuracy: float | None = None
+    perplexity: float | None = None
 
 
 @dataclass
@@ -122,6 +130,7 @@ class TransformResult:
     notes: list[str]
     finetune_best_epoch: int | None = None
     recalibrated_accuracy: float | None = None  # after removal and BatchNorm recalibration
+    removed_perplexity: float | None = None  # a language model's, right after channel removal
 
     @property
     def speedup(self) -> float:
@@ -139,6 +148,7 @@ class TransformResult:
         return {
             "before": asdict(self.before), "after": asdict(self.after),
             "removed_accuracy": self.removed_accuracy, "recalibrated_accuracy": self.recalibrated_accuracy,
+            "removed_perplexity": self.removed_perplexity,
             "flops_speedup": self.speedup,
             "latency_speedup": self.latency_speedup, "params_ratio": self.after.params / max(self.before.params, 1),
             "finetune_best_epoch": self.finetune_best_epoch,
@@ -196,6 +206,20 @@ def check_model_fits(model: nn.Module, example_input: Any, data: DataSplits | No
                               f"({type(exc).__name__}: {text}); {hint}") from exc
     if data is None:
         return
+    if data.task == "causal-lm":
+        from ..pruning.calibration import logits_of
+
+        try:
+            logits = logits_of(out)
+        except Exception:  # noqa: BLE001 - no logits to find: say what it returned
+            logits = None
+        if not isinstance(logits, torch.Tensor) or logits.dim() != 3:
+            raise InputShapeError(f"{name} returns {_describe(out)}; a language model on text data must return "
+                                  "(batch, tokens, vocabulary) logits")
+        if logits.shape[-1] < data.num_classes:
+            raise InputShapeError(f"{name} has a vocabulary of {logits.shape[-1]} but the text is tokenised into "
+                                  f"{data.num_classes} ids")
+        return
     if not isinstance(out, torch.Tensor) or out.dim() != 2:
         raise InputShapeError(f"{name} returns {_describe(out)}; finetuning needs (batch, classes) logits")
     if out.shape[1] != data.num_classes:
@@ -252,11 +276,11 @@ def _check_resume(folder: Path, record: dict[str, Any], resume: bool, is_main: b
 def _measure(model: nn.Module, x: Any, loaders: Loaders | None, device: torch.device) -> Measurement:
     """FLOPs, parameters and test accuracy; latency is timed later, for both models at once."""
     flops, params = count_flops(model, x), count_params(model)
-    accuracy = None
+    scores: dict[str, float] = {}
     if loaders is not None:
         model.to(device)
-        accuracy = evaluate(model, loaders.test, device)["acc"]
-    return Measurement(flops, params, None, accuracy)
+        scores = evaluate(model, loaders.test, device)
+    return Measurement(flops, params, None, scores.get("acc"), scores.get("ppl"))
 
 
 def _stage_config(config: TransformConfig, stage: str, epochs: int, lr: float | None = None) -> TrainConfig:
@@ -363,18 +387,27 @@ def transform(
         state = run_stages(stages, State(work.eval(), example_input, spec, exported=exported), timer)
         pruned_module, plan = state.module, state.plan
         module, removed_acc, recalibrated_acc, best_epoch = pruned_module, None, None, None
+        removed_ppl = None
         if loaders is not None:
             module.to(device)
-            removed_acc = evaluate(module, loaders.test, device)["acc"]
-            if config.bn_batches > 0 and not recalibrates(spec):
+            removed = evaluate(module, loaders.test, device)
+            removed_acc, removed_ppl = removed["acc"], removed.get("ppl")
+            has_bn = any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in module.modules())
+            if config.bn_batches > 0 and not recalibrates(spec) and has_bn:
                 notes.append("BatchNorm statistics kept: the lstsq compensation refit the layers to them")
-            if config.bn_batches > 0 and recalibrates(spec):
+            if config.bn_batches > 0 and recalibrates(spec) and has_bn:
                 with timer("recalibrate BatchNorm"):
                     recalibrate_bn(module, loaders.train, config.bn_batches, device)
                 recalibrated_acc = evaluate(module, loaders.test, device)["acc"]
             if config.finetune.epochs > 0:
+                objective = None
+                if config.distill:  # recover by matching the dense network's outputs
+                    from ..training.distill import DistillObjective
+
+                    objective = DistillObjective(model, temperature=config.distill_temperature)
                 with timer("finetune"):
-                    result = train(module, loaders, _stage_config(config, "finetune", config.finetune.epochs))
+                    result = train(module, loaders, _stage_config(config, "finetune", config.finetune.epochs),
+                                   objective)
                 module, best_epoch = result.model, result.best_epoch
             else:
                 notes.append("finetune epochs = 0: the pruned network is not finetuned")
@@ -392,7 +425,7 @@ def transform(
             # tears it down while the other still holds it can abort at exit (gloo).
             torch.distributed.barrier()
     return TransformResult(module, plan, before, after, removed_acc, timer.items(), notes, best_epoch,
-                           recalibrated_acc)
+                           recalibrated_acc, removed_ppl)
 
 
 def _to(x: Any, device: torch.device) -> Any:

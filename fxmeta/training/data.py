@@ -10,6 +10,8 @@
   the official 60,000 training images and the official 10,000 as test
 - ``cifar10:PATH`` / ``cifar100:PATH``: the python-pickle folders of the CIFAR sites
 - ``imagefolder:PATH``: ``PATH/train/<class>/*`` and ``PATH/val/<class>/*``
+- ``text:PATH``: a text file or folder as next-token blocks for language models, split by file
+  (``fxmeta.training.text``)
 - ``module.path:function``: a user function returning (train, val[, test]) datasets
 
 The validation split is always carved out of the training data, so the test split
@@ -33,8 +35,8 @@ from torch.utils.data import DataLoader, Dataset, Sampler, Subset, TensorDataset
 
 from ..errors import SpecError, UnsafeFileError
 
-_SPEC_HELP = ("expected 'digits', 'mnist5k', 'fashion-mnist[:PATH]', 'cifar10:PATH', 'cifar100:PATH', 'imagefolder:PATH' "
-              "or 'module.path:function'")
+_SPEC_HELP = ("expected 'digits', 'mnist5k', 'fashion-mnist[:PATH]', 'cifar10:PATH', 'cifar100:PATH', 'imagefolder:PATH', "
+              "'text:PATH' or 'module.path:function'")
 _CIFAR_STATS = {
     10: ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
     100: ((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)),
@@ -58,6 +60,8 @@ class DataSplits:
     in_channels: int
     input_shape: tuple[int, ...]
     description: str
+    task: str = "classification"  # or "causal-lm": samples are (tokens, next tokens), see fxmeta.training.text
+    sources: Any = None  # what each split was read from, where the loader records it
 
 
 @dataclass
@@ -69,9 +73,22 @@ class Loaders:
     test: DataLoader
 
 
-def load_data(spec: str, *, seed: int = 0, image_size: int | None = None) -> DataSplits:
-    """Load the datasets a spec names; raises SpecError with what was expected otherwise."""
+def load_data(spec: str, *, seed: int = 0, image_size: int | None = None, tokenizer: Any = None,
+              block_size: int | None = None, vocab_size: int | None = None) -> DataSplits:
+    """Load the datasets a spec names; raises SpecError with what was expected otherwise.
+
+    ``text:PATH`` reads ``tokenizer`` (None: UTF-8 bytes), ``block_size`` and the model's
+    ``vocab_size`` (``fxmeta.training.text``)."""
     name, _, arg = spec.partition(":")
+    if name == "text":
+        from .text import DEFAULT_BLOCK, load_text
+
+        if not arg:
+            raise SpecError("data spec 'text' needs a file or folder: 'text:PATH'")
+        block = block_size or DEFAULT_BLOCK
+        text = load_text(arg, tokenizer=tokenizer, block_size=block, vocab_size=vocab_size)
+        return DataSplits(text.train, text.val, text.test, num_classes=text.vocab, in_channels=0, input_shape=(block,),
+                          description=text.description, task="causal-lm", sources=text.sources)
     if spec == "digits":
         return _load_digits(seed, image_size)
     if spec == "mnist5k":

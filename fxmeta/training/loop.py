@@ -184,23 +184,52 @@ def _reduce(sums: torch.Tensor, count: int, loader: DataLoader) -> list[float]:
     return [v / max(n, 1.0) for v in values] + [int(n)]
 
 
+def flat_logits(out: Any, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(rows, classes)`` logits in float32 and ``(rows,)`` targets: a classifier's batch as it is,
+    a language model's blocks position by position (``y`` holds each position's next token), so
+    one cross-entropy is the classification loss and the next-token loss alike. ``out`` may be a
+    model output object (Hugging Face): its logits are used."""
+    from ..pruning.calibration import logits_of
+
+    logits = logits_of(out)
+    return logits.reshape(-1, logits.shape[-1]).float(), y.reshape(-1)
+
+
+def score_of(metrics: dict[str, float]) -> float:
+    """What picks the best epoch: accuracy for a classifier, minus the loss for a language model
+    (``evaluate`` reports perplexity for those)."""
+    return -metrics["loss"] if "ppl" in metrics else metrics["acc"]
+
+
 @torch.no_grad()
 def evaluate(model: nn.Module, loader: DataLoader, device: str | torch.device = "cpu", *,
              amp: torch.dtype | None = None) -> dict[str, float]:
-    """Accuracy and mean cross-entropy over the loader, summed across ranks when sharded."""
+    """Accuracy and mean cross-entropy over the loader, summed across ranks when sharded.
+
+    For token blocks (targets with a sequence dim: a language model) the means are per token,
+    ``acc`` is next-token accuracy, and ``ppl`` (perplexity, ``exp(loss)``) and, when the data
+    records its bytes per token, ``bpb`` (bits per UTF-8 byte) are added."""
     device = torch.device(device)
     model.eval()
     sums = torch.zeros(2, dtype=torch.float64, device=device)  # loss sum, correct
-    count = 0
+    count, sequence = 0, False
     for x, y in loader:
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
         with torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None):
             out = model(x)
-        loss = nn.functional.cross_entropy(out.float(), y, reduction="sum")
-        sums += torch.stack([loss.double(), (out.argmax(1) == y).sum().double()])
-        count += len(y)
+        logits, target = flat_logits(out, y)
+        loss = nn.functional.cross_entropy(logits, target, reduction="sum")
+        sums += torch.stack([loss.double(), (logits.argmax(1) == target).sum().double()])
+        count += target.numel()
+        sequence = sequence or y.dim() > 1
     loss_sum, correct, _ = _reduce(sums, count, loader)
-    return {"acc": correct, "loss": loss_sum}
+    result = {"acc": correct, "loss": loss_sum}
+    if sequence:
+        result["ppl"] = math.exp(min(loss_sum, 700.0))
+        per_token = getattr(loader.dataset, "bytes_per_token", None)
+        if per_token:
+            result["bpb"] = loss_sum / math.log(2) / per_token
+    return result
 
 
 @torch.no_grad()
@@ -273,7 +302,7 @@ def _train_epoch(net: nn.Module, loader: DataLoader, optimizer: torch.optim.Opti
         with torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None):
             out = net(x)
             if objective is None:
-                loss = criterion(out.float(), y)
+                loss = criterion(*flat_logits(out, y))
             else:
                 loss, out = objective.loss(out, y, criterion)
         optimizer.zero_grad(set_to_none=True)
@@ -284,8 +313,9 @@ def _train_epoch(net: nn.Module, loader: DataLoader, optimizer: torch.optim.Opti
         scaler.step(optimizer)
         scaler.update()
         # accumulate on device: no host sync per step
-        sums += torch.stack([loss.detach().double() * len(y), (out.argmax(1) == y).sum().double()])
-        count += len(y)
+        logits, target = flat_logits(out, y)
+        sums += torch.stack([loss.detach().double() * target.numel(), (logits.argmax(1) == target).sum().double()])
+        count += target.numel()
     loss_sum, correct, samples = _reduce(sums, count, loader)
     return {"loss": loss_sum, "acc": correct, "samples": samples}
 
@@ -312,6 +342,7 @@ class _Progress:
     best_epoch: int = 0
     best_val_acc: float = -1.0
     best_weights: dict | None = None
+    best_score: float = -math.inf  # score_of(the best epoch's validation metrics)
     history: list[dict] = field(default_factory=list)
 
 
@@ -323,7 +354,8 @@ def _save_checkpoint(path: Path, model: nn.Module, optimizer: torch.optim.Optimi
         "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(),
         # the schedule is lr_factor(epoch, config): its whole state is the epoch
         "scheduler": {"schedule": config.schedule, "epoch": run.epoch},
-        "best": {"epoch": run.best_epoch, "val_acc": run.best_val_acc, "weights": run.best_weights},
+        "best": {"epoch": run.best_epoch, "val_acc": run.best_val_acc, "weights": run.best_weights,
+                 "score": run.best_score},
         "history": run.history, "config": asdict(config),
     }, path, force=True)
 
@@ -340,7 +372,8 @@ def _load_checkpoint(path: Path, model: nn.Module, optimizer: torch.optim.Optimi
         raise SpecError(f"cannot resume from {path}: {type(exc).__name__}: {str(exc).splitlines()[0]}; "
                         "delete it or start without resume") from None
     weights = best["weights"] and _cpu_copy(best["weights"])
-    return _Progress(ckpt["epoch"], best["epoch"], best["val_acc"], weights, list(ckpt["history"]))
+    return _Progress(ckpt["epoch"], best["epoch"], best["val_acc"], weights, history=list(ckpt["history"]),
+                     best_score=best.get("score", best["val_acc"]))
 
 
 class _JsonLog:
@@ -453,15 +486,17 @@ def train(model: nn.Module, data: DataSplits | Loaders, config: TrainConfig | No
                 run.epoch = epoch + 1
                 record = {"epoch": run.epoch, "lr": lr, "train_loss": fit["loss"], "train_acc": fit["acc"],
                           "samples": fit["samples"], "val_loss": val["loss"], "val_acc": val["acc"],
+                          **({"val_ppl": val["ppl"]} if "ppl" in val else {}),
                           "seconds": round(time.perf_counter() - t0, 3)}
-                keep = run.epoch == config.epochs if config.keep == "last" else val["acc"] > run.best_val_acc
+                keep = run.epoch == config.epochs if config.keep == "last" else score_of(val) > run.best_score
                 if keep:
-                    run.best_epoch, run.best_val_acc = run.epoch, val["acc"]
+                    run.best_epoch, run.best_val_acc, run.best_score = run.epoch, val["acc"], score_of(val)
                     run.best_weights = _cpu_copy(model.state_dict())
                 run.history.append(record)
                 log.write(record)
+                quality = f"ppl {val['ppl']:.3f}" if "ppl" in val else f"acc {val['acc']:.4f}"
                 say(f"epoch {run.epoch}/{config.epochs}  lr {lr:.4g}  train loss {fit['loss']:.4f} "
-                    f"acc {fit['acc']:.4f}  val loss {val['loss']:.4f} acc {val['acc']:.4f}  "
+                    f"acc {fit['acc']:.4f}  val loss {val['loss']:.4f} {quality}  "
                     f"({record['seconds']:.1f}s)")
                 if ckpt_path and ctx.is_main:
                     _save_checkpoint(ckpt_path, model, optimizer, scaler, run, config)
@@ -470,6 +505,9 @@ def train(model: nn.Module, data: DataSplits | Loaders, config: TrainConfig | No
         test = evaluate(model, loaders.test, device, amp=amp)
         log.write({"final": True, "best_epoch": run.best_epoch, "best_val_acc": run.best_val_acc,
                    "test_acc": test["acc"], "test_loss": test["loss"]})
-        say(f"best epoch {run.best_epoch}: val acc {run.best_val_acc:.4f}, test acc {test['acc']:.4f}")
+        if "ppl" in test:
+            say(f"best epoch {run.best_epoch}: test perplexity {test['ppl']:.3f} (loss {test['loss']:.4f})")
+        else:
+            say(f"best epoch {run.best_epoch}: val acc {run.best_val_acc:.4f}, test acc {test['acc']:.4f}")
     return TrainResult(model, run.best_epoch, max(run.best_val_acc, 0.0), run.history,
                        time.perf_counter() - started, test)

@@ -121,8 +121,10 @@ class PrunabilityObjective:
         self.masked.set_removed(self.removed[pick])
 
     def loss(self, out: Any, y: Tensor, criterion: nn.Module) -> tuple[Tensor, Tensor]:
-        full, masked = out
-        return criterion(full.float(), y) + self.weight * criterion(masked.float(), y), full
+        from .loop import flat_logits
+
+        full, masked = out  # logits, or model outputs (a language model's: next-token loss per position)
+        return criterion(*flat_logits(full, y)) + self.weight * criterion(*flat_logits(masked, y)), full
 
 
 def prepare(model: nn.Module, example_input: Any, data: Any, train_config: Any, speedups: Sequence[float], *,
