@@ -190,3 +190,30 @@ def test_distillation_trains_the_pruned_network_towards_the_dense_one(text_folde
     with pytest.raises(SpecError, match="temperature"):
         TransformConfig(distill=True, distill_temperature=0.0)
     assert fxmeta.training.distill.DistillObjective(dense).teacher is not dense
+
+
+def test_the_masked_network_of_a_captured_language_model_runs_any_batch(tmp_path):
+    """A transformers model is captured by torch.export at the example's batch; the masked network
+    (what prepare trains through) runs bigger batches in pieces, equal to the model itself with
+    nothing removed and to the pruned model with a prune's units removed."""
+    import transformers as tf
+
+    import fxmeta
+    from fxmeta.analysis.channels import analyze
+    from fxmeta.pruning.calibration import logits_of
+    from fxmeta.pruning.masking import MaskedNetwork, removal
+
+    torch.manual_seed(0)
+    model = tf.LlamaForCausalLM(tf.LlamaConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                               num_attention_heads=4, num_key_value_heads=2, vocab_size=64,
+                                               use_cache=False)).eval()
+    x = torch.randint(0, 64, (1, 8))
+    analysis = analyze(model, x)
+    masked = MaskedNetwork(analysis)
+    assert masked.fixed_batch == 1
+    batch = torch.randint(0, 64, (3, 8))
+    with torch.no_grad():
+        torch.testing.assert_close(logits_of(masked(batch)), model(batch).logits, rtol=1e-5, atol=1e-5)
+        masked.set_removed(removal(analysis, 1.5))
+        pruned = fxmeta.prune(model, x, speedup=1.5).module
+        torch.testing.assert_close(logits_of(masked(batch)), pruned(batch).logits, rtol=1e-4, atol=1e-4)

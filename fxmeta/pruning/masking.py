@@ -22,11 +22,13 @@ from typing import Any
 import torch
 import torch.fx as fx
 from torch import Tensor, nn
+from torch.utils import _pytree as pytree
 
 from ..analysis.channels import ChannelAnalysis
 from ..analysis.spaces import Dims
 from ..errors import PruningError
 from ..keys import TENSOR_META
+from .calibration import fixed_batch
 from .flops import FlopModel, count_flops
 from .importance import importance_fn
 from .pruner import check_speedup, reach
@@ -77,6 +79,8 @@ class MaskedNetwork(nn.Module):
     def __init__(self, analysis: ChannelAnalysis) -> None:
         super().__init__()
         self.analysis = analysis
+        # a graph torch.export captured (a transformers model) is specialised to the example's batch
+        self.fixed_batch = fixed_batch(analysis.gm, analysis.example_input)
         candidate = torch.zeros(analysis.uf.size, dtype=torch.bool)
         for g in analysis.groups:
             if g.prunable:
@@ -140,7 +144,20 @@ class MaskedNetwork(nn.Module):
         return ~self.removed[self.analysis.roots(labels)]
 
     def forward(self, *args: Any) -> Any:
-        return self.gm(*args)
+        """The masked network on ``args``; a graph fixed to the example's batch size runs a larger
+        batch in pieces of that size (each sample's output is the same: the graphs it applies to
+        hold no batch statistics across samples, or, with BatchNorm, normalise each piece alone)."""
+        n = self.fixed_batch
+        first = args[0] if args else None
+        if not n or not isinstance(first, Tensor) or first.dim() == 0 or first.shape[0] == n:
+            return self.gm(*args)
+        if first.shape[0] % n:
+            raise PruningError(f"this network was captured for batches of {n} (torch.export); a batch of "
+                               f"{first.shape[0]} does not split into such pieces")
+        pieces = [self.gm(*(a[i:i + n] if isinstance(a, Tensor) and a.dim() and a.shape[0] == first.shape[0] else a
+                            for a in args)) for i in range(0, first.shape[0], n)]
+        return pytree.tree_map(lambda *xs: torch.cat(xs) if isinstance(xs[0], Tensor) and xs[0].dim() else xs[0],
+                               pieces[0], *pieces[1:])
 
 
 class _KeptStatistics(nn.Module):
