@@ -217,3 +217,24 @@ def test_the_masked_network_of_a_captured_language_model_runs_any_batch(tmp_path
         masked.set_removed(removal(analysis, 1.5))
         pruned = fxmeta.prune(model, x, speedup=1.5).module
         torch.testing.assert_close(logits_of(masked(batch)), pruned(batch).logits, rtol=1e-4, atol=1e-4)
+
+
+def test_prune_and_curve_calibrate_on_text_and_report_perplexity(text_folder, tmp_path, capsys):
+    import json
+
+    from fxmeta.cli.app import main
+
+    llama = _tiny_llama(tmp_path / "llama")
+    out = tmp_path / "pruned.pt"
+    assert main(["prune", f"hf:{llama}", "--data", f"text:{text_folder}", "--block-size", "16", "--batch-size", "16",
+                 "--speedup", "1.5", "--out", str(out)]) == 0
+    metrics = torch.load(out, weights_only=True)["metrics"]
+    assert metrics["removed_perplexity"] > 0 and metrics["before"]["perplexity"] > 0
+    saved = torch.load(out, weights_only=True)
+    assert saved["plan"]["compensate"] == "lstsq"  # text given: the calibrated defaults
+    curve = tmp_path / "curve.json"
+    assert main(["curve", f"hf:{llama}", "--data", f"text:{text_folder}", "--block-size", "16", "--batch-size", "16",
+                 "--speedups", "1.5,2", "--out", str(curve)]) == 0
+    assert "perplexity right after pruning" in capsys.readouterr().out
+    (points,) = json.loads(curve.read_text())
+    assert points["unpruned_perplexity"] > 0 and all(p["perplexity"] > 0 for p in points["points"])

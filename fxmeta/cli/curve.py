@@ -74,7 +74,19 @@ def cmd_curve(args: argparse.Namespace) -> int:
         write_json(curves, args.out, force=args.force)
     if args.plot:
         plot(curves, args.plot, force=args.force)
-    if is_main_process():
+    if is_main_process() and curves[0].language_model:
+        table = Table(title=f"{args.model}: {args.split} perplexity right after pruning", title_justify="left")
+        table.add_column("target")
+        for c in curves:
+            table.add_column(f"{c.label}: FLOPs x", justify="right")
+            table.add_column("perplexity", justify="right")
+        table.add_row("unpruned", *[v for c in curves for v in ("1.00", f"{c.unpruned_perplexity:.3f}")])
+        for i, target in enumerate(speedups):
+            table.add_row(f"{target:g}x", *[v for c in curves for v in (
+                ("-", "unreachable") if c.points[i].error else
+                (f"{c.points[i].flops_speedup:.2f}", f"{c.points[i].perplexity:.3f}"))])
+        Console(highlight=False).print(table)
+    elif is_main_process():
         table = Table(title=f"{args.model}: {args.split} accuracy right after pruning "
                             f"(BatchNorm recalibrated on {args.bn_batches} training batches)", title_justify="left")
         table.add_column("target")
@@ -133,8 +145,11 @@ def register_curve(sub: argparse._SubParsersAction) -> None:
                     "metanetwork's output is measured beside the model itself.",
         epilog="example: fxmeta curve fxmeta:resnet20@base.pt --in-channels 1 --data digits --plot curve.png")
     add_model_args(p)
-    p.add_argument("--data", required=True, metavar="SPEC", help="data spec (digits, mnist5k, cifar10:PATH, ...)")
+    p.add_argument("--data", required=True, metavar="SPEC",
+                   help="data spec (digits, mnist5k, fashion-mnist, cifar10:PATH, text:PATH, ...); for text "
+                        "(a language model) the curve is in perplexity")
     p.add_argument("--image-size", type=int, metavar="N", help="resize the data's images to NxN")
+    p.add_argument("--block-size", type=int, metavar="T", help="text data: tokens per sequence (default: 128)")
     p.add_argument("--metanet", metavar="FILE", help="also measure the network this metanetwork generates")
     p.add_argument("--speedups", default="1.5,2,3,4,6,8", metavar="X,Y,...",
                    help="FLOPs targets (default: 1.5,2,3,4,6,8)")

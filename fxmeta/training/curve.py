@@ -1,4 +1,5 @@
-"""The prunability curve: accuracy right after pruning, at several FLOPs targets.
+"""The prunability curve: accuracy (perplexity for a language model) right after pruning, at
+several FLOPs targets.
 
 For each speed-up the model is pruned (fxmeta's importance and selection, self-checked)
 and scored on one split twice: as pruned, and after its BatchNorm statistics are
@@ -25,6 +26,7 @@ class CurvePoint:
     accuracy: float | None = None  # as pruned
     recalibrated_accuracy: float | None = None  # after BatchNorm recalibration
     error: str | None = None
+    perplexity: float | None = None  # a language model's, as pruned
 
 
 @dataclass
@@ -36,6 +38,11 @@ class Curve:
     unpruned: float
     bn_batches: int
     points: list[CurvePoint] = field(default_factory=list)
+    unpruned_perplexity: float | None = None  # language models
+
+    @property
+    def language_model(self) -> bool:
+        return self.unpruned_perplexity is not None
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -64,7 +71,8 @@ def prunability_curve(model: nn.Module, example_input: Any, eval_loader: DataLoa
     if not speedups:
         raise SpecError("give at least one speed-up")
     model = model.eval()
-    curve = Curve(label, split, evaluate(model.to(device), eval_loader, device)["acc"], len(calibration))
+    unpruned = evaluate(model.to(device), eval_loader, device)
+    curve = Curve(label, split, unpruned["acc"], len(calibration), unpruned_perplexity=unpruned.get("ppl"))
     model.cpu()
     for target in speedups:
         if progress:
@@ -76,12 +84,13 @@ def prunability_curve(model: nn.Module, example_input: Any, eval_loader: DataLoa
             curve.points.append(CurvePoint(float(target), error=str(exc)))
             continue
         pruned = result.module.to(device)
-        raw = evaluate(pruned, eval_loader, device)["acc"]
+        scores = evaluate(pruned, eval_loader, device)
+        raw = scores["acc"]
         recal = None
         if calibration and recalibrates(spec):
             recalibrate_bn(pruned, calibration, len(calibration), device)
             recal = evaluate(pruned, eval_loader, device)["acc"]
-        curve.points.append(CurvePoint(float(target), result.speedup, raw, recal))
+        curve.points.append(CurvePoint(float(target), result.speedup, raw, recal, perplexity=scores.get("ppl")))
     return curve
 
 
@@ -108,6 +117,10 @@ def plot(curves: list[Curve], path: str, force: bool = False) -> None:
         ok = [p for p in c.points if p.error is None]
         xs = [p.flops_speedup for p in ok]
         colour = f"C{i}"
+        if c.language_model:
+            ax.plot(xs, [p.perplexity for p in ok], "o-", color=colour, label=c.label)
+            ax.axhline(c.unpruned_perplexity, color=colour, lw=0.8, ls=":")
+            continue
         if any(p.recalibrated_accuracy is not None for p in ok):
             ax.plot(xs, [100 * p.recalibrated_accuracy for p in ok], "o-", color=colour,
                     label=f"{c.label}, BatchNorm recalibrated")
@@ -115,7 +128,11 @@ def plot(curves: list[Curve], path: str, force: bool = False) -> None:
         ax.axhline(100 * c.unpruned, color=colour, lw=0.8, ls=":")
     ax.set_xscale("log", base=2)
     ax.set_xlabel("FLOPs speed-up")
-    ax.set_ylabel(f"{curves[0].split} accuracy right after pruning (%)")
+    if curves[0].language_model:
+        ax.set_yscale("log")
+        ax.set_ylabel(f"{curves[0].split} perplexity right after pruning")
+    else:
+        ax.set_ylabel(f"{curves[0].split} accuracy right after pruning (%)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
     fig.tight_layout()
