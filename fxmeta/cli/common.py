@@ -186,7 +186,8 @@ def add_output_args(p: argparse.ArgumentParser, required: bool = True) -> None:
     g = p.add_argument_group("output")
     g.add_argument("--out", required=required, metavar="FILE",
                    help="write the pruned model here (fxmeta model file, loads with torch.load(weights_only=True) "
-                        "and fxmeta.load)")
+                        "and fxmeta.load); a transformers model to DIR/ (or, for hf: models, any path without .pt "
+                        "/ .pt2) is written as a Hugging Face save_pretrained folder")
     g.add_argument("--export", metavar="FILE.pt2",
                    help="also write a torch.export program that runs without fxmeta (torch.export.load)")
     g.add_argument("--force", action="store_true", help="overwrite output files that exist")
@@ -343,11 +344,14 @@ def stage_logs(log: str | None, stages: Sequence[str]) -> list[tuple[str, str]]:
 def check_run_outputs(args: argparse.Namespace, inputs: list[str], checkpoint_dir: str | None = None,
                    log_stages: Sequence[str] = ()) -> None:
     """Every path this run writes, checked before any work (``fxmeta.io.paths.check_outputs``)."""
+    from ..io.hf_folder import wants_folder
     from ..io.paths import check_outputs
 
     log = getattr(args, "log", None)
     resume = getattr(args, "resume", False)
-    files = [("--out", args.out), ("--export", args.export), ("--log", log), *stage_logs(log, log_stages)]
+    folder = getattr(args, "model", None) and wants_folder(args.out, args.model)  # checked by cli.hf_output
+    files = [("--out", None if folder else args.out), ("--export", args.export), ("--log", log),
+             *stage_logs(log, log_stages)]
     logs = [what for what, _ in files if what.startswith("--log")]
     check_outputs(files, inputs=inputs, force=args.force, dirs=[("--checkpoint-dir", checkpoint_dir)],
                   existing_ok=logs if resume else ())

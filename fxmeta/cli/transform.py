@@ -12,6 +12,7 @@ import textwrap
 from typing import Any
 
 from ..errors import SpecError, TrainingDivergedError
+from . import hf_output
 from .common import (
     add_calibration_data_args,
     add_model_args,
@@ -46,7 +47,7 @@ def _run(args: argparse.Namespace, *, with_training: bool) -> int:
 
         finetune = TrainConfig(epochs=0, batch_size=getattr(args, "batch_size", 128), seed=getattr(args, "seed", 0),
                                device="cpu", progress=False)
-    ckpt_dir = (args.checkpoint_dir or f"{args.out}.ckpt") if with_training and args.data else None
+    ckpt_dir = (args.checkpoint_dir or f"{args.out.rstrip(os.sep)}.ckpt") if with_training and args.data else None
     if with_training and args.resume and not args.data:
         raise SpecError("--resume continues an interrupted finetune, which needs --data")
     config = transform_config(args, finetune=finetune, checkpoint_dir=ckpt_dir)  # checks the numbers
@@ -62,6 +63,7 @@ def _run(args: argparse.Namespace, *, with_training: bool) -> int:
     stages = [s for s, on in (("adapt", getattr(args, "metanet", None) and config.adapt_epochs > 0),
                               ("prepare", config.prepare.epochs > 0)) if on] if ckpt_dir else []
     check_run_outputs(args, inputs, ckpt_dir, stages)
+    hf_output.check_folder_output(args, inputs)
     created = Created()  # what this run adds to the checkpoint folder: all that cleanup may delete
     if ckpt_dir and not args.checkpoint_dir:  # the default OUT.ckpt is fxmeta's own, a resumed run's too
         for sub in ("", "adapt", "prepare", "finetune"):
@@ -76,6 +78,7 @@ def _run(args: argparse.Namespace, *, with_training: bool) -> int:
     with timer("load"):
         loaded, x = load_model(args, data)
         check_model_fits(loaded.module, x, data, name=args.model)
+        config.prune = hf_output.prune_spec(args, loaded.module, x, config.prune)  # --out DIR/, --uniform
     if args.export:
         from ..io.export import export_program
 
@@ -111,8 +114,11 @@ def _save_outputs(args: argparse.Namespace, loaded: Any, x: Any, result: Any, ti
     metrics = result.metrics() | {"source": loaded.source, "run": run_info,
                                   "speedup_target": args.speedup}
     with timer("save"):
-        save(args.out, result.module, plan=result.plan, metrics=metrics, example_input=x, force=args.force,
-             **loaded.save_args())
+        if hf_output.writes_folder(args):
+            result.notes.extend(hf_output.save_folder(args, result.module))
+        else:
+            save(args.out, result.module, plan=result.plan, metrics=metrics, example_input=x, force=args.force,
+                 **loaded.save_args())
     if args.export:
         from ..io.export import save_program
 
@@ -142,6 +148,7 @@ def register_transform(sub: argparse._SubParsersAction) -> None:
     add_train_args(p, epochs=10)
     add_prepare_args(p)
     add_output_args(p)
+    hf_output.add_hf_output_args(p)
     p.set_defaults(func=cmd_transform)
 
 
@@ -160,4 +167,5 @@ def register_prune(sub: argparse._SubParsersAction) -> None:
     add_prune_args(p)
     add_calibration_data_args(p)
     add_output_args(p)
+    hf_output.add_hf_output_args(p)
     p.set_defaults(func=cmd_prune)

@@ -135,6 +135,12 @@ def hf_model(target: str, kwargs: dict[str, Any]) -> tuple[torch.nn.Module, tupl
             config.num_labels = num_classes
     config.use_cache = False  # a KV cache is state torch.export cannot return as a plain output
     cls = _model_class(tf, config, target)
+    if getattr(config, "fxmeta_shapes", None) and cls is not tf.AutoModel:
+        # a folder fxmeta wrote with per-layer widths (fxmeta.io.hf_folder): resized the way its
+        # modeling_fxmeta.py resizes it, without running that file
+        from ..pruning.module_sizes import resizing
+
+        cls = resizing(cls)
     weights = folder is not None and any(os.path.isfile(os.path.join(folder, f)) for f in _WEIGHT_FILES)
     if folder is not None and not weights:
         raise SpecError(f"hf:{target} is a folder without weights (none of {', '.join(_WEIGHT_FILES)}); for random "
@@ -150,7 +156,7 @@ def hf_model(target: str, kwargs: dict[str, Any]) -> tuple[torch.nn.Module, tupl
                             "convert the folder to safetensors where you trust it (model.save_pretrained(folder))"
                             ) from None
         raise SpecError(f"hf:{target}: building {cls.__name__} failed: {type(exc).__name__}: {_first_line(exc)}") from exc
-    shape, dtype = _hf_input(config)
+    shape, dtype = hf_input(config)
     return module, shape, dtype, {"config_json": config.to_json_string(use_diff=False)}
 
 
@@ -180,7 +186,7 @@ def _model_class(tf: Any, config: Any, target: str) -> Any:
     return cls
 
 
-def _hf_input(config: Any) -> tuple[tuple[int, ...], torch.dtype]:
+def hf_input(config: Any) -> tuple[tuple[int, ...], torch.dtype]:
     """Images for vision configs, else token ids of the usual length."""
     vision = getattr(config, "vision_config", None) or config
     size = getattr(vision, "image_size", None)

@@ -8,7 +8,8 @@ removes entries of parameters and buffers, and these models compute every view s
 from the tensors themselves (``(*x.shape[:-1], -1, head_dim)``).
 
 So :func:`slim_model` removes the same entries from a copy of the model's own modules
-(weights by name, ``in_features`` / ``normalized_shape`` / ... updated) and keeps the
+(weights by name, ``in_features`` / ``normalized_shape`` / ... updated by ``module_sizes``, which
+Hugging Face folders with per-layer widths carry too) and keeps the
 result only when it reproduces the pruned graph on the example input *and* on a batch of
 a different size; otherwise the caller keeps the GraphModule. What it can miss (a size a
 module stores as a plain attribute, a view size written into the forward code) fails that
@@ -25,18 +26,8 @@ from torch import Tensor, nn
 from torch.utils import _pytree as pytree
 
 from ..analysis.channels import ChannelAnalysis
+from .module_sizes import update_sizes as _update_sizes
 from .slimming import set_tensor
-
-# per module type: attribute -> (parameter, dim) whose size it records
-_SIZES: dict[type, dict[str, tuple[str, int]]] = {
-    nn.Linear: {"out_features": ("weight", 0), "in_features": ("weight", 1)},
-    nn.Embedding: {"num_embeddings": ("weight", 0), "embedding_dim": ("weight", 1)},
-    nn.Conv1d: {"out_channels": ("weight", 0)},
-    nn.Conv2d: {"out_channels": ("weight", 0)},
-    nn.Conv3d: {"out_channels": ("weight", 0)},
-}
-_NORMS = (nn.LayerNorm, nn.GroupNorm, nn.modules.batchnorm._NormBase, *((nn.RMSNorm,) if hasattr(nn, "RMSNorm")
-                                                                       else ()))
 
 
 def _removed_entries(analysis: ChannelAnalysis, removed: Tensor) -> dict[tuple[str, int], Tensor]:
@@ -52,30 +43,6 @@ def _removed_entries(analysis: ChannelAnalysis, removed: Tensor) -> dict[tuple[s
             mask = out.setdefault((name, dim), torch.zeros(tensors[name].shape[dim], dtype=torch.bool))
             mask[index[gone].flatten()] = True
     return out
-
-
-def _update_sizes(module: nn.Module) -> None:
-    for kind, sizes in _SIZES.items():
-        if isinstance(module, kind):
-            for attr, (param, dim) in sizes.items():
-                setattr(module, attr, getattr(module, param).shape[dim])
-    conv = getattr(module, "weight", None)
-    if isinstance(module, (nn.Conv1d, nn.Conv2d, nn.Conv3d)) and conv is not None:
-        module.in_channels = conv.shape[1] * module.groups
-    if isinstance(module, _NORMS) and getattr(module, "weight", None) is not None:
-        n = module.weight.shape[0]
-        if isinstance(module, nn.LayerNorm) or (hasattr(nn, "RMSNorm") and isinstance(module, nn.RMSNorm)):
-            module.normalized_shape = (n, *tuple(module.normalized_shape)[1:])
-        elif isinstance(module, nn.GroupNorm):
-            module.num_channels = n
-        else:
-            module.num_features = n
-    if type(module).__name__ == "Conv1D" and hasattr(module, "nf"):  # transformers' GPT-2 layer: weight (in, out)
-        module.nf = module.weight.shape[1]
-    attn = getattr(module, "c_attn", None)
-    if hasattr(module, "split_size") and type(attn).__name__ == "Conv1D" and not getattr(module, "is_cross_attention",
-                                                                                          False):
-        module.split_size = attn.weight.shape[1] // 3  # GPT-2 attention splits c_attn's q | k | v by this width
 
 
 def _same(a: Any, b: Any) -> bool:

@@ -25,6 +25,9 @@ class Candidates:
     sizes: Tensor  # (G,)
     caps: Tensor  # (G,) most units a group may lose
     steps: Tensor  # (G,) kept counts are multiples of this
+    # (U,) for the uniform allocation: where the run of equal scores through each position of
+    # ``order`` ends; a removal takes whole runs, so groups of one size lose the same count
+    tie_ends: Tensor | None = None
 
 
 # how removal is spread over the groups: the user-facing name -> how a group's scores are normalised
@@ -69,13 +72,21 @@ def candidates(analysis: ChannelAnalysis, importance: Importance, round_to: int 
     # global order: weakest first; ties broken by group, then by unit
     order = torch.argsort(score, stable=True)
     return Candidates(groups, torch.cat(roots), group_t, torch.cat(ranks), order, torch.tensor(sizes),
-                       torch.tensor(caps), torch.tensor(steps))
+                       torch.tensor(caps), torch.tensor(steps), _tie_ends(score[order]) if normalize == "rank" else None)
+
+
+def _tie_ends(ordered: Tensor) -> Tensor:
+    """For each position of ascending ``ordered``, the end (exclusive) of its run of equal values."""
+    _, counts = torch.unique_consecutive(ordered, return_counts=True)
+    ends = torch.cumsum(counts, 0)
+    return torch.repeat_interleave(ends, counts)
 
 
 def _normalized(s: Tensor, normalize: str) -> Tensor:
     """A group's scores made comparable across groups: divided by the group's largest ("max") or
     mean ("mean") score, or replaced by their rank fraction ("rank": every group then loses the
-    same fraction of its units, a uniform allocation)."""
+    same fraction of its units, a uniform allocation: ``removed_counts`` takes whole runs of equal
+    fractions, so groups of one size, the layers of one kind, keep the same count)."""
     if normalize == "rank":
         r = torch.empty_like(s)
         r[torch.argsort(s, stable=True)] = torch.arange(1, len(s) + 1, dtype=s.dtype)
@@ -85,6 +96,8 @@ def _normalized(s: Tensor, normalize: str) -> Tensor:
 
 
 def removed_counts(c: Candidates, k: int) -> Tensor:
+    if c.tie_ends is not None and k > 0:
+        k = int(c.tie_ends[k - 1])
     counts = torch.bincount(c.group_of[c.order[:k]], minlength=len(c.groups))
     counts = torch.minimum(counts, c.caps)
     kept = c.sizes - counts
