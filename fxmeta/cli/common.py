@@ -26,7 +26,7 @@ SPEC_HELP = (
 
 DEMO_MODEL = "fxmeta:resnet20"  # what demo and zoo train when given no MODEL
 
-err = Console(stderr=True, highlight=False)
+err = Console(stderr=True, highlight=False, emoji=False)
 
 
 def add_model_args(p: argparse.ArgumentParser) -> None:
@@ -225,6 +225,10 @@ def add_train_args(p: argparse.ArgumentParser, epochs: int) -> None:
                    help="training device; auto picks CUDA when available (default: auto)")
     g.add_argument("--amp", choices=["auto", "off", "bf16", "fp16"], default="auto",
                    help="mixed precision; auto: bf16/fp16 on CUDA, off on CPU (default: auto)")
+    g.add_argument("--sharding", choices=["ddp", "fsdp"], default="ddp",
+                   help="under torchrun: ddp replicates the model on every process, fsdp shards parameters, "
+                        "gradients and optimizer state (torch's fully_shard, one unit per transformer block; "
+                        "not with --distill or --prepare-epochs) (default: ddp)")
     g.add_argument("--workers", type=int, default=0, metavar="N", help="data loader worker processes (default: 0)")
     g.add_argument("--seed", type=int, default=0, help="seed for data order, augmentation and splits (default: 0)")
     g.add_argument("--checkpoint-dir", metavar="DIR",
@@ -282,7 +286,7 @@ def train_config(args: argparse.Namespace):
     return TrainConfig(
         epochs=args.epochs, lr=args.lr, optimizer=args.optimizer, weight_decay=args.weight_decay,
         batch_size=args.batch_size, num_workers=args.workers, device=args.device, amp=args.amp,
-        seed=args.seed, log_path=args.log, progress=args.progress and is_main_process(),
+        sharding=args.sharding, seed=args.seed, log_path=args.log, progress=args.progress and is_main_process(),
     )
 
 
@@ -514,7 +518,7 @@ def render_table(title: str, metrics: dict[str, Any], stages: list[tuple[str, fl
 def print_report(title: str, metrics: dict[str, Any], stages: list[tuple[str, float]]) -> None:
     if not is_main_process():
         return
-    out = Console(highlight=False)
+    out = Console(highlight=False, emoji=False)
     for table in render_table(title, metrics, stages):
         out.print(table)
     for note in metrics.get("notes", []):

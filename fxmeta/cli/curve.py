@@ -85,7 +85,7 @@ def cmd_curve(args: argparse.Namespace) -> int:
             table.add_row(f"{target:g}x", *[v for c in curves for v in (
                 ("-", "unreachable") if c.points[i].error else
                 (f"{c.points[i].flops_speedup:.2f}", f"{c.points[i].perplexity:.3f}"))])
-        Console(highlight=False).print(table)
+        Console(highlight=False, emoji=False).print(table)
     elif is_main_process():
         table = Table(title=f"{args.model}: {args.split} accuracy right after pruning "
                             f"(BatchNorm recalibrated on {args.bn_batches} training batches)", title_justify="left")
@@ -102,7 +102,7 @@ def cmd_curve(args: argparse.Namespace) -> int:
                 row += (["-", "unreachable", ""] if p.error else
                         [f"{p.flops_speedup:.2f}", pct(p.accuracy), pct(p.recalibrated_accuracy)])
             table.add_row(*row)
-        Console(highlight=False).print(table)
+        Console(highlight=False, emoji=False).print(table)
     written = [p for p in (args.out, args.plot) if p]
     if written:
         note_line(f"wrote {', '.join(written)}")

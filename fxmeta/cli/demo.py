@@ -205,7 +205,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
             save_program(saved.module, x, outs["pruned.pt2"], force=args.force)
             atomic_write_text(json.dumps(metrics, indent=1), outs["metrics.json"], force=args.force)
     if is_main_process():
-        out = Console(highlight=False)
+        out = Console(highlight=False, emoji=False)
         title = f"demo: {args.model} on {data.description}, {args.speedup:g}x FLOPs target"
         out.print(render_comparison(title, {n: r.metrics() for n, r in results.items()}, budget))
         shared = ", ".join(f"{name} {sec:.1f} s" for name, sec in timer.items())

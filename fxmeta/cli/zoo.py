@@ -33,7 +33,7 @@ def cmd_zoo(args: argparse.Namespace) -> int:
         acc = m.metrics.get("val_acc", m.metrics.get("trained_val_acc"))
         table.add_row(m.file, m.split, str(m.seed), pct(acc), f"{m.metrics.get('speedup', 1.0):.2f}",
                       f"{m.metrics.get('seconds', 0):.1f}")
-    Console(highlight=False).print(table)
+    Console(highlight=False, emoji=False).print(table)
     note_line(f"next: fxmeta meta-train {args.out} --out metanet/")
     return 0
 
