@@ -1,9 +1,16 @@
 """Training and finetuning: one loop for CPU and CUDA.
 
-AMP (bf16 / fp16) and channels_last on CUDA, ``torchrun`` DDP (gloo on CPU, nccl on CUDA),
-an atomic checkpoint every epoch with exact resume, a JSON-lines metrics log and a rich
-progress bar. The best epoch is picked on the validation split; test is evaluated once,
-on the returned weights.
+AMP (bf16 / fp16) and channels_last on CUDA, ``torchrun`` DDP (gloo on CPU, nccl on CUDA) or
+FSDP (``TrainConfig.sharding="fsdp"``: torch's ``fully_shard``), an atomic checkpoint every
+epoch with exact resume, a JSON-lines metrics log and a rich progress bar. The best epoch is
+picked on the validation split; test is evaluated once, on the returned weights.
+
+FSDP shards a copy of the model: every entry of an ``nn.ModuleList`` that holds parameters
+(a transformer's blocks: ``model.model.layers`` of a Hugging Face causal LM) becomes one unit,
+the root the rest (``shard_units``). The module passed in stays a plain module where it is and
+receives the trained weights at the end. Checkpoints and best-epoch weights are full state
+dicts gathered from the shards, in the same format as DDP's (the optimizer state keyed by
+parameter index), so a run can resume under either.
 
 Exact resume: every epoch's randomness (data order, augmentation, dropout) is a pure
 function of (seed, epoch, rank), and so is the learning rate. A run stopped after any
@@ -13,6 +20,8 @@ RNG at every epoch.
 """
 from __future__ import annotations
 
+import copy
+import itertools
 import json
 import math
 import os
@@ -60,10 +69,14 @@ class TrainConfig:
     log_path: str | None = None
     progress: bool = True
     keep: str = "best"  # "best": the best validation epoch's weights; "last": the last epoch's
+    # under torchrun: "ddp" replicates the model, "fsdp" shards parameters, gradients and optimizer
+    # state with torch's fully_shard (plain loss only, no Objective); a single process trains unsharded
+    sharding: str = "ddp"
 
     def __post_init__(self) -> None:
         choices = {"optimizer": ("sgd", "adamw"), "schedule": ("cosine", "step"),
-                   "amp": ("auto", "off", "bf16", "fp16"), "keep": ("best", "last")}
+                   "amp": ("auto", "off", "bf16", "fp16"), "keep": ("best", "last"),
+                   "sharding": ("ddp", "fsdp")}
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise SpecError(f"{name}={getattr(self, name)!r} is not one of {', '.join(allowed)}")
@@ -212,7 +225,10 @@ def evaluate(model: nn.Module, loader: DataLoader, device: str | torch.device = 
     device = torch.device(device)
     model.eval()
     sums = torch.zeros(2, dtype=torch.float64, device=device)  # loss sum, correct
-    count, sequence = 0, False
+    count, sequence, x = 0, False, None
+    # FSDP all-gathers parameters inside every forward: a rank with fewer batches than another
+    # runs as many extra (uncounted) forwards at the end, or the other ranks would wait forever
+    missing = _missing_steps(model, loader, device)
     for x, y in loader:
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
         with torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None):
@@ -222,6 +238,12 @@ def evaluate(model: nn.Module, loader: DataLoader, device: str | torch.device = 
         sums += torch.stack([loss.double(), (logits.argmax(1) == target).sum().double()])
         count += target.numel()
         sequence = sequence or y.dim() > 1
+    for _ in range(missing):
+        if x is None:
+            x = torch.utils.data.default_collate([loader.dataset[0]])[0].to(device)
+        with torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None):
+            model(x)
+    _reshard(model)
     loss_sum, correct, _ = _reduce(sums, count, loader)
     result = {"acc": correct, "loss": loss_sum}
     if sequence:
@@ -334,6 +356,134 @@ def _cpu_copy(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {k: v.detach().to("cpu", copy=True) for k, v in state.items()}
 
 
+# ------------------------------------------------------------------------------ FSDP
+
+
+def shard_units(model: nn.Module) -> list[nn.Module]:
+    """The submodules ``sharding="fsdp"`` shards as units of their own: every entry of an
+    ``nn.ModuleList`` that holds parameters (a transformer's blocks), outermost lists only.
+    Each unit's parameters are all-gathered for its forward and freed after; the root's unit
+    holds everything else (embeddings, final norm, head)."""
+    units: list[nn.Module] = []
+
+    def visit(module: nn.Module) -> None:
+        for child in module.children():
+            if isinstance(child, nn.ModuleList):
+                units.extend(m for m in child if next(m.parameters(), None) is not None and
+                             all(m is not u for u in units))
+            else:
+                visit(child)
+
+    visit(model)
+    return units
+
+
+def _fully_shard(model: nn.Module, device: torch.device, channels_last: bool) -> nn.Module:
+    """A copy of ``model`` sharded with ``fully_shard`` over all ranks, starting from rank 0's
+    weights as DDP does; ``model`` itself is left as it is."""
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import fully_shard
+
+    net = copy.deepcopy(model).to(device)
+    if channels_last:
+        net.to(memory_format=torch.channels_last)
+    for tensor in itertools.chain(net.parameters(), net.buffers()):
+        dist.broadcast(tensor.detach(), 0)
+    mesh = init_device_mesh(device.type, (dist.get_world_size(),))
+    for unit in shard_units(net):  # bottom-up: a unit is sharded before the root that holds it
+        fully_shard(unit, mesh=mesh)
+    return fully_shard(net, mesh=mesh)
+
+
+def _is_fsdp(module: nn.Module) -> bool:
+    if not (dist.is_available() and dist.is_initialized()):
+        return False
+    from torch.distributed.fsdp import FSDPModule
+
+    return isinstance(module, FSDPModule)
+
+
+def _missing_steps(model: nn.Module, loader: DataLoader, device: torch.device) -> int:
+    """How many batches fewer than the busiest rank this rank evaluates with a sharded model."""
+    if not (_is_sharded(loader) and _is_fsdp(model)):
+        return 0
+    steps = torch.tensor([len(loader)], device=device)
+    dist.all_reduce(steps, op=dist.ReduceOp.MAX)
+    return int(steps) - len(loader)
+
+
+def _reshard(model: nn.Module) -> None:
+    """Free FSDP's gathered parameters after forwards without a backward (evaluation): the root
+    unit keeps its own gathered, and its gathered parameters are not the ones the optimizer holds."""
+    if _is_fsdp(model):
+        for module in model.modules():
+            if _is_fsdp(module):
+                module.reshard()
+
+
+def _full_options(**kw: bool) -> Any:
+    from torch.distributed.checkpoint.state_dict import StateDictOptions
+
+    return StateDictOptions(full_state_dict=True, **kw)
+
+
+def _full_state(module: nn.Module) -> dict[str, torch.Tensor]:
+    """``module.state_dict()`` with full tensors on every rank: under FSDP gathered from the shards
+    one tensor at a time into CPU memory, so the device never holds the whole model."""
+    if not _is_fsdp(module):
+        return module.state_dict()
+    from torch.distributed.tensor import DTensor
+
+    return {k: (v.full_tensor() if isinstance(v, DTensor) else v).detach().cpu()
+            for k, v in module.state_dict().items()}
+
+
+def _param_names(module: nn.Module) -> tuple[list[str], dict[str, int]]:
+    """Each parameter's name by optimizer index, and every name (aliases too) to its index."""
+    index = {id(p): i for i, p in enumerate(module.parameters())}
+    return ([name for name, _ in module.named_parameters()],
+            {name: index[id(p)] for name, p in module.named_parameters(remove_duplicate=False)})
+
+
+def _optimizer_state(module: nn.Module, optimizer: torch.optim.Optimizer) -> dict:
+    """``optimizer.state_dict()``; under FSDP the full state gathered on rank 0 (other ranks get
+    ``{}``), renumbered from parameter names to indices so that it reads like DDP's."""
+    if not _is_fsdp(module):
+        return optimizer.state_dict()
+    from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict
+
+    named = get_optimizer_state_dict(module, optimizer, options=_full_options(cpu_offload=True))
+    if not named:
+        return {}
+    _, index = _param_names(module)
+    return {"state": {index[name]: value for name, value in named["state"].items()},
+            "param_groups": [{**g, "params": [index[name] for name in g["params"]]} for g in named["param_groups"]]}
+
+
+def _load_states(module: nn.Module, optimizer: torch.optim.Optimizer, model_state: dict, optimizer_state: dict) -> None:
+    """Load full (unsharded) states, as ``_full_state`` / ``_optimizer_state`` write them."""
+    if not _is_fsdp(module):
+        module.load_state_dict(model_state)
+        optimizer.load_state_dict(optimizer_state)
+        return
+    from torch.distributed.checkpoint.state_dict import set_model_state_dict, set_optimizer_state_dict
+
+    names, _ = _param_names(module)
+    named = {"state": {names[i]: value for i, value in optimizer_state["state"].items()},
+             "param_groups": [{**g, "params": [names[i] for i in g["params"]]} for g in optimizer_state["param_groups"]]}
+    set_model_state_dict(module, model_state, options=_full_options())
+    set_optimizer_state_dict(module, optimizer, named, options=_full_options())
+
+
+def _grad_scaler(device: torch.device, amp: torch.dtype | None, sharded: bool) -> torch.amp.GradScaler:
+    """fp16 loss scaling; under FSDP the scaler agrees on skipped steps across ranks (each holds a shard)."""
+    if sharded:
+        from torch.distributed.fsdp.sharded_grad_scaler import ShardedGradScaler
+
+        return ShardedGradScaler(device.type, enabled=amp is torch.float16)
+    return torch.amp.GradScaler(device.type, enabled=amp is torch.float16)
+
+
 @dataclass
 class _Progress:
     """Everything a checkpoint must restore besides model / optimizer / scaler."""
@@ -346,12 +496,12 @@ class _Progress:
     history: list[dict] = field(default_factory=list)
 
 
-def _save_checkpoint(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer,
+def _save_checkpoint(path: Path, model_state: dict, optimizer_state: dict,
                      scaler: torch.amp.GradScaler, run: _Progress, config: TrainConfig) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_save({
-        "format": _FORMAT, "epoch": run.epoch, "model": model.state_dict(),
-        "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(),
+        "format": _FORMAT, "epoch": run.epoch, "model": model_state,
+        "optimizer": optimizer_state, "scaler": scaler.state_dict(),
         # the schedule is lr_factor(epoch, config): its whole state is the epoch
         "scheduler": {"schedule": config.schedule, "epoch": run.epoch},
         "best": {"epoch": run.best_epoch, "val_acc": run.best_val_acc, "weights": run.best_weights,
@@ -364,8 +514,7 @@ def _load_checkpoint(path: Path, model: nn.Module, optimizer: torch.optim.Optimi
                      scaler: torch.amp.GradScaler, device: torch.device) -> _Progress:
     try:
         ckpt = torch.load(path, map_location=device, weights_only=True)
-        model.load_state_dict(ckpt["model"])
-        optimizer.load_state_dict(ckpt["optimizer"])
+        _load_states(model, optimizer, ckpt["model"], ckpt["optimizer"])
         scaler.load_state_dict(ckpt["scaler"])
         best = ckpt["best"]
     except Exception as exc:
@@ -392,13 +541,13 @@ class _JsonLog:
                 f.write(json.dumps(record) + "\n")
 
 
-def _check_finite(model: nn.Module, loss: float, epoch: int, lr: float, kept: Path | None) -> None:
+def _check_finite(state: dict[str, torch.Tensor], loss: float, epoch: int, lr: float, kept: Path | None) -> None:
     """Stop a diverged run: a non-finite loss or weights are never trained on, saved or returned."""
     what = None
     if not math.isfinite(loss):
         what = f"the training loss became {loss}"
     else:
-        bad = next((k for k, v in model.state_dict().items()
+        bad = next((k for k, v in state.items()
                     if v.is_floating_point() and not bool(torch.isfinite(v).all())), None)
         if bad is not None:
             what = f"the weights became NaN or infinite ({bad})"
@@ -436,26 +585,36 @@ def _tracked(bar: Any, loader: DataLoader, description: str) -> Iterator:
 def train(model: nn.Module, data: DataSplits | Loaders, config: TrainConfig | None = None,
           objective: Objective | None = None) -> TrainResult:
     """Train ``model`` in place and return it with the weights of its best validation epoch
-    (``config.keep="last"``: of its last epoch); ``objective`` replaces the cross-entropy."""
+    (``config.keep="last"``: of its last epoch); ``objective`` replaces the cross-entropy.
+
+    ``config.sharding="fsdp"`` under torchrun trains a sharded copy (see the module doc) and
+    loads its weights into ``model`` at the end; in a single process it trains as "ddp" does."""
     config = config or TrainConfig()
     started = time.perf_counter()
     with distributed_context(config.device) as ctx:
         device = resolve_device(config.device, ctx)
         amp = resolve_amp(config.amp, device)
         channels_last = config.channels_last and device.type == "cuda"
+        sharded = config.sharding == "fsdp" and ctx.distributed
+        if sharded and objective is not None:
+            raise SpecError("sharding='fsdp' trains on the plain loss; an objective (--distill, the prepare "
+                            "stage) runs under sharding='ddp'")
         loaders = data if isinstance(data, Loaders) else make_loaders(
             data, config.batch_size, num_workers=config.num_workers, seed=config.seed,
             distributed=ctx.distributed, pin_memory=device.type == "cuda")
-        model.to(device)
-        if channels_last:
-            model.to(memory_format=torch.channels_last)
-        optimizer = _make_optimizer(model, config)
-        scaler = torch.amp.GradScaler(device.type, enabled=amp is torch.float16)
+        if sharded:
+            trained = _fully_shard(model, device, channels_last)  # the module whose weights train
+        else:
+            trained = model.to(device)
+            if channels_last:
+                model.to(memory_format=torch.channels_last)
+        optimizer = _make_optimizer(trained, config)
+        scaler = _grad_scaler(device, amp, sharded)
         ckpt_path = Path(config.checkpoint_dir) / _CHECKPOINT if config.checkpoint_dir else None
         resumed = bool(config.resume and ckpt_path and ckpt_path.is_file())
-        run = _load_checkpoint(ckpt_path, model, optimizer, scaler, device) if resumed else _Progress()
-        net = model if objective is None else objective.wrap(model).to(device)
-        if ctx.distributed:
+        run = _load_checkpoint(ckpt_path, trained, optimizer, scaler, device) if resumed else _Progress()
+        net = trained if objective is None else objective.wrap(model).to(device)
+        if ctx.distributed and not sharded:
             ids = [device.index] if device.type == "cuda" else None
             net = nn.parallel.DistributedDataParallel(net, device_ids=ids)
         criterion = nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
@@ -479,10 +638,11 @@ def train(model: nn.Module, data: DataSplits | Loaders, config: TrainConfig | No
                 steps = _tracked(bar, loaders.train, f"epoch {epoch + 1}/{config.epochs}")
                 fit = _train_epoch(net, loaders.train, optimizer, scaler, criterion, device, amp,
                                    channels_last, steps, objective)
-                _check_finite(model, fit["loss"], epoch + 1, lr, ckpt_path if run.epoch > 0 else None)
                 if ctx.distributed:
-                    _average_buffers(model, ctx.world_size)
-                val = evaluate(model, loaders.val, device, amp=amp)
+                    _average_buffers(trained, ctx.world_size)
+                state = _full_state(trained)
+                _check_finite(state, fit["loss"], epoch + 1, lr, ckpt_path if run.epoch > 0 else None)
+                val = evaluate(trained, loaders.val, device, amp=amp)
                 run.epoch = epoch + 1
                 record = {"epoch": run.epoch, "lr": lr, "train_loss": fit["loss"], "train_acc": fit["acc"],
                           "samples": fit["samples"], "val_loss": val["loss"], "val_acc": val["acc"],
@@ -491,15 +651,23 @@ def train(model: nn.Module, data: DataSplits | Loaders, config: TrainConfig | No
                 keep = run.epoch == config.epochs if config.keep == "last" else score_of(val) > run.best_score
                 if keep:
                     run.best_epoch, run.best_val_acc, run.best_score = run.epoch, val["acc"], score_of(val)
-                    run.best_weights = _cpu_copy(model.state_dict())
+                    run.best_weights = _cpu_copy(state)
                 run.history.append(record)
                 log.write(record)
                 quality = f"ppl {val['ppl']:.3f}" if "ppl" in val else f"acc {val['acc']:.4f}"
                 say(f"epoch {run.epoch}/{config.epochs}  lr {lr:.4g}  train loss {fit['loss']:.4f} "
                     f"acc {fit['acc']:.4f}  val loss {val['loss']:.4f} {quality}  "
                     f"({record['seconds']:.1f}s)")
-                if ckpt_path and ctx.is_main:
-                    _save_checkpoint(ckpt_path, model, optimizer, scaler, run, config)
+                if ckpt_path:
+                    optimizer_state = _optimizer_state(trained, optimizer)  # a collective under FSDP
+                    if ctx.is_main:
+                        _save_checkpoint(ckpt_path, state, optimizer_state, scaler, run, config)
+        if sharded:  # the plain module takes the trained weights
+            if run.best_weights is None:
+                run.best_weights = _cpu_copy(_full_state(trained))
+            model.to(device)
+            if channels_last:
+                model.to(memory_format=torch.channels_last)
         if run.best_weights is not None:
             model.load_state_dict(run.best_weights)
         test = evaluate(model, loaders.test, device, amp=amp)
