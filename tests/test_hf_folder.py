@@ -38,7 +38,7 @@ def _quiet_and_local_modules(tmp_path_factory, monkeypatch):
 def _prune(name: str, uniform: bool):
     model, x = make(name)
     # random importance spreads the removal over hidden width, heads and MLP (l2 on random weights drains the MLP)
-    extra = {"allocation": "uniform", "ignore": hf_folder.uniform_ignore(model, x)} if uniform else {}
+    extra = {"allocation": "uniform-tied", "ignore": hf_folder.uniform_ignore(model, x)} if uniform else {}
     return model, fxmeta.prune(model, x, speedup=1.5, importance="random", **extra).module
 
 

@@ -32,7 +32,7 @@ def writes_folder(args: argparse.Namespace) -> bool:
 
 def check_folder_output(args: argparse.Namespace, inputs: Sequence[str]) -> None:
     """Before any work: the folder ``--out`` names, and ``--uniform`` against ``--allocation``."""
-    if getattr(args, "uniform", False) and getattr(args, "allocation", None) not in (None, "uniform"):
+    if getattr(args, "uniform", False) and getattr(args, "allocation", None) not in (None, "uniform", "uniform-tied"):
         raise SpecError(f"--uniform prunes with allocation uniform; drop --allocation {args.allocation}")
     if writes_folder(args):
         from ..io.hf_folder import check_folder_output as check
@@ -52,7 +52,7 @@ def prune_spec(args: argparse.Namespace, module: Any, x: Any, spec: Any) -> Any:
     if not hasattr(getattr(module, "config", None), "to_dict"):
         raise SpecError(f"--uniform keeps the widths a transformers config expresses; {args.model} is not a "
                         "transformers model (prune it without --uniform)")
-    return spec.with_(allocation="uniform", ignore=uniform_ignore(module, x, spec.ignore))
+    return spec.with_(allocation="uniform-tied", ignore=uniform_ignore(module, x, spec.ignore))
 
 
 def source_folder(model_spec: str) -> str | None:

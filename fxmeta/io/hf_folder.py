@@ -246,7 +246,7 @@ def _kind(group: Any) -> tuple:
 
 
 def uniform_ignore(model: nn.Module, example_input: Any, ignore: Sequence[str] = ()) -> tuple[str, ...]:
-    """The modules a uniform prune (``allocation="uniform"``) of ``model`` must keep whole for a standard
+    """The modules a uniform prune (``allocation="uniform-tied"``) of ``model`` must keep whole for a standard
     config to express the result (see :func:`save_hf_folder`), after ``ignore``, the user's own.
 
     Each kind of group (the MLP of every layer, the heads of every layer, the hidden width ...) is

@@ -31,7 +31,9 @@ class Candidates:
 
 
 # how removal is spread over the groups: the user-facing name -> how a group's scores are normalised
-ALLOCATIONS = {"global": "max", "global-mean": "mean", "uniform": "rank"}
+# ("uniform-tied": as "uniform", and groups of one size keep exactly the same count, for a config that
+# states one width per layer kind; the removal moves in coarser steps, so it overshoots the target more)
+ALLOCATIONS = {"global": "max", "global-mean": "mean", "uniform": "rank", "uniform-tied": "rank-tied"}
 
 
 def check_allocation(allocation: str, error: type[Exception] = PruningError) -> str:
@@ -72,7 +74,7 @@ def candidates(analysis: ChannelAnalysis, importance: Importance, round_to: int 
     # global order: weakest first; ties broken by group, then by unit
     order = torch.argsort(score, stable=True)
     return Candidates(groups, torch.cat(roots), group_t, torch.cat(ranks), order, torch.tensor(sizes),
-                       torch.tensor(caps), torch.tensor(steps), _tie_ends(score[order]) if normalize == "rank" else None)
+                       torch.tensor(caps), torch.tensor(steps), _tie_ends(score[order]) if normalize == "rank-tied" else None)
 
 
 def _tie_ends(ordered: Tensor) -> Tensor:
@@ -85,9 +87,10 @@ def _tie_ends(ordered: Tensor) -> Tensor:
 def _normalized(s: Tensor, normalize: str) -> Tensor:
     """A group's scores made comparable across groups: divided by the group's largest ("max") or
     mean ("mean") score, or replaced by their rank fraction ("rank": every group then loses the
-    same fraction of its units, a uniform allocation: ``removed_counts`` takes whole runs of equal
-    fractions, so groups of one size, the layers of one kind, keep the same count)."""
-    if normalize == "rank":
+    same fraction of its units, a uniform allocation, up to one unit of rounding; "rank-tied": and
+    ``removed_counts`` takes whole runs of equal fractions, so groups of one size, the layers of one
+    kind, keep the same count)."""
+    if normalize in ("rank", "rank-tied"):
         r = torch.empty_like(s)
         r[torch.argsort(s, stable=True)] = torch.arange(1, len(s) + 1, dtype=s.dtype)
         return r / len(s)

@@ -55,7 +55,7 @@ class PruneSpec:
     of removing the unit, ``sum(w * dL/dw)`` over its slices, squared and averaged), "activation" (each consumer layer's input RMS per
     channel times the norm of the weights that read it, summed over the consumers: Wanda-sp /
     FLAP's signal), or a callable ``(group, params) -> scores``. ``allocation``: how the removal
-    spreads over the groups ("global", "global-mean", "uniform"). ``round_to``: kept counts are
+    spreads over the groups ("global", "global-mean", "uniform", "uniform-tied"). ``round_to``: kept counts are
     multiples of N; ``min_keep``: the least fraction of every group that stays; ``ignore``:
     modules that must not change; ``rules``: extra channel rules ``{op: rule}``.
     ``compensate``: what happens to the weights that stay, computed on the calibration batches
