@@ -18,7 +18,8 @@ import pytest
 import torch
 
 from fxmeta.errors import SpecError
-from fxmeta.training.loop import TrainConfig, shard_units, train
+from fxmeta.training.distributed import shard_units
+from fxmeta.training.loop import TrainConfig, train
 
 torch.set_num_threads(1)
 ROOT = Path(__file__).resolve().parents[1]

@@ -74,11 +74,14 @@ class HFFolder:
 
 
 def wants_folder(out: str, model_spec: str) -> bool:
-    """Whether ``--out`` names a Hugging Face folder: it ends with a path separator or is a folder, or the
-    model is an ``hf:`` model and ``out`` has no fxmeta / torch.export file suffix."""
-    if out.endswith((os.sep, os.altsep or os.sep)) or os.path.isdir(out):
+    """Whether ``--out`` names a Hugging Face folder: it ends with a path separator, or has no fxmeta /
+    torch.export file suffix and is a folder or the model is an ``hf:`` model (a folder named like a
+    file, ``dir.pt/``, is refused as a directory by the file output's own check)."""
+    if out.endswith((os.sep, os.altsep or os.sep)):
         return True
-    return model_spec.startswith("hf:") and not out.endswith((".pt", ".pth", ".pt2"))
+    if out.endswith((".pt", ".pth", ".pt2")):
+        return False
+    return os.path.isdir(out) or model_spec.startswith("hf:")
 
 
 def check_folder_output(folder: str, *, inputs: Sequence[str] = (), force: bool = False,

@@ -5,12 +5,9 @@ FSDP (``TrainConfig.sharding="fsdp"``: torch's ``fully_shard``), an atomic check
 epoch with exact resume, a JSON-lines metrics log and a rich progress bar. The best epoch is
 picked on the validation split; test is evaluated once, on the returned weights.
 
-FSDP shards a copy of the model: every entry of an ``nn.ModuleList`` that holds parameters
-(a transformer's blocks: ``model.model.layers`` of a Hugging Face causal LM) becomes one unit,
-the root the rest (``shard_units``). The module passed in stays a plain module where it is and
-receives the trained weights at the end. Checkpoints and best-epoch weights are full state
-dicts gathered from the shards, in the same format as DDP's (the optimizer state keyed by
-parameter index), so a run can resume under either.
+Multi-process pieces (the process group, DDP buffer averaging, FSDP's sharded copy and its
+full-state checkpoints) live in ``fxmeta.training.distributed``. Under FSDP the module passed
+in stays a plain module where it is and receives the trained weights at the end.
 
 Exact resume: every epoch's randomness (data order, augmentation, dropout) is a pure
 function of (seed, epoch, rank), and so is the learning rate. A run stopped after any
@@ -20,26 +17,34 @@ RNG at every epoch.
 """
 from __future__ import annotations
 
-import copy
-import itertools
 import json
 import math
-import os
 import sys
 import time
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Protocol
 
 import torch
-import torch.distributed as dist
 from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler
 
 from ..errors import SpecError, TrainingDivergedError
 from ..io.saving import atomic_save
-from .data import DataSplits, Loaders, ShardSampler, make_loaders
+from .data import DataSplits, Loaders, make_loaders
+from .distributed import (
+    DistContext,
+    average_buffers,
+    distributed_context,
+    full_state,
+    fully_shard_model,
+    gather_optimizer_state,
+    grad_scaler,
+    load_states,
+    missing_steps,
+    reduce_sums,
+    reshard,
+)
 
 _CHECKPOINT = "last.pt"
 _FORMAT = 1
@@ -106,49 +111,6 @@ class TrainResult:
     test: dict | None = None  # evaluate() of the returned weights on the test split
 
 
-@dataclass
-class DistContext:
-    """Where this process sits in a torchrun job (a single process: rank 0 of 1)."""
-
-    rank: int = 0
-    world_size: int = 1
-    local_rank: int = 0
-
-    @property
-    def distributed(self) -> bool:
-        return self.world_size > 1
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
-
-
-@contextmanager
-def distributed_context(device: str = "auto") -> Iterator[DistContext]:
-    """Join the torchrun process group when WORLD_SIZE > 1 (nccl on CUDA, gloo on CPU).
-
-    A group that is already initialised is used as is and left open."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    if world <= 1:
-        yield DistContext()
-        return
-    if dist.is_initialized():
-        yield DistContext(dist.get_rank(), dist.get_world_size(), local_rank)
-        return
-    use_cuda = device != "cpu" and torch.cuda.is_available()
-    if use_cuda:
-        torch.cuda.set_device(local_rank)
-    dist.init_process_group("nccl" if use_cuda else "gloo")
-    try:
-        yield DistContext(dist.get_rank(), dist.get_world_size(), local_rank)
-        # Leave together: a rank that tears the group down while another still uses it
-        # (rank 0 writing its last checkpoint, say) can abort at exit under gloo.
-        dist.barrier()
-    finally:
-        dist.destroy_process_group()
-
-
 def resolve_device(name: str, ctx: DistContext | None = None) -> torch.device:
     """"auto" means CUDA when available; under DDP each process takes its LOCAL_RANK GPU."""
     ctx = ctx or DistContext()
@@ -184,19 +146,6 @@ def _epoch_seed(seed: int, epoch: int, rank: int) -> int:
     return (seed * 1_000_003 + epoch) * 1_009 + rank
 
 
-def _is_sharded(loader: DataLoader) -> bool:
-    return isinstance(loader.sampler, (ShardSampler, DistributedSampler))
-
-
-def _reduce(sums: torch.Tensor, count: int, loader: DataLoader) -> list[float]:
-    """Per-sample means of ``sums`` and the sample count, over all ranks when sharded."""
-    totals = torch.cat([sums, sums.new_tensor([count])])
-    if dist.is_initialized() and _is_sharded(loader):
-        dist.all_reduce(totals)
-    *values, n = totals.tolist()
-    return [v / max(n, 1.0) for v in values] + [int(n)]
-
-
 def flat_logits(out: Any, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """``(rows, classes)`` logits in float32 and ``(rows,)`` targets: a classifier's batch as it is,
     a language model's blocks position by position (``y`` holds each position's next token), so
@@ -228,7 +177,7 @@ def evaluate(model: nn.Module, loader: DataLoader, device: str | torch.device = 
     count, sequence, x = 0, False, None
     # FSDP all-gathers parameters inside every forward: a rank with fewer batches than another
     # runs as many extra (uncounted) forwards at the end, or the other ranks would wait forever
-    missing = _missing_steps(model, loader, device)
+    missing = missing_steps(model, loader, device)
     for x, y in loader:
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
         with torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None):
@@ -243,8 +192,8 @@ def evaluate(model: nn.Module, loader: DataLoader, device: str | torch.device = 
             x = torch.utils.data.default_collate([loader.dataset[0]])[0].to(device)
         with torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None):
             model(x)
-    _reshard(model)
-    loss_sum, correct, _ = _reduce(sums, count, loader)
+    reshard(model)
+    loss_sum, correct, _ = reduce_sums(sums, count, loader)
     result = {"acc": correct, "loss": loss_sum}
     if sequence:
         result["ppl"] = math.exp(min(loss_sum, 700.0))
@@ -338,18 +287,8 @@ def _train_epoch(net: nn.Module, loader: DataLoader, optimizer: torch.optim.Opti
         logits, target = flat_logits(out, y)
         sums += torch.stack([loss.detach().double() * target.numel(), (logits.argmax(1) == target).sum().double()])
         count += target.numel()
-    loss_sum, correct, samples = _reduce(sums, count, loader)
+    loss_sum, correct, samples = reduce_sums(sums, count, loader)
     return {"loss": loss_sum, "acc": correct, "samples": samples}
-
-
-def _average_buffers(model: nn.Module, world: int) -> None:
-    """Make BatchNorm statistics identical on every rank (each rank saw different batches)."""
-    for buf in model.buffers():
-        if buf.is_floating_point():
-            dist.all_reduce(buf)
-            buf.div_(world)
-        else:
-            dist.broadcast(buf, 0)
 
 
 def _cpu_copy(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -357,131 +296,6 @@ def _cpu_copy(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 
 # ------------------------------------------------------------------------------ FSDP
-
-
-def shard_units(model: nn.Module) -> list[nn.Module]:
-    """The submodules ``sharding="fsdp"`` shards as units of their own: every entry of an
-    ``nn.ModuleList`` that holds parameters (a transformer's blocks), outermost lists only.
-    Each unit's parameters are all-gathered for its forward and freed after; the root's unit
-    holds everything else (embeddings, final norm, head)."""
-    units: list[nn.Module] = []
-
-    def visit(module: nn.Module) -> None:
-        for child in module.children():
-            if isinstance(child, nn.ModuleList):
-                units.extend(m for m in child if next(m.parameters(), None) is not None and
-                             all(m is not u for u in units))
-            else:
-                visit(child)
-
-    visit(model)
-    return units
-
-
-def _fully_shard(model: nn.Module, device: torch.device, channels_last: bool) -> nn.Module:
-    """A copy of ``model`` sharded with ``fully_shard`` over all ranks, starting from rank 0's
-    weights as DDP does; ``model`` itself is left as it is."""
-    from torch.distributed.device_mesh import init_device_mesh
-    from torch.distributed.fsdp import fully_shard
-
-    net = copy.deepcopy(model).to(device)
-    if channels_last:
-        net.to(memory_format=torch.channels_last)
-    for tensor in itertools.chain(net.parameters(), net.buffers()):
-        dist.broadcast(tensor.detach(), 0)
-    mesh = init_device_mesh(device.type, (dist.get_world_size(),))
-    for unit in shard_units(net):  # bottom-up: a unit is sharded before the root that holds it
-        fully_shard(unit, mesh=mesh)
-    return fully_shard(net, mesh=mesh)
-
-
-def _is_fsdp(module: nn.Module) -> bool:
-    if not (dist.is_available() and dist.is_initialized()):
-        return False
-    from torch.distributed.fsdp import FSDPModule
-
-    return isinstance(module, FSDPModule)
-
-
-def _missing_steps(model: nn.Module, loader: DataLoader, device: torch.device) -> int:
-    """How many batches fewer than the busiest rank this rank evaluates with a sharded model."""
-    if not (_is_sharded(loader) and _is_fsdp(model)):
-        return 0
-    steps = torch.tensor([len(loader)], device=device)
-    dist.all_reduce(steps, op=dist.ReduceOp.MAX)
-    return int(steps) - len(loader)
-
-
-def _reshard(model: nn.Module) -> None:
-    """Free FSDP's gathered parameters after forwards without a backward (evaluation): the root
-    unit keeps its own gathered, and its gathered parameters are not the ones the optimizer holds."""
-    if _is_fsdp(model):
-        for module in model.modules():
-            if _is_fsdp(module):
-                module.reshard()
-
-
-def _full_options(**kw: bool) -> Any:
-    from torch.distributed.checkpoint.state_dict import StateDictOptions
-
-    return StateDictOptions(full_state_dict=True, **kw)
-
-
-def _full_state(module: nn.Module) -> dict[str, torch.Tensor]:
-    """``module.state_dict()`` with full tensors on every rank: under FSDP gathered from the shards
-    one tensor at a time into CPU memory, so the device never holds the whole model."""
-    if not _is_fsdp(module):
-        return module.state_dict()
-    from torch.distributed.tensor import DTensor
-
-    return {k: (v.full_tensor() if isinstance(v, DTensor) else v).detach().cpu()
-            for k, v in module.state_dict().items()}
-
-
-def _param_names(module: nn.Module) -> tuple[list[str], dict[str, int]]:
-    """Each parameter's name by optimizer index, and every name (aliases too) to its index."""
-    index = {id(p): i for i, p in enumerate(module.parameters())}
-    return ([name for name, _ in module.named_parameters()],
-            {name: index[id(p)] for name, p in module.named_parameters(remove_duplicate=False)})
-
-
-def _optimizer_state(module: nn.Module, optimizer: torch.optim.Optimizer) -> dict:
-    """``optimizer.state_dict()``; under FSDP the full state gathered on rank 0 (other ranks get
-    ``{}``), renumbered from parameter names to indices so that it reads like DDP's."""
-    if not _is_fsdp(module):
-        return optimizer.state_dict()
-    from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict
-
-    named = get_optimizer_state_dict(module, optimizer, options=_full_options(cpu_offload=True))
-    if not named:
-        return {}
-    _, index = _param_names(module)
-    return {"state": {index[name]: value for name, value in named["state"].items()},
-            "param_groups": [{**g, "params": [index[name] for name in g["params"]]} for g in named["param_groups"]]}
-
-
-def _load_states(module: nn.Module, optimizer: torch.optim.Optimizer, model_state: dict, optimizer_state: dict) -> None:
-    """Load full (unsharded) states, as ``_full_state`` / ``_optimizer_state`` write them."""
-    if not _is_fsdp(module):
-        module.load_state_dict(model_state)
-        optimizer.load_state_dict(optimizer_state)
-        return
-    from torch.distributed.checkpoint.state_dict import set_model_state_dict, set_optimizer_state_dict
-
-    names, _ = _param_names(module)
-    named = {"state": {names[i]: value for i, value in optimizer_state["state"].items()},
-             "param_groups": [{**g, "params": [names[i] for i in g["params"]]} for g in optimizer_state["param_groups"]]}
-    set_model_state_dict(module, model_state, options=_full_options())
-    set_optimizer_state_dict(module, optimizer, named, options=_full_options())
-
-
-def _grad_scaler(device: torch.device, amp: torch.dtype | None, sharded: bool) -> torch.amp.GradScaler:
-    """fp16 loss scaling; under FSDP the scaler agrees on skipped steps across ranks (each holds a shard)."""
-    if sharded:
-        from torch.distributed.fsdp.sharded_grad_scaler import ShardedGradScaler
-
-        return ShardedGradScaler(device.type, enabled=amp is torch.float16)
-    return torch.amp.GradScaler(device.type, enabled=amp is torch.float16)
 
 
 @dataclass
@@ -514,7 +328,7 @@ def _load_checkpoint(path: Path, model: nn.Module, optimizer: torch.optim.Optimi
                      scaler: torch.amp.GradScaler, device: torch.device) -> _Progress:
     try:
         ckpt = torch.load(path, map_location=device, weights_only=True)
-        _load_states(model, optimizer, ckpt["model"], ckpt["optimizer"])
+        load_states(model, optimizer, ckpt["model"], ckpt["optimizer"])
         scaler.load_state_dict(ckpt["scaler"])
         best = ckpt["best"]
     except Exception as exc:
@@ -603,13 +417,13 @@ def train(model: nn.Module, data: DataSplits | Loaders, config: TrainConfig | No
             data, config.batch_size, num_workers=config.num_workers, seed=config.seed,
             distributed=ctx.distributed, pin_memory=device.type == "cuda")
         if sharded:
-            trained = _fully_shard(model, device, channels_last)  # the module whose weights train
+            trained = fully_shard_model(model, device, channels_last)  # the module whose weights train
         else:
             trained = model.to(device)
             if channels_last:
                 model.to(memory_format=torch.channels_last)
         optimizer = _make_optimizer(trained, config)
-        scaler = _grad_scaler(device, amp, sharded)
+        scaler = grad_scaler(device, amp, sharded)
         ckpt_path = Path(config.checkpoint_dir) / _CHECKPOINT if config.checkpoint_dir else None
         resumed = bool(config.resume and ckpt_path and ckpt_path.is_file())
         run = _load_checkpoint(ckpt_path, trained, optimizer, scaler, device) if resumed else _Progress()
@@ -639,8 +453,8 @@ def train(model: nn.Module, data: DataSplits | Loaders, config: TrainConfig | No
                 fit = _train_epoch(net, loaders.train, optimizer, scaler, criterion, device, amp,
                                    channels_last, steps, objective)
                 if ctx.distributed:
-                    _average_buffers(trained, ctx.world_size)
-                state = _full_state(trained)
+                    average_buffers(trained, ctx.world_size)
+                state = full_state(trained)
                 _check_finite(state, fit["loss"], epoch + 1, lr, ckpt_path if run.epoch > 0 else None)
                 val = evaluate(trained, loaders.val, device, amp=amp)
                 run.epoch = epoch + 1
@@ -659,12 +473,12 @@ def train(model: nn.Module, data: DataSplits | Loaders, config: TrainConfig | No
                     f"acc {fit['acc']:.4f}  val loss {val['loss']:.4f} {quality}  "
                     f"({record['seconds']:.1f}s)")
                 if ckpt_path:
-                    optimizer_state = _optimizer_state(trained, optimizer)  # a collective under FSDP
+                    optimizer_state = gather_optimizer_state(trained, optimizer)  # a collective under FSDP
                     if ctx.is_main:
                         _save_checkpoint(ckpt_path, state, optimizer_state, scaler, run, config)
         if sharded:  # the plain module takes the trained weights
             if run.best_weights is None:
-                run.best_weights = _cpu_copy(_full_state(trained))
+                run.best_weights = _cpu_copy(full_state(trained))
             model.to(device)
             if channels_last:
                 model.to(memory_format=torch.channels_last)
