@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+import os
 from pathlib import Path
 
 import pytest
@@ -143,30 +144,45 @@ def _tiny_llama(folder: Path) -> Path:
     return folder
 
 
-def test_a_causal_lm_transform_prunes_finetunes_and_saves_end_to_end(text_folder, tmp_path, capsys):
-    """``fxmeta transform hf:FOLDER --data text:...``: the report shows perplexity, the saved model is
-    the model's own class, and generate() gives the same tokens with and without its KV cache."""
+def test_a_causal_lm_transform_prunes_finetunes_and_saves_end_to_end(text_folder, tmp_path, capsys, monkeypatch):
+    """``fxmeta transform hf:FOLDER --data text:... --out DIR/``: the report shows perplexity (the finetune
+    recovers what the prune cost), the folder loads with ``from_pretrained`` as the model's own class with
+    the logits fxmeta's own loader gives, and generate() is the same with and without its KV cache."""
+    import re
+
+    import transformers as tf
+    from transformers import dynamic_module_utils
+
     import fxmeta
     from fxmeta.cli.app import main
 
+    monkeypatch.setattr(dynamic_module_utils, "HF_MODULES_CACHE", str(tmp_path / "modules"))
     llama = _tiny_llama(tmp_path / "llama")
-    out = tmp_path / "pruned.pt"
+    out = tmp_path / "pruned"
     code = main(["transform", f"hf:{llama}", "--data", f"text:{text_folder}", "--block-size", "16",
                  "--epochs", "1", "--batch-size", "32", "--lr", "3e-3", "--optimizer", "adamw", "--speedup", "1.5",
-                 "--out", str(out)])
+                 "--out", f"{out}{os.sep}"])
     assert code == 0
     report = capsys.readouterr().out
-    assert "test perplexity" in report and "next-token accuracy" in report
-    saved = torch.load(out, weights_only=True)
-    metrics = saved["metrics"]
-    assert metrics["after"]["perplexity"] < metrics["removed_perplexity"]  # the finetune recovers
-    assert metrics["flops_speedup"] >= 1.5
-    model = fxmeta.load(out)
-    assert type(model).__name__ == "LlamaForCausalLM"
+    assert "next-token accuracy" in report
+    before, after = map(float, re.search(r"test perplexity\s*│\s*([\d.]+)\s*│\s*([\d.]+)", report).groups())
+    removed = float(re.search(r"right after removal\s*│\s*│\s*([\d.]+)", report).group(1))
+    assert after < removed and after < before  # the finetune recovers
+    model = tf.AutoModelForCausalLM.from_pretrained(out, trust_remote_code=True).eval()
+    assert type(model).__mro__[1].__name__ == "LlamaForCausalLM" or type(model).__name__ == "LlamaForCausalLM"
+    ours = fxmeta.load(f"hf:{out}").eval()
     prompt = torch.randint(0, BYTE_VOCAB, (1, 5))
+    with torch.no_grad():
+        torch.testing.assert_close(model(prompt).logits, ours(prompt).logits, rtol=0, atol=0)
     with_cache = model.generate(prompt, max_new_tokens=6, do_sample=False, use_cache=True)
     without = model.generate(prompt, max_new_tokens=6, do_sample=False, use_cache=False)
     assert torch.equal(with_cache, without)
+    assert non_embedding(model) < non_embedding(tf.AutoModelForCausalLM.from_pretrained(llama))
+
+
+def non_embedding(model) -> int:
+    embed = model.get_input_embeddings().weight
+    return sum(p.numel() for p in model.parameters() if p is not embed)
 
 
 def test_distillation_trains_the_pruned_network_towards_the_dense_one(text_folder):
