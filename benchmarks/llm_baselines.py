@@ -1,0 +1,189 @@
+"""Structured LLM pruners re-implemented from their papers (labelled so in every report), for
+``benchmarks.llm``: FLAP (An et al. 2024: fluctuation metric, adaptive or uniform structure, bias
+compensation), Wanda-sp (An et al.'s structured Wanda: weight x input norm) and random, on a Hugging
+Face Llama, applied as masks (the removed units' input columns of ``down_proj`` / ``o_proj`` zeroed:
+the same function as removing them) with the parameter count a removal would save; and
+Torch-Pruning's own LLM recipe attempted as real code (``tp_attempt``).
+"""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+
+def non_embedding_params(model: torch.nn.Module) -> int:
+    embed = model.get_input_embeddings().weight
+    return sum(p.numel() for p in model.parameters() if p is not embed)
+
+
+class Units:
+    """The structured units of a Llama: each layer's MLP channels and its GQA groups (a key/value
+    head with its query heads), with their non-embedding parameter counts."""
+
+    def __init__(self, model) -> None:
+        cfg = model.config
+        self.layers = list(model.model.layers)
+        self.hidden = cfg.hidden_size
+        self.head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+        self.q_per_kv = cfg.num_attention_heads // cfg.num_key_value_heads
+        self.mlp_cost = 3 * self.hidden
+        self.group_cost = 2 * self.hidden * self.head_dim * (self.q_per_kv + 1)
+
+    def mask(self, removed: dict[tuple[int, str], torch.Tensor], shifts: dict | None = None) -> list:
+        """Zero the removed units' input columns of ``down_proj`` / ``o_proj`` (the same function as
+        removing them); ``shifts`` adds FLAP's bias compensation through forward hooks."""
+        hooks = []
+        with torch.no_grad():
+            for (i, kind), gone in removed.items():
+                layer = self.layers[i]
+                if kind == "mlp":
+                    layer.mlp.down_proj.weight[:, gone] = 0
+                else:
+                    cols = gone.repeat_interleave(self.q_per_kv * self.head_dim)
+                    layer.self_attn.o_proj.weight[:, cols] = 0
+                shift = (shifts or {}).get((i, kind))
+                if shift is not None:
+                    target = layer.mlp.down_proj if kind == "mlp" else layer.self_attn.o_proj
+                    hooks.append(target.register_forward_hook(lambda m, a, out, b=shift: out + b))
+        return hooks
+
+
+def _inputs(model, calib: list) -> dict:
+    """Per layer, the inputs of ``down_proj`` and ``o_proj`` on the calibration batches (as rows)."""
+    seen: dict[tuple[int, str], list] = {}
+    hooks = []
+    for i, layer in enumerate(model.model.layers):
+        for kind, module in (("mlp", layer.mlp.down_proj), ("attn", layer.self_attn.o_proj)):
+            hooks.append(module.register_forward_hook(
+                lambda m, a, out, key=(i, kind): seen.setdefault(key, []).append(a[0].reshape(-1, a[0].shape[-1]))))
+    with torch.no_grad():
+        for x, _ in calib:
+            model(x)
+    for h in hooks:
+        h.remove()
+    return {k: torch.cat(v).double() for k, v in seen.items()}
+
+
+def reimplemented(model, calib: list, fraction: float, method: str, seed: int) -> tuple[list, int, list]:
+    """FLAP, Wanda-sp or random, re-implemented from their papers (mask-based, on ``model`` in place):
+    returns the compensation hooks, the non-embedding parameters removed and the masked weights as
+    ``(weight, column mask)`` pairs (a finetune keeps those columns at zero).
+
+    Per unit, from the inputs X of the layer that reads it (``down_proj`` / ``o_proj``; a GQA group's
+    channels summed): Wanda-sp ``sum_i |W_ij| * ||X_j||``, the same fraction removed in every layer;
+    FLAP the fluctuation ``Var(X_j) * ||W_:,j||^2``, standardised per kind of unit across layers and
+    ranked globally (its adaptive structure, AL-AM; "flap-uniform": every layer alike, its UL-UM), and
+    the removed channels' mean contribution ``W_:,removed @ mean(X_removed)`` added back as a bias;
+    random: uniform scores. Wanda-sp, random and FLAP's uniform variant remove the same units from
+    every layer: as many GQA groups as the fraction allows (rounded down), then MLP channels up to
+    the parameter budget."""
+    units = Units(model)
+    xs = _inputs(model, calib)
+    gen = torch.Generator().manual_seed(seed)
+    scores = {}
+    for (i, kind), x in xs.items():
+        layer = units.layers[i]
+        w = (layer.mlp.down_proj if kind == "mlp" else layer.self_attn.o_proj).weight.detach().double()
+        if method.startswith("flap"):
+            s = x.var(0) * w.pow(2).sum(0)
+        elif method == "wanda-sp":
+            s = (w.abs() * x.norm(dim=0)).sum(0)
+        else:
+            s = torch.rand(w.shape[1], generator=gen, dtype=torch.float64)
+        if kind == "attn":
+            s = s.view(-1, units.q_per_kv * units.head_dim).sum(1)
+        scores[(i, kind)] = s
+    cost = {"mlp": units.mlp_cost, "attn": units.group_cost}
+    budget = fraction * non_embedding_params(model)
+    removed: dict[tuple[int, str], torch.Tensor] = {}
+    if method == "flap":
+        pooled = {}
+        for kind in cost:
+            allv = torch.cat([v for (i, k), v in scores.items() if k == kind])
+            for key in [k for k in scores if k[1] == kind]:
+                pooled[key] = (scores[key] - allv.mean()) / allv.std().clamp_min(1e-12)
+        order = sorted(((float(v), key, j) for key, s in pooled.items() for j, v in enumerate(s)))
+        count = {key: len(s) for key, s in scores.items()}
+        taken = 0.0
+        for _, key, j in order:
+            if taken >= budget:
+                break
+            if count[key] <= 1:
+                continue  # keep one unit per layer and kind
+            removed.setdefault(key, torch.zeros(len(scores[key]), dtype=torch.bool))[j] = True
+            count[key] -= 1
+            taken += cost[key[1]]
+    else:  # every layer alike: the same number of GQA groups (rounded down), MLP channels for the rest
+        heads = {key: s for key, s in scores.items() if key[1] == "attn"}
+        mlps = {key: s for key, s in scores.items() if key[1] == "mlp"}
+        k_heads = min(len(next(iter(heads.values()))) - 1, int(fraction * len(next(iter(heads.values())))))
+        left = budget - k_heads * cost["attn"] * len(heads)
+        k_mlp = min(len(next(iter(mlps.values()))) - 1, max(0, round(left / (cost["mlp"] * len(mlps)))))
+        for key, s in scores.items():
+            gone = torch.zeros(len(s), dtype=torch.bool)
+            gone[s.argsort()[:k_heads if key[1] == "attn" else k_mlp]] = True
+            removed[key] = gone
+    shifts = None
+    if method.startswith("flap"):
+        shifts = {}
+        for key, gone in removed.items():
+            i, kind = key
+            layer = units.layers[i]
+            w = (layer.mlp.down_proj if kind == "mlp" else layer.self_attn.o_proj).weight.detach().double()
+            cols = gone if kind == "mlp" else gone.repeat_interleave(units.q_per_kv * units.head_dim)
+            shifts[key] = (w[:, cols] @ xs[key][:, cols].mean(0)).float()
+    hooks = units.mask(removed, shifts)
+    masked = []
+    for (i, kind), gone in removed.items():
+        layer = units.layers[i]
+        cols = gone if kind == "mlp" else gone.repeat_interleave(units.q_per_kv * units.head_dim)
+        masked.append(((layer.mlp.down_proj if kind == "mlp" else layer.self_attn.o_proj).weight, cols))
+    params = sum(int(g.sum()) * cost[k] for (_, k), g in removed.items())
+    return hooks, params, masked
+
+
+TP_TIMEOUT = 120  # seconds Torch-Pruning's pruner gets on the dense model
+
+
+def tp_attempt(dense_folder: Path, block: int, fraction: float = 0.2) -> dict:
+    """Torch-Pruning 1.6's LLM recipe (``examples/LLMs/prune_llm.py``: ``MetaPruner`` with per-projection
+    head counts, ``prune_num_heads``, no head-dim pruning, ``lm_head`` ignored, local L2 ranking) on the
+    dense model, in a child process stopped after ``TP_TIMEOUT`` seconds; its outcome is cached."""
+    record = dense_folder / f"tp_attempt_{fraction}.json"
+    if record.is_file():
+        return json.loads(record.read_text())
+    code = f"""
+import torch, torch_pruning as tp, transformers as tf
+torch.set_num_threads(1)
+model = tf.LlamaForCausalLM.from_pretrained({str(dense_folder)!r}).eval()
+heads = {{}}
+for name, m in model.named_modules():
+    if name.endswith("self_attn"):
+        heads[m.q_proj] = model.config.num_attention_heads
+        heads[m.k_proj] = heads[m.v_proj] = model.config.num_key_value_heads
+pruner = tp.pruner.MetaPruner(model, example_inputs=torch.randint(0, 256, (1, {block})),
+    importance=tp.importance.GroupMagnitudeImportance(p=2, group_reduction="mean"), global_pruning=False,
+    pruning_ratio={fraction}, ignored_layers=[model.lm_head], num_heads=heads, prune_num_heads=True,
+    prune_head_dims=False, head_pruning_ratio={fraction}, round_to=4)
+for group in pruner.step(interactive=True):
+    group.prune()
+print("finished")
+"""
+    t0 = time.perf_counter()
+    try:
+        proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=TP_TIMEOUT)
+        out = {"finished": proc.returncode == 0 and "finished" in proc.stdout, "returncode": proc.returncode,
+               "error": proc.stderr.strip().splitlines()[-1] if proc.returncode else None}
+    except subprocess.TimeoutExpired:
+        out = {"finished": False, "timeout": TP_TIMEOUT}
+    out["seconds"] = round(time.perf_counter() - t0, 1)
+    import torch_pruning
+
+    out["version"] = torch_pruning.__version__
+    record.write_text(json.dumps(out))
+    return out
