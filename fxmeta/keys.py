@@ -8,6 +8,7 @@ EXAMPLE_INPUT = "fxmeta.example_input"  # gm.meta: the input shapes were propaga
 IR = "fxmeta.ir"  # gm.meta: the WeightGraph lowered from this module (LowerPass, MetanetPass)
 PLAN = "fxmeta.plan"  # gm.meta: the pruning plan that produced this module
 PRUNE_IMPORTANCE = "fxmeta.prune_importance"  # gm.meta: the importance a conditioned metanetwork's output is pruned with
+PREPARED = "fxmeta.prepared"  # gm.meta: the weights were trained / rewritten for a weight-importance prune
 SPEEDUP = "fxmeta.speedup"  # gm.meta: measured FLOPs ratio original / pruned
 TRACED = "fxmeta.traced"  # gm.meta: set on modules traced by fxmeta.trace (shapes may be re-propagated)
 AUTO_LEAVES = "fxmeta.auto_leaves"  # gm.meta: {module name: why it could not be traced through}

@@ -7,7 +7,7 @@ import torch.fx as fx
 from torch.fx.passes.infra.pass_base import PassResult
 
 from fxmeta.errors import PruningError
-from fxmeta.keys import EXAMPLE_INPUT, IR, PLAN, PRUNE_IMPORTANCE
+from fxmeta.keys import EXAMPLE_INPUT, IR, PLAN, PREPARED, PRUNE_IMPORTANCE
 from fxmeta.pipeline.stages import RemoveChannels, State
 from fxmeta.pruning.pruner import resolve_spec
 from fxmeta.pruning.spec import PruneSpec
@@ -57,6 +57,6 @@ class RemoveChannelsPass(FxmetaPass):
         state = RemoveChannels(self.calibration, self.check)(State.of(graph_module, self.spec, self._input(graph_module)))
         new_gm = state.module
         for key, value in graph_module.meta.items():
-            if key.startswith("fxmeta.") and key not in new_gm.meta and key not in (IR, PRUNE_IMPORTANCE):
+            if key.startswith("fxmeta.") and key not in new_gm.meta and key not in (IR, PRUNE_IMPORTANCE, PREPARED):
                 new_gm.meta[key] = value  # carry state (the IR describes the old shapes: dropped)
         return PassResult(state.into(new_gm), True)

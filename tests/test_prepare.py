@@ -231,6 +231,30 @@ def test_prepare_pass_before_remove_channels(digits):
     assert any(not torch.equal(before[k], v) for k, v in gm.state_dict().items())  # trained in place
 
 
+def test_after_prepare_pass_a_calibrated_removal_prunes_what_was_prepared_for(digits):
+    """PreparePass trains for a weight-importance prune; a RemoveChannelsPass given calibration data and
+    the same spec then removes by those weights-only settings (as transform does), not the calibrated
+    defaults; the IR lowered before training is dropped; the caller's train flags come back."""
+    from torch.fx.passes.infra.pass_manager import PassManager
+
+    from fxmeta.pruning.spec import PruneSpec
+    from fxmeta.tracing import trace
+    from fxmeta.training.data import calibration_set
+    from passes import LowerPass, PreparePass, RemoveChannelsPass
+
+    x = torch.randn(1, 1, 8, 8)
+    spec = PruneSpec(2.0)
+    gm = trace(_resnet(7), x)
+    prepared = PassManager([LowerPass(x, spec=spec), PreparePass(digits, config=_config(epochs=1), spec=spec,
+                                                                 example_input=x)])(gm).graph_module
+    assert "fxmeta.ir" not in prepared.meta and prepared.meta["fxmeta.prepared"]
+    prepared.train()
+    out = RemoveChannelsPass(spec=spec, calibration=calibration_set(digits.train, 2, 64))(prepared).graph_module
+    plan = out.meta["fxmeta.plan"]
+    assert (plan["importance"], plan["allocation"], plan["compensate"]) == ("l2", "global", "none")
+    assert all(m.training for m in prepared.modules()) and "fxmeta.prepared" not in out.meta
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("name", ["resnet18", "mobilenet_v2", "densenet121", "shufflenet_v2_x0_5", "regnet_y_400mf",
                                   "efficientnet_b0", "convnext_tiny", "vit_b_16"])

@@ -169,8 +169,9 @@ def add_prune_args(p: argparse.ArgumentParser) -> None:
                         "every kind of group (e.g. a transformer's width, heads and MLP) (default: 0.1)")
     g.add_argument("--allocation", choices=list(ALLOCATIONS),
                    help="how the removal spreads over the channel groups: global (scores divided by their group's "
-                        "largest, one ranking across groups), global-mean (divided by the group's mean) or uniform "
-                        "(every group loses the same fraction). Default: global without --data, "
+                        "largest, one ranking across groups), global-mean (divided by the group's mean), uniform "
+                        "(every group loses the same fraction) or uniform-tied (and groups of one size keep exactly "
+                        "the same count). Default: global without --data, "
                         f"{CALIBRATED['allocation']} with it")
     g.add_argument("--ignore", action="append", default=[], metavar="LAYER",
                    help="never prune this layer (module name, repeatable)")
@@ -433,7 +434,7 @@ def text_model_info(model: str) -> tuple[Any, int | None]:
 
     if not model.startswith("hf:"):
         return None, None
-    path = model[3:]
+    path = model[3:].split("@", 1)[0]  # hf:FOLDER@weights.pt: the folder holds the tokenizer
     config = path if path.endswith(".json") else os.path.join(path, "config.json")
     try:
         vocab = json.loads(open(config).read()).get("vocab_size")

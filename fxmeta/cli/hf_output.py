@@ -18,7 +18,7 @@ from ..errors import SpecError
 def add_hf_output_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("Hugging Face folder output (--out DIR/)")
     g.add_argument("--uniform", action="store_true",
-                   help="prune one width per layer kind (allocation uniform), keeping whole the widths the "
+                   help="prune one width per layer kind (allocation uniform-tied), keeping whole the widths the "
                         "model's config cannot express (GPT-2 / BERT: hidden width and heads; Llama: hidden "
                         "width), so that the folder loads with plain from_pretrained(DIR); without it, "
                         "per-layer widths load with from_pretrained(DIR, trust_remote_code=True)")
@@ -33,7 +33,7 @@ def writes_folder(args: argparse.Namespace) -> bool:
 def check_folder_output(args: argparse.Namespace, inputs: Sequence[str]) -> None:
     """Before any work: the folder ``--out`` names, and ``--uniform`` against ``--allocation``."""
     if getattr(args, "uniform", False) and getattr(args, "allocation", None) not in (None, "uniform", "uniform-tied"):
-        raise SpecError(f"--uniform prunes with allocation uniform; drop --allocation {args.allocation}")
+        raise SpecError(f"--uniform prunes with allocation uniform-tied; drop --allocation {args.allocation}")
     if writes_folder(args):
         from ..io.hf_folder import check_folder_output as check
 
@@ -57,7 +57,7 @@ def prune_spec(args: argparse.Namespace, module: Any, x: Any, spec: Any) -> Any:
 
 def source_folder(model_spec: str) -> str | None:
     """The folder an ``hf:FOLDER`` model came from (its tokenizer files are copied)."""
-    path = model_spec[3:] if model_spec.startswith("hf:") else ""
+    path = model_spec[3:].split("@", 1)[0] if model_spec.startswith("hf:") else ""  # hf:FOLDER@weights.pt too
     return path if path and os.path.isdir(path) else None
 
 

@@ -338,7 +338,7 @@ def save_hf_folder(model: nn.Module, folder: str | os.PathLike, *, source: str |
     if config is None and uniform:
         raise FxmetaError(f"the widths of the pruned {cls.__name__} differ per layer (or in a way its config does "
                           "not express), so no standard config describes them: prune it uniformly "
-                          "(allocation='uniform', ignore=uniform_ignore(model, x); --uniform), or write per-layer "
+                          "(allocation='uniform-tied', ignore=uniform_ignore(model, x); --uniform), or write per-layer "
                           "widths")
     if config is None:
         fresh = _shapes(_meta_model(cls, own))

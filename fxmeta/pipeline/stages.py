@@ -21,8 +21,9 @@ from ..errors import PruningError
 from ..ir.graph import WeightGraph
 from ..ir.lowering import lower
 from ..ir.raising import raise_graph
-from ..keys import EXAMPLE_INPUT, IR, PLAN, PRUNE_IMPORTANCE, SPEEDUP
+from ..keys import EXAMPLE_INPUT, IR, PLAN, PREPARED, PRUNE_IMPORTANCE, SPEEDUP
 from ..pruning.spec import PruneSpec
+from ..tracing import eval_mode
 from ..training.loop import TrainConfig, train
 from ..training.prepare import prepare
 
@@ -33,8 +34,10 @@ class State:
 
     ``spec`` is the resolved prune every stage works from; ``importance`` ranks the units at the
     removal (None: the spec's); ``told`` is set when a conditioned metanetwork fixed the channels
-    (the adapt epochs then train for that prune); ``exported`` when the module is the graph of a
-    torch.export program (its removal errors say so)."""
+    (the adapt epochs then train for that prune); ``prepared`` when a prepare stage or a metanetwork
+    trained / rewrote the weights for a weight-importance prune (the removal's unset settings are
+    then the weights-only defaults, as ``PruneSpec.resolved(prepare=True)``, with data or without);
+    ``exported`` when the module is the graph of a torch.export program (its removal errors say so)."""
 
     module: nn.Module
     example_input: Any
@@ -42,6 +45,7 @@ class State:
     ir: WeightGraph | None = None
     importance: Any = None
     told: bool = False
+    prepared: bool = False
     exported: bool = False
     plan: Any = None
     speedup: float | None = None
@@ -57,13 +61,13 @@ class State:
         x = example_input if example_input is not None else gm.meta.get(EXAMPLE_INPUT)
         meta = gm.meta
         return cls(gm, x, spec, ir=meta.get(IR), importance=meta.get(PRUNE_IMPORTANCE), plan=meta.get(PLAN),
-                   speedup=meta.get(SPEEDUP))
+                   speedup=meta.get(SPEEDUP), prepared=bool(meta.get(PREPARED, False)))
 
     def into(self, gm: fx.GraphModule) -> fx.GraphModule:
         """Store the state in ``gm.meta`` (the module a pass returns), keys left unset removed."""
         gm.meta[EXAMPLE_INPUT] = self.example_input
         for key, value in ((IR, self.ir), (PRUNE_IMPORTANCE, self.importance), (PLAN, self.plan),
-                           (SPEEDUP, self.speedup)):
+                           (SPEEDUP, self.speedup), (PREPARED, self.prepared or None)):
             if value is None:
                 gm.meta.pop(key, None)
             else:
@@ -81,6 +85,7 @@ class Lower:
 
     def __call__(self, state: State) -> State:
         gm = state.module if self.own_graph and isinstance(state.module, fx.GraphModule) else None
+        state.importance = None  # what an earlier metanetwork fixed does not hold for the next rewrite
         state.ir = lower(state.module, state.example_input, gm=gm, rules=state.spec.rules)
         return state
 
@@ -106,6 +111,7 @@ class Rewrite:
         if isinstance(metanet, (str, os.PathLike)):
             metanet = load_metanet_file(metanet)
         state.ir, importance = rewrite_for_prune(metanet, state.ir, state.example_input, state.spec, self.batches)
+        state.prepared = True  # rewritten for a weight-importance prune
         if getattr(metanet, "conditioned", False):
             state.importance, state.told = importance, True
         return state
@@ -144,6 +150,7 @@ class Prepare:
                                weight=self.weight, mask_every=self.mask_every, importance=importance,
                                round_to=spec.round_to, ignore=spec.ignore, min_keep=spec.min_keep,
                                allocation=spec.allocation).model.cpu().eval()
+        state.ir, state.prepared = None, True  # an IR lowered before describes the weights before training
         return state
 
 
@@ -155,12 +162,16 @@ class Adapt:
 
     data: Any
     config: TrainConfig
+    weight: float = 1.0
+    mask_every: int = 0
     name = "adapt finetune"
 
     def __call__(self, state: State) -> State:
         if state.told:
-            return Prepare(self.data, self.config, [state.spec.speedup])(state)
+            return Prepare(self.data, self.config, [state.spec.speedup], weight=self.weight,
+                           mask_every=self.mask_every)(state)
         state.module = train(state.module, self.data, self.config).model.cpu().eval()
+        state.ir = None
         return state
 
 
@@ -176,10 +187,14 @@ class RemoveChannels:
     def __call__(self, state: State) -> State:
         from ..pruning.pruner import prune
 
-        spec = replace(state.spec, importance=state.prune_importance)
+        # after a prepare stage or a metanetwork, unset settings are the weights-only ones they trained for
+        spec = state.spec.resolved(with_data=self.calibration is not None, prepare=state.prepared)
+        if state.importance is not None:  # a conditioned metanetwork fixed the units
+            spec = replace(spec, importance=state.importance)
         try:
-            result = prune(state.module.eval(), state.example_input, spec=spec, calibration=self.calibration,
-                           check=self.check)
+            with eval_mode(state.module):  # the caller's train / eval flags come back as they were
+                result = prune(state.module, state.example_input, spec=spec, calibration=self.calibration,
+                               check=self.check)
         except PruningError as exc:
             if not state.exported:
                 raise
@@ -187,11 +202,11 @@ class RemoveChannels:
                                "channel rules do not cover: capture the program itself (fxmeta.capture.trace, or "
                                "leave out --capture fx)") from exc
         state.module, state.plan, state.speedup = result.module, result.plan, result.speedup
-        state.ir, state.importance = None, None
+        state.ir, state.importance, state.prepared = None, None, False
         return state
 
 
-def prune_stages(*, metanet: Any = None, batches: Sequence[Any] = (), adapt: tuple[Any, TrainConfig] | None = None,
+def prune_stages(*, metanet: Any = None, batches: Sequence[Any] = (), adapt: Adapt | None = None,
                  prepare_stage: Prepare | None = None, calibration: Any = None, check: bool = True) -> list[Any]:
     """The stages from the original network to the pruned one, in order:
     [lower → metanet → raise] → [adapt] → [prepare] → remove channels."""
@@ -199,7 +214,7 @@ def prune_stages(*, metanet: Any = None, batches: Sequence[Any] = (), adapt: tup
     if metanet is not None:
         stages += [Lower(), Rewrite(metanet, batches), Raise()]
         if adapt is not None:
-            stages.append(Adapt(*adapt))
+            stages.append(adapt)
     if prepare_stage is not None:
         stages.append(prepare_stage)
     stages.append(RemoveChannels(calibration, check))

@@ -32,7 +32,7 @@ from ..training.data import DataSplits, Loaders, calibration_set, make_loaders
 from ..training.loop import TrainConfig, distributed_context, evaluate, recalibrate_bn, resolve_device, train
 from ..training.prepare import PrepareConfig
 from .latency import Latency, compare_latency
-from .stages import Prepare, State, prune_stages, run_stages
+from .stages import Adapt, Prepare, State, prune_stages, run_stages
 
 _RUN_FILE = "run.json"
 
@@ -97,6 +97,10 @@ class TransformConfig:
             raise SpecError("latency threads and batch must be >= 1")
         if self.resume and not self.checkpoint_dir:
             raise SpecError("resume needs a checkpoint directory (--checkpoint-dir)")
+        if getattr(self.finetune, "sharding", "ddp") == "fsdp" and int(os.environ.get("WORLD_SIZE", "1")) > 1 and (
+                self.distill or self.prepare.epochs > 0 or self.adapt_epochs > 0):
+            raise SpecError("--sharding fsdp trains the plain objective only: drop --distill, --prepare-epochs and "
+                            "--adapt-epochs, or use --sharding ddp")
         if not (self.distill_temperature > 0 and self.distill_temperature < float("inf")):
             raise SpecError(f"the distillation temperature must be a positive number, got {self.distill_temperature}")
 
@@ -246,6 +250,7 @@ def _run_record(config: TransformConfig, spec: PruneSpec, extra: dict[str, Any])
         **({"allocation": spec.allocation} if spec.allocation != default.allocation else {}),
         **({"compensate": spec.compensate, "ridge": spec.ridge} if spec.compensate != default.compensate else {}),
         **({"calib_batches": config.calib_batches} if spec.needs_data else {}),
+        **({"distill_temperature": config.distill_temperature} if config.distill else {}),
         "metanet": os.path.abspath(os.fspath(metanet)) if isinstance(metanet, (str, os.PathLike)) else
         (None if metanet is None else type(metanet).__name__), **extra,
     }
@@ -318,7 +323,8 @@ def _stages(config: TransformConfig, spec: PruneSpec, data: DataSplits | None, l
                                       seed=config.finetune.seed)
     adapt = prepare_stage = None
     if loaders is not None and config.metanet is not None and config.adapt_epochs > 0:
-        adapt = (loaders, _stage_config(config, "adapt", config.adapt_epochs))
+        adapt = Adapt(loaders, _stage_config(config, "adapt", config.adapt_epochs), weight=config.prepare.weight,
+                      mask_every=config.prepare.mask_every)
     p = config.prepare
     if loaders is not None and p.epochs > 0:
         prepare_stage = Prepare(loaders, _stage_config(config, "prepare", p.epochs, p.lr),

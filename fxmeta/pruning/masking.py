@@ -81,6 +81,7 @@ class MaskedNetwork(nn.Module):
         self.analysis = analysis
         # a graph torch.export captured (a transformers model) is specialised to the example's batch
         self.fixed_batch = fixed_batch(analysis.gm, analysis.example_input)
+        self._batch_norms = any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in analysis.gm.modules())
         candidate = torch.zeros(analysis.uf.size, dtype=torch.bool)
         for g in analysis.groups:
             if g.prunable:
@@ -145,8 +146,8 @@ class MaskedNetwork(nn.Module):
 
     def forward(self, *args: Any) -> Any:
         """The masked network on ``args``; a graph fixed to the example's batch size runs a larger
-        batch in pieces of that size (each sample's output is the same: the graphs it applies to
-        hold no batch statistics across samples, or, with BatchNorm, normalise each piece alone)."""
+        batch in pieces of that size (each sample's output is the same, as long as no BatchNorm
+        normalises across the batch: such a graph is refused)."""
         n = self.fixed_batch
         first = args[0] if args else None
         if not n or not isinstance(first, Tensor) or first.dim() == 0 or first.shape[0] == n:
@@ -154,6 +155,10 @@ class MaskedNetwork(nn.Module):
         if first.shape[0] % n:
             raise PruningError(f"this network was captured for batches of {n} (torch.export); a batch of "
                                f"{first.shape[0]} does not split into such pieces")
+        if self._batch_norms:
+            raise PruningError(f"this network was captured for batches of {n} (torch.export) and normalises with "
+                               "batch statistics, which pieces of that size would change: capture it at the "
+                               "training batch size (--input-shape B,...)")
         pieces = [self.gm(*(a[i:i + n] if isinstance(a, Tensor) and a.dim() and a.shape[0] == first.shape[0] else a
                             for a in args)) for i in range(0, first.shape[0], n)]
         return pytree.tree_map(lambda *xs: torch.cat(xs) if isinstance(xs[0], Tensor) and xs[0].dim() else xs[0],
