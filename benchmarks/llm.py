@@ -479,6 +479,8 @@ def targets_section(cells: list[dict], dense_val: float, dense_test: float, tp: 
     wanda20 = _ratio(cells, "wanda-sp", 0.2, "test", dense_test)
     ours50 = _ratio(cells, ours, 0.5, "test", dense_test)
     why = f"stopped after {tp['timeout']} s" if "timeout" in tp else tp.get("error")
+    if tp.get("stuck_in"):
+        why += ", still building its dependency groups: " + "; ".join(f"`{f}`" for f in tp["stuck_in"])
     return [
         "## Targets (one-shot, test draw; fxmeta = its default with data, activation + lstsq + uniform)", "",
         f"- 20 %: fxmeta {ours20:.3f} vs FLAP re-implemented {flap20:.3f} (the {label(flap)} variant, chosen on "

@@ -158,7 +158,8 @@ def tp_attempt(dense_folder: Path, block: int, fraction: float = 0.2) -> dict:
     if record.is_file():
         return json.loads(record.read_text())
     code = f"""
-import torch, torch_pruning as tp, transformers as tf
+import faulthandler, torch, torch_pruning as tp, transformers as tf
+faulthandler.dump_traceback_later({TP_TIMEOUT - 10}, exit=True)  # where it is when the time is up
 torch.set_num_threads(1)
 model = tf.LlamaForCausalLM.from_pretrained({str(dense_folder)!r}).eval()
 heads = {{}}
@@ -177,8 +178,14 @@ print("finished")
     t0 = time.perf_counter()
     try:
         proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=TP_TIMEOUT)
-        out = {"finished": proc.returncode == 0 and "finished" in proc.stdout, "returncode": proc.returncode,
-               "error": proc.stderr.strip().splitlines()[-1] if proc.returncode else None}
+        out = {"finished": proc.returncode == 0 and "finished" in proc.stdout, "returncode": proc.returncode}
+        if "Timeout (" in proc.stderr:  # faulthandler's dump: the innermost torch_pruning frames
+            frames = [line.strip() for line in proc.stderr.splitlines()
+                      if line.strip().startswith("File ") and "torch_pruning" in line]
+            out["timeout"] = TP_TIMEOUT - 10
+            out["stuck_in"] = [f.split("site-packages/")[-1].replace('", line ', ":") for f in frames[:3]]
+        elif proc.returncode:
+            out["error"] = proc.stderr.strip().splitlines()[-1]
     except subprocess.TimeoutExpired:
         out = {"finished": False, "timeout": TP_TIMEOUT}
     out["seconds"] = round(time.perf_counter() - t0, 1)
