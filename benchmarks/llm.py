@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import itertools
 import json
 import math
 import sys
@@ -30,7 +31,7 @@ from typing import Sequence
 
 import torch
 
-from .common import cache_dir, header, say, table
+from .common import cache_dir, header, mean_se, say, table
 from .llm_baselines import non_embedding_params, reimplemented, tp_attempt
 
 BLOCK = 128  # tokens per sequence (training and evaluation)
@@ -222,10 +223,10 @@ RECOVERY_METHODS = ("fxmeta:activation:lstsq", "fxmeta:activation:lstsq+distill"
                     "wanda-sp")
 
 
-def recover(model, data: dict, steps: int, teacher=None, masked: list | None = None) -> None:
+def recover(model, data: dict, steps: int, teacher=None, masked: list | None = None, seed: int = 0) -> None:
     """Finetune ``model`` in place for ``steps`` steps of ``RECOVERY`` on the training split: next-token
     loss, or with a ``teacher`` the KL to its outputs (T = 1); ``masked`` weight columns stay zero."""
-    gen = torch.Generator().manual_seed(RECOVERY["seed"] + 7)
+    gen = torch.Generator().manual_seed(RECOVERY["seed"] + 7 + 1000 * seed)
     rows = blocks(data["train"])
     for weight, cols in masked or []:
         weight.register_hook(lambda g, c=cols: g.masked_fill(c[None, :], 0.0))
@@ -252,33 +253,36 @@ def recover(model, data: dict, steps: int, teacher=None, masked: list | None = N
     model.eval()
 
 
-def recovery_cell(dense_folder: Path, data: dict, method: str, fraction: float, record: dict, cache: Path) -> dict:
-    """Prune (calibration draw 0), then recover on 5 % of the pretraining tokens; validation and test loss."""
+def recovery_cell(dense_folder: Path, data: dict, method: str, fraction: float, record: dict, cache: Path,
+                  seed: int = 0) -> dict:
+    """Prune (calibration draw ``seed``), then recover on 5 % of the pretraining tokens (data order from
+    ``seed``); validation and test loss."""
     from .common import cached_cell
 
     steps = math.ceil(RECOVERY["fraction_of_pretraining"] * record["tokens"] / (RECOVERY["batch"] * BLOCK))
     parts = {"stage": "recovery", "model": dense_folder.name, "method": method, "fraction": fraction,
-             "recovery": RECOVERY, "steps": steps, "calib": CALIB, "eval": EVAL_BLOCKS}
+             "recovery": RECOVERY, "steps": steps, "calib": CALIB, "eval": EVAL_BLOCKS, **({"seed": seed} if seed else {})}
 
     def run() -> dict:
         import fxmeta
         from fxmeta.pruning.spec import PruneSpec
 
-        torch.manual_seed(RECOVERY["seed"])
+        torch.manual_seed(RECOVERY["seed"] + seed)
         model = load_dense(dense_folder)
         before = non_embedding_params(model)
-        calib = calibration(data, 0)
+        calib = calibration(data, seed)
         masked = None
         name, _, extra = method.partition("+")
         if name.startswith("fxmeta"):
             _, imp, comp = name.split(":")
-            spec = PruneSpec(FLOPS_FOR[fraction], importance=imp, compensate=comp, allocation="uniform", seed=0)
+            spec = PruneSpec(FLOPS_FOR[fraction], importance=imp, compensate=comp, allocation="uniform", seed=seed)
             model = fxmeta.prune(model, calib[0][0][:1], spec=spec, calibration=calib).module.eval()
             removed = before - non_embedding_params(model)
         else:
-            _, removed, masked = reimplemented(model, calib, fraction, name, 0)
+            _, removed, masked = reimplemented(model, calib, fraction, name, seed)
         t0 = time.perf_counter()
-        recover(model, data, steps, teacher=load_dense(dense_folder) if extra == "distill" else None, masked=masked)
+        recover(model, data, steps, teacher=load_dense(dense_folder) if extra == "distill" else None, masked=masked,
+                seed=seed)
         return {"removed": removed / before, "recovery_seconds": round(time.perf_counter() - t0, 1),
                 "val": nll(model, blocks(data["val"], EVAL_BLOCKS["val"], seed=2)),
                 "test": nll(model, blocks(data["test"], EVAL_BLOCKS["test"], seed=3))}
@@ -365,15 +369,17 @@ def recovery_section(cells: list[dict], dense_test: float, steps: int, scratch: 
         name, _, extra = method.partition("+")
         row = [label(name) + (" + distillation" if extra else "")]
         for fraction in RECOVERY_TARGETS:
-            c = next(c for c in cells if c["method"] == method and c["fraction"] == fraction)
-            row.append(f"{math.exp(c['test'] - dense_test):.3f}")
+            m, se = mean_se([math.exp(c["test"] - dense_test) for c in cells
+                             if c["method"] == method and c["fraction"] == fraction])
+            row.append(f"{m:.3f} ± {se:.3f}")
         rows.append(row)
     return [
         f"## After recovery ({steps} steps of {RECOVERY['batch']}x{BLOCK} tokens = "
         f"{100 * RECOVERY['fraction_of_pretraining']:.0f} % of the pretraining tokens, the same for every row)", "",
         f"AdamW, lr {RECOVERY['lr']} (fixed before any run, not tuned), {RECOVERY['warmup']} warm-up steps, cosine; "
         "next-token loss, or the KL to the dense model's outputs (distillation); the re-implemented baselines keep "
-        "their removed columns at zero. Calibration draw 0, one recovery run per cell. Test perplexity ratio:", "",
+        "their removed columns at zero. Mean ± SE over 3 seeds (calibration draw and data order). Test perplexity "
+        "ratio:", "",
         table(["method"] + [f"{int(100 * f)} % removed" for f in RECOVERY_TARGETS], rows), "",
         *([f"From-scratch control: `LlamaForCausalLM` {json.dumps({k: SCRATCH[k] for k in WIDTH_KEYS})}, "
            f"{scratch['params']:,} non-embedding parameters ({100 * (1 - scratch['params'] / dense_params):.1f} % fewer than "
@@ -381,14 +387,14 @@ def recovery_section(cells: list[dict], dense_test: float, steps: int, scratch: 
            f"pretraining plus recovery) in {scratch['minutes']:.0f} min: test perplexity ratio "
            f"{math.exp(scratch['test_draw'] - dense_test):.3f} (compare with the 50 % column).", ""] if scratch else []),
         *recovery_targets(cells, dense_test, scratch),
-        "Not measured yet: an LLM-Pruner-style Taylor + LoRA recovery, Torch-Pruning (see above), more than one "
-        "recovery seed.", ""]
+        "Not measured yet: an LLM-Pruner-style Taylor + LoRA recovery, Torch-Pruning (see above).", ""]
 
 
 def recovery_targets(cells: list[dict], dense_test: float, scratch: dict | None) -> list[str]:
     """The issue's after-recovery targets, on the test draw (fxmeta: its default; with distillation beside)."""
     def ratio(method: str, fraction: float) -> float:
-        return math.exp(next(c for c in cells if c["method"] == method and c["fraction"] == fraction)["test"] - dense_test)
+        values = [math.exp(c["test"] - dense_test) for c in cells if c["method"] == method and c["fraction"] == fraction]
+        return sum(values) / len(values)
 
     out = []
     for fraction in RECOVERY_TARGETS:
@@ -396,7 +402,7 @@ def recovery_targets(cells: list[dict], dense_test: float, scratch: dict | None)
         best = min(ratio(m, fraction) for m in ("flap-uniform", "wanda-sp", "fxmeta:l2:none"))
         out.append(f"- {int(100 * fraction)} %: fxmeta {ours:.3f} (with distillation "
                    f"{ratio('fxmeta:activation:lstsq+distill', fraction):.3f}) vs the best baseline {best:.3f}: "
-                   f"{'met' if ours <= best else 'missed'} (one recovery run each).")
+                   f"{'met' if ours <= best else 'missed'} (means of 3 seeds).")
     if scratch:
         control = math.exp(scratch["test_draw"] - dense_test)
         ours = ratio("fxmeta:activation:lstsq+distill", 0.5)
@@ -466,8 +472,6 @@ def label(method: str) -> str:
 
 
 def _ratio(cells: list[dict], method: str, fraction: float, split: str, dense: float) -> float:
-    from .common import mean_se
-
     return mean_se([math.exp(c[split] - dense) for c in cells if c["method"] == method and c["fraction"] == fraction])[0]
 
 
@@ -504,8 +508,6 @@ def _removed(cells: list[dict], method: str, fraction: float) -> float:
 
 def write_oneshot_report(cells: list[dict], record: dict, targets: dict, tp: dict, args: argparse.Namespace,
                          recovered: list[dict], scratch: dict | None = None, speed: Sequence[str] = ()) -> None:
-    from .common import mean_se
-
     dense_val, dense_test = record["oneshot_dense"]["val"], record["oneshot_dense"]["test"]
     head = ["method"] + [f"{int(100 * f)} % removed: val ppl ratio" for f in TARGETS] + \
         [f"{int(100 * f)} %: test ppl ratio" for f in TARGETS] + ["params removed"]
@@ -579,12 +581,11 @@ def main(argv: list[str] | None = None) -> None:
     say(f"Torch-Pruning: {tp}")
     recovered = []
     if args.stage in ("recovery", "all"):
-        for fraction in RECOVERY_TARGETS:
-            for method in RECOVERY_METHODS:
-                c = recovery_cell(folder, data, method, fraction, record, cache)
-                recovered.append(c)
-                say(f"recovered {method} {fraction:.0%}: test ppl x{math.exp(c['test'] - record['oneshot_dense']['test']):.3f}"
-                    f" ({c['recovery_seconds']} s)")
+        for fraction, method, seed in itertools.product(RECOVERY_TARGETS, RECOVERY_METHODS, args.seeds):
+            c = recovery_cell(folder, data, method, fraction, record, cache, seed)
+            recovered.append(c)
+            say(f"recovered {method} {fraction:.0%} seed {seed}: test ppl "
+                f"x{math.exp(c['test'] - record['oneshot_dense']['test']):.3f} ({c['recovery_seconds']} s)")
     scratch = scratch_control(data, record, args.threads) if args.stage in ("recovery", "all") else None
     speed = speed_section(folder, data) if args.stage in ("recovery", "all") else []
     write_oneshot_report(cells, record, FLOPS_FOR, tp, args, recovered, scratch, speed)
