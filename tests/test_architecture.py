@@ -46,31 +46,36 @@ def _imports(tree: ast.AST) -> list[ast.AST]:
     return found
 
 
+def _import_targets(path: Path, is_module) -> list[str]:
+    """The dotted names every import in ``path`` names, relative imports resolved; ``from PKG import NAME``
+    names the submodule ``PKG.NAME`` where ``is_module`` says there is one, else ``PKG``."""
+    name = _module_name(path)
+    here = name if path.name == "__init__.py" else name.rpartition(".")[0]
+    targets: list[str] = []
+    for node in _imports(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            targets += [alias.name for alias in node.names]
+            continue
+        base = node.module or ""
+        if node.level:
+            anchor = here.split(".")
+            base = ".".join(anchor[:len(anchor) - (node.level - 1)] + ([base] if base else []))
+        targets += [f"{base}.{a.name}" if is_module(f"{base}.{a.name}") else base for a in node.names]
+    return targets
+
+
 def import_graph(packages: tuple[str, ...] = ("fxmeta", "passes")) -> dict[str, set[str]]:
     """Module -> the modules of ``packages`` it imports (edges to its own parent packages left out)."""
     files = [p for pkg in packages for p in (ROOT / pkg).rglob("*.py")]
     modules = {_module_name(p): p for p in files}
     graph: dict[str, set[str]] = {}
     for name, path in modules.items():
-        is_pkg = path.name == "__init__.py"
-        here = name if is_pkg else name.rpartition(".")[0]
         edges: set[str] = set()
-        for node in _imports(ast.parse(path.read_text(), str(path))):
-            if isinstance(node, ast.Import):
-                targets = [alias.name for alias in node.names]
-            else:
-                base = node.module or ""
-                if node.level:
-                    anchor = here.split(".")
-                    anchor = anchor[:len(anchor) - (node.level - 1)]
-                    base = ".".join(anchor + ([base] if base else []))
-                targets = [f"{base}.{alias.name}" if f"{base}.{alias.name}" in modules else base
-                           for alias in node.names]
-            for target in targets:
-                while target and target not in modules:
-                    target = target.rpartition(".")[0]
-                if target and target != name and not name.startswith(target + "."):
-                    edges.add(target)
+        for target in _import_targets(path, modules.__contains__):
+            while target and target not in modules:
+                target = target.rpartition(".")[0]
+            if target and target != name and not name.startswith(target + "."):
+                edges.add(target)
         graph[name] = edges
     return graph
 
@@ -178,25 +183,11 @@ SHARED_BENCHMARK_MODULES = {"_env", "common", "tp_baselines", "llm_baselines", "
 def _benchmark_imports(path: Path) -> set[str]:
     """The modules of ``benchmarks`` that ``path`` imports, named inside the package (``benchmarks.x.y`` ->
     ``x.y``); ``from PKG import NAME`` imports the submodule NAME where there is one."""
-    name = _module_name(path)
-    here = name if path.name == "__init__.py" else name.rpartition(".")[0]
-
     def is_module(dotted: str) -> bool:
         file = ROOT.joinpath(*dotted.split("."))
         return file.with_suffix(".py").is_file() or (file / "__init__.py").is_file()
 
-    found = set()
-    for node in _imports(ast.parse(path.read_text(), str(path))):
-        if isinstance(node, ast.Import):
-            targets = [alias.name for alias in node.names]
-        else:
-            base = node.module or ""
-            if node.level:
-                anchor = here.split(".")
-                base = ".".join(anchor[:len(anchor) - (node.level - 1)] + ([base] if base else []))
-            targets = [f"{base}.{a.name}" if is_module(f"{base}.{a.name}") else base for a in node.names]
-        found |= {t.removeprefix("benchmarks.") for t in targets if t.startswith("benchmarks.")}
-    return found
+    return {t.removeprefix("benchmarks.") for t in _import_targets(path, is_module) if t.startswith("benchmarks.")}
 
 
 def test_benchmark_import_resolution():
