@@ -62,10 +62,10 @@ def _only_batchnorm_user(gm: fx.GraphModule, node: fx.Node, calls: dict[str, int
     return None
 
 
-def _rows(module: nn.Module, x: Tensor) -> tuple[Tensor, int]:
-    """A consumer's input as a (rows, features) matrix, and its kernel size (features per channel)."""
+def _rows(module: nn.Module, x: Tensor) -> Tensor:
+    """A consumer's input as a (rows, features) matrix (convolutions unfolded: channel-major, kernel-minor)."""
     if isinstance(module, nn.Linear):
-        return x.reshape(-1, x.shape[-1]), 1
+        return x.reshape(-1, x.shape[-1])
     if isinstance(module, nn.Conv1d):
         x = x.unsqueeze(2)
         kernel, dilation, padding, stride = ((1, module.kernel_size[0]), (1, module.dilation[0]),
@@ -73,10 +73,7 @@ def _rows(module: nn.Module, x: Tensor) -> tuple[Tensor, int]:
     else:
         kernel, dilation, padding, stride = module.kernel_size, module.dilation, module.padding, module.stride
     cols = F.unfold(x, kernel, dilation=dilation, padding=padding, stride=stride)  # (N, C*k, L)
-    k = 1
-    for s in kernel:
-        k *= s
-    return cols.transpose(1, 2).reshape(-1, cols.shape[1]), k
+    return cols.transpose(1, 2).reshape(-1, cols.shape[1])
 
 
 def _out_rows(module: nn.Module, y: Tensor) -> Tensor:
@@ -154,7 +151,7 @@ def _refit(module: nn.Module, xs: list[Tensor], ys: list[Tensor], keep: Tensor, 
             continue
         if take is not None:  # only the kept input channels: fewer columns to unfold
             x = x.index_select(-1 if isinstance(module, nn.Linear) else 1, keep.nonzero().squeeze(1).to(x.device))
-        a, _ = _rows(module, x)
+        a = _rows(module, x)
         target = _out_rows(module, y)
         if rows is not None:
             a, target = a[rows.to(a.device)], target[rows.to(a.device)]
