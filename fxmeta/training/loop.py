@@ -31,6 +31,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 
 from ..errors import SpecError, TrainingDivergedError
 from ..io.saving import atomic_save
+from ..pruning.calibration import logits_of
 from .data import DataSplits, Loaders, make_loaders
 from .distributed import (
     DistContext,
@@ -151,8 +152,6 @@ def flat_logits(out: Any, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     a language model's blocks position by position (``y`` holds each position's next token), so
     one cross-entropy is the classification loss and the next-token loss alike. ``out`` may be a
     model output object (Hugging Face): its logits are used."""
-    from ..pruning.calibration import logits_of
-
     logits = logits_of(out)
     return logits.reshape(-1, logits.shape[-1]).float(), y.reshape(-1)
 
