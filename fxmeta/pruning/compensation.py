@@ -1,23 +1,23 @@
 """Weight compensation: after the units to remove are chosen, change the weights that stay so
-the network loses less, on calibration data and before anything is removed.
+the network loses less, on calibration data.
 
-Every Linear / Conv layer that reads a removed channel is a *consumer*. The original network
-and the masked one (removed channels zeroed, norms over kept entries: the self-check's
-reference) run side by side on the calibration batches, node by node in graph order; at each
-consumer, with its input taken from the already compensated masked network:
+Every Linear / Conv layer that reads a removed channel is a *consumer*. The slimmed network
+(the units removed) runs over the calibration batches node by node in graph order, beside the
+original network's outputs (recorded by the activation importance pass, or the original run in
+lockstep); at each consumer, with its input taken from the already compensated slim network:
 
 - ``bias``: the mean of what the layer lost, ``mean(original output - current output)`` per
   output channel, is added to its bias (FLAP's bias compensation, with the inputs the
   compensated network really feeds it);
-- ``lstsq``: its weights on the kept input channels and its bias are refit by ridge least
-  squares to reproduce its original output (ThiNet / He et al. 2017's reconstruction, for
-  convolutions through their unfolded inputs, one solve per group of a grouped conv).
+- ``lstsq``: its weights and its bias are refit by ridge least squares to reproduce its
+  original output (ThiNet / He et al. 2017's reconstruction, for convolutions through their
+  unfolded inputs, one solve per group of a grouped conv).
 
 A layer without a bias whose output goes only into a BatchNorm takes the shift through that
 BatchNorm's running mean instead (the same function in eval mode); a layer with neither gets
-no shift, and says so. The compensated weights are the full-size weights, so the pruned
-network still equals the masked original exactly (the self-check holds); BatchNorm
-recalibration after the prune stays the caller's choice.
+no shift, and says so. The changed weights are written back into the kept entries of the
+full-size weights, so the pruned network still equals the masked original exactly (the
+self-check holds); BatchNorm recalibration after the prune stays the caller's choice.
 """
 from __future__ import annotations
 
@@ -26,16 +26,14 @@ from typing import Any, Callable
 
 import torch
 import torch.fx as fx
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..analysis.channels import ChannelAnalysis
 from ..tracing import eval_mode
 from .calibration import Calibration, fixed_batch
 from .importance import channel_dim, consumer_nodes, input_units
-from .selfcheck import masked_original, removed_masks
-
-MAX_ROWS = 32768  # rows (samples x positions) per least-squares solve: a fixed, seeded draw above this
+from .slimming import slim, write_back
+from .targets import TargetRecorder, Targets, input_rows
 
 
 @dataclass
@@ -62,30 +60,6 @@ def _only_batchnorm_user(gm: fx.GraphModule, node: fx.Node, calls: dict[str, int
     return None
 
 
-def _rows(module: nn.Module, x: Tensor) -> Tensor:
-    """A consumer's input as a (rows, features) matrix (convolutions unfolded: channel-major, kernel-minor)."""
-    if isinstance(module, nn.Linear):
-        return x.reshape(-1, x.shape[-1])
-    if isinstance(module, nn.Conv1d):
-        x = x.unsqueeze(2)
-        kernel, dilation, padding, stride = ((1, module.kernel_size[0]), (1, module.dilation[0]),
-                                             (0, module.padding[0]), (1, module.stride[0]))
-    else:
-        kernel, dilation, padding, stride = module.kernel_size, module.dilation, module.padding, module.stride
-    cols = F.unfold(x, kernel, dilation=dilation, padding=padding, stride=stride)  # (N, C*k, L)
-    return cols.transpose(1, 2).reshape(-1, cols.shape[1])
-
-
-def _out_rows(module: nn.Module, y: Tensor) -> Tensor:
-    if isinstance(module, nn.Linear):
-        return y.reshape(-1, y.shape[-1])
-    return y.movedim(1, -1).reshape(-1, y.shape[1])
-
-
-def _row_count(module: nn.Module, y: Tensor) -> int:
-    return y.numel() // y.shape[-1 if isinstance(module, nn.Linear) else 1]
-
-
 def _why_not(module: nn.Module) -> str | None:
     if isinstance(module, nn.Conv3d):
         return "Conv3d is not refit"
@@ -107,7 +81,8 @@ def _solve(a_t_a: Tensor, a_t_y: Tensor, ridge: float, weights: Tensor, fitted: 
     diag = a_t_a.diagonal(dim1=1, dim2=2)
     scale = (diag * weights).sum(1) / weights.sum(1).clamp_min(1)
     reg = ridge * scale.clamp_min(1e-12)[:, None] * weights + (~fitted).double() + 1e-12
-    system = a_t_a + torch.diag_embed(reg)
+    system = a_t_a
+    system.diagonal(dim1=1, dim2=2).add_(reg)
     factor, info = torch.linalg.cholesky_ex(system)
     if bool((info == 0).all()):
         return torch.cholesky_solve(a_t_y, factor)
@@ -117,71 +92,74 @@ def _solve(a_t_a: Tensor, a_t_y: Tensor, ridge: float, weights: Tensor, fitted: 
         return torch.linalg.lstsq(system, a_t_y).solution
 
 
-def _refit(module: nn.Module, xs: list[Tensor], ys: list[Tensor], keep: Tensor, intercept: bool, ridge: float,
-           gen: torch.Generator) -> tuple[Tensor, Tensor | None]:
-    """New weight (full size; removed input columns unchanged, they read zeros) and intercept, fit on
-    the calibration pieces ``xs`` (inputs) / ``ys`` (original outputs).
+GRAM_BLOCK = 256  # column block of the normal equations' product, for layers with many features
 
-    At most MAX_ROWS rows (samples x positions), a seeded draw over all pieces, enter the normal
-    equations, which are accumulated piece by piece in float32 for all groups of a grouped conv at
-    once, and solved in float64."""
+
+def _add_gram(out: Tensor, a: Tensor) -> None:
+    """``out += a^T a`` for a batch ``a`` (groups, rows, f), only the blocks on and above the diagonal
+    for a wide ``a`` (about half the work of the full product; :func:`_symmetric` fills the rest)."""
+    f = a.shape[2]
+    if f < 2 * GRAM_BLOCK:
+        out.baddbmm_(a.transpose(1, 2), a)
+        return
+    a = a.contiguous()
+    for start in range(0, f, GRAM_BLOCK):
+        end = min(start + GRAM_BLOCK, f)
+        out[:, start:end, start:].baddbmm_(a[:, :, start:end].transpose(1, 2), a[:, :, start:])
+
+
+def _symmetric(gram: Tensor) -> Tensor:
+    """The full matrix from :func:`_add_gram`'s upper blocks (in place: each lower block is its mirror)."""
+    f = gram.shape[2]
+    if f < 2 * GRAM_BLOCK:
+        return gram
+    for start in range(GRAM_BLOCK, f, GRAM_BLOCK):
+        gram[:, start:, start - GRAM_BLOCK:start] = gram[:, start - GRAM_BLOCK:start, start:].transpose(1, 2)
+    return gram
+
+
+def _refit(module: nn.Module, xs: list[Tensor], targets: Targets, intercept: bool,
+           ridge: float) -> tuple[Tensor, Tensor | None]:
+    """A (slimmed) layer's new weight and intercept, fit on the calibration pieces ``xs`` (its
+    inputs) to the original outputs ``targets``.
+
+    The rows the targets were drawn at (``fxmeta.pruning.targets``) enter the normal equations,
+    which are accumulated piece by piece in float32 for all groups of a grouped conv at once,
+    and solved in float64."""
     weight = module.weight.detach()
     groups = getattr(module, "groups", 1)
-    out_per, in_per = weight.shape[0] // groups, weight.shape[1]
-    counts = [_row_count(module, y) for y in ys]
-    total = sum(counts)
-    pick = None if total <= MAX_ROWS else torch.randperm(total, generator=gen)[:MAX_ROWS].sort().values
-    k = weight[0].numel() // in_per
-    cols = keep.reshape(groups, in_per).repeat_interleave(k, dim=1)  # (groups, in_per * k)
-    # one group: the kept columns alone (the system's size is the kept features); groups: every
-    # group's columns, the removed ones zeroed, so that all groups solve in one batch
-    take = cols[0].nonzero().squeeze(1) if groups == 1 else None
-    fit_cols = cols if take is None else cols[:, take]
-    fitted = torch.cat([fit_cols, torch.full((groups, 1), intercept)], 1)
-    weights = torch.cat([fit_cols, torch.zeros(groups, 1, dtype=torch.bool)], 1)
-    f = fitted.shape[1]
-    a_t_a = torch.zeros(groups, f, f, device=weight.device)
-    a_t_y = torch.zeros(groups, f, out_per, device=weight.device)
-    mask = fitted.to(weight.dtype).to(weight.device)
-    start = 0
-    for x, y, n in zip(xs, ys, counts):
-        rows = None if pick is None else pick[(pick >= start) & (pick < start + n)] - start
-        start += n
-        if rows is not None and not len(rows):
+    out_per, f = weight.shape[0] // groups, weight[0].numel()
+    fitted = torch.ones(groups, f + 1, dtype=torch.bool)
+    fitted[:, -1] = intercept
+    weights = fitted.clone()
+    weights[:, -1] = False
+    a_t_a = torch.zeros(groups, f + 1, f + 1, device=weight.device)
+    a_t_y = torch.zeros(groups, f + 1, out_per, device=weight.device)
+    for i, (x, target) in enumerate(zip(xs, targets.parts)):
+        if not len(target):
             continue
-        if take is not None:  # only the kept input channels: fewer columns to unfold
-            x = x.index_select(-1 if isinstance(module, nn.Linear) else 1, keep.nonzero().squeeze(1).to(x.device))
-        a = _rows(module, x)
-        target = _out_rows(module, y)
-        if rows is not None:
-            a, target = a[rows.to(a.device)], target[rows.to(a.device)]
-        ones = torch.ones(len(a), groups, 1, dtype=a.dtype, device=a.device)  # the intercept's column
-        a = torch.cat([a.reshape(len(a), groups, -1), ones], 2) * mask  # features out of the fit read zero
-        a = a.float().permute(1, 0, 2)  # (groups, rows, f)
-        t = target.float().reshape(len(target), groups, out_per).permute(1, 0, 2)
-        a_t_a.baddbmm_(a.transpose(1, 2), a)
+        rows = targets.piece_rows(i)
+        a = input_rows(module, x, None if rows is None else rows.to(x.device))
+        ones = torch.full((len(a), groups, 1), float(intercept), dtype=a.dtype, device=a.device)
+        a = torch.cat([a.reshape(len(a), groups, f), ones], 2).float().permute(1, 0, 2)  # (groups, rows, f + 1)
+        t = target.to(a.device).reshape(len(target), groups, out_per).permute(1, 0, 2)
+        _add_gram(a_t_a, a)
         a_t_y.baddbmm_(a.transpose(1, 2), t)
-    sol = _solve(a_t_a.cpu(), a_t_y.cpu(), ridge, weights, fitted)  # (groups, f, out_per)
-    new_w = weight.double().reshape(groups, out_per, in_per * k).clone().cpu()
-    fit = sol[:, :-1].transpose(1, 2)  # (groups, out_per, fitted weight columns)
-    if take is None:
-        new_w = torch.where(cols[:, None, :], fit, new_w)
-    else:
-        new_w[:, :, take] = fit
+    sol = _solve(_symmetric(a_t_a).cpu(), a_t_y.cpu(), ridge, weights, fitted)  # (groups, f + 1, out_per)
+    new_w = sol[:, :-1].transpose(1, 2).reshape(weight.shape)
     new_b = sol[:, -1].reshape(-1) if intercept else None
-    return (new_w.reshape(weight.shape).to(weight.dtype).to(weight.device),
+    return (new_w.to(weight.dtype).to(weight.device),
             None if new_b is None else new_b.to(weight.dtype).to(weight.device))
 
 
-def _mean_lost(module: nn.Module, ys: list[Tensor], xs: list[Tensor]) -> Tensor:
+def _mean_lost(module: nn.Module, targets: Targets, xs: list[Tensor]) -> Tensor:
     """Per output channel, the mean of original output minus the output on ``xs``, over all pieces."""
-    d = channel_dim(module, ys[0])
-    total, count = 0, 0
-    for y, x in zip(ys, xs):
-        lost = (y - module(x)).double()
-        total = total + lost.sum([i for i in range(lost.dim()) if i != d])
-        count += lost.numel() // lost.shape[d]
-    return (total / max(count, 1)).to(ys[0].dtype)
+    total = 0
+    for x in xs:
+        y = module(x)
+        d = channel_dim(module, y)
+        total = total + y.double().sum([i for i in range(y.dim()) if i != d])
+    return (targets.mean.to(total.device) - total / max(targets.total, 1)).to(module.weight.dtype)
 
 
 class _Lockstep:
@@ -215,10 +193,14 @@ class _Lockstep:
 
 @torch.no_grad()
 def compensate(analysis: ChannelAnalysis, removed: Tensor, calibration: Calibration, mode: str = "lstsq",
-               ridge: float = 1e-3, progress: Callable[[str], None] | None = None) -> Compensation:
+               ridge: float = 1e-3, progress: Callable[[str], None] | None = None,
+               recorded: TargetRecorder | None = None) -> Compensation:
     """Compensate ``analysis.gm``'s weights in place for removing the units flagged in ``removed``.
 
-    The caller owns the weights (``fxmeta.prune`` works on a copy of the model)."""
+    ``recorded``: the original network's outputs, recorded by a pass over the same calibration
+    batches (activation importance records them); without them (or if the recorder gave up) the
+    original network runs in lockstep with the slim one. The caller owns the weights
+    (``fxmeta.prune`` works on a copy of the model)."""
     gm = analysis.gm
     report = Compensation(mode)
     if mode == "none":
@@ -236,42 +218,56 @@ def compensate(analysis: ChannelAnalysis, removed: Tensor, calibration: Calibrat
     pieces = [gm.graph.process_inputs(*inputs)
               for inputs, _ in calibration.chunks(fixed_batch(gm, analysis.example_input))]
     report.samples = sum(int(p[0].shape[0]) for p in pieces)
-    gen = torch.Generator().manual_seed(0)
-    masks = removed_masks(analysis, removed)
-    with eval_mode(gm):
-        original = _Lockstep(lambda: fx.Interpreter(gm), pieces)
-        masked = _Lockstep(lambda: masked_original(analysis, masks, removed), pieces)
-        after: dict[fx.Node, Callable[[], None]] = {}  # a BatchNorm's shift, applied once the original ran it
+    small = slim(analysis, removed)  # what the network will be: its layers are refit, then written back
+    small_nodes = {n.name: n for n in small.graph.nodes}
+    changed: list[str] = []
+    with eval_mode(gm), eval_mode(small):
+        original = None if recorded is not None and recorded.usable else _Lockstep(lambda: fx.Interpreter(gm), pieces)
+        current = _Lockstep(lambda: fx.Interpreter(small), pieces)
         for node in gm.graph.nodes:
             if node.op == "output":
                 break
-            original.step(node)
-            if node in after:
-                after.pop(node)()
+            if original is not None:
+                original.step(node)
             if node in consumers:
-                _compensate_layer(gm, node, original, masked, analysis, removed, mode, ridge, calls, shared, after,
-                                  report, gen)
-            masked.step(node)
-            original.free(node)
-            masked.free(node)
+                def targets_of(node: fx.Node = node) -> Targets | None:
+                    if original is None:
+                        return recorded.get(node.name)
+                    ys = original.values(node)
+                    return Targets.of(node.name, gm.get_submodule(node.target), ys, mode == "bias") \
+                        if isinstance(ys[0], Tensor) else None
+
+                layer = _Layer(node, small.get_submodule(node.target), current.values(small_nodes[node.args[0].name]))
+                changed += _compensate_layer(gm, layer, targets_of, small, analysis, removed, mode, ridge, calls,
+                                             shared, report)
+            current.step(small_nodes[node.name])
+            if original is not None:
+                original.free(node)
+            current.free(small_nodes[node.name])
+    write_back(analysis, removed, small, changed)
     if progress is not None:
         progress(f"compensated {len(report.changed)} layers ({mode})")
     return report
 
 
-def _compensate_layer(gm: fx.GraphModule, node: fx.Node, original: _Lockstep, masked: _Lockstep,
-                      analysis: ChannelAnalysis, removed: Tensor, mode: str, ridge: float, calls: dict, shared: dict,
-                      after: dict, report: Compensation, gen: torch.Generator) -> None:
-    """Compensate the consumer ``node`` for its removed inputs: its original outputs are in
-    ``original``, its (compensated, masked) inputs in ``masked``, one value per piece."""
+@dataclass
+class _Layer:
+    node: fx.Node  # the consumer in the original graph
+    small: nn.Module  # its slimmed module
+    xs: list[Any]  # its inputs in the slim network, one per piece
+
+
+def _compensate_layer(gm: fx.GraphModule, layer: _Layer, targets_of: Callable[[], Targets | None],
+                      small: fx.GraphModule, analysis: ChannelAnalysis, removed: Tensor, mode: str, ridge: float,
+                      calls: dict, shared: dict, report: Compensation) -> list[str]:
+    """Compensate one consumer for its removed inputs; returns the names of the tensors changed in ``small``."""
+    node, xs = layer.node, layer.xs
     module = gm.get_submodule(node.target)
-    ys, xs = original.values(node), masked.values(node.args[0])
-    if not isinstance(ys[0], Tensor) or not isinstance(xs[0], Tensor):
-        return
+    if not isinstance(xs[0], Tensor):
+        return []
     units = input_units(analysis, node, channel_dim(module, xs[0]))
-    keep = None if units is None else ~removed[units]
-    if keep is None or bool(keep.all()):
-        return  # the layer loses no input
+    if units is None or not bool(removed[units].any()):
+        return []  # the layer loses no input
     name = str(node.target)
     why = _why_not(module)
     if why is None and calls[node.target] > 1:
@@ -282,25 +278,34 @@ def _compensate_layer(gm: fx.GraphModule, node: fx.Node, original: _Lockstep, ma
         why = "called with more than its input"
     if why is not None:
         report.skipped[name] = why
-        return
+        return []
+    targets = targets_of()
+    if targets is None:
+        return []
+    out_labels = analysis.param_dims.get((f"{name}.weight", 0))
+    if out_labels is not None:  # the layer's own output channels that stay
+        targets = targets.restricted((~removed[analysis.roots(out_labels)]).nonzero().squeeze(1))
     bn_node = None if module.bias is not None else _only_batchnorm_user(gm, node, calls)
+    touched = [f"{name}.weight"]
     if mode == "lstsq":
-        new_w, intercept = _refit(module, xs, ys, keep, module.bias is not None or bn_node is not None, ridge, gen)
-        module.weight.copy_(new_w)
-        shift = None
-        if intercept is not None and module.bias is not None:
-            module.bias.copy_(intercept)
-        elif intercept is not None:
-            shift = intercept
+        new_w, shift = _refit(layer.small, xs, targets, module.bias is not None or bn_node is not None, ridge)
+        layer.small.weight.copy_(new_w)
+        if shift is not None and module.bias is not None:
+            layer.small.bias.copy_(shift)
+            touched.append(f"{name}.bias")
+            shift = None
     else:
-        shift = _mean_lost(module, ys, xs)
+        touched = []
+        shift = _mean_lost(layer.small, targets, xs)
         if module.bias is not None:
-            module.bias.add_(shift)
+            layer.small.bias.add_(shift)
+            touched.append(f"{name}.bias")
             shift = None
     if shift is not None and bn_node is not None:
-        bn = gm.get_submodule(bn_node.target)
-        after[bn_node] = lambda bn=bn, shift=shift: bn.running_mean.sub_(shift.to(bn.running_mean.dtype))
+        small.get_submodule(bn_node.target).running_mean.sub_(shift.to(module.weight.dtype))
+        touched.append(f"{bn_node.target}.running_mean")
     elif mode == "bias" and shift is not None:
         report.skipped[name] = "no bias to shift and no BatchNorm after it (fxmeta adds no parameters)"
-        return
+        return []
     report.changed.append(name)
+    return touched

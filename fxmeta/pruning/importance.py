@@ -11,6 +11,7 @@ from ..analysis.channels import ChannelAnalysis, Group
 from ..errors import PruningError
 from ..tracing import eval_mode
 from .calibration import Calibration, fixed_batch
+from .targets import TargetRecorder
 
 Importance = Callable[[Group, dict[str, Tensor]], Tensor]
 
@@ -98,11 +99,14 @@ def _grouped(analysis: ChannelAnalysis, per_unit: Tensor, name: str) -> Importan
     return score
 
 
-def activation_importance(analysis: ChannelAnalysis, calibration: Calibration) -> Importance:
+def activation_importance(analysis: ChannelAnalysis, calibration: Calibration,
+                          record: TargetRecorder | None = None) -> Importance:
     """Per unit: over every Linear / Conv layer that reads it, the RMS of its input channel on the
     calibration batches times the norm of the weights reading that channel (Wanda-sp's signal, and
     FLAP's with the RMS in place of the fluctuation), summed. A group no such layer reads (a
-    layer's output channels that go straight into a norm, say) is scored by l2."""
+    layer's output channels that go straight into a norm, say) is scored by l2.
+
+    ``record``: also keeps those layers' outputs for the compensation (``fxmeta.pruning.targets``)."""
     gm = analysis.gm
     consumers = consumer_nodes(gm)
     sums: dict[str, Tensor] = {}
@@ -120,6 +124,10 @@ def activation_importance(analysis: ChannelAnalysis, calibration: Calibration) -
                 square = x.float().pow(2).sum([i for i in range(x.dim()) if i != d]).double()
                 sums[node.name] = sums.get(node.name, 0) + square
                 counts[node.name] = counts.get(node.name, 0) + x.numel() / max(x.shape[d], 1)
+                y = super().call_module(target, args, kwargs)
+                if record is not None and isinstance(y, Tensor):
+                    record.add(node.name, module, y)
+                return y
             return super().call_module(target, args, kwargs)
 
         def run_node(self, n):
@@ -131,6 +139,8 @@ def activation_importance(analysis: ChannelAnalysis, calibration: Calibration) -
         recorder = Recorder(gm)
         for inputs, _ in calibration.chunks(fixed_batch(gm, analysis.example_input)):
             recorder.run(*inputs)
+    if record is not None:
+        record.finish()
     per_unit = torch.zeros(analysis.uf.size, dtype=torch.float64)
     for node in consumers:
         if node.name not in sums:
@@ -186,9 +196,13 @@ def taylor_importance(analysis: ChannelAnalysis, calibration: Calibration) -> Im
     return score
 
 
-def data_importance(name: str, analysis: ChannelAnalysis, calibration: Calibration | None) -> Importance:
-    """The data-aware criterion ``name`` ("taylor", "activation") measured on ``calibration``."""
+def data_importance(name: str, analysis: ChannelAnalysis, calibration: Calibration | None,
+                    record: TargetRecorder | None = None) -> Importance:
+    """The data-aware criterion ``name`` ("taylor", "activation") measured on ``calibration``;
+    ``record``: see :func:`activation_importance` (taylor records nothing)."""
     if calibration is None:
         raise PruningError(f"importance {name!r} reads data: give calibration batches (--data, or "
                            "fxmeta.prune(..., calibration=...))")
-    return {"taylor": taylor_importance, "activation": activation_importance}[name](analysis, calibration)
+    if name == "activation":
+        return activation_importance(analysis, calibration, record)
+    return taylor_importance(analysis, calibration)

@@ -33,6 +33,7 @@ from .selection import Candidates, candidates, flop_model, removed_mask, select
 from .selfcheck import check_shapes, self_check
 from .slimming import slim
 from .spec import DATA_IMPORTANCE, PruneSpec
+from .targets import TargetRecorder
 
 __all__ = ["PLAN_FORMAT", "Calibration", "Importance", "PruneResult", "PruneSpec", "apply_plan", "prune"]
 
@@ -177,8 +178,10 @@ def prune(
         work = copy.deepcopy(model)  # compensation changes weights: the caller's model stays as it is
     analysis = analyze(work, example_input, ignore=spec.ignore, rules=spec.rules, capture=capture)
     clock("analysis")
+    # the original network's outputs the compensation fits to, recorded by a data importance pass
+    recorded = TargetRecorder(calibration.samples, means=spec.compensate == "bias") if spec.compensate != "none" else None
     if isinstance(spec.importance, str) and spec.importance in DATA_IMPORTANCE:
-        score = data_importance(spec.importance, analysis, calibration)
+        score = data_importance(spec.importance, analysis, calibration, recorded)
     else:
         score = importance_fn(spec.importance, spec.seed)
     c = candidates(analysis, score, spec.round_to, spec.min_keep, spec.allocation)
@@ -198,7 +201,7 @@ def prune(
     flops_after = reached.flops
     meta = {**spec.describe(), "capture": analysis.gm.meta.get(CAPTURE, "fx")}
     if spec.compensate != "none":
-        done = compensate(analysis, removed, calibration, spec.compensate, spec.ridge)
+        done = compensate(analysis, removed, calibration, spec.compensate, spec.ridge, recorded=recorded)
         clock("compensation")
         pruned = slim(analysis, removed)  # the same shapes, the compensated weights
         clock("slimming")

@@ -119,18 +119,23 @@ def set_tensor(root: nn.Module, qualname: str, tensor: Tensor) -> Tensor:
     return tensor
 
 
-def slim(analysis: ChannelAnalysis, removed: Tensor) -> fx.GraphModule:
-    """A new GraphModule without the units flagged in ``removed`` (bool over unit ids)."""
-    gm = copy.deepcopy(analysis.gm)
-    s = SlimContext(analysis, gm, removed)
+def _cuts(analysis: ChannelAnalysis, s: SlimContext) -> dict[str, list[tuple[int, Tensor]]]:
+    """Per parameter / buffer name, the (dim, entries kept) of every dim that loses entries."""
     by_param: dict[str, list[tuple[int, Tensor]]] = {}
     for (name, dim), labels in analysis.param_dims.items():
         keep = s.keep_index(labels)
         if keep is not None:
             by_param.setdefault(name, []).append((dim, keep))
+    return by_param
+
+
+def slim(analysis: ChannelAnalysis, removed: Tensor) -> fx.GraphModule:
+    """A new GraphModule without the units flagged in ``removed`` (bool over unit ids)."""
+    gm = copy.deepcopy(analysis.gm)
+    s = SlimContext(analysis, gm, removed)
+    by_param = _cuts(analysis, s)
     for name, cuts in by_param.items():
-        owner_name, _, attr = name.rpartition(".")
-        t = getattr(gm.get_submodule(owner_name) if owner_name else gm, attr).detach()
+        t = _get_tensor(gm, name).detach()
         for dim, keep in cuts:
             t = t.index_select(dim, keep.to(t.device))
         set_tensor(gm, name, t.contiguous())
@@ -149,6 +154,22 @@ def slim(analysis: ChannelAnalysis, removed: Tensor) -> fx.GraphModule:
     return gm
 
 
+
+
+@torch.no_grad()
+def write_back(analysis: ChannelAnalysis, removed: Tensor, slimmed: nn.Module, names: list[str]) -> None:
+    """Copy the tensors ``names`` of a network ``slim`` made into the kept entries of the original's
+    (``analysis.gm``): the inverse of the slicing, for weights changed after slimming."""
+    by_param = _cuts(analysis, SlimContext(analysis, analysis.gm, removed))
+    for name in names:
+        full, small = _get_tensor(analysis.gm, name), _get_tensor(slimmed, name)
+        index = torch.arange(full.numel(), device=full.device).reshape(full.shape)
+        for dim, keep in by_param.get(name, []):
+            index = index.index_select(dim, keep.to(full.device))
+        flat = full.detach() if full.is_contiguous() else full.detach().contiguous()
+        flat.view(-1)[index.reshape(-1)] = small.detach().reshape(-1).to(full.dtype)
+        if flat.data_ptr() != full.data_ptr():
+            full.detach().copy_(flat)
 
 
 def _retie(old: nn.Module, gm: nn.Module, sliced: dict) -> None:
