@@ -139,7 +139,7 @@ class Targets:
 
     def restricted(self, channels: Tensor) -> "Targets":
         """The same rows, only the output ``channels`` (indices)."""
-        return Targets(self.total, self.pick, list(self.counts), [p[:, channels.to(p.device)] for p in self.parts],
+        return Targets(self.total, self.pick, list(self.counts), [p.index_select(1, channels.to(p.device)) for p in self.parts],
                        None if self.sums is None else self.sums[channels.to(self.sums.device)])
 
     @property
