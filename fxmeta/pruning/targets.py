@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 ROWS_PER_FEATURE = 16  # rows a refit reads per feature it fits (convolutions: channel x kernel position)
-MIN_ROWS = 8192
+MIN_ROWS = 16384
 MAX_ROWS = 32768
 RECORD_BYTES = 1 << 30  # the recorder's memory budget
 
