@@ -22,14 +22,16 @@ def header(command: str, threads: int, seeds: str = "-") -> str:
             cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
     except (OSError, StopIteration):
         pass
+    load = os.getloadavg()
+    busy = load[0] > (os.cpu_count() or 1)
     return "\n".join([
         f"- command: `{command}`",
         f"- date: {datetime.now(timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}",
         f"- machine: {cpu}, {os.cpu_count()} cores, torch threads = {threads}",
         f"- versions: python {sys.version.split()[0]}, torch {torch.__version__}, torchvision {torchvision.__version__}",
         f"- seeds: {seeds}",
-        "- load average (1/5/15 min) when the table was written: " + " / ".join(f"{v:.1f}" for v in os.getloadavg())
-        + f" on {os.cpu_count()} cores (above the core count, other work shared the machine)",
+        "- load average (1/5/15 min) when the table was written: " + " / ".join(f"{v:.1f}" for v in load)
+        + f" on {os.cpu_count()} cores" + (" (above the core count: other work shared the machine)" if busy else ""),
     ]) + "\n"
 
 

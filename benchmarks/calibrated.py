@@ -380,6 +380,25 @@ def _sweep_table(sweeps: list[dict]) -> str:
                   "val, BN recalibrated"], rows)
 
 
+def _sweep_verdict(sweeps: list[dict]) -> str:
+    """Where the library's defaults (ridge, calibration batches) stand among the sweep's settings."""
+    from fxmeta.pruning.spec import PruneSpec
+
+    def score(ridge: float, batches: int) -> float:
+        return mean_se([c["val_no_recal"] for c in sweeps if c["importance"] == CALIBRATED_DEFAULTS["importance"]
+                        and c["allocation"] == ALLOC and c["ridge"] == ridge and c["calib_batches"] == batches])[0]
+
+    settings = {(c["ridge"], c["calib_batches"]) for c in sweeps}
+    best = max(settings, key=lambda k: score(*k))
+    ours = (PruneSpec(2.0).ridge, CALIB["batches"])
+    gap = 100 * (score(*best) - score(*ours))
+    return (f"For {CALIBRATED_DEFAULTS['importance']} + lstsq, {ALLOC}: the best setting is ridge {best[0]:g} with "
+            f"{best[1]} batches ({100 * score(*best):.2f}); the library's defaults, ridge {ours[0]:g} and {ours[1]} "
+            f"batches, score {100 * score(*ours):.2f}" + (" (they are the best)." if best == ours else
+            f", {gap:.2f} points below" + (f": kept, within 0.5 points of the best at {best[1] // ours[1]}x less "
+                                          "calibration time." if gap <= 0.5 and best[1] > ours[1] else ".")))
+
+
 def _ft_section(ft: list[dict], archs: list[str], seeds: list[int]) -> list[str]:
     lines = []
     for arch in sorted({c["arch"] for c in ft}):
@@ -451,7 +470,8 @@ def write_report(cells: list[dict], bases: dict, ft: list[dict], sweeps: list[di
     if sweeps:
         lines += [f"**lstsq's settings** at 4x on {', '.join(sorted({c['arch'] for c in sweeps}))} seeds "
                   f"{sorted({c['seed'] for c in sweeps})} (mean validation accuracy, %); the allocation fxmeta's rows "
-                  f"use ({ALLOC}) and the library's defaults come from here:", "", _sweep_table(sweeps), ""]
+                  f"use ({ALLOC}) and the library's defaults come from here:", "", _sweep_table(sweeps), "",
+                  _sweep_verdict(sweeps), ""]
     lines += ["**Recalibration after lstsq** (mean validation accuracy over families, seeds and targets, %):", "",
               table(["setting", "stored BN statistics", "BN recalibrated"], recal_rows), "",
               "**fxmeta's data default**: mean validation accuracy over families, seeds and the 2/4/8x targets, "

@@ -1,6 +1,6 @@
 """The digits setup of ``benchmarks.prepare``, shared by the benchmarks built on its base networks
-(``prepare``, ``prunability``, ``allocation``, ``allocation_confirm``, and the libraries ``zoo`` and
-``allocation_cells``): the settings (``Settings``, ``FULL``, ``QUICK``), the committed metanetwork
+(``prepare``, ``calibrated_digits``, ``prunability``, ``allocation``, ``allocation_confirm``, and the
+libraries ``zoo`` and ``allocation_cells``): the settings (``Settings``, ``FULL``, ``QUICK``), the committed metanetwork
 (``METANET``), ``Bench`` (the data, the shared calibration batches, and the cached base networks,
 pre-stages, prunes and cells every table starts from), ``choose`` (prepare's hyper-parameters, chosen
 on validation) and what their reports share: ``cache_key`` (10 hex digits: the caches these benchmarks

@@ -33,6 +33,7 @@ import torch
 
 from .common import cache_dir, header, mean_se, say, table
 from .llm_baselines import non_embedding_params, reimplemented, tp_attempt
+from .llm_recovery import add_lora, lr_at, recover
 
 BLOCK = 128  # tokens per sequence (training and evaluation)
 MODEL = dict(hidden_size=128, intermediate_size=352, num_hidden_layers=3, num_attention_heads=4,
@@ -137,9 +138,8 @@ def train_dense(data: dict, folder: Path, threads: int, config: dict = MODEL, to
             order, position = torch.randperm(len(train_rows), generator=gen), 0
         rows = train_rows[order[position:position + TRAIN["batch"]]]
         position += TRAIN["batch"]
-        lr = TRAIN["lr"] * min(1.0, (step + 1) / TRAIN["warmup"]) * 0.5 * (1 + math.cos(math.pi * step / steps))
         for g in opt.param_groups:
-            g["lr"] = lr
+            g["lr"] = lr_at(step, steps, TRAIN["lr"], TRAIN["warmup"])
         model.train()
         logits = model(rows[:, :-1]).logits
         loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), rows[:, 1:].reshape(-1))
@@ -217,51 +217,24 @@ FLOPS_FOR: dict[float, float] = {}  # fxmeta's FLOPs target per params fraction 
 
 # ------------------------------------------------------------------------------- recovery
 
-RECOVERY = dict(fraction_of_pretraining=0.05, lr=1e-3, batch=32, warmup=10, seed=0)  # fixed before any run
+RECOVERY = dict(fraction_of_pretraining=0.05, lr=1e-3, batch=32, warmup=10, seed=0)
+RECOVERY_LRS = (1e-3, 3e-3, 1e-2)  # every row's peak learning rate is chosen from these on validation (seed 0)
 RECOVERY_TARGETS = (0.2, 0.5)
 RECOVERY_METHODS = ("fxmeta:activation:lstsq", "fxmeta:activation:lstsq+distill", "fxmeta:l2:none", "flap-uniform",
-                    "wanda-sp")
-
-
-def recover(model, data: dict, steps: int, teacher=None, masked: list | None = None, seed: int = 0) -> None:
-    """Finetune ``model`` in place for ``steps`` steps of ``RECOVERY`` on the training split: next-token
-    loss, or with a ``teacher`` the KL to its outputs (T = 1); ``masked`` weight columns stay zero."""
-    gen = torch.Generator().manual_seed(RECOVERY["seed"] + 7 + 1000 * seed)
-    rows = blocks(data["train"])
-    for weight, cols in masked or []:
-        weight.register_hook(lambda g, c=cols: g.masked_fill(c[None, :], 0.0))
-    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=RECOVERY["lr"],
-                            betas=(0.9, 0.95), weight_decay=0.0)
-    model.train()
-    for step in range(steps):
-        batch = rows[torch.randint(len(rows), (RECOVERY["batch"],), generator=gen)]
-        lr = RECOVERY["lr"] * min(1.0, (step + 1) / RECOVERY["warmup"]) * 0.5 * (1 + math.cos(math.pi * step / steps))
-        for g in opt.param_groups:
-            g["lr"] = lr
-        logits = model(batch[:, :-1]).logits.float()
-        if teacher is None:
-            loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), batch[:, 1:].reshape(-1))
-        else:
-            with torch.no_grad():
-                target = teacher(batch[:, :-1]).logits.float()
-            loss = torch.nn.functional.kl_div(torch.log_softmax(logits, -1).flatten(0, 1),
-                                              torch.log_softmax(target, -1).flatten(0, 1), log_target=True,
-                                              reduction="batchmean")
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-    model.eval()
+                    "wanda-sp", "llm-pruner+lora")
 
 
 def recovery_cell(dense_folder: Path, data: dict, method: str, fraction: float, record: dict, cache: Path,
-                  seed: int = 0) -> dict:
+                  seed: int = 0, lr: float = RECOVERY["lr"]) -> dict:
     """Prune (calibration draw ``seed``), then recover on 5 % of the pretraining tokens (data order from
-    ``seed``); validation and test loss."""
+    ``seed``) at peak learning rate ``lr``; validation and test loss. ``+distill``: the KL to the dense
+    model; ``+lora``: LoRA adapters, the pruned weights frozen."""
     from .common import cached_cell
 
     steps = math.ceil(RECOVERY["fraction_of_pretraining"] * record["tokens"] / (RECOVERY["batch"] * BLOCK))
     parts = {"stage": "recovery", "model": dense_folder.name, "method": method, "fraction": fraction,
-             "recovery": RECOVERY, "steps": steps, "calib": CALIB, "eval": EVAL_BLOCKS, **({"seed": seed} if seed else {})}
+             "recovery": {**RECOVERY, "lr": lr}, "steps": steps, "calib": CALIB, "eval": EVAL_BLOCKS,
+             **({"seed": seed} if seed else {})}
 
     def run() -> dict:
         import fxmeta
@@ -280,14 +253,29 @@ def recovery_cell(dense_folder: Path, data: dict, method: str, fraction: float, 
             removed = before - non_embedding_params(model)
         else:
             _, removed, masked = reimplemented(model, calib, fraction, name, seed)
+        if extra == "lora":
+            add_lora(model, masked)
         t0 = time.perf_counter()
-        recover(model, data, steps, teacher=load_dense(dense_folder) if extra == "distill" else None, masked=masked,
-                seed=seed)
+        gen = torch.Generator().manual_seed(RECOVERY["seed"] + 7 + 1000 * seed)
+        recover(model, blocks(data["train"]), steps, lr, RECOVERY["batch"], RECOVERY["warmup"], gen,
+                teacher=load_dense(dense_folder) if extra == "distill" else None, masked=masked)
         return {"removed": removed / before, "recovery_seconds": round(time.perf_counter() - t0, 1),
                 "val": nll(model, blocks(data["val"], EVAL_BLOCKS["val"], seed=2)),
                 "test": nll(model, blocks(data["test"], EVAL_BLOCKS["test"], seed=3))}
 
     return cached_cell(cache, parts, run)
+
+
+def chosen_lrs(dense_folder: Path, data: dict, record: dict, cache: Path) -> dict[tuple[str, float], float]:
+    """Per recovery row and target, the peak learning rate of ``RECOVERY_LRS`` with the lowest validation
+    loss after recovery (calibration draw and data order 0)."""
+    out = {}
+    for fraction, method in itertools.product(RECOVERY_TARGETS, RECOVERY_METHODS):
+        tried = {lr: recovery_cell(dense_folder, data, method, fraction, record, cache, 0, lr)["val"]
+                 for lr in RECOVERY_LRS}
+        out[(method, fraction)] = min(tried, key=tried.get)
+        say(f"recovery lr for {method} {fraction:.0%}: " + ", ".join(f"{lr:g} val {v:.4f}" for lr, v in tried.items()))
+    return out
 
 
 # the from-scratch control of the 50 % row: the dense recipe at about half the non-embedding parameters
@@ -367,27 +355,31 @@ def recovery_section(cells: list[dict], dense_test: float, steps: int, scratch: 
     rows = []
     for method in RECOVERY_METHODS:
         name, _, extra = method.partition("+")
-        row = [label(name) + (" + distillation" if extra else "")]
+        row = [label(name) + {"distill": " + distillation", "lora": " + LoRA"}.get(extra, "")]
+        lrs = []
         for fraction in RECOVERY_TARGETS:
-            m, se = mean_se([math.exp(c["test"] - dense_test) for c in cells
-                             if c["method"] == method and c["fraction"] == fraction])
+            mine = [c for c in cells if c["method"] == method and c["fraction"] == fraction]
+            m, se = mean_se([math.exp(c["test"] - dense_test) for c in mine])
             row.append(f"{m:.3f} ± {se:.3f}")
-        rows.append(row)
+            lrs.append(f"{mine[0]['recovery']['lr']:g}")
+        rows.append(row + [" / ".join(lrs)])
     return [
         f"## After recovery ({steps} steps of {RECOVERY['batch']}x{BLOCK} tokens = "
         f"{100 * RECOVERY['fraction_of_pretraining']:.0f} % of the pretraining tokens, the same for every row)", "",
-        f"AdamW, lr {RECOVERY['lr']} (fixed before any run, not tuned), {RECOVERY['warmup']} warm-up steps, cosine; "
-        "next-token loss, or the KL to the dense model's outputs (distillation); the re-implemented baselines keep "
-        "their removed columns at zero. Mean ± SE over 3 seeds (calibration draw and data order). Test perplexity "
-        "ratio:", "",
-        table(["method"] + [f"{int(100 * f)} % removed" for f in RECOVERY_TARGETS], rows), "",
+        f"AdamW, {RECOVERY['warmup']} warm-up steps, cosine; the peak learning rate of every row and target chosen "
+        f"from {', '.join(f'{lr:g}' for lr in RECOVERY_LRS)} by the validation loss after recovery (calibration draw "
+        "and data order 0; last column). Next-token loss, or the KL to the dense model's outputs (distillation); the "
+        "re-implemented baselines keep their removed columns at zero; LLM-Pruner's row recovers as LLM-Pruner does, "
+        "by LoRA (rank 8, alpha 16, dropout 0.05 on every projection, the pruned weights frozen), on the same tokens. "
+        "Mean ± SE over 3 seeds (calibration draw and data order). Test perplexity ratio:", "",
+        table(["method"] + [f"{int(100 * f)} % removed" for f in RECOVERY_TARGETS] + ["lr (20 % / 50 %)"], rows), "",
         *([f"From-scratch control: `LlamaForCausalLM` {json.dumps({k: SCRATCH[k] for k in WIDTH_KEYS})}, "
            f"{scratch['params']:,} non-embedding parameters ({100 * (1 - scratch['params'] / dense_params):.1f} % fewer than "
            f"the dense model), trained by the dense recipe on {scratch['tokens'] / 1e6:.2f}M tokens (the pruned models' "
            f"pretraining plus recovery) in {scratch['minutes']:.0f} min: test perplexity ratio "
            f"{math.exp(scratch['test_draw'] - dense_test):.3f} (compare with the 50 % column).", ""] if scratch else []),
         *recovery_targets(cells, dense_test, scratch),
-        "Not measured yet: an LLM-Pruner-style Taylor + LoRA recovery, Torch-Pruning (see above).", ""]
+        "Not measured yet: Torch-Pruning (see above).", ""]
 
 
 def recovery_targets(cells: list[dict], dense_test: float, scratch: dict | None) -> list[str]:
@@ -399,7 +391,7 @@ def recovery_targets(cells: list[dict], dense_test: float, scratch: dict | None)
     out = []
     for fraction in RECOVERY_TARGETS:
         ours = ratio("fxmeta:activation:lstsq", fraction)
-        best = min(ratio(m, fraction) for m in ("flap-uniform", "wanda-sp", "fxmeta:l2:none"))
+        best = min(ratio(m, fraction) for m in ("flap-uniform", "wanda-sp", "fxmeta:l2:none", "llm-pruner+lora"))
         out.append(f"- {int(100 * fraction)} %: fxmeta {ours:.3f} (with distillation "
                    f"{ratio('fxmeta:activation:lstsq+distill', fraction):.3f}) vs the best baseline {best:.3f}: "
                    f"{'met' if ours <= best else 'missed'} (means of 3 seeds).")
@@ -407,8 +399,8 @@ def recovery_targets(cells: list[dict], dense_test: float, scratch: dict | None)
         control = math.exp(scratch["test_draw"] - dense_test)
         ours = ratio("fxmeta:activation:lstsq+distill", 0.5)
         out.append(f"- 50 %, against the from-scratch control: fxmeta's best {ours:.3f} vs {control:.3f}: "
-                   f"{'met' if ours <= control else 'missed'}. Trained from scratch on as many tokens, the smaller "
-                   "model is better than every pruned and briefly recovered one here.")
+                   + ("met." if ours <= control else "missed. Trained from scratch on as many tokens, the smaller "
+                      "model is better than every pruned and briefly recovered one here."))
     return ["Targets after recovery:", "", *out, ""]
 
 
@@ -459,9 +451,11 @@ def write_base_report(record: dict, data: dict, args: argparse.Namespace) -> Non
     say(f"wrote {RESULTS / 'llm_base.md'}")
 
 
-METHODS = [f"fxmeta:{imp}:{comp}" for imp, comp in FXMETA_ROWS] + ["flap", "flap-uniform", "wanda-sp", "random"]
+METHODS = [f"fxmeta:{imp}:{comp}" for imp, comp in FXMETA_ROWS] + ["flap", "flap-uniform", "wanda-sp", "llm-pruner",
+                                                                   "random"]
 LABELS = {"flap": "FLAP (re-implemented), adaptive structure", "flap-uniform": "FLAP (re-implemented), uniform",
-          "wanda-sp": "Wanda-sp (re-implemented)", "random": "random"}
+          "wanda-sp": "Wanda-sp (re-implemented)", "llm-pruner": "LLM-Pruner (re-implemented), Taylor",
+          "random": "random"}
 
 
 def label(method: str) -> str:
@@ -496,8 +490,7 @@ def targets_section(cells: list[dict], dense_val: float, dense_test: float, tp: 
                               f"did not finish on this transformers-5 Llama ({why}), "
                               "so the target (<= half of Torch-Pruning's best) cannot be scored (fxmeta's prune of "
                               "the same model: about 1-4 s)."),
-        "- After recovery and tokens/s: the sections below. Not measured yet: an LLM-Pruner-style Taylor + LoRA "
-        "recovery, the GPT-2-style twin.",
+        "- After recovery and tokens/s: the sections below. Not measured yet: the GPT-2-style twin.",
     ]
 
 
@@ -581,8 +574,9 @@ def main(argv: list[str] | None = None) -> None:
     say(f"Torch-Pruning: {tp}")
     recovered = []
     if args.stage in ("recovery", "all"):
+        lrs = chosen_lrs(folder, data, record, cache)
         for fraction, method, seed in itertools.product(RECOVERY_TARGETS, RECOVERY_METHODS, args.seeds):
-            c = recovery_cell(folder, data, method, fraction, record, cache, seed)
+            c = recovery_cell(folder, data, method, fraction, record, cache, seed, lrs[(method, fraction)])
             recovered.append(c)
             say(f"recovered {method} {fraction:.0%} seed {seed}: test ppl "
                 f"x{math.exp(c['test'] - record['oneshot_dense']['test']):.3f} ({c['recovery_seconds']} s)")

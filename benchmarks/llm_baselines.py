@@ -1,6 +1,8 @@
 """Structured LLM pruners re-implemented from their papers (labelled so in every report), for
 ``benchmarks.llm``: FLAP (An et al. 2024: fluctuation metric, adaptive or uniform structure, bias
-compensation), Wanda-sp (An et al.'s structured Wanda: weight x input norm) and random, on a Hugging
+compensation), Wanda-sp (An et al.'s structured Wanda: weight x input norm), LLM-Pruner (Ma et al.
+2023: first-order Taylor of the coupled structures; its LoRA recovery is in ``llm_recovery``) and
+random, on a Hugging
 Face Llama, applied as masks (the removed units' input columns of ``down_proj`` / ``o_proj`` zeroed:
 the same function as removing them) with the parameter count a removal would save; and
 Torch-Pruning's own LLM recipe attempted as real code (``tp_attempt``).
@@ -69,6 +71,30 @@ def _inputs(model, calib: list) -> dict:
     return {k: torch.cat(v).double() for k, v in seen.items()}
 
 
+def _taylor(model, calib: list, units: "Units") -> dict:
+    """LLM-Pruner's element-wise first-order Taylor importance (its ``param_first``): per unit, the sum
+    of |w * dL/dw| over every weight of its coupled structure (an MLP channel: its ``gate_proj`` and
+    ``up_proj`` rows and ``down_proj`` column; a GQA group: its query heads' ``q_proj`` rows, its
+    key / value head's ``k_proj`` / ``v_proj`` rows and the ``o_proj`` columns they feed), the
+    gradient of the next-token loss summed over the calibration batches."""
+    model.zero_grad(set_to_none=True)
+    for x, y in calib:
+        logits = model(x).logits.float()
+        torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1)).backward()
+    scores = {}
+    q_rows, kv_rows = units.q_per_kv * units.head_dim, units.head_dim
+    with torch.no_grad():
+        for i, layer in enumerate(units.layers):
+            def s(m):
+                return (m.weight * m.weight.grad).abs().double()
+            mlp, attn = layer.mlp, layer.self_attn
+            scores[(i, "mlp")] = s(mlp.gate_proj).sum(1) + s(mlp.up_proj).sum(1) + s(mlp.down_proj).sum(0)
+            scores[(i, "attn")] = (s(attn.q_proj).sum(1).view(-1, q_rows).sum(1) + s(attn.k_proj).sum(1).view(-1, kv_rows).sum(1)
+                                   + s(attn.v_proj).sum(1).view(-1, kv_rows).sum(1) + s(attn.o_proj).sum(0).view(-1, q_rows).sum(1))
+    model.zero_grad(set_to_none=True)
+    return scores
+
+
 def reimplemented(model, calib: list, fraction: float, method: str, seed: int) -> tuple[list, int, list]:
     """FLAP, Wanda-sp or random, re-implemented from their papers (mask-based, on ``model`` in place):
     returns the compensation hooks, the non-embedding parameters removed and the masked weights as
@@ -79,14 +105,17 @@ def reimplemented(model, calib: list, fraction: float, method: str, seed: int) -
     FLAP the fluctuation ``Var(X_j) * ||W_:,j||^2``, standardised per kind of unit across layers and
     ranked globally (its adaptive structure, AL-AM; "flap-uniform": every layer alike, its UL-UM), and
     the removed channels' mean contribution ``W_:,removed @ mean(X_removed)`` added back as a bias;
-    random: uniform scores. Wanda-sp, random and FLAP's uniform variant remove the same units from
-    every layer: as many GQA groups as the fraction allows (rounded down), then MLP channels up to
+    LLM-Pruner: :func:`_taylor`, no compensation (here on every layer; on LLaMA-7B it spares the first
+    four and the last two); random: uniform scores. All but FLAP's adaptive structure remove the same
+    units from every layer: as many GQA groups as the fraction allows (rounded down), then MLP channels up to
     the parameter budget."""
     units = Units(model)
     xs = _inputs(model, calib)
     gen = torch.Generator().manual_seed(seed)
-    scores = {}
+    scores = _taylor(model, calib, units) if method == "llm-pruner" else {}
     for (i, kind), x in xs.items():
+        if method == "llm-pruner":
+            continue
         layer = units.layers[i]
         w = (layer.mlp.down_proj if kind == "mlp" else layer.self_attn.o_proj).weight.detach().double()
         if method.startswith("flap"):
