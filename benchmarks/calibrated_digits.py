@@ -21,6 +21,7 @@ import copy
 import json
 import os
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -131,7 +132,7 @@ def write_report(bench: Bench, oneshot: list[dict], tuned: list[dict], prepare_c
                     "; ".join(f"{a} {', '.join(map(str, v))}" for a, v in seeds.items())), "",
              f"Setting: `benchmarks.prepare`'s (scikit-learn digits at {s.image_size}x{s.image_size}, "
              f"{bench.data.description}; its cached base networks, FLOPs targets and {s.bn_batches} shared training "
-             f"batches of {s.batch_size}). Calibration: the first {CALIB_BATCHES} of those batches. Right after the "
+             f"batches of {s.batch_size}). Calibration: the first {min(CALIB_BATCHES, s.bn_batches)} of those batches. Right after the "
              f"prune: BatchNorm recomputed on the {s.bn_batches} batches, except after lstsq (the product's rule). "
              "Torch-Pruning: `MetaPruner`, global, "
              f"{s.tp_steps} steps until fxmeta's FLOPs count reaches the target, the classifier left alone; Taylor "
@@ -147,16 +148,17 @@ def write_report(bench: Bench, oneshot: list[dict], tuned: list[dict], prepare_c
                                          for t in targets])
         lines += [f"## {arch}: right after the prune (no training)", "",
                   table(["method"] + [f"{t:g}x" for t in targets], rows), ""]
-        ft_rows = [["fxmeta calibrated default, then 10 finetune epochs"]
+        budget = s.pre_epochs + s.finetune_epochs
+        ft_rows = [[f"fxmeta calibrated default, then {budget} finetune epochs"]
                    + [f"{_pm([c['right_after_test'] for c in tuned if c['arch'] == arch and c['target'] == t])} → "
                       f"{_pm([c['finetuned_test'] for c in tuned if c['arch'] == arch and c['target'] == t])}"
                       for t in targets]]
         for method in ("prepared", "DepGraph+SL"):
             mine = [c for c in prepare_cells if c["arch"] == arch and c["method"] == method and "error" not in c]
-            ft_rows.append([f"{method} (prepare.md's cell: 5 epochs before the prune, 5 after)"]
+            ft_rows.append([f"{method} (prepare's cell: {s.pre_epochs} epochs before the prune, {s.finetune_epochs} after)"]
                            + [f"{_pm([c['recal_test_acc'] for c in mine if c['target'] == t])} → "
                               f"{_pm([c['finetuned_test_acc'] for c in mine if c['target'] == t])}" for t in targets])
-        lines += [f"## {arch}: right after → after the finetune, 10 epochs on the network for every row", "",
+        lines += [f"## {arch}: right after → after the finetune, {budget} epochs on the network for every row", "",
                   table(["method"] + [f"{t:g}x" for t in targets], ft_rows), ""]
     load = " / ".join(f"{v:.1f}" for v in os.getloadavg())
     lines += [f"Load average at the end: {load}.", ""]
@@ -172,7 +174,7 @@ def main(argv: list[str] | None = None) -> None:
                    help="benchmarks.prepare's cache folder")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
-    s = QUICK if args.quick else FULL
+    s = replace(QUICK, min_base_val=0.5) if args.quick else FULL  # 4 base epochs reach ~0.85-0.9 val
     cache = Path(args.cache) / ("quick" if args.quick else "full")
     bench = Bench(s, cache)
     chosen = choose(bench, s.sweep_arch, {})
