@@ -128,7 +128,8 @@ def write_report(bench: Bench, oneshot: list[dict], tuned: list[dict], prepare_c
     s = bench.s
     lines = ["# Calibrated pruning on digits ResNet20 / ResNet56 (beside prepare.md)", "",
              header("python -m benchmarks.calibrated_digits" + (" --quick" if args.quick else "")
-                    + (f" --threads {args.threads}" if args.threads != 1 else ""), args.threads,
+                    + (f" --threads {args.threads}" if args.threads != 1 else "")
+                    + (f" --archs {args.archs}" if args.archs else ""), args.threads,
                     "; ".join(f"{a} {', '.join(map(str, v))}" for a, v in seeds.items())), "",
              f"Setting: `benchmarks.prepare`'s (scikit-learn digits at {s.image_size}x{s.image_size}, "
              f"{bench.data.description}; its cached base networks, FLOPs targets and {s.bn_batches} shared training "
@@ -170,11 +171,14 @@ def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(prog="python -m benchmarks.calibrated_digits", description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true", help="prepare's quick setting (written under the cache folder)")
     p.add_argument("--threads", type=int, default=1, help="torch threads (default: 1)")
+    p.add_argument("--archs", help="comma-separated subset of the families (the report covers those)")
     p.add_argument("--cache", default=os.path.expanduser("~/.cache/fxmeta-bench/prepare"),
                    help="benchmarks.prepare's cache folder")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     s = replace(QUICK, min_base_val=0.5) if args.quick else FULL  # 4 base epochs reach ~0.85-0.9 val
+    if args.archs:
+        s = replace(s, archs=tuple(args.archs.split(",")))
     cache = Path(args.cache) / ("quick" if args.quick else "full")
     bench = Bench(s, cache)
     chosen = choose(bench, s.sweep_arch, {})

@@ -218,7 +218,7 @@ FLOPS_FOR: dict[float, float] = {}  # fxmeta's FLOPs target per params fraction 
 # ------------------------------------------------------------------------------- recovery
 
 RECOVERY = dict(fraction_of_pretraining=0.05, lr=1e-3, batch=32, warmup=10, seed=0)
-RECOVERY_LRS = (1e-3, 3e-3, 1e-2)  # every row's peak learning rate is chosen from these on validation (seed 0)
+RECOVERY_LRS = (3e-4, 1e-3, 3e-3, 1e-2, 3e-2)  # every row's peak learning rate is chosen from these on validation (seed 0)
 RECOVERY_TARGETS = (0.2, 0.5)
 RECOVERY_METHODS = ("fxmeta:activation:lstsq", "fxmeta:activation:lstsq+distill", "fxmeta:l2:none", "flap-uniform",
                     "wanda-sp", "llm-pruner+lora")
