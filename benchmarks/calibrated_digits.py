@@ -138,8 +138,10 @@ def write_report(bench: Bench, oneshot: list[dict], tuned: list[dict], prepare_c
              "Torch-Pruning: `MetaPruner`, global, "
              f"{s.tp_steps} steps until fxmeta's FLOPs count reaches the target, the classifier left alone; Taylor "
              "with the loss gradient summed over the calibration batches, Hessian with squared per-sample gradients "
-             "over 256 samples (as in `calibrated.md`). Test accuracy, mean ± SE over seeds, %; nothing here is "
-             "chosen on test.", ""]
+             "over 256 samples (as in `calibrated.md`). The prepared and DepGraph+SL rows are `benchmarks.prepare`'s "
+             "cells (`digits.Bench.cell`, its hyper-parameters chosen on its validation sweep), computed on the same "
+             "cache as the rest of this table; `prepare.md` itself was written from an earlier run, so its figures can "
+             "differ from these. Test accuracy, mean ± SE over seeds, %; nothing here is chosen on test.", ""]
     for arch in s.archs:
         targets = sorted({c["target"] for c in oneshot if c["arch"] == arch})
         rows = []
@@ -156,7 +158,7 @@ def write_report(bench: Bench, oneshot: list[dict], tuned: list[dict], prepare_c
                       for t in targets]]
         for method in ("prepared", "DepGraph+SL"):
             mine = [c for c in prepare_cells if c["arch"] == arch and c["method"] == method and "error" not in c]
-            ft_rows.append([f"{method} (prepare's cell: {s.pre_epochs} epochs before the prune, {s.finetune_epochs} after)"]
+            ft_rows.append([f"{method} ({s.pre_epochs} epochs before the prune, {s.finetune_epochs} after)"]
                            + [f"{_pm([c['recal_test_acc'] for c in mine if c['target'] == t])} → "
                               f"{_pm([c['finetuned_test_acc'] for c in mine if c['target'] == t])}" for t in targets])
         lines += [f"## {arch}: right after → after the finetune, {budget} epochs on the network for every row", "",
