@@ -144,7 +144,8 @@ def write_report(bench: Bench, oneshot: list[dict], tuned: list[dict], prepare_c
              "differ from these. Test accuracy, mean ± SE over seeds, %; nothing here is chosen on test.", ""]
     for arch in s.archs:
         targets = sorted({c["target"] for c in oneshot if c["arch"] == arch})
-        rows = []
+        unpruned = _pm([bench.base_info(arch, seed)["test_acc"] for seed in seeds[arch]])
+        rows = [["unpruned"] + [unpruned] * len(targets)]
         for row in [tuple(r) for r in FXMETA] + [("tp", m) for m in TP]:
             cells = [c for c in oneshot if c["arch"] == arch and tuple(c["row"]) == row]
             rows.append([_label(row)] + [_pm([c["test"] for c in cells if c["target"] == t and "test" in c])
