@@ -126,7 +126,7 @@ def _pm(values: list[float]) -> str:
 def write_report(bench: Bench, oneshot: list[dict], tuned: list[dict], prepare_cells: list[dict], seeds: dict,
                  args: argparse.Namespace, out: Path) -> None:
     s = bench.s
-    lines = ["# Calibrated pruning on digits ResNet20 / ResNet56 (beside prepare.md)", "",
+    lines = [f"# Calibrated pruning on digits {' / '.join(s.archs)} (beside prepare.md)", "",
              header("python -m benchmarks.calibrated_digits" + (" --quick" if args.quick else "")
                     + (f" --threads {args.threads}" if args.threads != 1 else "")
                     + (f" --archs {args.archs}" if args.archs else ""), args.threads,
