@@ -31,9 +31,9 @@ from torch import Tensor, nn
 from ..analysis.channels import ChannelAnalysis
 from ..tracing import eval_mode
 from .calibration import Calibration, fixed_batch
-from .importance import channel_dim, consumer_nodes, input_units
+from .importance import consumer_nodes, input_units
 from .slimming import slim, write_back
-from .targets import TargetRecorder, Targets, input_rows
+from .targets import TargetRecorder, Targets, channel_dim, input_rows
 
 
 @dataclass
@@ -194,9 +194,11 @@ class _Lockstep:
 @torch.no_grad()
 def compensate(analysis: ChannelAnalysis, removed: Tensor, calibration: Calibration, mode: str = "lstsq",
                ridge: float = 1e-3, progress: Callable[[str], None] | None = None,
-               recorded: TargetRecorder | None = None) -> Compensation:
+               recorded: TargetRecorder | None = None, small: fx.GraphModule | None = None) -> Compensation:
     """Compensate ``analysis.gm``'s weights in place for removing the units flagged in ``removed``.
 
+    ``small``: the network without those units (``slim(analysis, removed)``, made here if not
+    given); its layers are refit in place, then written back into ``analysis.gm``.
     ``recorded``: the original network's outputs, recorded by a pass over the same calibration
     batches (activation importance records them); without them (or if the recorder gave up) the
     original network runs in lockstep with the slim one. The caller owns the weights
@@ -218,7 +220,7 @@ def compensate(analysis: ChannelAnalysis, removed: Tensor, calibration: Calibrat
     pieces = [gm.graph.process_inputs(*inputs)
               for inputs, _ in calibration.chunks(fixed_batch(gm, analysis.example_input))]
     report.samples = sum(int(p[0].shape[0]) for p in pieces)
-    small = slim(analysis, removed)  # what the network will be: its layers are refit, then written back
+    small = small if small is not None else slim(analysis, removed)
     small_nodes = {n.name: n for n in small.graph.nodes}
     changed: list[str] = []
     with eval_mode(gm), eval_mode(small):

@@ -11,7 +11,7 @@ from ..analysis.channels import ChannelAnalysis, Group
 from ..errors import PruningError
 from ..tracing import eval_mode
 from .calibration import Calibration, fixed_batch
-from .targets import TargetRecorder
+from .targets import TargetRecorder, channel_dim
 
 Importance = Callable[[Group, dict[str, Tensor]], Tensor]
 
@@ -64,11 +64,6 @@ def consumer_nodes(gm: fx.GraphModule) -> list[fx.Node]:
     """The nodes that call a Linear or Conv module: the layers that read channels through weights."""
     return [n for n in gm.graph.nodes if n.op == "call_module" and isinstance(gm.get_submodule(n.target), CONSUMERS)
             and n.args and isinstance(n.args[0], fx.Node)]
-
-
-def channel_dim(module: nn.Module, x: Tensor) -> int:
-    """The dim of a consumer's input that holds its input channels."""
-    return x.dim() - 1 if isinstance(module, nn.Linear) else 1
 
 
 def column_norms(module: nn.Module) -> Tensor:

@@ -201,10 +201,9 @@ def prune(
     flops_after = reached.flops
     meta = {**spec.describe(), "capture": analysis.gm.meta.get(CAPTURE, "fx")}
     if spec.compensate != "none":
-        done = compensate(analysis, removed, calibration, spec.compensate, spec.ridge, recorded=recorded)
+        # refits the slimmed network in place and writes its weights back into analysis.gm
+        done = compensate(analysis, removed, calibration, spec.compensate, spec.ridge, recorded=recorded, small=pruned)
         clock("compensation")
-        pruned = slim(analysis, removed)  # the same shapes, the compensated weights
-        clock("slimming")
         meta["compensation"] = done.to_plan()
     if check:
         self_check(analysis, pruned, removed, shapes_checked=True)

@@ -91,8 +91,13 @@ def output_rows(module: nn.Module, y: Tensor, rows: Tensor | None = None) -> Ten
     return flat[rows // flat.shape[2], :, rows % flat.shape[2]]
 
 
+def channel_dim(module: nn.Module, x: Tensor) -> int:
+    """The dim of a Linear / Conv layer's input or output that holds its channels."""
+    return x.dim() - 1 if isinstance(module, nn.Linear) else 1
+
+
 def row_count(module: nn.Module, y: Tensor) -> int:
-    return y.numel() // y.shape[-1 if isinstance(module, nn.Linear) else 1]
+    return y.numel() // y.shape[channel_dim(module, y)]
 
 
 @dataclass
@@ -103,11 +108,12 @@ class Targets:
     pick: Tensor | None  # the drawn rows over all pieces in order (None: all)
     counts: list[int] = field(default_factory=list)  # rows per calibration piece
     parts: list[Tensor] = field(default_factory=list)  # per piece, (drawn rows of that piece, channels)
-    sums: Tensor | None = None  # per channel, float64, when the means are wanted
+    means: bool = False  # whether the per-channel sums below are kept
+    sums: Tensor | None = None  # per channel, float64
 
     @classmethod
     def start(cls, name: str, module: nn.Module, total: int, means: bool) -> "Targets":
-        return cls(total, row_pick(name, total, row_cap(module)), sums=torch.zeros(0) if means else None)
+        return cls(total, row_pick(name, total, row_cap(module)), means=means)
 
     @classmethod
     def of(cls, name: str, module: nn.Module, ys: list[Tensor], means: bool) -> "Targets":
@@ -123,10 +129,10 @@ class Targets:
         y = y.detach()
         part = output_rows(module, y, self.piece_rows(len(self.counts) - 1)).float()
         self.parts.append(part)
-        if self.sums is not None:
-            d = y.dim() - 1 if isinstance(module, nn.Linear) else 1
+        if self.means:
+            d = channel_dim(module, y)
             s = y.sum([i for i in range(y.dim()) if i != d], dtype=torch.float64)
-            self.sums = s if not len(self.sums) else self.sums + s
+            self.sums = s if self.sums is None else self.sums + s
         return part.numel() * part.element_size()
 
     def piece_rows(self, i: int) -> Tensor | None:
@@ -139,7 +145,8 @@ class Targets:
 
     def restricted(self, channels: Tensor) -> "Targets":
         """The same rows, only the output ``channels`` (indices)."""
-        return Targets(self.total, self.pick, list(self.counts), [p.index_select(1, channels.to(p.device)) for p in self.parts],
+        return Targets(self.total, self.pick, list(self.counts),
+                       [p.index_select(1, channels.to(p.device)) for p in self.parts], self.means,
                        None if self.sums is None else self.sums[channels.to(self.sums.device)])
 
     @property
