@@ -288,16 +288,16 @@ def _compensate_layer(gm: fx.GraphModule, layer: _Layer, targets_of: Callable[[]
     if out_labels is not None:  # the layer's own output channels that stay
         targets = targets.restricted((~removed[analysis.roots(out_labels)]).nonzero().squeeze(1))
     bn_node = None if module.bias is not None else _only_batchnorm_user(gm, node, calls)
-    touched = [f"{name}.weight"]
+    touched = []
     if mode == "lstsq":
         new_w, shift = _refit(layer.small, xs, targets, module.bias is not None or bn_node is not None, ridge)
         layer.small.weight.copy_(new_w)
+        touched.append(f"{name}.weight")
         if shift is not None and module.bias is not None:
             layer.small.bias.copy_(shift)
             touched.append(f"{name}.bias")
             shift = None
     else:
-        touched = []
         shift = _mean_lost(layer.small, targets, xs)
         if module.bias is not None:
             layer.small.bias.add_(shift)
