@@ -22,6 +22,8 @@ import torch
 
 from fxmeta.pruning.spec import CALIBRATED as CALIBRATED_DEFAULTS
 
+from .calibrated_metanet import metanet_cells, metanet_section
+from .calibrated_sweep import sweep, sweep_table, sweep_verdict
 from .common import cache_dir, cached_cell, header, key, line_plot, mean_se, pct, say, table
 from .tp_baselines import ConvFlops, SparsityLearning, tp_importance, tp_pruner, tp_to_target
 
@@ -289,43 +291,6 @@ def ft_cells(bench: Bench, arch: str, seed: int, base: torch.nn.Module, tp_best:
 
 # ----------------------------------------------------------------------------------- sweep
 
-SWEEP = {"importance": ("l2", "activation"), "ridge": (1e-4, 1e-3, 1e-2, 1e-1), "calib_batches": (8, 32),
-         "allocation": ("global", "uniform")}
-
-
-def sweep(bench: Bench, arch: str, seeds: list[int], bases: dict, target: float = 4.0) -> list[dict]:
-    """lstsq's settings on the validation split only (test is never read): ridge, calibration batches and
-    the allocation, for l2 and activation importance, at ``target``."""
-    import itertools
-
-    import fxmeta
-    from fxmeta.pruning.spec import PruneSpec
-    from fxmeta.training.data import calibration_set
-    from fxmeta.training.loop import evaluate, recalibrate_bn
-
-    out = []
-    for seed in seeds:
-        base = bases[(arch, seed)]
-        for importance, ridge, batches, allocation in itertools.product(*SWEEP.values()):
-            parts = {"stage": "sweep", "arch": arch, "seed": seed, "size": bench.image_size, "importance": importance,
-                     "ridge": ridge, "calib_batches": batches, "allocation": allocation, "target": target}
-
-            def run(importance=importance, ridge=ridge, batches=batches, allocation=allocation, seed=seed,
-                    base=base):
-                calibration = calibration_set(bench.data.train, batches, CALIB["batch_size"], seed=seed)
-                spec = PruneSpec(target, importance=importance, compensate="lstsq", ridge=ridge, allocation=allocation)
-                module = fxmeta.prune(base, bench.example, spec=spec, calibration=calibration).module.eval()
-                no_recal = evaluate(module, bench.loaders.val)["acc"]
-                recalibrate_bn(module, bench.recal_batches(seed), RECAL["batches"])
-                return {"val_no_recal": no_recal, "val": evaluate(module, bench.loaders.val)["acc"]}
-
-            out.append(cached_cell(bench.cache, parts, run))
-            c = out[-1]
-            say(f"sweep {arch} s{seed} {importance} ridge {ridge:g} batches {batches} {allocation}: "
-                f"val {c['val']:.4f} (no recal {c['val_no_recal']:.4f})")
-    return out
-
-
 # ---------------------------------------------------------------------------------- report
 
 
@@ -369,36 +334,6 @@ def choose(cells: list[dict], archs: list[str]) -> dict:
     return {"ranking": ranking, "default": ranking[0][1], "tp_best": tp_best}
 
 
-def _sweep_table(sweeps: list[dict]) -> str:
-    keys = sorted({(c["importance"], c["allocation"], c["ridge"], c["calib_batches"]) for c in sweeps})
-    rows = []
-    for k in keys:
-        cs = [c for c in sweeps if (c["importance"], c["allocation"], c["ridge"], c["calib_batches"]) == k]
-        rows.append([k[0], k[1], f"{k[2]:g}", k[3], f"{100 * mean_se([c['val_no_recal'] for c in cs])[0]:.2f}",
-                     f"{100 * mean_se([c['val'] for c in cs])[0]:.2f}"])
-    return table(["importance", "allocation", "ridge", "calib batches", "val, stored BN stats",
-                  "val, BN recalibrated"], rows)
-
-
-def _sweep_verdict(sweeps: list[dict]) -> str:
-    """Where the library's defaults (ridge, calibration batches) stand among the sweep's settings."""
-    from fxmeta.pruning.spec import PruneSpec
-
-    def score(ridge: float, batches: int) -> float:
-        return mean_se([c["val_no_recal"] for c in sweeps if c["importance"] == CALIBRATED_DEFAULTS["importance"]
-                        and c["allocation"] == ALLOC and c["ridge"] == ridge and c["calib_batches"] == batches])[0]
-
-    settings = {(c["ridge"], c["calib_batches"]) for c in sweeps}
-    best = max(settings, key=lambda k: score(*k))
-    ours = (PruneSpec(2.0).ridge, CALIB["batches"])
-    gap = 100 * (score(*best) - score(*ours))
-    return (f"For {CALIBRATED_DEFAULTS['importance']} + lstsq, {ALLOC}: the best setting is ridge {best[0]:g} with "
-            f"{best[1]} batches ({100 * score(*best):.2f}); the library's defaults, ridge {ours[0]:g} and {ours[1]} "
-            f"batches, score {100 * score(*ours):.2f}" + (" (they are the best)." if best == ours else
-            f", {gap:.2f} points below" + (f": kept, within 0.5 points of the best at {best[1] // ours[1]}x less "
-                                          "calibration time." if gap <= 0.5 and best[1] > ours[1] else ".")))
-
-
 def _ft_section(ft: list[dict], archs: list[str], seeds: list[int]) -> list[str]:
     lines = []
     for arch in sorted({c["arch"] for c in ft}):
@@ -428,7 +363,8 @@ def _ft_section(ft: list[dict], archs: list[str], seeds: list[int]) -> list[str]
     return lines
 
 
-def write_report(cells: list[dict], bases: dict, ft: list[dict], sweeps: list[dict], args, out: Path) -> None:
+def write_report(cells: list[dict], bases: dict, ft: list[dict], sweeps: list[dict], meta: list[dict], args,
+                 out: Path) -> None:
     import os
 
     archs, seeds = args.archs, args.seeds
@@ -470,8 +406,8 @@ def write_report(cells: list[dict], bases: dict, ft: list[dict], sweeps: list[di
     if sweeps:
         lines += [f"**lstsq's settings** at 4x on {', '.join(sorted({c['arch'] for c in sweeps}))} seeds "
                   f"{sorted({c['seed'] for c in sweeps})} (mean validation accuracy, %); the allocation fxmeta's rows "
-                  f"use ({ALLOC}) and the library's defaults come from here:", "", _sweep_table(sweeps), "",
-                  _sweep_verdict(sweeps), ""]
+                  f"use ({ALLOC}) and the library's defaults come from here:", "", sweep_table(sweeps), "",
+                  sweep_verdict(sweeps, ALLOC, CALIB["batches"]), ""]
     lines += ["**Recalibration after lstsq** (mean validation accuracy over families, seeds and targets, %):", "",
               table(["setting", "stored BN statistics", "BN recalibrated"], recal_rows), "",
               "**fxmeta's data default**: mean validation accuracy over families, seeds and the 2/4/8x targets, "
@@ -521,8 +457,15 @@ def write_report(cells: list[dict], bases: dict, ft: list[dict], sweeps: list[di
                   f"Torch-Pruning's `GroupNormPruner.regularize`, reg {SL_REG:g}, its default; neither tuned here). "
                   "Test accuracy, mean ± SE, %.", ""]
         lines += _ft_section(ft, archs, seeds)
+    if meta:
+        def ft_values(row: str) -> Any:
+            return lambda a, t, k: [c[k] for c in ft if c["arch"] == a and c["row"] == row and c["target"] == t and k in c]
+        lines += metanet_section(meta, {f"{default} (default)": lambda a, t, k: _values(cells, default, a, t, "test")
+                                        if k == "test" else ft_values("fxmeta calibrated default")(a, t, k),
+                                        "DepGraph+SL (Torch-Pruning)": ft_values("DepGraph+SL (Torch-Pruning)")},
+                                 TARGETS, FT_TARGETS, FT["epochs"])
     out.write_text("\n".join(lines))
-    out.with_suffix(".json").write_text(json.dumps({"cells": cells, "ft": ft, "sweep": sweeps,
+    out.with_suffix(".json").write_text(json.dumps({"cells": cells, "ft": ft, "sweep": sweeps, "metanet": meta,
                                                     "bases": {f"{a}-{s}": b for (a, s), b in bases.items()},
                                                     "choice": {"ranking": chosen["ranking"],
                                                                "default": chosen["default"]}}, indent=1))
@@ -565,7 +508,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.stage == "sweep":
         bases = {(a, s): base_network(a, s, args.image_size, bench.data)[0] for a in args.archs for s in args.seeds}
         for arch in args.archs:
-            sweep(bench, arch, args.seeds, bases)
+            sweep(bench, arch, args.seeds, bases, CALIB, RECAL)
         return
     cells, bases = [], {}
     for arch in args.archs:
@@ -582,15 +525,19 @@ def main(argv: list[str] | None = None) -> None:
             for seed in args.seeds:
                 ft += ft_cells(bench, arch, seed, base_network(arch, seed, args.image_size, bench.data)[0],
                                chosen["tp_best"])
+    meta = [c for arch in args.archs for seed in args.seeds if args.stage in ("ft", "all", "report")
+            for c in metanet_cells(bench, arch, seed, base_network(arch, seed, args.image_size, bench.data)[0], TARGETS,
+                                   FT_TARGETS if arch in args.ft_archs else (), {"calib": CALIB, "recal": RECAL, "ft": FT},
+                                   finetuned)]
     if args.stage == "ft":
         return
     sweeps = []
     for arch in [a for a in args.archs if a in args.sweep_archs]:
         sweeps += sweep(bench, arch, [s for s in args.seeds if s in args.sweep_seeds],
                         {(arch, s): base_network(arch, s, args.image_size, bench.data)[0] for s in args.seeds
-                         if s in args.sweep_seeds})
+                         if s in args.sweep_seeds}, CALIB, RECAL)
     name = "calibrated_quick.md" if args.quick else "calibrated.md"
-    write_report(cells, bases, ft, sweeps, args, Path(__file__).parent / "results" / name)
+    write_report(cells, bases, ft, sweeps, meta, args, Path(__file__).parent / "results" / name)
 
 
 if __name__ == "__main__":

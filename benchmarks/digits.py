@@ -23,6 +23,7 @@ import torch
 from benchmarks.common import say
 
 METANET = Path(__file__).resolve().parent.parent / "fxmeta" / "assets" / "metanet_digits.pt"
+FAMILIES: dict[str, Any] = {}  # families a benchmark defines itself (name -> factory), beside fxmeta.models
 
 
 @dataclass(frozen=True)
@@ -125,7 +126,7 @@ class Bench:
 
         def build(only_architecture: bool = False):
             torch.manual_seed(seed)
-            model = get_model(arch, num_classes=10, in_channels=1)
+            model = (FAMILIES.get(arch) or get_model)(arch, num_classes=10, in_channels=1)
             if only_architecture:
                 return model, {}
             t0 = time.perf_counter()

@@ -33,6 +33,7 @@ import torch
 
 from .common import cache_dir, header, mean_se, say, table
 from .llm_baselines import non_embedding_params, reimplemented, tp_attempt
+from .llm_budget import budget
 from .llm_recovery import add_lora, lr_at, recover
 
 BLOCK = 128  # tokens per sequence (training and evaluation)
@@ -110,36 +111,37 @@ def build_model(config: dict = MODEL):
     return tf.LlamaForCausalLM(tf.LlamaConfig(**config))
 
 
-def train_dense(data: dict, folder: Path, threads: int, config: dict = MODEL, tokens: int | None = None) -> dict:
-    """Train a dense model (``config``; on ``tokens`` training tokens, default 20x its parameters) once;
-    returns its record (the weights are in ``folder``)."""
+def train_dense(data: dict, folder: Path, threads: int, config: dict = MODEL, tokens: int | None = None,
+                train: dict = TRAIN) -> dict:
+    """Train a dense model (``config``; on ``tokens`` training tokens, default 20x its parameters; the
+    recipe ``train``) once; returns its record (the weights are in ``folder``)."""
     record_path = folder / "record.json"
     if record_path.is_file() and (folder / "model.safetensors").is_file():
         return json.loads(record_path.read_text())
-    torch.manual_seed(TRAIN["seed"])
+    torch.manual_seed(train["seed"])
     model = build_model(config)
     params = non_embedding_params(model)
     tokens = tokens or TOKENS_PER_PARAM * params
-    steps = math.ceil(tokens / (TRAIN["batch"] * BLOCK))
+    steps = math.ceil(tokens / (train["batch"] * BLOCK))
     train_rows = blocks(data["train"])
-    val_rows = blocks(data["val"], TRAIN["eval_blocks"], seed=1)
+    val_rows = blocks(data["val"], train["eval_blocks"], seed=1)
     decay = [p for n, p in model.named_parameters() if p.dim() >= 2]
     other = [p for n, p in model.named_parameters() if p.dim() < 2]
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": TRAIN["weight_decay"]},
-                             {"params": other, "weight_decay": 0.0}], lr=TRAIN["lr"], betas=(0.9, 0.95))
-    gen = torch.Generator().manual_seed(TRAIN["seed"])
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": train["weight_decay"]},
+                             {"params": other, "weight_decay": 0.0}], lr=train["lr"], betas=(0.9, 0.95))
+    gen = torch.Generator().manual_seed(train["seed"])
     order = torch.randperm(len(train_rows), generator=gen)
     curve, t0, position = [], time.perf_counter(), 0
     say(f"dense model {config['hidden_size']}/{config['intermediate_size']}: {params} non-embedding parameters, "
-        f"{steps} steps of {TRAIN['batch']}x{BLOCK} = "
-        f"{steps * TRAIN['batch'] * BLOCK / 1e6:.1f}M tokens ({len(train_rows) * BLOCK / 1e6:.1f}M in the train split)")
+        f"{steps} steps of {train['batch']}x{BLOCK} = "
+        f"{steps * train['batch'] * BLOCK / 1e6:.1f}M tokens ({len(train_rows) * BLOCK / 1e6:.1f}M in the train split)")
     for step in range(steps):
-        if position + TRAIN["batch"] > len(order):
+        if position + train["batch"] > len(order):
             order, position = torch.randperm(len(train_rows), generator=gen), 0
-        rows = train_rows[order[position:position + TRAIN["batch"]]]
-        position += TRAIN["batch"]
+        rows = train_rows[order[position:position + train["batch"]]]
+        position += train["batch"]
         for g in opt.param_groups:
-            g["lr"] = lr_at(step, steps, TRAIN["lr"], TRAIN["warmup"])
+            g["lr"] = lr_at(step, steps, train["lr"], train["warmup"])
         model.train()
         logits = model(rows[:, :-1]).logits
         loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), rows[:, 1:].reshape(-1))
@@ -147,16 +149,16 @@ def train_dense(data: dict, folder: Path, threads: int, config: dict = MODEL, to
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
-        if (step + 1) % TRAIN["eval_every"] == 0 or step + 1 == steps:
+        if (step + 1) % train["eval_every"] == 0 or step + 1 == steps:
             val = nll(model, val_rows)
-            curve.append({"step": step + 1, "tokens": (step + 1) * TRAIN["batch"] * BLOCK, "train_loss": loss.item(),
+            curve.append({"step": step + 1, "tokens": (step + 1) * train["batch"] * BLOCK, "train_loss": loss.item(),
                           "val_loss": val, "seconds": round(time.perf_counter() - t0, 1)})
             say(f"step {step + 1}/{steps}: train {loss.item():.4f} val {val:.4f} nats/byte "
                 f"({time.perf_counter() - t0:.0f} s)")
     folder.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(folder)
-    record = {"params": params, "tokens": steps * TRAIN["batch"] * BLOCK, "steps": steps, "curve": curve,
-              "minutes": (time.perf_counter() - t0) / 60, "threads": threads, "config": config, "train": TRAIN,
+    record = {"params": params, "tokens": steps * train["batch"] * BLOCK, "steps": steps, "curve": curve,
+              "minutes": (time.perf_counter() - t0) / 60, "threads": threads, "config": config, "train": train,
               "val_loss": nll(model, blocks(data["val"])), "data": {k: data[k] for k in ("files", "sha256", "python")}}
     record_path.write_text(json.dumps(record, indent=1))
     return record
@@ -225,15 +227,15 @@ RECOVERY_METHODS = ("fxmeta:activation:lstsq", "fxmeta:activation:lstsq+distill"
 
 
 def recovery_cell(dense_folder: Path, data: dict, method: str, fraction: float, record: dict, cache: Path,
-                  seed: int = 0, lr: float = RECOVERY["lr"]) -> dict:
-    """Prune (calibration draw ``seed``), then recover on 5 % of the pretraining tokens (data order from
+                  seed: int = 0, lr: float = RECOVERY["lr"], budget: float = RECOVERY["fraction_of_pretraining"]) -> dict:
+    """Prune (calibration draw ``seed``), then recover on ``budget`` of the pretraining tokens (data order from
     ``seed``) at peak learning rate ``lr``; validation and test loss. ``+distill``: the KL to the dense
     model; ``+lora``: LoRA adapters, the pruned weights frozen."""
     from .common import cached_cell
 
-    steps = math.ceil(RECOVERY["fraction_of_pretraining"] * record["tokens"] / (RECOVERY["batch"] * BLOCK))
+    steps = math.ceil(budget * record["tokens"] / (RECOVERY["batch"] * BLOCK))
     parts = {"stage": "recovery", "model": dense_folder.name, "method": method, "fraction": fraction,
-             "recovery": {**RECOVERY, "lr": lr}, "steps": steps, "calib": CALIB, "eval": EVAL_BLOCKS,
+             "recovery": {**RECOVERY, "lr": lr, "fraction_of_pretraining": budget}, "steps": steps, "calib": CALIB, "eval": EVAL_BLOCKS,
              **({"seed": seed} if seed else {})}
 
     def run() -> dict:
@@ -542,7 +544,8 @@ def write_oneshot_report(cells: list[dict], record: dict, targets: dict, tp: dic
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--stage", default="all", choices=("base", "oneshot", "recovery", "all"))
+    p.add_argument("--stage", default="all", choices=("base", "oneshot", "recovery", "all", "budget"),
+                   help="budget: pruned + recovered vs from scratch as the training budget grows (llm_budget.md)")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     args = p.parse_args(argv)
@@ -559,6 +562,8 @@ def main(argv: list[str] | None = None) -> None:
     if not targets_path.is_file():
         targets_path.write_text(json.dumps({str(k): v for k, v in calibrate_targets(folder, data).items()}))
     FLOPS_FOR.update({float(k): v for k, v in json.loads(targets_path.read_text()).items()})
+    if args.stage == "budget":
+        return budget(sys.modules[__name__], folder, data, record, args.threads)
     dense = load_dense(folder)
     record["oneshot_dense"] = {"val": nll(dense, blocks(data["val"], EVAL_BLOCKS["val"], seed=2)),
                                "test": nll(dense, blocks(data["test"], EVAL_BLOCKS["test"], seed=3))}

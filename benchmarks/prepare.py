@@ -34,6 +34,7 @@ the one quality.py chose on validation.
 
     python -m benchmarks.prepare            # full run; resumable (cells are cached)
     python -m benchmarks.prepare --quick    # spot check, a few minutes
+    python -m benchmarks.prepare --family seqconv   # a family of another kind: 1-D convs (benchmarks.seqconv)
 
 Results: ``benchmarks/results/prepare.{md,json,png}``; caches under
 ``~/.cache/fxmeta-bench/prepare`` (``--cache``).
@@ -52,6 +53,7 @@ from pathlib import Path
 
 import torch
 
+from benchmarks import seqconv
 from benchmarks._env import versions
 from benchmarks.common import say
 from benchmarks.digits import FULL, METANET, QUICK, Bench, Settings, choose, mean_std, pct
@@ -98,7 +100,8 @@ def write_report(bench: Bench, cells: list[dict], choices: dict, sweep: dict, me
               f"- load average (1/5/15 min) at start: {meta['load_start']}; at end: {meta['load_end']}",
               f"- run wall time: {meta['minutes']:.1f} min", ""]
     lines += ["## Setup", "",
-              f"- data: scikit-learn digits at {s.image_size}x{s.image_size}, {bench.data.description}",
+              f"- data: {'scikit-learn digits' if s.data == 'digits' else s.data}"
+              + (f" at {s.image_size}x{s.image_size}" if s.image_size else "") + f", {bench.data.description}",
               f"- base networks: fxmeta {', '.join(s.archs)} (in_channels=1), {s.base_epochs} epochs SGD cosine, "
               f"lr {', '.join(f'{a} {lr:g}' for a, lr in s.base_lrs)}, batch {s.batch_size}",
               f"- budget per network after base training: {s.pre_epochs} epochs of the method's own stage + "
@@ -227,6 +230,9 @@ def write_plot(cells: list[dict], s: Settings, path: Path) -> None:
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(prog="python -m benchmarks.prepare", description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true", help="small spot check (written under the cache folder)")
+    p.add_argument("--family", choices=("resnet", "seqconv"), default="resnet",
+                   help="resnet: ResNet20 / ResNet56 on digits (default); seqconv: 1-D convolutions over MNIST rows "
+                        "(benchmarks.seqconv)")
     p.add_argument("--archs", help="comma-separated subset of the families")
     p.add_argument("--seeds", help="comma-separated subset of the seeds (to split a run across processes; the "
                                    "cache joins them, and a run over all seeds then writes the whole table)")
@@ -234,12 +240,12 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--cache", default=os.path.expanduser("~/.cache/fxmeta-bench/prepare"), help="cache folder")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
-    s = QUICK if args.quick else FULL
+    s = {"resnet": (FULL, QUICK), "seqconv": (seqconv.FULL, seqconv.QUICK)}[args.family][args.quick]
     if args.archs:
         s = replace(s, archs=tuple(args.archs.split(",")))
     if args.seeds:
         s = replace(s, seeds=tuple(int(v) for v in args.seeds.split(",")))
-    cache = Path(args.cache) / ("quick" if args.quick else "full")
+    cache = Path(args.cache + ("" if args.family == "resnet" else f"-{args.family}")) / ("quick" if args.quick else "full")
     bench = Bench(s, cache)
     t0, load_start = time.time(), "/".join(f"{x:.2f}" for x in os.getloadavg())
     sweep: dict = {}
@@ -253,12 +259,13 @@ def main(argv: list[str] | None = None) -> None:
                     if s.runs(arch, method, target):
                         cells.append(bench.cell(arch, seed, method, target, chosen_for[method]))
     meta = {"command": "python -m benchmarks.prepare" + (" --quick" if args.quick else "")
+            + (f" --family {args.family}" if args.family != "resnet" else "")
             + (f" --archs {args.archs}" if args.archs else "") + (f" --seeds {args.seeds}" if args.seeds else "")
             + (f" --threads {args.threads}" if args.threads != 1 else ""),
             "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "machine": f"{platform.processor() or platform.machine()}, "
             f"{os.cpu_count()} cores", "threads": args.threads, "versions": versions(), "load_start": load_start,
             "load_end": "/".join(f"{x:.2f}" for x in os.getloadavg()), "minutes": (time.time() - t0) / 60}
-    out = (cache / "prepare") if args.quick else RESULTS / "prepare"
+    out = (cache / "prepare") if args.quick else RESULTS / ("prepare" if args.family == "resnet" else f"prepare_{args.family}")
     write_report(bench, cells, chosen_for, sweep, meta, out, seeds_of)
     say(f"wrote {out.with_suffix('.md')}")
 

@@ -177,7 +177,8 @@ def test_no_module_imports_another_modules_private_names():
 # is that package's API (its __init__: settings, base networks, metanetwork, the digits16 data zoos load by
 # name); the quality benchmark itself is benchmarks.quality.__main__, which nothing imports.
 SHARED_BENCHMARK_MODULES = {"_env", "common", "tp_baselines", "llm_baselines", "llm_recovery", "digits", "zoo", "allocation_cells",
-                            "transformer_models", "quality"}
+                            "transformer_models", "quality", "calibrated_metanet", "calibrated_sweep", "seqconv",
+                            "llm_budget"}
 
 
 def _benchmark_imports(path: Path) -> set[str]:

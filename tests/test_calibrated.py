@@ -174,6 +174,16 @@ def test_a_layer_that_cannot_be_compensated_is_named_in_the_plan():
     assert "no bias to shift" in plan["compensation"]["skipped"]["2"]
 
 
+def test_weights_read_outside_linear_and_conv_modules_are_named_as_not_refit():
+    pytest.importorskip("transformers", minversion="5")
+    from hf_models import make
+
+    model, x = make("gpt2")  # captured by torch.export: its Conv1D layers become torch.addmm calls
+    ids = [torch.randint(0, 128, (4, 16), generator=torch.Generator().manual_seed(i)) for i in range(2)]
+    skipped = fxmeta.prune(model, x, speedup=1.3, compensate="lstsq", calibration=ids).plan["compensation"]["skipped"]
+    assert skipped["transformer.h.0.mlp.c_proj.weight"] == "read by addmm, not by a Linear / Conv module: not refit"
+
+
 def test_calibrated_prune_of_a_torchvision_model_runs_end_to_end():
     model = torchvision.models.resnet18(num_classes=10).eval()
     batches = _labelled(4, (3, 32, 32), classes=10)

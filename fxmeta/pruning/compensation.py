@@ -247,9 +247,34 @@ def compensate(analysis: ChannelAnalysis, removed: Tensor, calibration: Calibrat
                 original.free(node)
             current.free(small_nodes[node.name])
     write_back(analysis, removed, small, changed)
+    report.skipped.update(_weights_outside_modules(analysis, removed))
     if progress is not None:
         progress(f"compensated {len(report.changed)} layers ({mode})")
     return report
+
+
+def _weights_outside_modules(analysis: ChannelAnalysis, removed: Tensor) -> dict[str, str]:
+    """Weights that read a removed channel in a function call rather than a Linear / Conv module (a
+    captured ``torch.addmm``, as GPT-2's ``Conv1D`` becomes): not refit, and named so in the plan."""
+    gm, out = analysis.gm, {}
+    for node in gm.graph.nodes:
+        if node.op != "call_function":
+            continue
+        weights = [a.target for a in node.args if isinstance(a, fx.Node) and a.op == "get_attr"
+                   and getattr(_attribute(gm, a.target), "dim", lambda: 0)() >= 2]
+        inputs = [analysis.values.get(a.name) for a in node.args if isinstance(a, fx.Node) and a.op != "get_attr"]
+        if weights and any(isinstance(v, list) and any(d is not None and bool(removed[analysis.roots(d)].any())
+                                                       for d in v) for v in inputs):
+            name = getattr(node.target, "__name__", str(node.target))
+            out.update({w: f"read by {name}, not by a Linear / Conv module: not refit" for w in weights})
+    return out
+
+
+def _attribute(gm: fx.GraphModule, target: str) -> Any:
+    value: Any = gm
+    for part in target.split("."):
+        value = getattr(value, part, None)
+    return value
 
 
 @dataclass

