@@ -50,6 +50,13 @@ def scratch(llm: ModuleType, data: dict, tokens: int, lr: float, threads: int) -
     return out
 
 
+def scratch_at(llm: ModuleType, data: dict, record: dict, share: float, threads: int) -> dict:
+    """The from-scratch control trained on ``share`` of the pretraining tokens, its lr chosen on validation."""
+    unit = llm.TRAIN["batch"] * llm.BLOCK
+    tokens = math.ceil(share * record["tokens"] / unit) * unit
+    return min((scratch(llm, data, tokens, lr, threads) for lr in SCRATCH_LRS), key=lambda r: r["val_draw"])
+
+
 def budget(llm: ModuleType, folder: Path, data: dict, record: dict, threads: int) -> None:
     """The budget table for the dense model in ``folder`` (its FLOPs targets found), written to llm_budget.md;
     ``llm``: the ``benchmarks.llm`` module (its data, models, recovery cells)."""
@@ -63,7 +70,7 @@ def budget(llm: ModuleType, folder: Path, data: dict, record: dict, threads: int
         unit = llm.TRAIN["batch"] * llm.BLOCK
         tokens = math.ceil(share * record["tokens"] / unit) * unit
         pruned = {lr: llm.recovery_cell(folder, data, PRUNED, FRACTION, record, cache, 0, lr, share) for lr in PRUNED_LRS}
-        small = {lr: scratch(llm, data, tokens, lr, threads) for lr in SCRATCH_LRS}
+        small = {lr: scratch(llm, data, tokens, lr, threads) for lr in SCRATCH_LRS}  # as scratch_at chooses
         p_lr = min(pruned, key=lambda lr: pruned[lr]["val"])
         s_lr = min(small, key=lambda lr: small[lr]["val_draw"])
         p_ratio, s_ratio = math.exp(pruned[p_lr]["test"] - dense_test), math.exp(small[s_lr]["test_draw"] - dense_test)

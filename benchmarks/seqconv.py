@@ -42,7 +42,7 @@ class SeqConv(nn.Module):
         self.fc = nn.Linear(cin, num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x.flatten(1, 2).transpose(1, 2) if x.shape[1] == 1 else x  # rows are steps, columns features
+        x = x.flatten(1, 2).transpose(1, 2)  # (N, 1, rows, columns): rows are steps, columns features
         return self.fc(self.pool(self.features(x)).flatten(1))
 
 
