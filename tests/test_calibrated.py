@@ -174,14 +174,32 @@ def test_a_layer_that_cannot_be_compensated_is_named_in_the_plan():
     assert "no bias to shift" in plan["compensation"]["skipped"]["2"]
 
 
-def test_weights_read_outside_linear_and_conv_modules_are_named_as_not_refit():
+def test_gpt2s_captured_addmm_layers_are_scored_and_refit_like_linears():
     pytest.importorskip("transformers", minversion="5")
     from hf_models import make
 
-    model, x = make("gpt2")  # captured by torch.export: its Conv1D layers become torch.addmm calls
+    model, x = make("gpt2")  # captured by torch.export: its Conv1D layers become torch.addmm(bias, x, weight)
     ids = [torch.randint(0, 128, (4, 16), generator=torch.Generator().manual_seed(i)) for i in range(2)]
-    skipped = fxmeta.prune(model, x, speedup=1.3, compensate="lstsq", calibration=ids).plan["compensation"]["skipped"]
-    assert skipped["transformer.h.0.mlp.c_proj.weight"] == "read by addmm, not by a Linear / Conv module: not refit"
+    for compensate in ("bias", "lstsq"):  # the self-check compares with the compensated, masked original
+        result = fxmeta.prune(model, x, speedup=1.3, compensate=compensate, calibration=ids)
+        done = result.plan["compensation"]
+        assert "transformer.h.0.mlp.c_proj" in done["changed"] and "transformer.h.0.attn.c_attn" in done["changed"]
+        assert type(result.module) is type(model)
+
+
+def test_weights_read_outside_the_refit_layers_are_named_in_the_plan():
+    class Matmul(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc = nn.Linear(6, 8)
+            self.w = nn.Parameter(torch.randn(8, 3))
+
+        def forward(self, x):
+            return torch.relu(self.fc(x)) @ self.w
+
+    batches = _labelled(16, (6,))
+    plan = fxmeta.prune(Matmul().eval(), batches[0][0][:1], speedup=1.5, compensate="lstsq", calibration=batches).plan
+    assert plan["compensation"]["skipped"] == {"w": "read by matmul, not by a Linear / Conv layer: not refit"}
 
 
 def test_calibrated_prune_of_a_torchvision_model_runs_end_to_end():

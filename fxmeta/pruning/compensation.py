@@ -31,7 +31,8 @@ from torch import Tensor, nn
 from ..analysis.channels import ChannelAnalysis
 from ..tracing import eval_mode
 from .calibration import Calibration, fixed_batch
-from .importance import consumer_nodes, input_units
+from .importance import input_units
+from .layers import attribute, consumer, consumer_nodes, layer_input, layer_module
 from .slimming import slim, write_back
 from .targets import TargetRecorder, Targets, channel_dim, input_rows
 
@@ -207,14 +208,16 @@ def compensate(analysis: ChannelAnalysis, removed: Tensor, calibration: Calibrat
     report = Compensation(mode)
     if mode == "none":
         return report
-    calls: dict[str, int] = {}
-    for n in gm.graph.nodes:
-        if n.op == "call_module":
-            calls[n.target] = calls.get(n.target, 0) + 1
-    shared = {}
-    for name, p in gm.named_parameters(remove_duplicate=False):
-        shared.setdefault(id(p), []).append(name)
     consumers = set(consumer_nodes(gm))
+    calls: dict[str, int] = {}  # calls per module, uses per stored weight of an addmm
+    for n in gm.graph.nodes:
+        if n.op == "call_module" or n in consumers:
+            key = consumer(gm, n).key if n in consumers else n.target
+            calls[key] = calls.get(key, 0) + 1
+    by_id: dict[int, list[str]] = {}
+    for name, p in gm.named_parameters(remove_duplicate=False):
+        by_id.setdefault(id(p), []).append(name)
+    shared = {name: len(names) for names in by_id.values() for name in names}  # names of each tensor
     # the batches as given (pieces of a captured graph's fixed batch): a network runs faster on
     # small batches than on all of them stacked, and the refit never needs them in one tensor
     pieces = [gm.graph.process_inputs(*inputs)
@@ -236,10 +239,11 @@ def compensate(analysis: ChannelAnalysis, removed: Tensor, calibration: Calibrat
                     if original is None:
                         return recorded.get(node.name)
                     ys = original.values(node)
-                    return Targets.of(node.name, gm.get_submodule(node.target), ys, mode == "bias") \
+                    return Targets.of(node.name, layer_module(gm, node), ys, mode == "bias") \
                         if isinstance(ys[0], Tensor) else None
 
-                layer = _Layer(node, small.get_submodule(node.target), current.values(small_nodes[node.args[0].name]))
+                layer = _Layer(node, layer_module(small, small_nodes[node.name]),
+                               current.values(small_nodes[layer_input(node).name]))
                 changed += _compensate_layer(gm, layer, targets_of, small, analysis, removed, mode, ridge, calls,
                                              shared, report)
             current.step(small_nodes[node.name])
@@ -247,34 +251,27 @@ def compensate(analysis: ChannelAnalysis, removed: Tensor, calibration: Calibrat
                 original.free(node)
             current.free(small_nodes[node.name])
     write_back(analysis, removed, small, changed)
-    report.skipped.update(_weights_outside_modules(analysis, removed))
+    report.skipped.update(_weights_outside_layers(analysis, removed, consumers))
     if progress is not None:
         progress(f"compensated {len(report.changed)} layers ({mode})")
     return report
 
 
-def _weights_outside_modules(analysis: ChannelAnalysis, removed: Tensor) -> dict[str, str]:
-    """Weights that read a removed channel in a function call rather than a Linear / Conv module (a
-    captured ``torch.addmm``, as GPT-2's ``Conv1D`` becomes): not refit, and named so in the plan."""
+def _weights_outside_layers(analysis: ChannelAnalysis, removed: Tensor, consumers: set) -> dict[str, str]:
+    """Weights that read a removed channel in a function call the compensation does not refit (a
+    ``torch.matmul`` with a stored weight, say): named so in the plan."""
     gm, out = analysis.gm, {}
     for node in gm.graph.nodes:
-        if node.op != "call_function":
+        if node.op != "call_function" or node in consumers:
             continue
         weights = [a.target for a in node.args if isinstance(a, fx.Node) and a.op == "get_attr"
-                   and getattr(_attribute(gm, a.target), "dim", lambda: 0)() >= 2]
+                   and getattr(attribute(gm, a.target), "dim", lambda: 0)() >= 2]
         inputs = [analysis.values.get(a.name) for a in node.args if isinstance(a, fx.Node) and a.op != "get_attr"]
         if weights and any(isinstance(v, list) and any(d is not None and bool(removed[analysis.roots(d)].any())
                                                        for d in v) for v in inputs):
             name = getattr(node.target, "__name__", str(node.target))
-            out.update({w: f"read by {name}, not by a Linear / Conv module: not refit" for w in weights})
+            out.update({w: f"read by {name}, not by a Linear / Conv layer: not refit" for w in weights})
     return out
-
-
-def _attribute(gm: fx.GraphModule, target: str) -> Any:
-    value: Any = gm
-    for part in target.split("."):
-        value = getattr(value, part, None)
-    return value
 
 
 @dataclass
@@ -289,19 +286,19 @@ def _compensate_layer(gm: fx.GraphModule, layer: _Layer, targets_of: Callable[[]
                       calls: dict, shared: dict, report: Compensation) -> list[str]:
     """Compensate one consumer for its removed inputs; returns the names of the tensors changed in ``small``."""
     node, xs = layer.node, layer.xs
-    module = gm.get_submodule(node.target)
+    module, names = layer_module(gm, node), consumer(gm, node)
     if not isinstance(xs[0], Tensor):
         return []
     units = input_units(analysis, node, channel_dim(module, xs[0]))
     if units is None or not bool(removed[units].any()):
         return []  # the layer loses no input
-    name = str(node.target)
+    name = names.key
     why = _why_not(module)
-    if why is None and calls[node.target] > 1:
+    if why is None and calls[name] > 1:
         why = "the layer is called more than once"
-    if why is None and any(len(shared[id(p)]) > 1 for p in module.parameters(recurse=False)):
+    if why is None and any(shared.get(t, 1) > 1 for t in (names.weight, names.bias) if t):
         why = "its weights are shared with another layer"
-    if why is None and mode == "lstsq" and len(node.args) + len(node.kwargs) > 1:
+    if why is None and mode == "lstsq" and node.op == "call_module" and len(node.args) + len(node.kwargs) > 1:
         why = "called with more than its input"
     if why is not None:
         report.skipped[name] = why
@@ -309,7 +306,7 @@ def _compensate_layer(gm: fx.GraphModule, layer: _Layer, targets_of: Callable[[]
     targets = targets_of()
     if targets is None:
         return []
-    out_labels = analysis.param_dims.get((f"{name}.weight", 0))
+    out_labels = analysis.param_dims.get((names.weight, names.out_dim))
     if out_labels is not None:  # the layer's own output channels that stay
         targets = targets.restricted((~removed[analysis.roots(out_labels)]).nonzero().squeeze(1))
     bn_node = None if module.bias is not None else _only_batchnorm_user(gm, node, calls)
@@ -317,16 +314,16 @@ def _compensate_layer(gm: fx.GraphModule, layer: _Layer, targets_of: Callable[[]
     if mode == "lstsq":
         new_w, shift = _refit(layer.small, xs, targets, module.bias is not None or bn_node is not None, ridge)
         layer.small.weight.copy_(new_w)
-        touched.append(f"{name}.weight")
+        touched.append(names.weight)
         if shift is not None and module.bias is not None:
             layer.small.bias.copy_(shift)
-            touched.append(f"{name}.bias")
+            touched.append(names.bias)
             shift = None
     else:
         shift = _mean_lost(layer.small, targets, xs)
         if module.bias is not None:
             layer.small.bias.add_(shift)
-            touched.append(f"{name}.bias")
+            touched.append(names.bias)
             shift = None
     if shift is not None and bn_node is not None:
         small.get_submodule(bn_node.target).running_mean.sub_(shift.to(module.weight.dtype))

@@ -11,6 +11,7 @@ from ..analysis.channels import ChannelAnalysis, Group
 from ..errors import PruningError
 from ..tracing import eval_mode
 from .calibration import Calibration, fixed_batch
+from .layers import consumer_nodes, layer_input, layer_module
 from .targets import TargetRecorder, channel_dim
 
 Importance = Callable[[Group, dict[str, Tensor]], Tensor]
@@ -57,15 +58,6 @@ def importance_fn(importance: str | Importance, seed: int) -> Importance:
 # --------------------------------------------------------------------------- from data
 
 
-CONSUMERS = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
-
-
-def consumer_nodes(gm: fx.GraphModule) -> list[fx.Node]:
-    """The nodes that call a Linear or Conv module: the layers that read channels through weights."""
-    return [n for n in gm.graph.nodes if n.op == "call_module" and isinstance(gm.get_submodule(n.target), CONSUMERS)
-            and n.args and isinstance(n.args[0], fx.Node)]
-
-
 def column_norms(module: nn.Module) -> Tensor:
     """Per input channel, the L2 norm of the weights that read it (a grouped conv's own rows only)."""
     w = module.weight.detach().double()
@@ -78,7 +70,7 @@ def column_norms(module: nn.Module) -> Tensor:
 
 def input_units(analysis: ChannelAnalysis, node: fx.Node, dim: int) -> Tensor | None:
     """The unit of every channel on dim ``dim`` of a consumer's input (None where it carries none)."""
-    value = analysis.values.get(node.args[0].name)
+    value = analysis.values.get(layer_input(node).name)
     if not isinstance(value, list) or dim >= len(value) or value[dim] is None:
         return None
     return analysis.roots(value[dim])
@@ -109,27 +101,37 @@ def activation_importance(analysis: ChannelAnalysis, calibration: Calibration,
     dims: dict[str, int] = {}
 
     class Recorder(fx.Interpreter):
-        def call_module(self, target, args, kwargs):
+        def observe(self, module: nn.Module, x: Tensor, run: Callable[[], object]) -> object:
             node = self.current
-            if node in wanted:
-                module = gm.get_submodule(target)
-                x = args[0].detach()
-                d = dims[node.name] = channel_dim(module, x)
-                # per batch in the input's precision (no copy of the activation), accumulated in float64
-                square = x.float().pow(2).sum([i for i in range(x.dim()) if i != d]).double()
-                sums[node.name] = sums.get(node.name, 0) + square
-                counts[node.name] = counts.get(node.name, 0) + x.numel() / max(x.shape[d], 1)
-                y = super().call_module(target, args, kwargs)
-                if record is not None and isinstance(y, Tensor):
-                    record.add(node.name, module, y)
-                return y
+            x = x.detach()
+            d = dims[node.name] = channel_dim(module, x)
+            # per batch in the input's precision (no copy of the activation), accumulated in float64
+            square = x.float().pow(2).sum([i for i in range(x.dim()) if i != d]).double()
+            sums[node.name] = sums.get(node.name, 0) + square
+            counts[node.name] = counts.get(node.name, 0) + x.numel() / max(x.shape[d], 1)
+            y = run()
+            if record is not None and isinstance(y, Tensor):
+                record.add(node.name, module, y)
+            return y
+
+        def call_module(self, target, args, kwargs):
+            if self.current in wanted:
+                return self.observe(modules[self.current], args[0],
+                                    lambda: super(Recorder, self).call_module(target, args, kwargs))
             return super().call_module(target, args, kwargs)
+
+        def call_function(self, target, args, kwargs):
+            if self.current in wanted:
+                return self.observe(modules[self.current], args[1],
+                                    lambda: super(Recorder, self).call_function(target, args, kwargs))
+            return super().call_function(target, args, kwargs)
 
         def run_node(self, n):
             self.current = n
             return super().run_node(n)
 
     wanted = set(consumers)
+    modules = {n: layer_module(gm, n) for n in consumers}
     with torch.no_grad(), eval_mode(gm):
         recorder = Recorder(gm)
         for inputs, _ in calibration.chunks(fixed_batch(gm, analysis.example_input)):
@@ -140,9 +142,8 @@ def activation_importance(analysis: ChannelAnalysis, calibration: Calibration,
     for node in consumers:
         if node.name not in sums:
             continue
-        module = gm.get_submodule(node.target)
         rms = (sums[node.name] / max(counts[node.name], 1.0)).sqrt()
-        norms = column_norms(module)
+        norms = column_norms(modules[node])
         if rms.shape != norms.shape:
             continue
         units = input_units(analysis, node, dims[node.name])
