@@ -35,6 +35,8 @@ from .common import cache_dir, header, mean_se, say, table
 from .llm_baselines import non_embedding_params, reimplemented, tp_attempt
 from .llm_budget import budget, scratch_at
 from .llm_recovery import add_lora, lr_at, recover
+from .llm_speed import speed_section
+from .llm_twin import twin
 
 BLOCK = 128  # tokens per sequence (training and evaluation)
 MODEL = dict(hidden_size=128, intermediate_size=352, num_hidden_layers=3, num_attention_heads=4,
@@ -108,6 +110,8 @@ def nll(model: torch.nn.Module, rows: torch.Tensor, batch: int = 64) -> float:
 def build_model(config: dict = MODEL):
     import transformers as tf
 
+    if config.get("model_type") == "gpt2":  # the GPT-2-style twin (benchmarks.llm_twin)
+        return tf.GPT2LMHeadModel(tf.GPT2Config(**{k: v for k, v in config.items() if k != "model_type"}))
     return tf.LlamaForCausalLM(tf.LlamaConfig(**config))
 
 
@@ -132,7 +136,7 @@ def train_dense(data: dict, folder: Path, threads: int, config: dict = MODEL, to
     gen = torch.Generator().manual_seed(train["seed"])
     order = torch.randperm(len(train_rows), generator=gen)
     curve, t0, position = [], time.perf_counter(), 0
-    say(f"dense model {config['hidden_size']}/{config['intermediate_size']}: {params} non-embedding parameters, "
+    say(f"dense {type(model).__name__}: {params} non-embedding parameters, "
         f"{steps} steps of {train['batch']}x{BLOCK} = "
         f"{steps * train['batch'] * BLOCK / 1e6:.1f}M tokens ({len(train_rows) * BLOCK / 1e6:.1f}M in the train split)")
     for step in range(steps):
@@ -167,7 +171,7 @@ def train_dense(data: dict, folder: Path, threads: int, config: dict = MODEL, to
 def load_dense(folder: Path):
     import transformers as tf
 
-    return tf.LlamaForCausalLM.from_pretrained(folder).eval()
+    return tf.AutoModelForCausalLM.from_pretrained(folder).eval()
 
 
 # ----------------------------------------------------------------------- one-shot pruning
@@ -297,56 +301,6 @@ def scratch_control(data: dict, record: dict, threads: int) -> dict:
         out["test_draw"] = nll(model, blocks(data["test"], EVAL_BLOCKS["test"], seed=3))
         (folder / "record.json").write_text(json.dumps(out, indent=1))
     return out
-
-
-def tokens_per_second(model, threads: int, batch: int = 8, repeats: int = 7) -> float:
-    """Forward throughput on ``batch`` sequences of ``BLOCK`` tokens at ``threads`` threads (median of
-    ``repeats`` timed runs after one warm-up)."""
-    import statistics
-
-    old = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    x = torch.randint(0, MODEL["vocab_size"], (batch, BLOCK), generator=torch.Generator().manual_seed(0))
-    times = []
-    with torch.no_grad():
-        model(x)
-        for _ in range(repeats):
-            t0 = time.perf_counter()
-            model(x)
-            times.append(time.perf_counter() - t0)
-    torch.set_num_threads(old)
-    return batch * BLOCK / statistics.median(times)
-
-
-def speed_section(dense_folder: Path, data: dict) -> list[str]:
-    """Tokens/s of the dense model and of fxmeta's pruned ones (the re-implemented baselines are masks: no
-    faster than dense), dense and pruned timed in alternation so both see the same machine load."""
-    import os
-
-    import fxmeta
-    from fxmeta.pruning.spec import PruneSpec
-
-    dense = load_dense(dense_folder)
-    calib = calibration(data, 0)
-    rows = []
-    for fraction in RECOVERY_TARGETS:
-        spec = PruneSpec(FLOPS_FOR[fraction], importance="activation", compensate="lstsq", allocation="uniform")
-        pruned = fxmeta.prune(dense, calib[0][0][:1], spec=spec, calibration=calib).module.eval()
-        ratio = non_embedding_params(dense) / non_embedding_params(pruned)
-        for threads in (1, 2):
-            d = [tokens_per_second(dense, threads), tokens_per_second(pruned, threads), tokens_per_second(dense, threads),
-                 tokens_per_second(pruned, threads)]
-            speed = (d[1] + d[3]) / (d[0] + d[2])
-            rows.append([f"{int(100 * fraction)} %", threads, f"{(d[0] + d[2]) / 2:,.0f}", f"{(d[1] + d[3]) / 2:,.0f}",
-                         f"{speed:.2f}", f"{ratio:.2f}", f"{speed / ratio:.2f}"])
-    load = " / ".join(f"{v:.1f}" for v in os.getloadavg())
-    worst = min(float(r[-1]) for r in rows if r[1] == 1)
-    return [f"## Speed (forward, 8 x {BLOCK} tokens, median of 7, dense and pruned in alternation; load {load})", "",
-            table(["removed", "threads", "dense tokens/s", "pruned tokens/s", "speed-up", "parameter ratio",
-                   "speed-up / parameter ratio"], rows), "",
-            f"Target (pruned tokens/s >= 0.9 x the parameter ratio at 1 thread): {'met' if worst >= 0.9 else 'missed'} "
-            f"(worst {worst:.2f}). At this size the parts no prune shrinks weigh: the byte embedding and output "
-            "layer, attention scores over 128 positions, and per-op overhead.", ""]
 
 
 WIDTH_KEYS = ("hidden_size", "intermediate_size", "num_attention_heads", "num_key_value_heads")
@@ -496,7 +450,7 @@ def targets_section(cells: list[dict], dense_val: float, dense_test: float, tp: 
                               f"did not finish on this transformers-5 Llama ({why}), "
                               "so the target (<= half of Torch-Pruning's best) cannot be scored (fxmeta's prune of "
                               "the same model: about 1-4 s)."),
-        "- After recovery and tokens/s: the sections below. Not measured yet: the GPT-2-style twin.",
+        "- After recovery and tokens/s: the sections below. The GPT-2-style twin: `llm_twin.md`.",
     ]
 
 
@@ -548,14 +502,17 @@ def write_oneshot_report(cells: list[dict], record: dict, targets: dict, tp: dic
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--stage", default="all", choices=("base", "oneshot", "recovery", "all", "budget"),
-                   help="budget: pruned + recovered vs from scratch as the training budget grows (llm_budget.md)")
+    p.add_argument("--stage", default="all", choices=("base", "oneshot", "recovery", "all", "budget", "twin"),
+                   help="budget: pruned + recovered vs from scratch as the training budget grows (llm_budget.md); "
+                        "twin: the GPT-2-style twin, one-shot (llm_twin.md)")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     data = corpus()
     folder = cache_dir("llm") / f"llama-{hashlib.sha256(json.dumps([MODEL, TRAIN, data['sha256']]).encode()).hexdigest()[:10]}"
+    if args.stage == "twin":
+        return twin(sys.modules[__name__], data, args.threads)
     record = train_dense(data, folder, args.threads)
     write_base_report(record, data, args)
     if args.stage == "base":
@@ -592,7 +549,7 @@ def main(argv: list[str] | None = None) -> None:
     scratch = scratch_control(data, record, args.threads) if args.stage in ("recovery", "all") else None
     if scratch:  # and the same size trained from scratch on the recovery's tokens alone (llm_budget)
         scratch["equal"] = scratch_at(sys.modules[__name__], data, record, RECOVERY["fraction_of_pretraining"], args.threads)
-    speed = speed_section(folder, data) if args.stage in ("recovery", "all") else []
+    speed = speed_section(sys.modules[__name__], folder, data) if args.stage in ("recovery", "all") else []
     write_oneshot_report(cells, record, FLOPS_FOR, tp, args, recovered, scratch, speed)
 
 

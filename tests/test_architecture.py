@@ -178,7 +178,7 @@ def test_no_module_imports_another_modules_private_names():
 # name); the quality benchmark itself is benchmarks.quality.__main__, which nothing imports.
 SHARED_BENCHMARK_MODULES = {"_env", "common", "tp_baselines", "llm_baselines", "llm_recovery", "digits", "zoo", "allocation_cells",
                             "transformer_models", "quality", "calibrated_metanet", "calibrated_sweep", "seqconv",
-                            "llm_budget"}
+                            "llm_budget", "llm_speed", "llm_twin"}
 
 
 def _benchmark_imports(path: Path) -> set[str]:

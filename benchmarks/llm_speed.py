@@ -1,0 +1,63 @@
+"""Forward throughput of a language model, dense and pruned, for ``benchmarks.llm`` (which passes
+itself in): tokens per second at 1 and 2 threads. A library of it, not a benchmark."""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from types import ModuleType
+
+import torch
+
+from .common import table
+from .llm_baselines import non_embedding_params
+
+
+def tokens_per_second(model, threads: int, batch: int = 8, repeats: int = 7, block: int = 128, vocab: int = 256) -> float:
+    """Forward throughput on ``batch`` sequences of ``block`` tokens at ``threads`` threads (median of
+    ``repeats`` timed runs after one warm-up)."""
+    import statistics
+
+    old = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    x = torch.randint(0, vocab, (batch, block), generator=torch.Generator().manual_seed(0))
+    times = []
+    with torch.no_grad():
+        model(x)
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            model(x)
+            times.append(time.perf_counter() - t0)
+    torch.set_num_threads(old)
+    return batch * block / statistics.median(times)
+
+
+def speed_section(llm: ModuleType, dense_folder: Path, data: dict) -> list[str]:
+    """Tokens/s of the dense model and of fxmeta's pruned ones (the re-implemented baselines are masks: no
+    faster than dense), dense and pruned timed in alternation so both see the same machine load; ``llm``: the
+    ``benchmarks.llm`` module (its model, calibration and FLOPs targets)."""
+    import os
+
+    import fxmeta
+    from fxmeta.pruning.spec import PruneSpec
+
+    dense = llm.load_dense(dense_folder)
+    calib = llm.calibration(data, 0)
+    rows = []
+    for fraction in llm.RECOVERY_TARGETS:
+        spec = PruneSpec(llm.FLOPS_FOR[fraction], importance="activation", compensate="lstsq", allocation="uniform")
+        pruned = fxmeta.prune(dense, calib[0][0][:1], spec=spec, calibration=calib).module.eval()
+        ratio = non_embedding_params(dense) / non_embedding_params(pruned)
+        for threads in (1, 2):
+            d = [tokens_per_second(dense, threads), tokens_per_second(pruned, threads), tokens_per_second(dense, threads),
+                 tokens_per_second(pruned, threads)]
+            speed = (d[1] + d[3]) / (d[0] + d[2])
+            rows.append([f"{int(100 * fraction)} %", threads, f"{(d[0] + d[2]) / 2:,.0f}", f"{(d[1] + d[3]) / 2:,.0f}",
+                         f"{speed:.2f}", f"{ratio:.2f}", f"{speed / ratio:.2f}"])
+    load = " / ".join(f"{v:.1f}" for v in os.getloadavg())
+    worst = min(float(r[-1]) for r in rows if r[1] == 1)
+    return [f"## Speed (forward, 8 x {llm.BLOCK} tokens, median of 7, dense and pruned in alternation; load {load})", "",
+            table(["removed", "threads", "dense tokens/s", "pruned tokens/s", "speed-up", "parameter ratio",
+                   "speed-up / parameter ratio"], rows), "",
+            f"Target (pruned tokens/s >= 0.9 x the parameter ratio at 1 thread): {'met' if worst >= 0.9 else 'missed'} "
+            f"(worst {worst:.2f}). At this size the parts no prune shrinks weigh: the byte embedding and output "
+            "layer, attention scores over 128 positions, and per-op overhead.", ""]

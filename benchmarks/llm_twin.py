@@ -1,0 +1,135 @@
+"""The GPT-2-style twin of ``benchmarks.llm``'s Llama: one-shot structured pruning.
+
+    python -m benchmarks.llm --stage twin [--threads 2]
+
+A ``GPT2LMHeadModel`` (LayerNorm, biases, a GELU MLP, learned positions, tied embeddings; its
+``Conv1D`` layers are captured by torch.export as ``torch.addmm``) of about the Llama's size,
+trained by the same recipe on the same bytes of the standard library (20x its non-embedding
+parameters in tokens) and cached beside it. fxmeta prunes it with every importance x
+compensation (uniform allocation, as its Llama rows) and with random scores, to 20 / 30 / 50 % of
+the non-embedding parameters (token and position embeddings excluded; the FLOPs target per
+fraction found by bisection of the l2 prune, as for the Llama); validation and test perplexity
+over the dense model's on the same fixed draws as ``llm.md``, 3 calibration draws for the rows
+that read data. The re-implemented baselines (FLAP, Wanda-sp, LLM-Pruner) are written for
+Llama's separate projections and have no row here. ``benchmarks.llm`` passes itself in: a library
+of it, not a benchmark. Writes benchmarks/results/llm_twin.md.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from types import ModuleType
+
+from .common import cache_dir, cached_cell, header, mean_se, say, table
+from .llm_baselines import non_embedding_params
+
+TWIN = dict(model_type="gpt2", n_embd=128, n_inner=464, n_layer=3, n_head=4, vocab_size=256, n_positions=128,
+            tie_word_embeddings=True, use_cache=False, bos_token_id=0, eos_token_id=0)
+ROWS = [(imp, comp) for imp in ("l2", "activation", "taylor") for comp in ("none", "bias", "lstsq")] + [("random", "none")]
+SEEDS = (0, 1, 2)
+
+
+def params(model) -> int:
+    """Non-embedding parameters: all but the token and the position embeddings."""
+    return non_embedding_params(model) - model.transformer.wpe.weight.numel()
+
+
+def flops_targets(llm: ModuleType, model, data: dict) -> dict[float, float]:
+    """Per fraction of ``llm.TARGETS``, the FLOPs speed-up at which the l2 prune removes it (bisection)."""
+    import fxmeta
+    from fxmeta.pruning.spec import PruneSpec
+
+    x, before, out = llm.blocks(data["train"], 1)[:, :-1], params(model), {}
+    for fraction in llm.TARGETS:
+        lo, hi = 1.0, 8.0
+        for _ in range(7):
+            mid = (lo + hi) / 2
+            pruned = fxmeta.prune(model, x, spec=PruneSpec(mid, allocation="uniform"), check=False).module
+            lo, hi = (mid, hi) if 1 - params(pruned) / before < fraction else (lo, mid)
+        out[fraction] = round(hi, 3)
+    return out
+
+
+def twin(llm: ModuleType, data: dict, threads: int) -> None:
+    """Train (or load) the twin, prune it every way at every fraction and seed (cells cached), write the report."""
+    import fxmeta
+    from fxmeta.pruning.spec import PruneSpec
+
+    key = hashlib.sha256(json.dumps([TWIN, llm.TRAIN, data["sha256"]]).encode()).hexdigest()[:10]
+    folder = cache_dir("llm") / f"gpt2-{key}"
+    record = llm.train_dense(data, folder, threads, TWIN)
+    dense = llm.load_dense(folder)
+    val_rows, test_rows = (llm.blocks(data["val"], llm.EVAL_BLOCKS["val"], seed=2),
+                           llm.blocks(data["test"], llm.EVAL_BLOCKS["test"], seed=3))
+    dense_val, dense_test = llm.nll(dense, val_rows), llm.nll(dense, test_rows)
+    path = folder / "flops_targets.json"
+    if not path.is_file():
+        path.write_text(json.dumps({str(k): v for k, v in flops_targets(llm, dense, data).items()}))
+    speedups = {float(k): v for k, v in json.loads(path.read_text()).items()}
+    cache = cache_dir("llm") / "cells"
+    cache.mkdir(exist_ok=True)
+    cells = []
+    for fraction in llm.TARGETS:
+        for imp, comp in ROWS:
+            for seed in SEEDS if imp != "l2" else SEEDS[:1]:  # l2 reads no data: one draw
+                parts = {"stage": "twin", "model": folder.name, "importance": imp, "compensate": comp,
+                         "fraction": fraction, "seed": seed, "calib": llm.CALIB, "eval": llm.EVAL_BLOCKS}
+
+                def run(imp=imp, comp=comp, fraction=fraction, seed=seed) -> dict:
+                    model = llm.load_dense(folder)
+                    calib = llm.calibration(data, seed)
+                    spec = PruneSpec(speedups[fraction], importance=imp, compensate=comp, allocation="uniform", seed=seed)
+                    result = fxmeta.prune(model, calib[0][0][:1], spec=spec, calibration=calib)
+                    pruned = result.module.eval()
+                    return {"removed": 1 - params(pruned) / params(model), "type": type(pruned).__name__,
+                            "changed": len(result.plan.get("compensation", {}).get("changed", [])),
+                            "val": llm.nll(pruned, val_rows), "test": llm.nll(pruned, test_rows)}
+
+                cells.append(cached_cell(cache, parts, run))
+                c = cells[-1]
+                say(f"twin {imp}+{comp} {fraction:.0%} seed {seed}: test ppl x{math.exp(c['test'] - dense_test):.3f} "
+                    f"removed {c['removed']:.3f}")
+    write_report(llm, record, cells, dense, dense_val, dense_test, speedups, threads)
+
+
+def write_report(llm: ModuleType, record: dict, cells: list[dict], dense, dense_val: float, dense_test: float,
+                 speedups: dict, threads: int) -> None:
+    def ratio(imp: str, comp: str, fraction: float, split: str, dense_nll: float) -> str:
+        m, se = mean_se([math.exp(c[split] - dense_nll) for c in cells if c["importance"] == imp
+                         and c["compensate"] == comp and c["fraction"] == fraction])
+        return f"{m:.3f} ± {se:.3f}"
+
+    rows = []
+    for imp, comp in ROWS:
+        removed = [next(c["removed"] for c in cells if c["importance"] == imp and c["compensate"] == comp
+                        and c["fraction"] == f) for f in llm.TARGETS]
+        rows.append([f"fxmeta {imp}" + ("" if imp == "random" else f" + {comp}")]
+                    + [ratio(imp, comp, f, "val", dense_val) for f in llm.TARGETS]
+                    + [ratio(imp, comp, f, "test", dense_test) for f in llm.TARGETS]
+                    + [" / ".join(f"{100 * r:.1f}" for r in removed)])
+    tail = record["curve"][-3:]
+    default = {f: ratio("activation", "lstsq", f, "test", dense_test) for f in llm.TARGETS}
+    text = "\n".join([
+        "# Language models: the GPT-2-style twin, one-shot structured pruning", "",
+        header(f"python -m benchmarks.llm --stage twin --threads {threads}", threads,
+               "calibration draws " + ", ".join(map(str, SEEDS))), "",
+        f"Model: `GPT2LMHeadModel` {json.dumps({k: v for k, v in TWIN.items() if k != 'model_type'})}; "
+        f"{params(dense):,} non-embedding parameters (token and position embeddings excluded; `llm.md`'s Llama: "
+        f"553,856); trained by `llm_base.md`'s recipe on {record['tokens'] / 1e6:.2f}M tokens in "
+        f"{record['minutes']:.0f} min. Validation loss at the last evaluations: "
+        + ", ".join(f"{p['val_loss']:.4f} (step {p['step']})" for p in tail)
+        + f"; dense perplexity {math.exp(dense_val):.3f} (val draw) / {math.exp(dense_test):.3f} (test draw).", "",
+        "Each cell: the pruned / dense perplexity ratio on `llm.md`'s fixed draws (512 validation and 2048 test "
+        "blocks of 128 bytes), mean ± SE over the calibration draws (8 x 16 training blocks; l2 reads no data: one "
+        f"draw). FLOPs targets per fraction (bisection of the l2 prune): {json.dumps(speedups)}. The "
+        "re-implemented Llama baselines have no row here (they are written for Llama's separate projections).", "",
+        table(["method"] + [f"{int(100 * f)} %: val ppl ratio" for f in llm.TARGETS]
+              + [f"{int(100 * f)} %: test ppl ratio" for f in llm.TARGETS] + ["params removed"], rows), "",
+        "fxmeta's default with data (activation + lstsq, uniform), test: "
+        + ", ".join(f"{int(100 * f)} % {default[f]}" for f in llm.TARGETS)
+        + f" (`llm.md`'s Llama: see its table). Every pruned model is the model's own class "
+          f"({', '.join(sorted({c['type'] for c in cells}))}).", ""])
+    out = llm.RESULTS / "llm_twin.md"
+    out.write_text(text)
+    say(f"wrote {out}")
