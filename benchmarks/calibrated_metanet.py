@@ -85,6 +85,8 @@ def metanet_section(cells: list[dict], reference: dict[str, Callable[[str, float
                         + [pct([c["ft_test"] for c in mine if c["target"] == t and "ft_test" in c]) or "—"
                            for t in ft_targets])
         for label, values in reference.items():
+            if not any(values(arch, t, k) for t in targets for k in ("test", "ft_test")):
+                continue  # a row this family has no cells of
             rows.append([label] + [pct(values(arch, t, "test")) or "—" for t in targets]
                         + [pct(values(arch, t, "ft_test")) or "—" for t in ft_targets])
         lines += [f"### {arch}", "", table(head, rows), ""]
