@@ -108,6 +108,14 @@ def write_report(llm: ModuleType, record: dict, cells: list[dict], dense, dense_
                     + [ratio(imp, comp, f, "val", dense_val) for f in llm.TARGETS]
                     + [ratio(imp, comp, f, "test", dense_test) for f in llm.TARGETS]
                     + [" / ".join(f"{100 * r:.1f}" for r in removed)])
+    def mean_val(imp: str, comp: str) -> float:
+        return sum(math.exp(c["val"] - dense_val) for c in cells if c["importance"] == imp and c["compensate"] == comp) \
+            / sum(1 for c in cells if c["importance"] == imp and c["compensate"] == comp)
+
+    best = min(ROWS, key=lambda r: mean_val(*r))
+    key = hashlib.sha256(json.dumps([llm.MODEL, llm.TRAIN, record["data"]["sha256"]]).encode()).hexdigest()[:10]
+    path = cache_dir("llm") / f"llama-{key}" / "record.json"
+    llama = json.loads(path.read_text()) if path.is_file() else None
     tail = record["curve"][-3:]
     default = {f: ratio("activation", "lstsq", f, "test", dense_test) for f in llm.TARGETS}
     text = "\n".join([
@@ -129,7 +137,11 @@ def write_report(llm: ModuleType, record: dict, cells: list[dict], dense, dense_
         "fxmeta's default with data (activation + lstsq, uniform), test: "
         + ", ".join(f"{int(100 * f)} % {default[f]}" for f in llm.TARGETS)
         + f" (`llm.md`'s Llama: see its table). Every pruned model is the model's own class "
-          f"({', '.join(sorted({c['type'] for c in cells}))}).", ""])
+          f"({', '.join(sorted({c['type'] for c in cells}))}). Best on validation (mean ratio over the fractions "
+          f"and draws): {best[0]} + {best[1]} ({mean_val(*best):.3f}; the default {mean_val('activation', 'lstsq'):.3f}).",
+        "", f"Dense validation loss over the whole split: the twin {record['val_loss']:.4f} nats per byte"
+        + (f", the Llama {llama['val_loss']:.4f}" if llama else "") + ": under the same recipe the twin learns less, "
+        "so the two models' ratios are not comparable one for one.", ""])
     out = llm.RESULTS / "llm_twin.md"
     out.write_text(text)
     say(f"wrote {out}")
