@@ -42,7 +42,7 @@ def scratch(llm: ModuleType, data: dict, tokens: int, lr: float, threads: int) -
     key = hashlib.sha256(json.dumps([llm.SCRATCH, recipe, tokens, data["sha256"]]).encode()).hexdigest()[:10]
     folder = cache_dir("llm") / f"scratch-{key}"
     out = llm.train_dense(data, folder, threads, llm.SCRATCH, tokens, recipe)
-    if "test_draw" not in out:
+    if "val_draw" not in out or "test_draw" not in out:
         model = llm.load_dense(folder)
         out["val_draw"] = llm.nll(model, llm.blocks(data["val"], llm.EVAL_BLOCKS["val"], seed=2))
         out["test_draw"] = llm.nll(model, llm.blocks(data["test"], llm.EVAL_BLOCKS["test"], seed=3))

@@ -12,7 +12,7 @@ from .common import table
 from .llm_baselines import non_embedding_params
 
 
-def tokens_per_second(model, threads: int, batch: int = 8, repeats: int = 7, block: int = 128, vocab: int = 256) -> float:
+def tokens_per_second(model, threads: int, block: int, vocab: int, batch: int = 8, repeats: int = 7) -> float:
     """Forward throughput on ``batch`` sequences of ``block`` tokens at ``threads`` threads (median of
     ``repeats`` timed runs after one warm-up)."""
     import statistics
@@ -41,6 +41,7 @@ def speed_section(llm: ModuleType, dense_folder: Path, data: dict) -> list[str]:
     from fxmeta.pruning.spec import PruneSpec
 
     dense = llm.load_dense(dense_folder)
+    vocab = dense.config.vocab_size
     calib = llm.calibration(data, 0)
     rows = []
     for fraction in llm.RECOVERY_TARGETS:
@@ -48,8 +49,7 @@ def speed_section(llm: ModuleType, dense_folder: Path, data: dict) -> list[str]:
         pruned = fxmeta.prune(dense, calib[0][0][:1], spec=spec, calibration=calib).module.eval()
         ratio = non_embedding_params(dense) / non_embedding_params(pruned)
         for threads in (1, 2):
-            d = [tokens_per_second(dense, threads), tokens_per_second(pruned, threads), tokens_per_second(dense, threads),
-                 tokens_per_second(pruned, threads)]
+            d = [tokens_per_second(m, threads, llm.BLOCK, vocab) for m in (dense, pruned, dense, pruned)]
             speed = (d[1] + d[3]) / (d[0] + d[2])
             rows.append([f"{int(100 * fraction)} %", threads, f"{(d[0] + d[2]) / 2:,.0f}", f"{(d[1] + d[3]) / 2:,.0f}",
                          f"{speed:.2f}", f"{ratio:.2f}", f"{speed / ratio:.2f}"])
@@ -60,4 +60,4 @@ def speed_section(llm: ModuleType, dense_folder: Path, data: dict) -> list[str]:
                    "speed-up / parameter ratio"], rows), "",
             f"Target (pruned tokens/s >= 0.9 x the parameter ratio at 1 thread): {'met' if worst >= 0.9 else 'missed'} "
             f"(worst {worst:.2f}). At this size the parts no prune shrinks weigh: the byte embedding and output "
-            "layer, attention scores over 128 positions, and per-op overhead.", ""]
+            f"layer, attention scores over {llm.BLOCK} positions, and per-op overhead.", ""]

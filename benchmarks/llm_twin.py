@@ -72,7 +72,7 @@ def twin(llm: ModuleType, data: dict, threads: int) -> None:
     cells = []
     for fraction in llm.TARGETS:
         for imp, comp in ROWS:
-            for seed in SEEDS if imp != "l2" else SEEDS[:1]:  # l2 reads no data: one draw
+            for seed in SEEDS if (imp, comp) != ("l2", "none") else SEEDS[:1]:  # l2 alone reads no data: one draw
                 parts = {"stage": "twin", "model": folder.name, "importance": imp, "compensate": comp,
                          "fraction": fraction, "seed": seed, "calib": llm.CALIB, "eval": llm.EVAL_BLOCKS}
 
@@ -123,13 +123,15 @@ def write_report(llm: ModuleType, record: dict, cells: list[dict], dense, dense_
         header(f"python -m benchmarks.llm --stage twin --threads {threads}", threads,
                "calibration draws " + ", ".join(map(str, SEEDS))), "",
         f"Model: `GPT2LMHeadModel` {json.dumps({k: v for k, v in TWIN.items() if k != 'model_type'})}; "
-        f"{params(dense):,} non-embedding parameters (token and position embeddings excluded; `llm.md`'s Llama: "
-        f"553,856); trained by `llm_base.md`'s recipe on {record['tokens'] / 1e6:.2f}M tokens in "
+        f"{params(dense):,} non-embedding parameters (token and position embeddings excluded"
+        + (f"; `llm.md`'s Llama: {llama['params']:,}" if llama else "")
+        + f"); trained by `llm_base.md`'s recipe on {record['tokens'] / 1e6:.2f}M tokens in "
         f"{record['minutes']:.0f} min. Validation loss at the last evaluations: "
         + ", ".join(f"{p['val_loss']:.4f} (step {p['step']})" for p in tail)
         + f"; dense perplexity {math.exp(dense_val):.3f} (val draw) / {math.exp(dense_test):.3f} (test draw).", "",
-        "Each cell: the pruned / dense perplexity ratio on `llm.md`'s fixed draws (512 validation and 2048 test "
-        "blocks of 128 bytes), mean ± SE over the calibration draws (8 x 16 training blocks; l2 reads no data: one "
+        f"Each cell: the pruned / dense perplexity ratio on `llm.md`'s fixed draws ({llm.EVAL_BLOCKS['val']} "
+        f"validation and {llm.EVAL_BLOCKS['test']} test blocks of {llm.BLOCK} bytes), mean ± SE over the calibration "
+        f"draws ({llm.CALIB['batches']} x {llm.CALIB['batch']} training blocks; l2 + none reads no data: one "
         f"draw). FLOPs targets per fraction (bisection of the l2 prune): {json.dumps(speedups)}. The "
         "re-implemented Llama baselines have no row here (they are written for Llama's separate projections).", "",
         table(["method"] + [f"{int(100 * f)} %: val ppl ratio" for f in llm.TARGETS]
@@ -140,8 +142,9 @@ def write_report(llm: ModuleType, record: dict, cells: list[dict], dense, dense_
           f"({', '.join(sorted({c['type'] for c in cells}))}). Best on validation (mean ratio over the fractions "
           f"and draws): {best[0]} + {best[1]} ({mean_val(*best):.3f}; the default {mean_val('activation', 'lstsq'):.3f}).",
         "", f"Dense validation loss over the whole split: the twin {record['val_loss']:.4f} nats per byte"
-        + (f", the Llama {llama['val_loss']:.4f}" if llama else "") + ": under the same recipe the twin learns less, "
-        "so the two models' ratios are not comparable one for one.", ""])
+        + (f", the Llama {llama['val_loss']:.4f}" if llama else "") + ": the two models' ratios are not comparable "
+        "one for one" + (" (under the same recipe the twin learns less)" if llama and record["val_loss"] > llama["val_loss"]
+                         else "") + ".", ""])
     out = llm.RESULTS / "llm_twin.md"
     out.write_text(text)
     say(f"wrote {out}")

@@ -102,7 +102,8 @@ def write_report(bench: Bench, cells: list[dict], choices: dict, sweep: dict, me
     lines += ["## Setup", "",
               f"- data: {'scikit-learn digits' if s.data == 'digits' else s.data}"
               + (f" at {s.image_size}x{s.image_size}" if s.image_size else "") + f", {bench.data.description}",
-              f"- base networks: fxmeta {', '.join(s.archs)} (in_channels=1), {s.base_epochs} epochs SGD cosine, "
+              f"- base networks: {', '.join(s.archs)} (in_channels=1; `fxmeta.models` or `benchmarks/seqconv.py`), "
+              f"{s.base_epochs} epochs SGD cosine, "
               f"lr {', '.join(f'{a} {lr:g}' for a, lr in s.base_lrs)}, batch {s.batch_size}",
               f"- budget per network after base training: {s.pre_epochs} epochs of the method's own stage + "
               f"{s.finetune_epochs} finetune epochs = {s.pre_epochs + s.finetune_epochs} epochs for every method "
@@ -116,12 +117,14 @@ def write_report(bench: Bench, cells: list[dict], choices: dict, sweep: dict, me
               "count reaches the target; classifier ignored",
               "- prepared: `fxmeta.prepare` at the target (CE + weight x CE of the network with the channels a prune "
               "to the target removes masked, BatchNorm on batch statistics, mask from fxmeta's l2 selection), "
-              "last epoch kept, then fxmeta prune (l2)",
-              "- metanet + prepared / metanet: the committed conditioned metanetwork (fxmeta/assets/metanet_digits.pt, "
+              "last epoch kept, then fxmeta prune (l2)"]
+    if s.metanet_targets:
+        lines += ["- metanet + prepared / metanet: the committed conditioned metanetwork (fxmeta/assets/metanet_digits.pt, "
               "meta-trained on ResNet20s of other seeds; its gradient input on the first 2 of the shared calibration "
               f"batches, {_rewrites()}), then {s.pre_epochs} prepare epochs on its output / none, pruned to the channels the "
               f"metanetwork was told; `metanet` finetunes {s.pre_epochs + s.finetune_epochs} epochs (the same total). "
-              "Targets: " + "; ".join(f"{a} {', '.join(f'{t:g}x' for t in ts)}" for a, ts in s.metanet_targets), ""]
+              "Targets: " + "; ".join(f"{a} {', '.join(f'{t:g}x' for t in ts)}" for a, ts in s.metanet_targets)]
+    lines.append("")
     lines += ["## Hyper-parameters, chosen on validation (never test)", "",
               f"Scored on the sweep network (seed {s.sweep_seed}): validation accuracy right after a prune + "
               f"recalibration, mean over {', '.join(f'{t:g}x' for t in s.sweep_targets)}.", "",

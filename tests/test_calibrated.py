@@ -180,11 +180,41 @@ def test_gpt2s_captured_addmm_layers_are_scored_and_refit_like_linears():
 
     model, x = make("gpt2")  # captured by torch.export: its Conv1D layers become torch.addmm(bias, x, weight)
     ids = [torch.randint(0, 128, (4, 16), generator=torch.Generator().manual_seed(i)) for i in range(2)]
+    plain = fxmeta.prune(model, x, speedup=1.3, compensate="none", calibration=ids).module
     for compensate in ("bias", "lstsq"):  # the self-check compares with the compensated, masked original
         result = fxmeta.prune(model, x, speedup=1.3, compensate=compensate, calibration=ids)
         done = result.plan["compensation"]
         assert "transformer.h.0.mlp.c_proj" in done["changed"] and "transformer.h.0.attn.c_attn" in done["changed"]
         assert type(result.module) is type(model)
+        # the refit reached the stored (in, out) weights through their transposed view
+        c_proj, unchanged = result.module.transformer.h[0].mlp.c_proj, plain.transformer.h[0].mlp.c_proj
+        assert c_proj.weight.shape == unchanged.weight.shape
+        assert not torch.equal(c_proj.bias if compensate == "bias" else c_proj.weight,
+                               unchanged.bias if compensate == "bias" else unchanged.weight)
+
+
+def test_a_captured_addmm_is_scored_by_its_input_and_recorded_for_the_refit():
+    from fxmeta.pruning.targets import TargetRecorder
+
+    class Addmm(nn.Module):  # a Linear, then a layer stored as (in, out) like GPT-2's Conv1D
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc = nn.Linear(6, 8)
+            self.w, self.b = nn.Parameter(torch.randn(8, 3)), nn.Parameter(torch.randn(3))
+
+        def forward(self, x):
+            return torch.addmm(self.b, torch.relu(self.fc(x)), self.w)
+
+    model, batches = Addmm().eval(), _labelled(16, (6,))
+    analysis = analyze(model, batches[0][0][:1])
+    record = TargetRecorder(32)
+    score = activation_importance(analysis, Calibration(batches), record)
+    group = next(g for g in analysis.groups if g.prunable)
+    with torch.no_grad():
+        h = torch.cat([torch.relu(model.fc(x)) for x, _ in batches]).double()
+    expected = h.pow(2).mean(0).sqrt() * model.w.detach().double().norm(dim=1)  # input RMS x the weights reading it
+    assert torch.allclose(score(group, dict(model.named_parameters())), expected)
+    assert record.usable and record.get([n for n in record.targets][0]).total == 32
 
 
 def test_weights_read_outside_the_refit_layers_are_named_in_the_plan():
@@ -192,10 +222,11 @@ def test_weights_read_outside_the_refit_layers_are_named_in_the_plan():
         def __init__(self) -> None:
             super().__init__()
             self.fc = nn.Linear(6, 8)
+            self.shift = nn.Parameter(torch.randn(1, 8))  # added element-wise: sliced, nothing to refit
             self.w = nn.Parameter(torch.randn(8, 3))
 
         def forward(self, x):
-            return torch.relu(self.fc(x)) @ self.w
+            return (torch.relu(self.fc(x)) + self.shift) @ self.w
 
     batches = _labelled(16, (6,))
     plan = fxmeta.prune(Matmul().eval(), batches[0][0][:1], speedup=1.5, compensate="lstsq", calibration=batches).plan

@@ -21,11 +21,13 @@ self-check holds); BatchNorm recalibration after the prune stays the caller's ch
 """
 from __future__ import annotations
 
+import operator
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import torch
 import torch.fx as fx
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..analysis.channels import ChannelAnalysis
@@ -257,19 +259,27 @@ def compensate(analysis: ChannelAnalysis, removed: Tensor, calibration: Calibrat
     return report
 
 
+_PRODUCTS = {torch.matmul, operator.matmul, torch.mm, torch.bmm, torch.einsum, torch.addmm, torch.baddbmm, torch.mv,
+             torch.addmv, F.linear, F.bilinear, F.conv1d, F.conv2d, F.conv3d}
+_PRODUCT_METHODS = {"matmul", "mm", "bmm", "mv", "__matmul__"}
+
+
 def _weights_outside_layers(analysis: ChannelAnalysis, removed: Tensor, consumers: set) -> dict[str, str]:
-    """Weights that read a removed channel in a function call the compensation does not refit (a
-    ``torch.matmul`` with a stored weight, say): named so in the plan."""
+    """Weights that sum over a removed channel in a product the compensation does not refit (``x @ w``
+    with a stored ``w``, say): named so in the plan. (Element-wise uses, a position embedding added,
+    need no refit.)"""
     gm, out = analysis.gm, {}
     for node in gm.graph.nodes:
-        if node.op != "call_function" or node in consumers:
+        product = (node.op == "call_function" and node.target in _PRODUCTS) or \
+            (node.op == "call_method" and node.target in _PRODUCT_METHODS)
+        if not product or node in consumers:
             continue
         weights = [a.target for a in node.args if isinstance(a, fx.Node) and a.op == "get_attr"
                    and getattr(attribute(gm, a.target), "dim", lambda: 0)() >= 2]
         inputs = [analysis.values.get(a.name) for a in node.args if isinstance(a, fx.Node) and a.op != "get_attr"]
         if weights and any(isinstance(v, list) and any(d is not None and bool(removed[analysis.roots(d)].any())
                                                        for d in v) for v in inputs):
-            name = getattr(node.target, "__name__", str(node.target))
+            name = getattr(node.target, "__name__", str(node.target)).strip("_")
             out.update({w: f"read by {name}, not by a Linear / Conv layer: not refit" for w in weights})
     return out
 

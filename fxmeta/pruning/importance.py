@@ -111,7 +111,7 @@ def activation_importance(analysis: ChannelAnalysis, calibration: Calibration,
             counts[node.name] = counts.get(node.name, 0) + x.numel() / max(x.shape[d], 1)
             y = run()
             if record is not None and isinstance(y, Tensor):
-                record.add(node.name, module, y)
+                record.add(node.name, module, y, self.samples)
             return y
 
         def call_module(self, target, args, kwargs):
@@ -135,6 +135,8 @@ def activation_importance(analysis: ChannelAnalysis, calibration: Calibration,
     with torch.no_grad(), eval_mode(gm):
         recorder = Recorder(gm)
         for inputs, _ in calibration.chunks(fixed_batch(gm, analysis.example_input)):
+            first = inputs[0] if inputs else None
+            recorder.samples = int(first.shape[0]) if isinstance(first, Tensor) and first.dim() else None
             recorder.run(*inputs)
     if record is not None:
         record.finish()

@@ -166,14 +166,15 @@ class TargetRecorder:
         self.finished = False  # a whole pass over the calibration pieces was recorded
         self.gave_up = False
 
-    def add(self, name: str, module: nn.Module, y: Tensor) -> None:
-        """The next piece's output ``y`` of the layer ``name``."""
+    def add(self, name: str, module: nn.Module, y: Tensor, samples: int | None = None) -> None:
+        """The next piece's output ``y`` of the layer ``name``; ``samples``: the piece's samples (default:
+        ``y``'s first dim; a layer that reads its input flattened, a captured addmm, has more rows)."""
         if self.gave_up:
             return
         t = self.targets.get(name)
         if t is None:  # every sample has as many rows as this piece's
-            t = self.targets[name] = Targets.start(name, module, row_count(module, y) // max(int(y.shape[0]), 1)
-                                                   * self.samples, self.means)
+            per_sample = row_count(module, y) // max(int(samples or y.shape[0]), 1)
+            t = self.targets[name] = Targets.start(name, module, per_sample * self.samples, self.means)
         if sum(t.counts) + row_count(module, y) > t.total:
             return self._give_up()
         self.bytes += t.add(module, y)
