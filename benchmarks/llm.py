@@ -34,7 +34,7 @@ import torch
 from .common import cache_dir, header, mean_se, say, table
 from .llm_baselines import non_embedding_params, reimplemented, tp_attempt
 from .llm_budget import budget, scratch_at
-from .llm_recovery import add_lora, lr_at, recover
+from .llm_recovery import add_lora, lr_at, prepare_on_tokens, recover
 from .llm_speed import speed_section
 from .llm_twin import twin
 
@@ -226,7 +226,7 @@ FLOPS_FOR: dict[float, float] = {}  # fxmeta's FLOPs target per params fraction 
 RECOVERY = dict(fraction_of_pretraining=0.05, lr=1e-3, batch=32, warmup=10, seed=0)
 RECOVERY_LRS = (3e-4, 1e-3, 3e-3, 1e-2, 3e-2)  # every row's peak learning rate is chosen from these on validation (seed 0)
 RECOVERY_TARGETS = (0.2, 0.5)
-RECOVERY_METHODS = ("fxmeta:activation:lstsq", "fxmeta:activation:lstsq+distill", "fxmeta:l2:none", "flap-uniform",
+RECOVERY_METHODS = ("fxmeta:activation:lstsq", "fxmeta:activation:lstsq+distill", "fxmeta:l2:none", "prepare", "flap-uniform",
                     "wanda-sp", "llm-pruner+lora")
 
 
@@ -252,6 +252,16 @@ def recovery_cell(dense_folder: Path, data: dict, method: str, fraction: float, 
         calib = calibration(data, seed)
         masked = None
         name, _, extra = method.partition("+")
+        if name == "prepare":  # fxmeta's prepare stage spends the budget before the prune it trains for (l2)
+            t0 = time.perf_counter()
+            prepare_on_tokens(model, blocks(data["train"]), steps, lr, RECOVERY["batch"], RECOVERY["seed"] + 7 + 1000 * seed,
+                              FLOPS_FOR[fraction])
+            model = fxmeta.prune(model.eval(), calib[0][0][:1], spec=PruneSpec(FLOPS_FOR[fraction], allocation="uniform"))
+            model = model.module.eval()
+            return {"removed": (before - non_embedding_params(model)) / before,
+                    "recovery_seconds": round(time.perf_counter() - t0, 1),
+                    "val": nll(model, blocks(data["val"], EVAL_BLOCKS["val"], seed=2)),
+                    "test": nll(model, blocks(data["test"], EVAL_BLOCKS["test"], seed=3))}
         if name.startswith("fxmeta"):
             _, imp, comp = name.split(":")
             spec = PruneSpec(FLOPS_FOR[fraction], importance=imp, compensate=comp, allocation="uniform", seed=seed)
@@ -415,7 +425,7 @@ METHODS = [f"fxmeta:{imp}:{comp}" for imp, comp in FXMETA_ROWS] + ["flap", "flap
                                                                    "random"]
 LABELS = {"flap": "FLAP (re-implemented), adaptive structure", "flap-uniform": "FLAP (re-implemented), uniform",
           "wanda-sp": "Wanda-sp (re-implemented)", "llm-pruner": "LLM-Pruner (re-implemented), Taylor",
-          "random": "random"}
+          "random": "random", "prepare": "fxmeta prepare (l2; the budget spent before the prune, none after)"}
 
 
 def label(method: str) -> str:

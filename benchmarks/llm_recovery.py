@@ -84,3 +84,24 @@ def recover(model: nn.Module, rows: torch.Tensor, steps: int, lr: float, batch: 
         loss.backward()
         opt.step()
     model.eval()
+
+
+def prepare_on_tokens(model: nn.Module, rows: torch.Tensor, steps: int, lr: float, batch: int, seed: int,
+                      speedup: float) -> None:
+    """fxmeta's prepare stage (``fxmeta.prepare``: the prunability objective of a uniform l2 prune to
+    ``speedup``) for ``steps`` batches of ``batch`` rows drawn from ``rows`` (blocks of tokens + 1) with
+    ``seed``; fxmeta's training loop (AdamW at ``lr``, cosine, no warm-up), in place."""
+    from torch.utils.data import TensorDataset
+
+    import fxmeta
+    from fxmeta.training.data import DataSplits
+    from fxmeta.training.loop import TrainConfig
+
+    picked = rows[torch.randint(len(rows), (steps * batch,), generator=torch.Generator().manual_seed(seed))]
+    train = TensorDataset(picked[:, :-1], picked[:, 1:])
+    few = TensorDataset(picked[:batch, :-1], picked[:batch, 1:])  # the loop's per-epoch check; prepare keeps the last
+    data = DataSplits(train, few, few, num_classes=model.config.vocab_size, in_channels=0,
+                      input_shape=(picked.shape[1] - 1,), description="token blocks", task="causal-lm")
+    config = TrainConfig(epochs=1, lr=lr, optimizer="adamw", weight_decay=0.0, batch_size=batch, seed=seed,
+                         device="cpu", progress=False)
+    fxmeta.prepare(model, picked[:batch, :-1], data, config, [speedup], allocation="uniform")
