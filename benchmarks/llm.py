@@ -27,13 +27,13 @@ import sys
 import sysconfig
 import time
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
 
 from .common import cache_dir, header, mean_se, say, table
 from .llm_baselines import non_embedding_params, reimplemented, tp_attempt
-from .llm_budget import budget, scratch_at
+from .llm_budget import budget, scratch, scratch_at
 from .llm_recovery import add_lora, lr_at, prepare_on_tokens, recover
 from .llm_speed import speed_section
 from .llm_twin import twin
@@ -252,17 +252,14 @@ def recovery_cell(dense_folder: Path, data: dict, method: str, fraction: float, 
         calib = calibration(data, seed)
         masked = None
         name, _, extra = method.partition("+")
+        t0 = time.perf_counter()
         if name == "prepare":  # fxmeta's prepare stage spends the budget before the prune it trains for (l2)
-            t0 = time.perf_counter()
             prepare_on_tokens(model, blocks(data["train"]), steps, lr, RECOVERY["batch"], RECOVERY["seed"] + 7 + 1000 * seed,
                               FLOPS_FOR[fraction])
             model = fxmeta.prune(model.eval(), calib[0][0][:1], spec=PruneSpec(FLOPS_FOR[fraction], allocation="uniform"))
             model = model.module.eval()
-            return {"removed": (before - non_embedding_params(model)) / before,
-                    "recovery_seconds": round(time.perf_counter() - t0, 1),
-                    "val": nll(model, blocks(data["val"], EVAL_BLOCKS["val"], seed=2)),
-                    "test": nll(model, blocks(data["test"], EVAL_BLOCKS["test"], seed=3))}
-        if name.startswith("fxmeta"):
+            removed = before - non_embedding_params(model)
+        elif name.startswith("fxmeta"):
             _, imp, comp = name.split(":")
             spec = PruneSpec(FLOPS_FOR[fraction], importance=imp, compensate=comp, allocation="uniform", seed=seed)
             model = fxmeta.prune(model, calib[0][0][:1], spec=spec, calibration=calib).module.eval()
@@ -271,10 +268,11 @@ def recovery_cell(dense_folder: Path, data: dict, method: str, fraction: float, 
             _, removed, masked = reimplemented(model, calib, fraction, name, seed)
         if extra == "lora":
             add_lora(model, masked)
-        t0 = time.perf_counter()
-        gen = torch.Generator().manual_seed(RECOVERY["seed"] + 7 + 1000 * seed)
-        recover(model, blocks(data["train"]), steps, lr, RECOVERY["batch"], RECOVERY["warmup"], gen,
-                teacher=load_dense(dense_folder) if extra == "distill" else None, masked=masked)
+        if name != "prepare":  # the others spend the budget after the prune
+            t0 = time.perf_counter()
+            gen = torch.Generator().manual_seed(RECOVERY["seed"] + 7 + 1000 * seed)
+            recover(model, blocks(data["train"]), steps, lr, RECOVERY["batch"], RECOVERY["warmup"], gen,
+                    teacher=load_dense(dense_folder) if extra == "distill" else None, masked=masked)
         return {"removed": removed / before, "recovery_seconds": round(time.perf_counter() - t0, 1),
                 "val": nll(model, blocks(data["val"], EVAL_BLOCKS["val"], seed=2)),
                 "test": nll(model, blocks(data["test"], EVAL_BLOCKS["test"], seed=3))}
@@ -303,14 +301,7 @@ def scratch_control(data: dict, record: dict, threads: int) -> dict:
     many tokens as the pruned one saw in all (its pretraining plus the recovery); test loss on the draw."""
     steps = math.ceil(RECOVERY["fraction_of_pretraining"] * record["tokens"] / (RECOVERY["batch"] * BLOCK))
     tokens = record["tokens"] + steps * RECOVERY["batch"] * BLOCK
-    key = hashlib.sha256(json.dumps([SCRATCH, TRAIN, tokens, data["sha256"]]).encode()).hexdigest()[:10]
-    folder = cache_dir("llm") / f"scratch-{key}"
-    out = train_dense(data, folder, threads, SCRATCH, tokens)
-    if "test_draw" not in out:
-        model = load_dense(folder)
-        out["test_draw"] = nll(model, blocks(data["test"], EVAL_BLOCKS["test"], seed=3))
-        (folder / "record.json").write_text(json.dumps(out, indent=1))
-    return out
+    return scratch(sys.modules[__name__], data, tokens, TRAIN["lr"], threads)  # the dense recipe at that length
 
 
 WIDTH_KEYS = ("hidden_size", "intermediate_size", "num_attention_heads", "num_key_value_heads")
@@ -374,22 +365,22 @@ def recovery_targets(cells: list[dict], dense_test: float, scratch: dict | None)
     return ["Targets after recovery:", "", *out, ""]
 
 
-def calibrate_targets(dense_folder: Path, data: dict) -> dict[float, float]:
+def calibrate_targets(dense_folder: Path, data: dict, count: Callable = non_embedding_params) -> dict[float, float]:
     """The FLOPs speed-up at which fxmeta's l2 prune removes each fraction of the non-embedding
-    parameters (bisection on the parameter count alone: no data, no scores)."""
+    parameters (``count``; bisection on the parameter count alone: no data, no scores)."""
     import fxmeta
     from fxmeta.pruning.spec import PruneSpec
 
     model = load_dense(dense_folder)
     x = blocks(data["train"], 1)[:, :-1]
-    before = non_embedding_params(model)
+    before = count(model)
     out = {}
     for fraction in TARGETS:
         lo, hi = 1.0, 8.0
         for _ in range(7):
             mid = (lo + hi) / 2
             pruned = fxmeta.prune(model, x, spec=PruneSpec(mid, allocation="uniform"), check=False).module
-            if 1 - non_embedding_params(pruned) / before < fraction:
+            if 1 - count(pruned) / before < fraction:
                 lo = mid
             else:
                 hi = mid

@@ -35,22 +35,6 @@ def params(model) -> int:
     return non_embedding_params(model) - model.transformer.wpe.weight.numel()
 
 
-def flops_targets(llm: ModuleType, model, data: dict) -> dict[float, float]:
-    """Per fraction of ``llm.TARGETS``, the FLOPs speed-up at which the l2 prune removes it (bisection)."""
-    import fxmeta
-    from fxmeta.pruning.spec import PruneSpec
-
-    x, before, out = llm.blocks(data["train"], 1)[:, :-1], params(model), {}
-    for fraction in llm.TARGETS:
-        lo, hi = 1.0, 8.0
-        for _ in range(7):
-            mid = (lo + hi) / 2
-            pruned = fxmeta.prune(model, x, spec=PruneSpec(mid, allocation="uniform"), check=False).module
-            lo, hi = (mid, hi) if 1 - params(pruned) / before < fraction else (lo, mid)
-        out[fraction] = round(hi, 3)
-    return out
-
-
 def twin(llm: ModuleType, data: dict, threads: int) -> None:
     """Train (or load) the twin, prune it every way at every fraction and seed (cells cached), write the report."""
     import fxmeta
@@ -65,7 +49,7 @@ def twin(llm: ModuleType, data: dict, threads: int) -> None:
     dense_val, dense_test = llm.nll(dense, val_rows), llm.nll(dense, test_rows)
     path = folder / "flops_targets.json"
     if not path.is_file():
-        path.write_text(json.dumps({str(k): v for k, v in flops_targets(llm, dense, data).items()}))
+        path.write_text(json.dumps({str(k): v for k, v in llm.calibrate_targets(folder, data, params).items()}))
     speedups = {float(k): v for k, v in json.loads(path.read_text()).items()}
     cache = cache_dir("llm") / "cells"
     cache.mkdir(exist_ok=True)

@@ -34,8 +34,8 @@ from ..analysis.channels import ChannelAnalysis
 from ..tracing import eval_mode
 from .calibration import Calibration, fixed_batch
 from .importance import input_units
-from .layers import attribute, consumer, consumer_nodes, layer_input, layer_module
-from .slimming import slim, write_back
+from .layers import consumer, consumer_nodes, layer_input, layer_module
+from .slimming import get_tensor, slim, write_back
 from .targets import TargetRecorder, Targets, channel_dim, input_rows
 
 
@@ -275,7 +275,7 @@ def _weights_outside_layers(analysis: ChannelAnalysis, removed: Tensor, consumer
         if not product or node in consumers:
             continue
         weights = [a.target for a in node.args if isinstance(a, fx.Node) and a.op == "get_attr"
-                   and getattr(attribute(gm, a.target), "dim", lambda: 0)() >= 2]
+                   and getattr(get_tensor(gm, a.target), "dim", lambda: 0)() >= 2]
         inputs = [analysis.values.get(a.name) for a in node.args if isinstance(a, fx.Node) and a.op != "get_attr"]
         if weights and any(isinstance(v, list) and any(d is not None and bool(removed[analysis.roots(d)].any())
                                                        for d in v) for v in inputs):

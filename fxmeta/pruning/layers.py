@@ -15,15 +15,9 @@ import torch
 import torch.fx as fx
 from torch import Tensor, nn
 
+from .slimming import get_tensor
+
 CONSUMERS = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
-
-
-def attribute(gm: nn.Module, target: str) -> object:
-    """The tensor (or module) at a dotted ``target`` of ``gm``, None if there is none."""
-    value: object = gm
-    for part in target.split("."):
-        value = getattr(value, part, None)
-    return value
 
 
 def _is_addmm(gm: fx.GraphModule, node: fx.Node) -> bool:
@@ -35,7 +29,7 @@ def _is_addmm(gm: fx.GraphModule, node: fx.Node) -> bool:
         return False
     if bias.op != "get_attr" or weight.op != "get_attr":
         return False
-    b, w = attribute(gm, bias.target), attribute(gm, weight.target)
+    b, w = get_tensor(gm, bias.target), get_tensor(gm, weight.target)
     return isinstance(b, Tensor) and isinstance(w, Tensor) and b.dim() == 1 and w.dim() == 2
 
 
@@ -59,11 +53,10 @@ class AddmmLinear(nn.Linear):
 
 @dataclass(frozen=True)
 class Consumer:
-    """A consumer's names: ``key`` (the module, or the stored weight for an addmm), its input node, its
-    weight's and bias's tensor names, and the weight's output dim."""
+    """A consumer's names: ``key`` (the module, or the stored weight for an addmm), its weight's and
+    bias's tensor names, and the weight's output dim."""
 
     key: str
-    input: fx.Node
     weight: str
     bias: str | None
     out_dim: int
@@ -73,10 +66,10 @@ def consumer(gm: fx.GraphModule, node: fx.Node) -> Consumer:
     if node.op == "call_module":
         module = gm.get_submodule(node.target)
         name = str(node.target)
-        return Consumer(name, node.args[0], f"{name}.weight", f"{name}.bias" if module.bias is not None else None, 0)
-    bias, x, weight = node.args
+        return Consumer(name, f"{name}.weight", f"{name}.bias" if module.bias is not None else None, 0)
+    bias, _, weight = node.args
     name = str(weight.target)
-    return Consumer(name.removesuffix(".weight"), x, name, str(bias.target), 1)
+    return Consumer(name.removesuffix(".weight"), name, str(bias.target), 1)
 
 
 def layer_module(gm: fx.GraphModule, node: fx.Node) -> nn.Module:
@@ -84,7 +77,7 @@ def layer_module(gm: fx.GraphModule, node: fx.Node) -> nn.Module:
     if node.op == "call_module":
         return gm.get_submodule(node.target)
     bias, _, weight = node.args
-    return AddmmLinear(attribute(gm, bias.target), attribute(gm, weight.target))
+    return AddmmLinear(get_tensor(gm, bias.target), get_tensor(gm, weight.target))
 
 
 def layer_input(node: fx.Node) -> fx.Node:

@@ -135,7 +135,7 @@ def slim(analysis: ChannelAnalysis, removed: Tensor) -> fx.GraphModule:
     s = SlimContext(analysis, gm, removed)
     by_param = _cuts(analysis, s)
     for name, cuts in by_param.items():
-        t = _get_tensor(gm, name).detach()
+        t = get_tensor(gm, name).detach()
         for dim, keep in cuts:
             t = t.index_select(dim, keep.to(t.device))
         set_tensor(gm, name, t.contiguous())
@@ -162,7 +162,7 @@ def write_back(analysis: ChannelAnalysis, removed: Tensor, slimmed: nn.Module, n
     (``analysis.gm``): the inverse of the slicing, for weights changed after slimming."""
     by_param = _cuts(analysis, SlimContext(analysis, analysis.gm, removed))
     for name in names:
-        full, small = _get_tensor(analysis.gm, name), _get_tensor(slimmed, name)
+        full, small = get_tensor(analysis.gm, name), get_tensor(slimmed, name)
         index = torch.arange(full.numel(), device=full.device).reshape(full.shape)
         for dim, keep in by_param.get(name, []):
             index = index.index_select(dim, keep.to(full.device))
@@ -180,7 +180,7 @@ def _retie(old: nn.Module, gm: nn.Module, sliced: dict) -> None:
     for group in names.values():
         if len(group) < 2 or not any(n in sliced for n in group):
             continue
-        tensors = [_get_tensor(gm, n) for n in group]
+        tensors = [get_tensor(gm, n) for n in group]
         first = tensors[0]
         if all(t.shape == first.shape and torch.equal(t, first) for t in tensors[1:]):
             for n in group[1:]:
@@ -197,7 +197,8 @@ def _retie(old: nn.Module, gm: nn.Module, sliced: dict) -> None:
                           stacklevel=3)
 
 
-def _get_tensor(root: nn.Module, qualname: str) -> Tensor:
+def get_tensor(root: nn.Module, qualname: str) -> Tensor:
+    """The tensor at a dotted name (a parameter, buffer or plain attribute of a submodule)."""
     owner_name, _, attr = qualname.rpartition(".")
     return getattr(root.get_submodule(owner_name) if owner_name else root, attr)
 
