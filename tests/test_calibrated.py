@@ -392,3 +392,25 @@ def test_a_data_importance_is_refused_where_the_network_was_made_for_a_weight_pr
     # named weight settings stay as named, with data or not
     spec = PruneSpec(2.0, importance="l1", compensate="bias", allocation="global-mean")
     assert spec.resolved(with_data=True) == spec == spec.resolved(with_data=False)
+
+
+def test_ridge_solve_in_float32_matches_float64_and_falls_back_where_cholesky_fails():
+    from fxmeta.pruning.compensation import _solve
+
+    gen = torch.Generator().manual_seed(0)
+    a, y = torch.randn(200, 30, generator=gen), torch.randn(200, 5, generator=gen)
+    gram, rhs = (a.T @ a)[None], (a.T @ y)[None]
+    flags = torch.ones(1, 30, dtype=torch.bool)
+    fast = _solve(gram, rhs, 1e-3, flags, flags)
+    exact = _solve(gram, rhs, 1e-3, flags, flags, torch.float64)
+    assert fast.dtype == torch.float32 and exact.dtype == torch.float64
+    torch.testing.assert_close(fast.double(), exact, rtol=1e-4, atol=1e-5)
+    assert torch.equal(gram, (a.T @ a)[None])  # the caller's normal equations are left as they were
+    indefinite = gram.clone()
+    indefinite[0, 0, 0] = -indefinite[0, 0, 0]  # no Cholesky factor in any precision: LU solves it
+    sol = _solve(indefinite, rhs, 1e-3, flags, flags)
+    assert sol.dtype == torch.float64
+    system = indefinite.double().clone()
+    diag = system.diagonal(dim1=1, dim2=2)
+    system.diagonal(dim1=1, dim2=2).add_(1e-3 * diag.mean() + 1e-12)
+    torch.testing.assert_close(system @ sol, rhs.double(), rtol=1e-6, atol=1e-6)

@@ -74,25 +74,34 @@ def _why_not(module: nn.Module) -> str | None:
     return None
 
 
-def _solve(a_t_a: Tensor, a_t_y: Tensor, ridge: float, weights: Tensor, fitted: Tensor) -> Tensor:
-    """Ridge solutions of a batch of normal equations ``(groups, f, f) sol = (groups, f, out)``, in float64.
+SOLVE_DTYPE = torch.float32  # float64 where the float32 factorisation fails
+
+
+def _solve(a_t_a: Tensor, a_t_y: Tensor, ridge: float, weights: Tensor, fitted: Tensor,
+           dtype: torch.dtype | None = None) -> Tensor:
+    """Ridge solutions of a batch of normal equations ``(groups, f, f) sol = (groups, f, out)``.
 
     ``fitted`` (groups, f) flags the features in the fit; the others have zero rows and columns, get
     a unit diagonal and solve to zero. ``weights`` flags the fitted features that are weights: they
-    are regularised by ``ridge`` times their group's mean diagonal (an intercept is not)."""
-    a_t_a, a_t_y = a_t_a.double(), a_t_y.double()
-    diag = a_t_a.diagonal(dim1=1, dim2=2)
+    are regularised by ``ridge`` times their group's mean diagonal (an intercept is not).
+    Cholesky in ``SOLVE_DTYPE``; where that factorisation fails, again in float64, then LU, then the
+    least-norm solution."""
+    dtype = dtype or SOLVE_DTYPE
+    system, rhs = a_t_a.to(dtype), a_t_y.to(dtype)
+    diag = system.diagonal(dim1=1, dim2=2)
     scale = (diag * weights).sum(1) / weights.sum(1).clamp_min(1)
-    reg = ridge * scale.clamp_min(1e-12)[:, None] * weights + (~fitted).double() + 1e-12
-    system = a_t_a
+    reg = ridge * scale.clamp_min(1e-12)[:, None] * weights + (~fitted).to(dtype) + 1e-12
+    system = system.clone() if system.data_ptr() == a_t_a.data_ptr() else system
     system.diagonal(dim1=1, dim2=2).add_(reg)
     factor, info = torch.linalg.cholesky_ex(system)
     if bool((info == 0).all()):
-        return torch.cholesky_solve(a_t_y, factor)
+        return torch.cholesky_solve(rhs, factor)
+    if dtype != torch.float64:
+        return _solve(a_t_a, a_t_y, ridge, weights, fitted, torch.float64)
     try:  # not positive definite in floating point: LU, then the least-norm solution
-        return torch.linalg.solve(system, a_t_y)
+        return torch.linalg.solve(system, rhs)
     except RuntimeError:
-        return torch.linalg.lstsq(system, a_t_y).solution
+        return torch.linalg.lstsq(system, rhs).solution
 
 
 GRAM_BLOCK = 256  # column block of the normal equations' product, for layers with many features
@@ -128,7 +137,7 @@ def _refit(module: nn.Module, xs: list[Tensor], targets: Targets, intercept: boo
 
     The rows the targets were drawn at (``fxmeta.pruning.targets``) enter the normal equations,
     which are accumulated piece by piece in float32 for all groups of a grouped conv at once,
-    and solved in float64."""
+    and solved by :func:`_solve`."""
     weight = module.weight.detach()
     groups = getattr(module, "groups", 1)
     out_per, f = weight.shape[0] // groups, weight[0].numel()
