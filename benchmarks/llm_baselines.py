@@ -2,9 +2,9 @@
 ``benchmarks.llm``: FLAP (An et al. 2024: fluctuation metric, adaptive or uniform structure, bias
 compensation), Wanda-sp (An et al.'s structured Wanda: weight x input norm), LLM-Pruner (Ma et al.
 2023: first-order Taylor of the coupled structures; its LoRA recovery is in ``llm_recovery``) and
-random, on a Hugging
-Face Llama, applied as masks (the removed units' input columns of ``down_proj`` / ``o_proj`` zeroed:
-the same function as removing them) with the parameter count a removal would save; and
+random, on a Hugging Face Llama or GPT-2, applied as masks (the removed units' input columns of
+``down_proj`` / ``o_proj``, GPT-2's ``c_proj``, zeroed: the same function as removing them) with
+the parameter count a removal would save; and
 Torch-Pruning's own LLM recipe attempted as real code (``tp_attempt``).
 """
 from __future__ import annotations
@@ -24,44 +24,64 @@ def non_embedding_params(model: torch.nn.Module) -> int:
 
 
 class Units:
-    """The structured units of a Llama: each layer's MLP channels and its GQA groups (a key/value
-    head with its query heads), with their non-embedding parameter counts."""
+    """The structured units of a Llama or a GPT-2: each layer's MLP channels and its GQA groups (a
+    key/value head with its query heads; GPT-2: a head), with their non-embedding parameter counts.
+    GPT-2's ``Conv1D`` layers store (in, out) weights and its query / key / value projections are one
+    fused ``c_attn``; :meth:`reader_weight` gives every reader's weight as an (out, in) view."""
 
     def __init__(self, model) -> None:
         cfg = model.config
-        self.layers = list(model.model.layers)
-        self.hidden = cfg.hidden_size
-        self.head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
-        self.q_per_kv = cfg.num_attention_heads // cfg.num_key_value_heads
-        self.mlp_cost = 3 * self.hidden
-        self.group_cost = 2 * self.hidden * self.head_dim * (self.q_per_kv + 1)
+        self.gpt2 = hasattr(model, "transformer")
+        if self.gpt2:
+            self.layers = list(model.transformer.h)
+            self.hidden, self.heads = cfg.n_embd, cfg.n_head
+            self.head_dim, self.q_per_kv = cfg.n_embd // cfg.n_head, 1
+            self.mlp_cost = 2 * self.hidden + 1  # its c_fc column and bias, its c_proj row
+            self.group_cost = 4 * self.hidden * self.head_dim + 3 * self.head_dim  # q, k, v columns + biases; c_proj rows
+        else:
+            self.layers = list(model.model.layers)
+            self.hidden, self.heads = cfg.hidden_size, cfg.num_attention_heads
+            self.head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+            self.q_per_kv = cfg.num_attention_heads // cfg.num_key_value_heads
+            self.mlp_cost = 3 * self.hidden
+            self.group_cost = 2 * self.hidden * self.head_dim * (self.q_per_kv + 1)
+
+    def reader(self, i: int, kind: str) -> torch.nn.Module:
+        """The layer that reads layer ``i``'s units of ``kind``: ``down_proj`` / ``o_proj`` (GPT-2: ``c_proj``)."""
+        layer = self.layers[i]
+        if self.gpt2:
+            return layer.mlp.c_proj if kind == "mlp" else layer.attn.c_proj
+        return layer.mlp.down_proj if kind == "mlp" else layer.self_attn.o_proj
+
+    def reader_weight(self, i: int, kind: str) -> torch.Tensor:
+        """The reader's weight as an (out, in) matrix (a view: writing it writes the layer)."""
+        w = self.reader(i, kind).weight
+        return w.T if self.gpt2 else w
+
+    def columns(self, kind: str, gone: torch.Tensor) -> torch.Tensor:
+        """The reader's input columns of the units flagged in ``gone``."""
+        return gone if kind == "mlp" else gone.repeat_interleave(self.q_per_kv * self.head_dim)
 
     def mask(self, removed: dict[tuple[int, str], torch.Tensor], shifts: dict | None = None) -> list:
-        """Zero the removed units' input columns of ``down_proj`` / ``o_proj`` (the same function as
-        removing them); ``shifts`` adds FLAP's bias compensation through forward hooks."""
+        """Zero the removed units' input columns of their readers (the same function as removing
+        them); ``shifts`` adds FLAP's bias compensation through forward hooks."""
         hooks = []
         with torch.no_grad():
             for (i, kind), gone in removed.items():
-                layer = self.layers[i]
-                if kind == "mlp":
-                    layer.mlp.down_proj.weight[:, gone] = 0
-                else:
-                    cols = gone.repeat_interleave(self.q_per_kv * self.head_dim)
-                    layer.self_attn.o_proj.weight[:, cols] = 0
+                self.reader_weight(i, kind)[:, self.columns(kind, gone)] = 0
                 shift = (shifts or {}).get((i, kind))
                 if shift is not None:
-                    target = layer.mlp.down_proj if kind == "mlp" else layer.self_attn.o_proj
-                    hooks.append(target.register_forward_hook(lambda m, a, out, b=shift: out + b))
+                    hooks.append(self.reader(i, kind).register_forward_hook(lambda m, a, out, b=shift: out + b))
         return hooks
 
 
-def _inputs(model, calib: list) -> dict:
-    """Per layer, the inputs of ``down_proj`` and ``o_proj`` on the calibration batches (as rows)."""
+def _inputs(model, units: Units, calib: list) -> dict:
+    """Per layer, the inputs of its units' readers on the calibration batches (as rows)."""
     seen: dict[tuple[int, str], list] = {}
     hooks = []
-    for i, layer in enumerate(model.model.layers):
-        for kind, module in (("mlp", layer.mlp.down_proj), ("attn", layer.self_attn.o_proj)):
-            hooks.append(module.register_forward_hook(
+    for i in range(len(units.layers)):
+        for kind in ("mlp", "attn"):
+            hooks.append(units.reader(i, kind).register_forward_hook(
                 lambda m, a, out, key=(i, kind): seen.setdefault(key, []).append(a[0].reshape(-1, a[0].shape[-1]))))
     with torch.no_grad():
         for x, _ in calib:
@@ -75,30 +95,44 @@ def _taylor(model, calib: list, units: "Units") -> dict:
     """LLM-Pruner's element-wise first-order Taylor importance (its ``param_first``): per unit, the sum
     of |w * dL/dw| over every weight of its coupled structure (an MLP channel: its ``gate_proj`` and
     ``up_proj`` rows and ``down_proj`` column; a GQA group: its query heads' ``q_proj`` rows, its
-    key / value head's ``k_proj`` / ``v_proj`` rows and the ``o_proj`` columns they feed), the
-    gradient of the next-token loss summed over the calibration batches."""
+    key / value head's ``k_proj`` / ``v_proj`` rows and the ``o_proj`` columns they feed; GPT-2: the
+    same structures in ``c_fc`` / ``c_attn`` and ``c_proj``, biases included), the gradient of the
+    next-token loss summed over the calibration batches."""
     model.zero_grad(set_to_none=True)
     for x, y in calib:
         logits = model(x).logits.float()
         torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1)).backward()
     scores = {}
     q_rows, kv_rows = units.q_per_kv * units.head_dim, units.head_dim
+
+    def s(p):
+        return (p * p.grad).abs().double()
+
     with torch.no_grad():
         for i, layer in enumerate(units.layers):
-            def s(m):
-                return (m.weight * m.weight.grad).abs().double()
+            if units.gpt2:  # (in, out) weights; c_attn's outputs: all queries, then keys, then values
+                mlp, attn = layer.mlp, layer.attn
+                scores[(i, "mlp")] = s(mlp.c_fc.weight).sum(0) + s(mlp.c_fc.bias) + s(mlp.c_proj.weight).sum(1)
+                fused = (s(attn.c_attn.weight).sum(0) + s(attn.c_attn.bias)).view(3, units.heads, units.head_dim)
+                scores[(i, "attn")] = fused.sum((0, 2)) + s(attn.c_proj.weight).sum(1).view(-1, units.head_dim).sum(1)
+                continue
             mlp, attn = layer.mlp, layer.self_attn
-            scores[(i, "mlp")] = s(mlp.gate_proj).sum(1) + s(mlp.up_proj).sum(1) + s(mlp.down_proj).sum(0)
-            scores[(i, "attn")] = (s(attn.q_proj).sum(1).view(-1, q_rows).sum(1) + s(attn.k_proj).sum(1).view(-1, kv_rows).sum(1)
-                                   + s(attn.v_proj).sum(1).view(-1, kv_rows).sum(1) + s(attn.o_proj).sum(0).view(-1, q_rows).sum(1))
+            scores[(i, "mlp")] = s(mlp.gate_proj.weight).sum(1) + s(mlp.up_proj.weight).sum(1) + s(mlp.down_proj.weight).sum(0)
+            scores[(i, "attn")] = (s(attn.q_proj.weight).sum(1).view(-1, q_rows).sum(1)
+                                   + s(attn.k_proj.weight).sum(1).view(-1, kv_rows).sum(1)
+                                   + s(attn.v_proj.weight).sum(1).view(-1, kv_rows).sum(1)
+                                   + s(attn.o_proj.weight).sum(0).view(-1, q_rows).sum(1))
     model.zero_grad(set_to_none=True)
     return scores
 
 
-def reimplemented(model, calib: list, fraction: float, method: str, seed: int) -> tuple[list, int, list]:
-    """FLAP, Wanda-sp or random, re-implemented from their papers (mask-based, on ``model`` in place):
-    returns the compensation hooks, the non-embedding parameters removed and the masked weights as
-    ``(weight, column mask)`` pairs (a finetune keeps those columns at zero).
+def reimplemented(model, calib: list, fraction: float, method: str, seed: int,
+                  total: int | None = None) -> tuple[list, int, list]:
+    """FLAP, Wanda-sp or random, re-implemented from their papers (mask-based, on a Llama or a GPT-2
+    ``model`` in place): returns the compensation hooks, the parameters removed (``fraction`` of
+    ``total``, default: the non-embedding parameters) and the masked weights as ``(weight, column
+    mask)`` pairs of (out, in) Linear weights (a finetune keeps those columns at zero; GPT-2: none,
+    its rows are one-shot).
 
     Per unit, from the inputs X of the layer that reads it (``down_proj`` / ``o_proj``; a GQA group's
     channels summed): Wanda-sp ``sum_i |W_ij| * ||X_j||``, the same fraction removed in every layer;
@@ -110,14 +144,13 @@ def reimplemented(model, calib: list, fraction: float, method: str, seed: int) -
     units from every layer: as many GQA groups as the fraction allows (rounded down), then MLP channels up to
     the parameter budget."""
     units = Units(model)
-    xs = _inputs(model, calib)
+    xs = _inputs(model, units, calib)
     gen = torch.Generator().manual_seed(seed)
     scores = _taylor(model, calib, units) if method == "llm-pruner" else {}
     for (i, kind), x in xs.items():
         if method == "llm-pruner":
             continue
-        layer = units.layers[i]
-        w = (layer.mlp.down_proj if kind == "mlp" else layer.self_attn.o_proj).weight.detach().double()
+        w = units.reader_weight(i, kind).detach().double()
         if method.startswith("flap"):
             s = x.var(0) * w.pow(2).sum(0)
         elif method == "wanda-sp":
@@ -128,7 +161,7 @@ def reimplemented(model, calib: list, fraction: float, method: str, seed: int) -
             s = s.view(-1, units.q_per_kv * units.head_dim).sum(1)
         scores[(i, kind)] = s
     cost = {"mlp": units.mlp_cost, "attn": units.group_cost}
-    budget = fraction * non_embedding_params(model)
+    budget = fraction * (total or non_embedding_params(model))
     removed: dict[tuple[int, str], torch.Tensor] = {}
     if method == "flap":
         pooled = {}
@@ -161,17 +194,12 @@ def reimplemented(model, calib: list, fraction: float, method: str, seed: int) -
     if method.startswith("flap"):
         shifts = {}
         for key, gone in removed.items():
-            i, kind = key
-            layer = units.layers[i]
-            w = (layer.mlp.down_proj if kind == "mlp" else layer.self_attn.o_proj).weight.detach().double()
-            cols = gone if kind == "mlp" else gone.repeat_interleave(units.q_per_kv * units.head_dim)
+            w = units.reader_weight(*key).detach().double()
+            cols = units.columns(key[1], gone)
             shifts[key] = (w[:, cols] @ xs[key][:, cols].mean(0)).float()
     hooks = units.mask(removed, shifts)
-    masked = []
-    for (i, kind), gone in removed.items():
-        layer = units.layers[i]
-        cols = gone if kind == "mlp" else gone.repeat_interleave(units.q_per_kv * units.head_dim)
-        masked.append(((layer.mlp.down_proj if kind == "mlp" else layer.self_attn.o_proj).weight, cols))
+    masked = [] if units.gpt2 else [(units.reader(i, kind).weight, units.columns(kind, gone))
+                                    for (i, kind), gone in removed.items()]
     params = sum(int(g.sum()) * cost[k] for (_, k), g in removed.items())
     return hooks, params, masked
 
