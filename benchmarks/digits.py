@@ -32,7 +32,8 @@ class Settings:
     seeds: tuple[int, ...] = (0, 1, 2, 3, 4)
     targets: tuple[float, ...] = (2.0, 4.0, 8.0, 16.0)
     image_size: int = 16
-    data: str = "digits"  # or "mnist5k" (benchmarks.prunability --data mnist5k)
+    data: str = "digits"  # or "mnist5k" (benchmarks.prunability --data mnist5k), "fashion-mnist"
+    train_limit: int | None = None  # a fixed, stratified subset of the training split (None: all of it)
     base_epochs: int = 20
     base_lrs: tuple[tuple[str, float], ...] = (("resnet20", 0.1), ("resnet56", 0.05))  # as quality.py
     batch_size: int = 128
@@ -81,6 +82,19 @@ def cache_key(obj: Any) -> str:
     return hashlib.sha1(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:10]
 
 
+def training_subset(data: Any, count: int) -> Any:
+    """``data`` with ``count`` of its training samples: a fixed draw, stratified by label (validation and
+    test untouched)."""
+    from dataclasses import replace as with_fields
+
+    from sklearn.model_selection import train_test_split
+
+    labels = [int(data.train[i][1]) for i in range(len(data.train))]
+    keep, _ = train_test_split(list(range(len(labels))), train_size=count, random_state=0, stratify=labels)
+    return with_fields(data, train=torch.utils.data.Subset(data.train, sorted(keep)),
+                       description=f"{data.description}; training subset: {count} of {len(labels)}, stratified")
+
+
 class Bench:
     """Data, caches and the shared pieces of every cell."""
 
@@ -90,6 +104,8 @@ class Bench:
         self.s = s
         self.cache = cache
         self.data = load_data(s.data, seed=0, image_size=s.image_size)
+        if s.train_limit and s.train_limit < len(self.data.train):
+            self.data = training_subset(self.data, s.train_limit)
         self.example = torch.zeros(1, *self.data.input_shape)
         self.loaders = make_loaders(self.data, s.batch_size, seed=0)
         # the same calibration batches for every method and cell
@@ -138,7 +154,8 @@ class Bench:
             return result.model.cpu(), info
 
         parts = [arch, seed, s.base_epochs, s.base_lrs, s.batch_size, s.image_size]
-        model, _ = self.cached_model(f"base-{arch}-s{seed}", parts + ([s.data] if s.data != "digits" else []), build)
+        parts += ([s.data] if s.data != "digits" else []) + ([s.train_limit] if s.train_limit else [])
+        model, _ = self.cached_model(f"base-{arch}-s{seed}", parts, build)
         return model
 
     def usable_seeds(self, arch: str) -> tuple[list[int], dict[int, float]]:
@@ -271,7 +288,7 @@ class Bench:
 
         s = self.s
         parts = [hp, s.image_size, s.base_epochs, s.base_lrs, s.batch_size, s.pre_epochs, s.finetune_epochs,
-                 s.finetune_lrs, s.bn_batches, s.sl_lr, s.tp_steps]
+                 s.finetune_lrs, s.bn_batches, s.sl_lr, s.tp_steps] + ([s.train_limit] if s.train_limit else [])
         if method.startswith("metanet"):
             parts.append(_file_digest(METANET))
         path = self.cache / "cells" / f"{arch}-s{seed}-{method.replace(' + ', '+')}-{target:g}x-{cache_key(parts)}.json"

@@ -13,6 +13,7 @@ import json
 import subprocess
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import torch
@@ -251,3 +252,36 @@ print("finished")
     out["version"] = torch_pruning.__version__
     record.write_text(json.dumps(out))
     return out
+
+
+def tp_mlp(model, calib: list, fraction: float, importance: str) -> int:
+    """Torch-Pruning's real code on the MLP channels alone (``model`` pruned in place; returns the
+    non-embedding parameters removed): ``MetaPruner``, local (the same ratio in every layer, as its LLM
+    example), ``round_to=4``, the attention projections and ``lm_head`` ignored, since with them in
+    its graph Torch-Pruning 1.6 does not finish building its groups on a GQA Llama (``tp_attempt``;
+    VainF/Torch-Pruning#527). The ratio removes ``fraction`` of the non-embedding parameters from the
+    MLPs. ``importance``: "magnitude" (``GroupMagnitudeImportance(p=2)``) or "taylor"
+    (``GroupTaylorImportance``, the next-token loss's gradient summed over the calibration batches)."""
+    import torch_pruning as tp
+
+    before = non_embedding_params(model)
+    units = Units(model)
+    inter = model.config.intermediate_size
+    ratio = min(inter - 1, fraction * before / (units.mlp_cost * len(units.layers))) / inter
+    ignored = [model.lm_head] + [getattr(layer.self_attn, name) for layer in units.layers
+                                 for name in ("q_proj", "k_proj", "v_proj", "o_proj")]
+    if importance == "taylor":
+        imp = tp.importance.GroupTaylorImportance()
+        model.zero_grad(set_to_none=True)
+        for x, y in calib:
+            logits = model(x).logits.float()
+            torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1)).backward()
+    else:
+        imp = tp.importance.GroupMagnitudeImportance(p=2)
+    with warnings.catch_warnings():  # the norms' weights it calls unwrapped: their (hidden) dim is not pruned here
+        warnings.filterwarnings("ignore", "Unwrapped parameters", UserWarning)
+        pruner = tp.pruner.MetaPruner(model, example_inputs=calib[0][0][:1], importance=imp, global_pruning=False,
+                                      pruning_ratio=ratio, ignored_layers=ignored, round_to=4)
+        pruner.step()
+    model.zero_grad(set_to_none=True)
+    return before - non_embedding_params(model)

@@ -34,14 +34,23 @@ def tokens_per_second(model, threads: int, block: int, vocab: int, batch: int = 
 WIDER = 8  # the scaled-up twin of the benchmark model: every width times this, the same depth
 
 
+def macs_per_token(model, block: int, vocab: int) -> float:
+    """Multiply-accumulates per token of a forward pass over one sequence of ``block`` tokens (attention
+    included; fxmeta's FLOPs count / 2)."""
+    from fxmeta.pruning.flops import count_flops
+
+    return count_flops(model, torch.zeros(1, block, dtype=torch.long) % vocab) / 2 / block
+
+
 def _speed_rows(dense, pruned, label: str, block: int, vocab: int) -> list[list]:
     """Dense and pruned timed in alternation at 1 and 2 threads, so both see the same machine load."""
     ratio = non_embedding_params(dense) / non_embedding_params(pruned)
+    macs = f"{macs_per_token(dense, block, vocab) / 1e6:.2f}M → {macs_per_token(pruned, block, vocab) / 1e6:.2f}M"
     rows = []
     for threads in (1, 2):
         d = [tokens_per_second(m, threads, block, vocab) for m in (dense, pruned, dense, pruned)]
         speed = (d[1] + d[3]) / (d[0] + d[2])
-        rows.append([label, threads, f"{(d[0] + d[2]) / 2:,.0f}", f"{(d[1] + d[3]) / 2:,.0f}",
+        rows.append([label, macs, threads, f"{(d[0] + d[2]) / 2:,.0f}", f"{(d[1] + d[3]) / 2:,.0f}",
                      f"{speed:.2f}", f"{ratio:.2f}", f"{speed / ratio:.2f}"])
     return rows
 
@@ -75,11 +84,13 @@ def speed_section(llm: ModuleType, dense_folder: Path, data: dict) -> list[str]:
         removed = 1 - non_embedding_params(pruned) / non_embedding_params(wide)
         wide_rows += _speed_rows(wide, pruned, f"{100 * removed:.0f} %", llm.BLOCK, vocab)
     load = " / ".join(f"{v:.1f}" for v in os.getloadavg())
-    worst = min(float(r[-1]) for r in rows if r[1] == 1)
-    worst_wide = min(float(r[-1]) for r in wide_rows if r[1] == 1)
-    head = ["removed", "threads", "dense tokens/s", "pruned tokens/s", "speed-up", "parameter ratio",
+    worst = min(float(r[-1]) for r in rows if r[2] == 1)
+    worst_wide = min(float(r[-1]) for r in wide_rows if r[2] == 1)
+    head = ["removed", "MACs / token (dense → pruned)", "threads", "dense tokens/s", "pruned tokens/s", "speed-up", "parameter ratio",
             "speed-up / parameter ratio"]
     return [f"## Speed (forward, 8 x {llm.BLOCK} tokens, median of 7, dense and pruned in alternation; load {load})", "",
+            f"MACs per token: a forward pass over one sequence of {llm.BLOCK} tokens (attention and output layer "
+            "included) / its tokens.", "",
             table(head, rows), "",
             f"Target (pruned tokens/s >= 0.9 x the parameter ratio at 1 thread): {'met' if worst >= 0.9 else 'missed'} "
             f"(worst {worst:.2f}). At this size the parts no prune shrinks weigh: the byte embedding and output "

