@@ -89,7 +89,8 @@ def training_subset(data: Any, count: int) -> Any:
 
     from sklearn.model_selection import train_test_split
 
-    labels = [int(data.train[i][1]) for i in range(len(data.train))]
+    train = data.train
+    labels = train.tensors[1].tolist() if hasattr(train, "tensors") else [int(train[i][1]) for i in range(len(train))]
     keep, _ = train_test_split(list(range(len(labels))), train_size=count, random_state=0, stratify=labels)
     return with_fields(data, train=torch.utils.data.Subset(data.train, sorted(keep)),
                        description=f"{data.description}; training subset: {count} of {len(labels)}, stratified")

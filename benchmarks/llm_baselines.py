@@ -32,7 +32,9 @@ class Units:
 
     def __init__(self, model) -> None:
         cfg = model.config
-        self.gpt2 = hasattr(model, "transformer")
+        if cfg.model_type not in ("gpt2", "llama"):
+            raise NotImplementedError(f"the re-implemented baselines read Llama and GPT-2 layouts, not {cfg.model_type!r}")
+        self.gpt2 = cfg.model_type == "gpt2"
         if self.gpt2:
             self.layers = list(model.transformer.h)
             self.hidden, self.heads = cfg.n_embd, cfg.n_head
@@ -62,6 +64,12 @@ class Units:
     def columns(self, kind: str, gone: torch.Tensor) -> torch.Tensor:
         """The reader's input columns of the units flagged in ``gone``."""
         return gone if kind == "mlp" else gone.repeat_interleave(self.q_per_kv * self.head_dim)
+
+    def removed_inputs(self, kind: str, gone: torch.Tensor) -> torch.Tensor:
+        """The reader's removed input features as a mask shaped to broadcast over its stored weight:
+        (1, in) for a Linear's (out, in), (in, 1) for GPT-2's (in, out) ``Conv1D``."""
+        cols = self.columns(kind, gone)
+        return cols[:, None] if self.gpt2 else cols[None, :]
 
     def mask(self, removed: dict[tuple[int, str], torch.Tensor], shifts: dict | None = None) -> list:
         """Zero the removed units' input columns of their readers (the same function as removing
@@ -131,9 +139,9 @@ def reimplemented(model, calib: list, fraction: float, method: str, seed: int,
                   total: int | None = None) -> tuple[list, int, list]:
     """FLAP, Wanda-sp or random, re-implemented from their papers (mask-based, on a Llama or a GPT-2
     ``model`` in place): returns the compensation hooks, the parameters removed (``fraction`` of
-    ``total``, default: the non-embedding parameters) and the masked weights as ``(weight, column
-    mask)`` pairs of (out, in) Linear weights (a finetune keeps those columns at zero; GPT-2: none,
-    its rows are one-shot).
+    ``total``, default: the non-embedding parameters) and the masked weights as ``(weight, mask)``
+    pairs, the mask flagging the removed inputs and broadcasting over the stored weight
+    (``Units.removed_inputs``; a finetune keeps those entries at zero).
 
     Per unit, from the inputs X of the layer that reads it (``down_proj`` / ``o_proj``; a GQA group's
     channels summed): Wanda-sp ``sum_i |W_ij| * ||X_j||``, the same fraction removed in every layer;
@@ -199,8 +207,7 @@ def reimplemented(model, calib: list, fraction: float, method: str, seed: int,
             cols = units.columns(key[1], gone)
             shifts[key] = (w[:, cols] @ xs[key][:, cols].mean(0)).float()
     hooks = units.mask(removed, shifts)
-    masked = [] if units.gpt2 else [(units.reader(i, kind).weight, units.columns(kind, gone))
-                                    for (i, kind), gone in removed.items()]
+    masked = [(units.reader(i, kind).weight, units.removed_inputs(kind, gone)) for (i, kind), gone in removed.items()]
     params = sum(int(g.sum()) * cost[k] for (_, k), g in removed.items())
     return hooks, params, masked
 

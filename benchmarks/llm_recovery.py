@@ -45,8 +45,9 @@ PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "
 def add_lora(model: nn.Module, masked: list | None, rank: int = 8, alpha: float = 16.0,
              dropout: float = 0.05) -> None:
     """Freeze ``model`` and wrap every attention / MLP projection of its layers in a :class:`LoRALinear`;
-    ``masked``: (weight, removed input columns) pairs of the prune, kept removed in the adapters."""
-    gone = {id(w): cols for w, cols in masked or []}
+    ``masked``: (weight, removed-input mask) pairs of the prune (``llm_baselines.Units.removed_inputs``;
+    a Linear's is (1, in)), kept removed in the adapters."""
+    gone = {id(w): mask[0] for w, mask in masked or []}
     model.requires_grad_(False)
     for layer in model.model.layers:
         for owner in (layer.self_attn, layer.mlp):
@@ -60,10 +61,10 @@ def recover(model: nn.Module, rows: torch.Tensor, steps: int, lr: float, batch: 
             gen: torch.Generator, teacher: nn.Module | None = None, masked: list | None = None) -> None:
     """Finetune ``model``'s trainable parameters in place for ``steps`` steps of ``batch`` rows drawn
     from ``rows`` (blocks of tokens + 1): next-token loss, or with a ``teacher`` the KL to its outputs
-    (T = 1); ``masked`` weight columns stay zero (their gradient is zeroed)."""
-    for weight, cols in masked or []:
+    (T = 1); the ``masked`` weights' flagged entries stay zero (their gradient is zeroed)."""
+    for weight, mask in masked or []:
         if weight.requires_grad:
-            weight.register_hook(lambda g, c=cols: g.masked_fill(c[None, :], 0.0))
+            weight.register_hook(lambda g, m=mask: g.masked_fill(m, 0.0))
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr, betas=(0.9, 0.95),
                             weight_decay=0.0)
     model.train()

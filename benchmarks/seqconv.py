@@ -13,8 +13,8 @@ every method (fxmeta prepare, DepGraph+SL as Torch-Pruning's real code, fxmeta l
 every hyper-parameter chosen on the validation split of a network of its own. Test accuracy
 right after the prune + BatchNorm recalibration and after the finetune.
 
-Results: ``benchmarks/results/prepare_seqconv.{md,json,png}``; caches under
-``~/.cache/fxmeta-bench/prepare-seqconv``. A library of ``benchmarks.prepare``, not a benchmark.
+Results: ``benchmarks/results/prepare_seqconv.{md,json,png}`` (``prepare_seqconv-fashion.*`` for
+Fashion-MNIST rows); caches under ``~/.cache/fxmeta-bench/prepare-seqconv[-fashion]``. A library of ``benchmarks.prepare``, not a benchmark.
 """
 from __future__ import annotations
 

@@ -414,3 +414,18 @@ def test_ridge_solve_in_float32_matches_float64_and_falls_back_where_cholesky_fa
     diag = system.diagonal(dim1=1, dim2=2)
     system.diagonal(dim1=1, dim2=2).add_(1e-3 * diag.mean() + 1e-12)
     torch.testing.assert_close(system @ sol, rhs.double(), rtol=1e-6, atol=1e-6)
+
+
+def test_ridge_solve_in_float32_fits_as_well_as_float64_on_a_near_singular_system():
+    from fxmeta.pruning.compensation import _solve
+
+    gen = torch.Generator().manual_seed(1)
+    base = torch.randn(500, 20, generator=gen)
+    a = torch.cat([base, base[:, :10] + 1e-4 * torch.randn(500, 10, generator=gen)], 1)  # near-duplicate columns
+    y = a @ torch.randn(30, 4, generator=gen) + 0.01 * torch.randn(500, 4, generator=gen)
+    gram, rhs = (a.T @ a)[None], (a.T @ y)[None]
+    flags = torch.ones(1, 30, dtype=torch.bool)
+    for ridge in (1e-3, 1e-6):
+        losses = [(a.double() @ _solve(gram, rhs, ridge, flags, flags, dtype)[0].double() - y.double()).pow(2).mean()
+                  for dtype in (torch.float32, torch.float64)]
+        assert float(losses[0]) <= 1.01 * float(losses[1]) + 1e-6
