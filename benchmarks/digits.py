@@ -96,6 +96,9 @@ def training_subset(data: Any, count: int) -> Any:
                        description=f"{data.description}; training subset: {count} of {len(labels)}, stratified")
 
 
+FINETUNE_KEEP = "best-or-start"  # the finetune's rule, as fxmeta transform's: the pruned network itself is a candidate
+
+
 class Bench:
     """Data, caches and the shared pieces of every cell."""
 
@@ -289,7 +292,7 @@ class Bench:
 
         s = self.s
         parts = [hp, s.image_size, s.base_epochs, s.base_lrs, s.batch_size, s.pre_epochs, s.finetune_epochs,
-                 s.finetune_lrs, s.bn_batches, s.sl_lr, s.tp_steps] + ([s.train_limit] if s.train_limit else [])
+                 s.finetune_lrs, s.bn_batches, s.sl_lr, s.tp_steps, FINETUNE_KEEP] + ([s.train_limit] if s.train_limit else [])
         if method.startswith("metanet"):
             parts.append(_file_digest(METANET))
         path = self.cache / "cells" / f"{arch}-s{seed}-{method.replace(' + ', '+')}-{target:g}x-{cache_key(parts)}.json"
@@ -314,7 +317,8 @@ class Bench:
                 p.requires_grad_(True)
             t0 = time.perf_counter()
             epochs = s.finetune_epochs + (s.pre_epochs if method == "metanet" else 0)  # the same total budget
-            tuned = train(module, self.data, self.train_config(epochs, s.lr_of(s.finetune_lrs, arch), seed))
+            tuned = train(module, self.data, self.train_config(epochs, s.lr_of(s.finetune_lrs, arch), seed,
+                                                               keep=FINETUNE_KEEP))
             record.update(finetune_seconds=time.perf_counter() - t0, finetuned_val_acc=tuned.best_val_acc,
                           finetuned_test_acc=tuned.test["acc"])
             say(f"{arch} s{seed} {method:>11} {target:>4g}x: {record['flops_speedup']:.2f}x, "

@@ -107,7 +107,8 @@ def write_report(bench: Bench, cells: list[dict], choices: dict, sweep: dict, me
               f"lr {', '.join(f'{a} {lr:g}' for a, lr in s.base_lrs)}, batch {s.batch_size}",
               f"- budget per network after base training: {s.pre_epochs} epochs of the method's own stage + "
               f"{s.finetune_epochs} finetune epochs = {s.pre_epochs + s.finetune_epochs} epochs for every method "
-              "(prepare / sparsity learning / plain epochs, then the same finetune: cosine, best val epoch, "
+              "(prepare / sparsity learning / plain epochs, then the same finetune: cosine, best val epoch, or the "
+              "pruned network itself if no epoch beats it, "
               f"lr {', '.join(f'{a} {lr:g}' for a, lr in s.finetune_lrs)})",
               f"- right after pruning: BatchNorm statistics recomputed on the same {s.bn_batches} training batches "
               "for every method (no finetune)",

@@ -190,3 +190,22 @@ def test_recalibrate_bn_averages_the_batches_statistics():
     with torch.no_grad():  # eval mode: the dropout is off, so two runs agree
         x = batches[2][0]
         torch.testing.assert_close(model(x), model(x))
+
+
+def test_keep_best_or_start_returns_the_given_network_when_no_epoch_beats_it(tmp_path, digits):
+    trained = train(_tiny_cnn(), digits, _config(tmp_path, epochs=3)).model
+    given = {k: v.clone() for k, v in trained.state_dict().items()}
+    val = evaluate(trained, make_loaders(digits, 256).val, "cpu")["acc"]
+    # a learning rate that wrecks the network: every epoch is worse than the start
+    log = tmp_path / "log.jsonl"
+    result = train(trained, digits, _config(tmp_path, epochs=2, lr=50.0, keep="best-or-start", log_path=str(log)))
+    assert result.best_epoch == 0 and result.best_val_acc == pytest.approx(val)
+    assert all(h["val_acc"] < val for h in result.history)
+    assert _state_equal(result.model.state_dict(), given)
+    assert json.loads(log.read_text().splitlines()[0])["epoch"] == 0
+    # "best" keeps the best of the wrecked epochs; a finetune that helps is kept under either rule
+    worse = train(_tiny_cnn(), digits, _config(tmp_path, epochs=3))
+    wrecked = train(worse.model, digits, _config(tmp_path, epochs=2, lr=50.0))
+    assert wrecked.best_epoch >= 1 and wrecked.best_val_acc < val
+    fresh = train(_tiny_cnn(), digits, _config(tmp_path, epochs=2, keep="best-or-start"))
+    assert fresh.best_epoch >= 1

@@ -295,7 +295,9 @@ def _stage_config(config: TransformConfig, stage: str, epochs: int, lr: float | 
         stem, ext = os.path.splitext(log)
         log = f"{stem}.{stage}{ext or '.jsonl'}"
     folder = os.path.join(config.checkpoint_dir, stage) if config.checkpoint_dir else None
-    return replace(base, epochs=epochs, checkpoint_dir=folder, resume=config.resume, log_path=log)
+    # the finetune after the prune keeps the pruned network itself if no epoch beats it on validation
+    keep = "best-or-start" if stage == "finetune" and base.keep == "best" else base.keep
+    return replace(base, epochs=epochs, checkpoint_dir=folder, resume=config.resume, log_path=log, keep=keep)
 
 
 def _plain_module(model: nn.Module) -> tuple[nn.Module, bool]:

@@ -74,14 +74,18 @@ class TrainConfig:
     resume: bool = False
     log_path: str | None = None
     progress: bool = True
-    keep: str = "best"  # "best": the best validation epoch's weights; "last": the last epoch's
+    # "best": the best validation epoch's weights; "last": the last epoch's; "best-or-start": the best
+    # of the network as given and every epoch (a finetune then never returns a network worse on
+    # validation than the one it was given: a pruned network that already fits its training set can
+    # only lose in a finetune, and this keeps it as it was)
+    keep: str = "best"
     # under torchrun: "ddp" replicates the model, "fsdp" shards parameters, gradients and optimizer
     # state with torch's fully_shard (plain loss only, no Objective); a single process trains unsharded
     sharding: str = "ddp"
 
     def __post_init__(self) -> None:
         choices = {"optimizer": ("sgd", "adamw"), "schedule": ("cosine", "step"),
-                   "amp": ("auto", "off", "bf16", "fp16"), "keep": ("best", "last"),
+                   "amp": ("auto", "off", "bf16", "fp16"), "keep": ("best", "last", "best-or-start"),
                    "sharding": ("ddp", "fsdp")}
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
@@ -105,7 +109,7 @@ class TrainResult:
     """The model with the best-validation weights loaded (eval mode) and how it got there."""
 
     model: nn.Module
-    best_epoch: int  # 1-based; 0 when no epoch ran
+    best_epoch: int  # 1-based; 0 when no epoch ran or, with keep="best-or-start", none beat the start
     best_val_acc: float
     history: list[dict] = field(default_factory=list)
     seconds: float = 0.0
@@ -398,7 +402,8 @@ def _tracked(bar: Any, loader: DataLoader, description: str) -> Iterator:
 def train(model: nn.Module, data: DataSplits | Loaders, config: TrainConfig | None = None,
           objective: Objective | None = None) -> TrainResult:
     """Train ``model`` in place and return it with the weights of its best validation epoch
-    (``config.keep="last"``: of its last epoch); ``objective`` replaces the cross-entropy.
+    (``config.keep="last"``: of its last epoch; "best-or-start": or the weights it was given, epoch 0,
+    if no epoch beats them); ``objective`` replaces the cross-entropy.
 
     ``config.sharding="fsdp"`` under torchrun trains a sharded copy (see the module doc) and
     loads its weights into ``model`` at the end; in a single process it trains as "ddp" does."""
@@ -435,6 +440,11 @@ def train(model: nn.Module, data: DataSplits | Loaders, config: TrainConfig | No
         say = print if (config.progress and ctx.is_main) else (lambda *a, **k: None)
         if resumed:
             say(f"resuming from {ckpt_path} after epoch {run.epoch}")
+        if config.keep == "best-or-start" and run.epoch == 0 and config.epochs > 0:  # the start is a candidate
+            start = evaluate(trained, loaders.val, device, amp=amp)
+            run.best_val_acc, run.best_score = start["acc"], score_of(start)
+            run.best_weights = _cpu_copy(full_state(trained))
+            log.write({"epoch": 0, "val_loss": start["loss"], "val_acc": start["acc"]})
         with _progress_bar(config.progress and ctx.is_main and sys.stderr.isatty()) as bar:
             for epoch in range(run.epoch, config.epochs):
                 t0 = time.perf_counter()
