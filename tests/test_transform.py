@@ -331,3 +331,13 @@ def test_a_conditioned_metanet_needs_data_and_fixes_the_channels_that_go(digits)
     assert [n for n, _ in result.stages][1:4] == ["lower", "metanet", "raise"]
     assert {k: v.shape for k, v in result.module.state_dict().items()} == \
         {k: v.shape for k, v in plain.module.state_dict().items()}
+
+
+def test_a_finetune_that_only_hurts_keeps_the_pruned_network_and_says_so(digits):
+    from fxmeta.training.loop import train
+
+    base = train(_r20(), digits, _finetune(epochs=2)).model
+    config = TransformConfig(prune=PruneSpec(2.0), finetune=_finetune(epochs=1, lr=5.0))  # a step that wrecks it
+    result = transform(base, X, config, data=digits)
+    assert result.finetune_best_epoch == 0 and result.after.accuracy > 0.5
+    assert any("kept the pruned network" in n for n in result.notes)

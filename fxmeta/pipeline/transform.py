@@ -417,6 +417,8 @@ def transform(
                     result = train(module, loaders, _stage_config(config, "finetune", config.finetune.epochs),
                                    objective)
                 module, best_epoch = result.model, result.best_epoch
+                if best_epoch == 0:
+                    notes.append("the finetune kept the pruned network as it was: no epoch beat it on validation")
             else:
                 notes.append("finetune epochs = 0: the pruned network is not finetuned")
         module.eval()
