@@ -286,6 +286,8 @@ def test_demo_trains_once_then_uses_the_cache(tmp_path, capsys, monkeypatch):
     assert metrics["flops_speedup"] >= 2 and "train base" in metrics["stages"]
     assert "BatchNorm recal" in out and 0 <= metrics["recalibrated_accuracy"] <= 1  # on by default
     assert set(metrics["methods"]) >= {"calibrated", "prepared"} and metrics["saved"] == "prepared"
+    kept = [name for name, m in metrics["methods"].items() if m["finetune_best_epoch"] == 0]
+    assert ("kept the pruned network as it was" in out) == bool(kept)  # said exactly when it happened
     assert fxmeta.load(tmp_path / "out" / "pruned.pt")(torch.randn(1, 1, 8, 8)).shape == (1, 10)
     [cached] = os.listdir(tmp_path / "cache")
     # same base config: the base network comes from the cache (one column is enough to show it)

@@ -214,6 +214,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
         if lat is not None:
             out.print(f"latency: {lat.device}, batch {lat.batch}, {lat.threads} thread(s), original and pruned "
                       "timed in alternation per column")
+        kept = [name for name, r in results.items() if r.finetune_best_epoch == 0]
+        if kept:
+            out.print(f"finetune: {', '.join(kept)} kept the pruned network as it was (no finetune epoch was better "
+                      "on validation)")
     if outs:
         note_line(f"wrote {', '.join(outs.values())} (the {args.save} column)")
     return 0
