@@ -182,6 +182,14 @@ EVAL_BLOCKS = dict(val=512, test=2048)  # fixed draws of each split's blocks (65
 FXMETA_ROWS = [(imp, comp) for imp in ("l2", "activation", "taylor") for comp in ("none", "bias", "lstsq")]
 
 
+def fxmeta_spec(method: str, speedup: float, seed: int):
+    """The prune a ``fxmeta:IMPORTANCE:COMPENSATION[:ALLOCATION]`` row names (allocation default uniform)."""
+    from fxmeta.pruning.spec import PruneSpec
+
+    _, imp, comp, *alloc = method.split(":")
+    return PruneSpec(speedup, importance=imp, compensate=comp, allocation=(alloc or ["uniform"])[0], seed=seed)
+
+
 def calibration(data: dict, seed: int) -> list:
     rows = blocks(data["train"], CALIB["batches"] * CALIB["batch"], seed=100 + seed)
     return [(r[:, :-1], r[:, 1:]) for r in rows.split(CALIB["batch"])]
@@ -196,16 +204,13 @@ def oneshot_cell(dense_folder: Path, data: dict, method: str, fraction: float, s
 
     def run() -> dict:
         import fxmeta
-        from fxmeta.pruning.spec import PruneSpec
 
         model = load_dense(dense_folder)
         before = non_embedding_params(model)
         calib = calibration(data, seed)
         t0 = time.perf_counter()
         if method.startswith("fxmeta"):
-            _, imp, comp, *alloc = method.split(":")  # a fourth part: the allocation (default uniform)
-            speedup = FLOPS_FOR.get(fraction, 1 / (1 - fraction))
-            spec = PruneSpec(speedup, importance=imp, compensate=comp, allocation=(alloc or ["uniform"])[0], seed=seed)
+            spec = fxmeta_spec(method, FLOPS_FOR.get(fraction, 1 / (1 - fraction)), seed)
             model = fxmeta.prune(model, calib[0][0][:1], spec=spec, calibration=calib).module.eval()
             removed = before - non_embedding_params(model)
         elif method.startswith("tp-"):
@@ -263,9 +268,7 @@ def recovery_cell(dense_folder: Path, data: dict, method: str, fraction: float, 
             model = model.module.eval()
             removed = before - non_embedding_params(model)
         elif name.startswith("fxmeta"):
-            _, imp, comp, *alloc = name.split(":")
-            spec = PruneSpec(FLOPS_FOR[fraction], importance=imp, compensate=comp, allocation=(alloc or ["uniform"])[0],
-                             seed=seed)
+            spec = fxmeta_spec(name, FLOPS_FOR[fraction], seed)
             model = fxmeta.prune(model, calib[0][0][:1], spec=spec, calibration=calib).module.eval()
             removed = before - non_embedding_params(model)
         elif name.startswith("tp-"):
@@ -349,9 +352,7 @@ def recovery_targets(cells: list[dict], dense_test: float, scratch: dict | None)
     """The issue's after-recovery targets, on the test draw (fxmeta: its default; with distillation beside); the
     best baseline is the one with the lowest validation loss."""
     def ratio(method: str, fraction: float) -> float:
-        """The mean test perplexity ratio over seeds."""
-        values = [math.exp(c["test"] - dense_test) for c in cells if c["method"] == method and c["fraction"] == fraction]
-        return sum(values) / len(values)
+        return _ratio(cells, method, fraction, "test", dense_test)
 
     def val_loss(method: str, fraction: float) -> float:
         values = [c["val"] for c in cells if c["method"] == method and c["fraction"] == fraction]
@@ -452,6 +453,11 @@ def _ratio(cells: list[dict], method: str, fraction: float, split: str, dense: f
     return mean_se([math.exp(c[split] - dense) for c in cells if c["method"] == method and c["fraction"] == fraction])[0]
 
 
+def tp_choice(cells: list[dict], fraction: float, dense_val: float) -> str:
+    """Torch-Pruning's importance with the better one-shot validation perplexity at ``fraction``."""
+    return min(("tp-magnitude", "tp-taylor"), key=lambda m: _ratio(cells, m, fraction, "val", dense_val))
+
+
 def targets_section(cells: list[dict], dense_val: float, dense_test: float, tp: dict) -> list[str]:
     """The issue's one-shot targets, on test, with every choice (the FLAP variant, Torch-Pruning's importance)
     made on validation."""
@@ -460,7 +466,7 @@ def targets_section(cells: list[dict], dense_val: float, dense_test: float, tp: 
     ours20, flap20 = _ratio(cells, ours, 0.2, "test", dense_test), _ratio(cells, flap, 0.2, "test", dense_test)
     wanda20 = _ratio(cells, "wanda-sp", 0.2, "test", dense_test)
     ours50 = _ratio(cells, ours, 0.5, "test", dense_test)
-    tp_best = min(("tp-magnitude", "tp-taylor"), key=lambda m: _ratio(cells, m, 0.5, "val", dense_val))
+    tp_best = tp_choice(cells, 0.5, dense_val)
     tp50 = _ratio(cells, tp_best, 0.5, "test", dense_test)
     why = f"stopped after {tp['timeout']} s" if "timeout" in tp else tp.get("error")
     if tp.get("stuck_in"):
@@ -566,7 +572,7 @@ def main(argv: list[str] | None = None) -> None:
                 say(f"{label(method)} {fraction:.0%} seed {seed}: val ppl x{math.exp(c['val'] - record['oneshot_dense']['val']):.3f}"
                     f" removed {c['removed']:.3f} ({c['prune_seconds']} s)")
     for fraction in RECOVERY_TARGETS:  # the recovery's Torch-Pruning row is its better one-shot importance on validation
-        pick = min(("tp-magnitude", "tp-taylor"), key=lambda m: _ratio(cells, m, fraction, "val", record["oneshot_dense"]["val"]))
+        pick = tp_choice(cells, fraction, record["oneshot_dense"]["val"])
         if pick not in RECOVERY_METHODS:
             raise SystemExit(f"Torch-Pruning's better importance on validation at {fraction:.0%} is {pick}, not the "
                              "recovery row's: change RECOVERY_METHODS")
@@ -582,7 +588,8 @@ def main(argv: list[str] | None = None) -> None:
                 f"x{math.exp(c['test'] - record['oneshot_dense']['test']):.3f} ({c['recovery_seconds']} s)")
     scratch = scratch_control(data, record, args.threads) if args.stage in ("recovery", "all") else None
     if scratch:  # and the same size trained from scratch on the recovery's tokens alone (llm_budget)
-        scratch["equal"] = scratch_at(sys.modules[__name__], data, record, RECOVERY["fraction_of_pretraining"], args.threads)
+        scratch["equal"] = scratch_at(sys.modules[__name__], data, record, RECOVERY["fraction_of_pretraining"],
+                                      args.threads)[1]
     speed = speed_section(sys.modules[__name__], folder, data) if args.stage in ("recovery", "all") else []
     write_oneshot_report(cells, record, FLOPS_FOR, tp, args, recovered, scratch, speed)
 

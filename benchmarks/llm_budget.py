@@ -50,11 +50,19 @@ def scratch(llm: ModuleType, data: dict, tokens: int, lr: float, threads: int) -
     return out
 
 
-def scratch_at(llm: ModuleType, data: dict, record: dict, share: float, threads: int) -> dict:
-    """The from-scratch control trained on ``share`` of the pretraining tokens, its lr chosen on validation."""
+def budget_tokens(llm: ModuleType, record: dict, share: float) -> int:
+    """``share`` of the dense model's pretraining tokens, in whole batches."""
     unit = llm.TRAIN["batch"] * llm.BLOCK
-    tokens = math.ceil(share * record["tokens"] / unit) * unit
-    return min((scratch(llm, data, tokens, lr, threads) for lr in SCRATCH_LRS), key=lambda r: r["val_draw"])
+    return math.ceil(share * record["tokens"] / unit) * unit
+
+
+def scratch_at(llm: ModuleType, data: dict, record: dict, share: float, threads: int) -> tuple[float, dict]:
+    """The from-scratch control trained on ``share`` of the pretraining tokens: the lr of ``SCRATCH_LRS``
+    chosen on validation and its record."""
+    tokens = budget_tokens(llm, record, share)
+    runs = {lr: scratch(llm, data, tokens, lr, threads) for lr in SCRATCH_LRS}
+    lr = min(runs, key=lambda lr: runs[lr]["val_draw"])
+    return lr, runs[lr]
 
 
 def budget(llm: ModuleType, folder: Path, data: dict, record: dict, threads: int) -> None:
@@ -67,13 +75,11 @@ def budget(llm: ModuleType, folder: Path, data: dict, record: dict, threads: int
     dense_test = llm.nll(dense, llm.blocks(data["test"], llm.EVAL_BLOCKS["test"], seed=3))
     rows, found = [], {}
     for share in BUDGETS:
-        unit = llm.TRAIN["batch"] * llm.BLOCK
-        tokens = math.ceil(share * record["tokens"] / unit) * unit
+        tokens = budget_tokens(llm, record, share)
         pruned = {lr: llm.recovery_cell(folder, data, PRUNED, FRACTION, record, cache, 0, lr, share) for lr in PRUNED_LRS}
-        small = {lr: scratch(llm, data, tokens, lr, threads) for lr in SCRATCH_LRS}  # as scratch_at chooses
+        s_lr, small = scratch_at(llm, data, record, share, threads)
         p_lr = min(pruned, key=lambda lr: pruned[lr]["val"])
-        s_lr = min(small, key=lambda lr: small[lr]["val_draw"])
-        p_ratio, s_ratio = math.exp(pruned[p_lr]["test"] - dense_test), math.exp(small[s_lr]["test_draw"] - dense_test)
+        p_ratio, s_ratio = math.exp(pruned[p_lr]["test"] - dense_test), math.exp(small["test_draw"] - dense_test)
         found[share] = (p_ratio, s_ratio)
         say(f"budget {share:g}: pruned {p_ratio:.3f} (lr {p_lr:g}), scratch {s_ratio:.3f} (lr {s_lr:g})")
         rows.append([f"{100 * share:g} % ({tokens / 1e6:.2f}M)", f"{p_ratio:.3f}", f"{p_lr:g}",

@@ -54,8 +54,8 @@ FULL = Settings(archs=("seqconv",), seeds=(0, 1, 2), targets=(4.0, 8.0), image_s
                 finetune_lrs=(("seqconv", 0.01),), metanet_targets=(), sweep_arch="seqconv", sweep_targets=(4.0, 8.0))
 QUICK = replace(FULL, seeds=(0,), targets=(4.0,), base_epochs=5, pre_epochs=3, finetune_epochs=3,
                 prepare_grid=((1.0, 0.01, 0),), sl_regs=(5e-4,), sweep_targets=(4.0,), min_base_val=0.5)
-# Fashion-MNIST rows as sequences (``--family seqconv-fashion``): a harder task with more data, where a
-# network of this size does not fit its whole training set; 10,000 of the 54,000 training images (a
+# Fashion-MNIST rows as sequences (``--family seqconv-fashion``): a harder task with about three times
+# the training images of the MNIST rows; 10,000 of the 54,000 training images (a
 # fixed stratified draw, for the 2-core budget), the full 6,000 validation and 10,000 test images; the
 # prepare and sparsity-learning grids cut to the two best settings of the MNIST-rows sweep (validation)
 FASHION = replace(FULL, data="fashion-mnist", train_limit=10_000, min_base_val=0.7,

@@ -87,11 +87,10 @@ def _solve(a_t_a: Tensor, a_t_y: Tensor, ridge: float, weights: Tensor, fitted: 
     Cholesky in ``SOLVE_DTYPE``; where that factorisation fails, again in float64, then LU, then the
     least-norm solution."""
     dtype = dtype or SOLVE_DTYPE
-    system, rhs = a_t_a.to(dtype), a_t_y.to(dtype)
+    system, rhs = a_t_a.to(dtype, copy=True), a_t_y.to(dtype)  # a copy: the diagonal is regularised in place
     diag = system.diagonal(dim1=1, dim2=2)
     scale = (diag * weights).sum(1) / weights.sum(1).clamp_min(1)
     reg = ridge * scale.clamp_min(1e-12)[:, None] * weights + (~fitted).to(dtype) + 1e-12
-    system = system.clone() if system.data_ptr() == a_t_a.data_ptr() else system
     system.diagonal(dim1=1, dim2=2).add_(reg)
     factor, info = torch.linalg.cholesky_ex(system)
     if bool((info == 0).all()):
@@ -246,15 +245,16 @@ def compensate(analysis: ChannelAnalysis, removed: Tensor, calibration: Calibrat
             if original is not None:
                 original.step(node)
             if node in consumers:
-                def targets_of(node: fx.Node = node) -> Targets | None:
+                layer = _Layer(node, layer_module(gm, node), layer_module(small, small_nodes[node.name]),
+                               current.values(small_nodes[layer_input(node).name]))
+
+                def targets_of(layer: _Layer = layer) -> Targets | None:
                     if original is None:
-                        return recorded.get(node.name)
-                    ys = original.values(node)
-                    return Targets.of(node.name, layer_module(gm, node), ys, mode == "bias") \
+                        return recorded.get(layer.node.name)
+                    ys = original.values(layer.node)
+                    return Targets.of(layer.node.name, layer.module, ys, mode == "bias") \
                         if isinstance(ys[0], Tensor) else None
 
-                layer = _Layer(node, layer_module(small, small_nodes[node.name]),
-                               current.values(small_nodes[layer_input(node).name]))
                 changed += _compensate_layer(gm, layer, targets_of, small, analysis, removed, mode, ridge, calls,
                                              shared, report)
             current.step(small_nodes[node.name])
@@ -296,6 +296,7 @@ def _weights_outside_layers(analysis: ChannelAnalysis, removed: Tensor, consumer
 @dataclass
 class _Layer:
     node: fx.Node  # the consumer in the original graph
+    module: nn.Module  # its module there (``layers.layer_module``)
     small: nn.Module  # its slimmed module
     xs: list[Any]  # its inputs in the slim network, one per piece
 
@@ -305,7 +306,7 @@ def _compensate_layer(gm: fx.GraphModule, layer: _Layer, targets_of: Callable[[]
                       calls: dict, shared: dict, report: Compensation) -> list[str]:
     """Compensate one consumer for its removed inputs; returns the names of the tensors changed in ``small``."""
     node, xs = layer.node, layer.xs
-    module, names = layer_module(gm, node), consumer(gm, node)
+    module, names = layer.module, consumer(gm, node)
     if not isinstance(xs[0], Tensor):
         return []
     units = input_units(analysis, node, channel_dim(module, xs[0]))
