@@ -48,8 +48,8 @@ class Settings:
     spare_seeds: tuple[int, ...] = (5, 6, 7)
     sweep_arch: str = "resnet20"  # the choices made on it serve every family
     sweep_targets: tuple[float, ...] = (4.0, 8.0)
-    # (weight, lr, mask_every): the prepare grid; weight 1 / lr 0.01 / once per epoch first
-    prepare_grid: tuple[tuple[float, float, int], ...] = (
+    # (weight, lr, mask_every[, sparsity]): the prepare grid; weight 1 / lr 0.01 / once per epoch first
+    prepare_grid: tuple[tuple[float, ...], ...] = (
         (1.0, 0.01, 0), (0.5, 0.01, 0), (2.0, 0.01, 0), (1.0, 0.05, 0), (1.0, 0.01, 4))
     sl_lr: float = 0.01
     sl_regs: tuple[float, ...] = (5e-4, 5e-3, 5e-2)
@@ -220,11 +220,11 @@ class Bench:
                     return model, {"seconds": time.perf_counter() - t0, "epoch_seconds": []}
                 config = self.train_config(epochs, hp["lr"], seed)
                 result = prepare(model, self.example, self.data, config, [target], weight=hp["weight"],
-                                 mask_every=hp["mask_every"], importance=importance)
+                                 mask_every=hp["mask_every"], importance=importance, sparsity=hp.get("sparsity", 0.0))
             elif method == "prepared":
                 config = self.train_config(epochs, hp["lr"], seed)
                 result = prepare(model, self.example, self.data, config, [target], weight=hp["weight"],
-                                 mask_every=hp["mask_every"])
+                                 mask_every=hp["mask_every"], sparsity=hp.get("sparsity", 0.0))
             elif method == "DepGraph+SL":
                 config = self.train_config(epochs, s.sl_lr, seed, weight_decay=0.0, schedule="step",
                                            milestones=(int(0.6 * epochs), int(0.8 * epochs)))
@@ -344,8 +344,10 @@ class Bench:
 def choose(bench: Bench, arch: str, log: dict) -> dict[str, dict]:
     s = bench.s
     prepare_scores = {}
-    for weight, lr, every in s.prepare_grid:
+    for weight, lr, every, *sparsity in s.prepare_grid:
         hp = {"weight": weight, "lr": lr, "mask_every": every}
+        if sparsity and sparsity[0]:  # only where set: the settings without it keep their cache keys
+            hp["sparsity"] = sparsity[0]
         prepare_scores[json.dumps(hp)] = bench.sweep_score(arch, "prepared", hp)
         say(f"{arch} sweep prepared {hp}: val {prepare_scores[json.dumps(hp)]:.4f}")
     best_prepare = json.loads(max(prepare_scores, key=lambda k: prepare_scores[k]))

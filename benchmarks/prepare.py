@@ -117,7 +117,8 @@ def write_report(bench: Bench, cells: list[dict], choices: dict, sweep: dict, me
               f"GroupMagnitudeImportance(p=2, normalizer='max'), global, {s.tp_steps} steps until fxmeta's FLOPs "
               "count reaches the target; classifier ignored",
               "- prepared: `fxmeta.prepare` at the target (CE + weight x CE of the network with the channels a prune "
-              "to the target removes masked, BatchNorm on batch statistics, mask from fxmeta's l2 selection), "
+              "to the target removes masked, BatchNorm on batch statistics, mask from fxmeta's l2 selection; "
+              "`sparsity` in a setting: the graded weight decay of `--prepare-sparsity`), "
               "last epoch kept, then fxmeta prune (l2)"]
     if s.metanet_targets:
         lines += ["- metanet + prepared / metanet: the committed conditioned metanetwork (fxmeta/assets/metanet_digits.pt, "

@@ -161,9 +161,59 @@ def test_masks_follow_the_weights_on_schedule(digits):
     assert objective.mask_updates == 1 + (steps - 1) // 2
 
 
+def test_graded_decay_adds_coefficient_times_weight_growing_to_16x_on_the_weakest_unit():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 6), nn.ReLU(), nn.Linear(6, 3))
+    with torch.no_grad():  # hidden unit u's weights scaled by u + 1: unit 0 the weakest, unit 5 the strongest
+        scale = torch.arange(1.0, 7.0)
+        model[0].weight.copy_(torch.ones(6, 4) * scale[:, None])
+        model[0].bias.copy_(scale)
+        model[2].weight.copy_(torch.ones(3, 6) * scale)
+    objective = PrunabilityObjective(model, torch.randn(2, 4), [1.5], sparsity=0.01)
+    objective.update_masks()
+    for p in model.parameters():
+        p.grad = torch.zeros_like(p)
+    objective.after_backward()
+    coef = 0.01 * 16.0 ** ((5 - torch.arange(6.0)) / 5)  # 16x on the weakest, 1x on the strongest
+    torch.testing.assert_close(model[0].weight.grad, coef[:, None] * model[0].weight.detach())
+    torch.testing.assert_close(model[0].bias.grad, coef * model[0].bias.detach())
+    torch.testing.assert_close(model[2].weight.grad, coef * model[2].weight.detach())
+    assert not model[2].bias.grad.any()  # the output is never pruned, so never decayed
+
+
+def test_prepare_without_sparsity_adds_no_gradient(digits):
+    model = _resnet(8)
+    objective = PrunabilityObjective(model, torch.randn(1, 1, 8, 8), [2.0])
+    objective.update_masks()
+    for p in model.parameters():
+        p.grad = torch.zeros_like(p)
+    objective.after_backward()
+    assert all(not p.grad.any() for p in model.parameters())
+
+
+def test_sparsity_shrinks_the_channels_the_prune_removes(digits):
+    x = torch.randn(1, 1, 8, 8)
+
+    def removed_share(sparsity: float) -> float:
+        model = _resnet(9)
+        prepare(model, x, digits, _config(epochs=2, lr=0.05), [2.0], sparsity=sparsity)
+        objective = PrunabilityObjective(model.cpu(), x, [2.0])
+        removed = objective.update_masks()[0]
+        params = dict(objective.analysis.gm.named_parameters(remove_duplicate=False))
+        gone = total = 0.0
+        for group in (g for g in objective.analysis.groups if g.prunable):
+            for name, dim, index in group.slices:
+                sq = params[name].detach().movedim(dim, 0)[index].pow(2).flatten(1).sum(1)
+                gone += float(sq[removed[group.roots]].sum())
+                total += float(sq.sum())
+        return gone / total
+
+    assert removed_share(0.05) < 0.5 * removed_share(0.0)
+
+
 def test_prepare_config_rejects_bad_values():
     for bad in (dict(epochs=-1), dict(speedups=(0.5,)), dict(weight=float("nan")), dict(mask_every=-2),
-                dict(lr=0.0)):
+                dict(lr=0.0), dict(sparsity=-1e-3), dict(sparsity=float("inf"))):
         with pytest.raises(SpecError):
             PrepareConfig(**bad)
 

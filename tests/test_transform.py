@@ -341,3 +341,25 @@ def test_a_finetune_that_only_hurts_keeps_the_pruned_network_and_says_so(digits)
     result = transform(base, X, config, data=digits)
     assert result.finetune_best_epoch == 0 and result.after.accuracy > 0.5
     assert any("kept the pruned network" in n for n in result.notes)
+
+
+def test_the_prepare_settings_reach_the_prepare_stage_as_one_object(digits, monkeypatch):
+    import fxmeta.pipeline.stages as pipeline
+    from fxmeta.cli.app import build_parser
+    from fxmeta.cli.common import _prepare_config
+    from fxmeta.training.prepare import PrepareConfig
+
+    args = build_parser().parse_args(["transform", "m.pt", "--out", "o.pt", "--prepare-epochs", "1",
+                                      "--prepare-sparsity", "0.02", "--prepare-weight", "0.5"])
+    settings = _prepare_config(args)
+    assert settings == PrepareConfig(epochs=1, weight=0.5, sparsity=0.02)
+    calls = []
+
+    def recording_prepare(*args, **kwargs):
+        calls.append(kwargs)
+        return real_prepare(*args, **kwargs)
+
+    real_prepare = pipeline.prepare
+    monkeypatch.setattr(pipeline, "prepare", recording_prepare)
+    transform(_r20(), X, TransformConfig(prune=PruneSpec(1.5), prepare=settings, finetune=_finetune()), data=digits)
+    assert len(calls) == 1 and calls[0]["sparsity"] == 0.02 and calls[0]["weight"] == 0.5

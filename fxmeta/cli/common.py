@@ -256,6 +256,10 @@ def add_prepare_args(p: argparse.ArgumentParser) -> None:
                    help="recompute the mask every STEPS steps as well as at every epoch start (default: 0, "
                         "once per epoch)")
     g.add_argument("--prepare-lr", type=parse_number, metavar="LR", help="learning rate of the prepare stage (default: --lr)")
+    g.add_argument("--prepare-sparsity", type=parse_number, default=0.0, metavar="D",
+                   help="graded weight decay on the prunable channels during the prepare stage: D on each group's "
+                        "strongest channel, growing to 16 D on its weakest; a regulariser where the network would "
+                        "otherwise fit its training set, e.g. 0.005 (default: 0, off)")
 
 
 def speedup_list(text: str | None, flag: str) -> tuple[float, ...]:
@@ -277,7 +281,7 @@ def _prepare_config(args: argparse.Namespace):
     speedups = speedup_list(getattr(args, "prepare_speedups", None), "--prepare-speedups")
     return PrepareConfig(epochs=getattr(args, "prepare_epochs", 0), speedups=speedups,
                          weight=getattr(args, "prepare_weight", 1.0), mask_every=getattr(args, "prepare_mask_every", 0),
-                         lr=getattr(args, "prepare_lr", None))
+                         lr=getattr(args, "prepare_lr", None), sparsity=getattr(args, "prepare_sparsity", 0.0))
 
 
 def train_config(args: argparse.Namespace):
@@ -388,7 +392,7 @@ def check_numbers(args: argparse.Namespace) -> None:
         need("--" + name.replace("_", "-"), v is None or (finite(v) and v > 0), "a finite number > 0")
     v = val("min_keep")
     need("--min-keep", v is None or (finite(v) and 0 <= v <= 1), "within [0, 1]")
-    for name in ("weight_decay", "prepare_weight"):
+    for name in ("weight_decay", "prepare_weight", "prepare_sparsity"):
         v = val(name)
         need("--" + name.replace("_", "-"), v is None or (finite(v) and v >= 0), "a finite number >= 0")
     for name in ("workers", "epochs", "adapt_epochs", "bn_batches", "prepare_epochs", "prepare_mask_every",

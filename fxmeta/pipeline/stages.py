@@ -25,7 +25,7 @@ from ..keys import EXAMPLE_INPUT, IR, PLAN, PREPARED, PRUNE_IMPORTANCE, SPEEDUP
 from ..pruning.spec import PruneSpec
 from ..tracing import eval_mode
 from ..training.loop import TrainConfig, train
-from ..training.prepare import prepare
+from ..training.prepare import PrepareConfig, prepare
 
 
 @dataclass
@@ -137,17 +137,15 @@ class Prepare:
 
     data: Any
     config: TrainConfig
-    speedups: Sequence[float] = ()
-    weight: float = 1.0
-    mask_every: int = 0
+    settings: PrepareConfig = field(default_factory=PrepareConfig)  # its speed-ups, weight, mask schedule, decay
     name: str = "prepare for pruning"
 
     def __call__(self, state: State) -> State:
-        spec = state.spec
-        speedups = [float(s) for s in self.speedups] or [float(spec.speedup)]
+        spec, s = state.spec, self.settings
+        speedups = [float(v) for v in s.speedups] or [float(spec.speedup)]
         importance = state.prune_importance
         state.module = prepare(state.module, state.example_input, self.data, self.config, speedups,
-                               weight=self.weight, mask_every=self.mask_every, importance=importance,
+                               weight=s.weight, mask_every=s.mask_every, sparsity=s.sparsity, importance=importance,
                                round_to=spec.round_to, ignore=spec.ignore, min_keep=spec.min_keep,
                                allocation=spec.allocation).model.cpu().eval()
         state.ir, state.prepared = None, True  # an IR lowered before describes the weights before training
@@ -162,14 +160,13 @@ class Adapt:
 
     data: Any
     config: TrainConfig
-    weight: float = 1.0
-    mask_every: int = 0
+    settings: PrepareConfig = field(default_factory=PrepareConfig)  # the prepare stage's, at the spec's speed-up
     name = "adapt finetune"
 
     def __call__(self, state: State) -> State:
         if state.told:
-            return Prepare(self.data, self.config, [state.spec.speedup], weight=self.weight,
-                           mask_every=self.mask_every)(state)
+            settings = replace(self.settings, speedups=(state.spec.speedup,))
+            return Prepare(self.data, self.config, settings)(state)
         state.module = train(state.module, self.data, self.config).model.cpu().eval()
         state.ir = None
         return state

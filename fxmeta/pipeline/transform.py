@@ -325,12 +325,10 @@ def _stages(config: TransformConfig, spec: PruneSpec, data: DataSplits | None, l
                                       seed=config.finetune.seed)
     adapt = prepare_stage = None
     if loaders is not None and config.metanet is not None and config.adapt_epochs > 0:
-        adapt = Adapt(loaders, _stage_config(config, "adapt", config.adapt_epochs), weight=config.prepare.weight,
-                      mask_every=config.prepare.mask_every)
+        adapt = Adapt(loaders, _stage_config(config, "adapt", config.adapt_epochs), config.prepare)
     p = config.prepare
     if loaders is not None and p.epochs > 0:
-        prepare_stage = Prepare(loaders, _stage_config(config, "prepare", p.epochs, p.lr),
-                                p.speedups or [spec.speedup], weight=p.weight, mask_every=p.mask_every)
+        prepare_stage = Prepare(loaders, _stage_config(config, "prepare", p.epochs, p.lr), p)
     elif p.epochs > 0:
         notes.append("no data given: the prepare stage is skipped")
     return prune_stages(metanet=metanet, batches=batches, adapt=adapt, prepare_stage=prepare_stage,

@@ -17,6 +17,14 @@ after a resume).
 
 The plain pass is an ordinary training pass (BatchNorm running statistics update as in
 any epoch); the masked pass never touches running statistics.
+
+``sparsity=D`` adds a graded weight decay on every prunable unit's weights: ``D`` on each
+group's strongest unit by weight norm, growing to ``16 D`` on its weakest (the schedule of
+DepGraph's sparsity learning, Fang et al. 2023, written here as a gradient term). The
+masked term alone trains the network the prune leaves until it fits the training set and
+the finetune after the prune then has nothing left to learn; on small data the decay is
+the regulariser that keeps that from happening (``benchmarks/results/prepare_seqconv*.md``).
+The coefficients are fixed with the mask, once per mask update.
 """
 from __future__ import annotations
 
@@ -29,7 +37,10 @@ from torch import Tensor, nn
 
 from ..analysis.channels import analyze
 from ..errors import SpecError
+from ..pruning.importance import l2_importance
 from ..pruning.masking import MaskedNetwork, analytic_flops, calibrate_target, removal
+
+GRADED_DECAY_RANGE = 16.0  # the weakest unit of a group decays this many times faster than its strongest
 
 
 @dataclass
@@ -39,7 +50,8 @@ class PrepareConfig:
     ``epochs`` of training on the prunability objective; ``speedups`` are the FLOPs
     targets whose masks are trained (empty: the run's own target); ``weight`` multiplies
     the masked term; ``mask_every`` recomputes the mask every N steps besides once per
-    epoch (0: once per epoch); ``lr`` overrides the finetune's learning rate.
+    epoch (0: once per epoch); ``lr`` overrides the finetune's learning rate; ``sparsity``
+    is the graded weight decay on prunable units (0: none; see the module doc).
     """
 
     epochs: int = 0
@@ -47,6 +59,7 @@ class PrepareConfig:
     weight: float = 1.0
     mask_every: int = 0
     lr: float | None = None
+    sparsity: float = 0.0
 
     def __post_init__(self) -> None:
         self.speedups = tuple(float(s) for s in self.speedups)
@@ -56,6 +69,8 @@ class PrepareConfig:
             raise SpecError(f"prepare speed-ups must be finite numbers >= 1, got {self.speedups}")
         if not math.isfinite(self.weight) or self.weight < 0:
             raise SpecError(f"prepare weight must be a finite number >= 0, got {self.weight}")
+        if not math.isfinite(self.sparsity) or self.sparsity < 0:
+            raise SpecError(f"prepare sparsity must be a finite number >= 0, got {self.sparsity}")
         if self.mask_every < 0:
             raise SpecError(f"mask_every must be >= 0, got {self.mask_every}")
         if self.lr is not None and (not math.isfinite(self.lr) or self.lr <= 0):
@@ -75,7 +90,8 @@ class _Pair(nn.Module):
 
 
 class PrunabilityObjective:
-    """``CE(net) + weight * CE(net with the channels a prune to a target removes masked)``.
+    """``CE(net) + weight * CE(net with the channels a prune to a target removes masked)``, with
+    the graded decay of ``sparsity`` added to the gradients.
 
     A :class:`fxmeta.training.loop.Objective`: ``train(model, data, config, objective)`` trains on it.
     Build it on the CPU model, before training moves it."""
@@ -83,12 +99,13 @@ class PrunabilityObjective:
     def __init__(self, model: nn.Module, example_input: Any, speedups: Sequence[float], *, weight: float = 1.0,
                  mask_every: int = 0, importance: str = "l2", round_to: int | None = None,
                  ignore: Sequence[str] = (), min_keep: float = 0.1, seed: int = 0,
-                 allocation: str = "global") -> None:
+                 allocation: str = "global", sparsity: float = 0.0) -> None:
         if not speedups:
             raise SpecError("the prunability objective needs at least one speed-up target")
         self.speedups = [float(s) for s in speedups]
         self.weight = float(weight)
         self.mask_every = int(mask_every)
+        self.sparsity = float(sparsity)
         self.seed = seed
         self._select = {"importance": importance, "round_to": round_to, "min_keep": min_keep, "seed": seed,
                         "allocation": allocation}
@@ -99,13 +116,41 @@ class PrunabilityObjective:
         self.removed: list[Tensor] = []
         self._gen = torch.Generator()
         self.mask_updates = 0
+        self._decay: list[tuple[Tensor, int, Tensor, Tensor]] = []
 
     def update_masks(self) -> list[Tensor]:
-        """Recompute the removed set of every target from the current weights."""
+        """Recompute the removed set of every target (and the decay's coefficients) from the current weights."""
         self.removed = [removal(self.analysis, s, flops_target=t, flops=self._flops, **self._select)
                         for s, t in zip(self.speedups, self.targets)]
+        if self.sparsity:
+            self._decay = self._graded_decay()
         self.mask_updates += 1
         return self.removed
+
+    def _graded_decay(self) -> list[tuple[Tensor, int, Tensor, Tensor]]:
+        """(parameter, dim, index, per-unit coefficient) for every slice of every prunable group."""
+        params = dict(self.analysis.gm.named_parameters(remove_duplicate=False))
+        terms = []
+        for group in self.analysis.groups:
+            if not group.prunable:
+                continue
+            norm = l2_importance(group, params)
+            spread = norm.max() - norm.min()
+            rank = (norm.max() - norm) / spread if spread > 0 else torch.zeros_like(norm)
+            coef = (self.sparsity * GRADED_DECAY_RANGE ** rank).float()
+            for name, dim, index in group.slices:
+                p = params[name]
+                terms.append((p, dim, index.to(p.device), coef.to(p.device)))
+        return terms
+
+    @torch.no_grad()
+    def after_backward(self) -> None:
+        """Add the graded decay's gradient, ``coef * w``, to every prunable unit's weights."""
+        for p, dim, index, coef in self._decay:
+            if p.grad is None:
+                continue
+            grad, weight = p.grad.movedim(dim, 0), p.movedim(dim, 0)
+            grad[index] += coef.view(-1, *[1] * (weight.dim())) * weight[index]
 
     def wrap(self, model: nn.Module) -> nn.Module:
         return _Pair(model, self.masked)
@@ -129,7 +174,8 @@ class PrunabilityObjective:
 
 def prepare(model: nn.Module, example_input: Any, data: Any, train_config: Any, speedups: Sequence[float], *,
             weight: float = 1.0, mask_every: int = 0, importance: str = "l2", round_to: int | None = None,
-            ignore: Sequence[str] = (), min_keep: float = 0.1, allocation: str = "global") -> Any:
+            ignore: Sequence[str] = (), min_keep: float = 0.1, allocation: str = "global",
+            sparsity: float = 0.0) -> Any:
     """Train ``model`` in place for ``train_config.epochs`` epochs on the prunability objective.
 
     Returns the :class:`fxmeta.training.loop.TrainResult` with the last epoch's weights (the mask
@@ -140,5 +186,5 @@ def prepare(model: nn.Module, example_input: Any, data: Any, train_config: Any, 
 
     objective = PrunabilityObjective(model.cpu(), example_input, speedups, weight=weight, mask_every=mask_every,
                                      importance=importance, round_to=round_to, ignore=ignore, min_keep=min_keep,
-                                     seed=train_config.seed, allocation=allocation)
+                                     seed=train_config.seed, allocation=allocation, sparsity=sparsity)
     return train(model, data, replace(train_config, keep="last"), objective)
