@@ -49,8 +49,9 @@ class SeqConv(nn.Module):
 
 FAMILIES["seqconv"] = lambda name, **kw: SeqConv(**kw)
 
-# the prepare grid: the ResNet one, and the graded decay (--prepare-sparsity) at two strengths
-GRID = Settings().prepare_grid + ((1.0, 0.01, 0, 5e-3), (1.0, 0.01, 0, 1e-2))
+# the prepare grid: the ResNet one, and the graded decay (--prepare-sparsity) at three strengths
+SPARSITY = ((1.0, 0.01, 0, 5e-3), (1.0, 0.01, 0, 1e-2), (1.0, 0.01, 0, 2e-2))
+GRID = Settings().prepare_grid + SPARSITY
 FULL = Settings(archs=("seqconv",), seeds=(0, 1, 2), targets=(4.0, 8.0), image_size=None, data="mnist5k",
                 prepare_grid=GRID,
                 base_epochs=20, base_lrs=(("seqconv", 0.05),), pre_epochs=15, finetune_epochs=15,
@@ -61,8 +62,7 @@ QUICK = replace(FULL, seeds=(0,), targets=(4.0,), base_epochs=5, pre_epochs=3, f
 # the training images of the MNIST rows; 10,000 of the 54,000 training images (a
 # fixed stratified draw, for the 2-core budget), the full 6,000 validation and 10,000 test images; the
 # prepare and sparsity-learning grids cut to the two best settings of the MNIST-rows sweep (validation),
-# with the two graded-decay settings
+# with the graded-decay settings and, below SL's chosen strength, 2e-3
 FASHION = replace(FULL, data="fashion-mnist", train_limit=10_000, min_base_val=0.7,
-                  prepare_grid=((1.0, 0.01, 0), (1.0, 0.05, 0), (1.0, 0.01, 0, 5e-3), (1.0, 0.01, 0, 1e-2)),
-                  sl_regs=(5e-3, 5e-2))
+                  prepare_grid=((1.0, 0.01, 0), (1.0, 0.05, 0)) + SPARSITY, sl_regs=(2e-3, 5e-3, 5e-2))
 FASHION_QUICK = replace(QUICK, data="fashion-mnist", train_limit=2_000)
