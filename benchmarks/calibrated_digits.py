@@ -27,7 +27,7 @@ from pathlib import Path
 import torch
 
 from .common import header, mean_se, say, table
-from .digits import FULL, QUICK, Bench, cache_key, choose
+from .digits import FINETUNE_KEEP, FULL, QUICK, Bench, cache_key, choose
 from .tp_baselines import tp_importance, tp_pruner, tp_to_target
 
 FXMETA = [(imp, comp, "uniform") for imp in ("l2", "taylor", "activation") for comp in ("none", "bias", "lstsq")] \
@@ -97,7 +97,7 @@ def finetune_cell(bench: Bench, arch: str, seed: int, target: float) -> dict:
     s = bench.s
     epochs = s.pre_epochs + s.finetune_epochs
     parts = ["finetune", arch, seed, target, CALIB_BATCHES, epochs, s.finetune_lrs, s.base_epochs, s.base_lrs,
-             s.batch_size, s.image_size]
+             s.batch_size, s.image_size, FINETUNE_KEEP]
     path = bench.cache / "calibrated" / f"{arch}-s{seed}-default-ft-{target:g}x-{cache_key(parts)}.json"
     if path.is_file():
         return json.loads(path.read_text())
@@ -107,7 +107,8 @@ def finetune_cell(bench: Bench, arch: str, seed: int, target: float) -> dict:
     right_after = evaluate(module.eval(), bench.loaders.test)["acc"]
     for p in module.parameters():
         p.requires_grad_(True)
-    tuned = train(module, bench.data, bench.train_config(epochs, s.lr_of(s.finetune_lrs, arch), seed))
+    tuned = train(module, bench.data, bench.train_config(epochs, s.lr_of(s.finetune_lrs, arch), seed,
+                                                         keep=FINETUNE_KEEP))
     cell = {"arch": arch, "seed": seed, "target": target, "right_after_test": right_after,
             "finetuned_val": tuned.best_val_acc, "finetuned_test": tuned.test["acc"], "epochs": epochs}
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -141,7 +142,8 @@ def write_report(bench: Bench, oneshot: list[dict], tuned: list[dict], prepare_c
              "over 256 samples (as in `calibrated.md`). The prepared and DepGraph+SL rows are `benchmarks.prepare`'s "
              "cells (`digits.Bench.cell`, its hyper-parameters chosen on its validation sweep), computed on the same "
              "cache as the rest of this table; `prepare.md` itself was written from an earlier run, so its figures can "
-             "differ from these. Test accuracy, mean ± SE over seeds, %; nothing here is chosen on test.", ""]
+             "differ from these. Every finetune here counts the pruned network as its epoch 0 (the product's rule). "
+             "Test accuracy, mean ± SE over seeds, %; nothing here is chosen on test.", ""]
     for arch in s.archs:
         targets = sorted({c["target"] for c in oneshot if c["arch"] == arch})
         unpruned = _pm([bench.base_info(arch, seed)["test_acc"] for seed in seeds[arch]])
