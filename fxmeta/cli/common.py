@@ -259,7 +259,7 @@ def add_prepare_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--prepare-sparsity", type=parse_number, default=0.0, metavar="D",
                    help="graded weight decay on the prunable channels during the prepare stage: D on each group's "
                         "strongest channel, growing to 16 D on its weakest; a regulariser where the network would "
-                        "otherwise fit its training set, e.g. 0.005 (default: 0, off)")
+                        "otherwise fit its training set, e.g. 0.01; choose it on validation (default: 0, off)")
 
 
 def speedup_list(text: str | None, flag: str) -> tuple[float, ...]:
