@@ -186,8 +186,21 @@ def test_adapt_finetune_runs_between_metanet_and_removal(digits, tmp_path):
     assert (tmp_path / "adapt" / "last.pt").is_file() and (tmp_path / "finetune" / "last.pt").is_file()
 
 
-def test_after_a_conditioned_metanet_the_adapt_epochs_train_for_the_prune_it_was_told(digits, monkeypatch):
+def _record_prepare(monkeypatch) -> list[dict]:
+    """The keyword arguments of every ``fxmeta.prepare`` call the pipeline's stages make (still run)."""
     import fxmeta.pipeline.stages as pipeline
+
+    calls, real_prepare = [], pipeline.prepare
+
+    def recording_prepare(*args, **kwargs):
+        calls.append(kwargs)
+        return real_prepare(*args, **kwargs)
+
+    monkeypatch.setattr(pipeline, "prepare", recording_prepare)
+    return calls
+
+
+def test_after_a_conditioned_metanet_the_adapt_epochs_train_for_the_prune_it_was_told(digits, monkeypatch):
     from fxmeta.ir import lower
     from fxmeta.metanet import Metanet
     from fxmeta.metanet.condition import FEATURES
@@ -195,14 +208,7 @@ def test_after_a_conditioned_metanet_the_adapt_epochs_train_for_the_prune_it_was
     model = _r20()
     net = Metanet.for_graph(lower(model, X), width=8, depth=1, ratio=1.0, condition=len(FEATURES))
     net.zero_outputs()
-    calls = []
-
-    def recording_prepare(*args, **kwargs):
-        calls.append(kwargs)
-        return real_prepare(*args, **kwargs)
-
-    real_prepare = pipeline.prepare
-    monkeypatch.setattr(pipeline, "prepare", recording_prepare)
+    calls = _record_prepare(monkeypatch)
     config = TransformConfig(prune=PruneSpec(1.5), metanet=net, adapt_epochs=1, finetune=_finetune())
     result = transform(model, X, config, data=digits)
     assert "adapt finetune" in [n for n, _ in result.stages]
@@ -344,7 +350,6 @@ def test_a_finetune_that_only_hurts_keeps_the_pruned_network_and_says_so(digits)
 
 
 def test_the_prepare_settings_reach_the_prepare_stage_as_one_object(digits, monkeypatch):
-    import fxmeta.pipeline.stages as pipeline
     from fxmeta.cli.app import build_parser
     from fxmeta.cli.common import _prepare_config
     from fxmeta.training.prepare import PrepareConfig
@@ -353,13 +358,6 @@ def test_the_prepare_settings_reach_the_prepare_stage_as_one_object(digits, monk
                                       "--prepare-sparsity", "0.02", "--prepare-weight", "0.5"])
     settings = _prepare_config(args)
     assert settings == PrepareConfig(epochs=1, weight=0.5, sparsity=0.02)
-    calls = []
-
-    def recording_prepare(*args, **kwargs):
-        calls.append(kwargs)
-        return real_prepare(*args, **kwargs)
-
-    real_prepare = pipeline.prepare
-    monkeypatch.setattr(pipeline, "prepare", recording_prepare)
+    calls = _record_prepare(monkeypatch)
     transform(_r20(), X, TransformConfig(prune=PruneSpec(1.5), prepare=settings, finetune=_finetune()), data=digits)
     assert len(calls) == 1 and calls[0]["sparsity"] == 0.02 and calls[0]["weight"] == 0.5
