@@ -229,12 +229,13 @@ def test_prepare_on_cuda_with_amp(digits):
 
 
 def _ddp_worker(out: str) -> None:
-    """Run under torchrun: prepare on 2 CPU ranks, save each rank's final weights."""
+    """Run under torchrun: prepare (with the graded decay, added after DDP's all-reduce) on 2 CPU ranks,
+    save each rank's final weights."""
     import os
 
     torch.set_num_threads(1)
     result = prepare(_resnet(6), torch.randn(1, 1, 8, 8), load_data("digits"), _config(epochs=2, batch_size=32),
-                     [2.0, 3.0], mask_every=4)
+                     [2.0, 3.0], mask_every=4, sparsity=0.01)
     torch.save({"state": result.model.state_dict(), "history": result.history},
                os.path.join(out, f"rank{os.environ['RANK']}.pt"))
 
@@ -253,7 +254,7 @@ def test_prepare_under_torchrun_two_cpu_ranks(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     r0 = torch.load(tmp_path / "rank0.pt", weights_only=True)
     r1 = torch.load(tmp_path / "rank1.pt", weights_only=True)
-    # the ranks drew the same masks (same weights, same generator): weights stay identical
+    # the ranks drew the same masks and decay coefficients (same weights, same generator): weights stay identical
     assert r0["state"].keys() == r1["state"].keys()
     assert all(torch.equal(r0["state"][k], r1["state"][k]) for k in r0["state"])
     assert [h["samples"] for h in r0["history"]] == [2 * 16 * 32] * 2
