@@ -347,6 +347,21 @@ def test_a_finetune_that_only_hurts_keeps_the_pruned_network_and_says_so(digits)
     result = transform(base, X, config, data=digits)
     assert result.finetune_best_epoch == 0 and result.after.accuracy > 0.5
     assert any("kept the pruned network" in n for n in result.notes)
+    assert not any("--prepare-sparsity" in n for n in result.notes)  # no prepare stage: no hint about it
+
+
+def test_a_prepared_network_kept_by_its_finetune_gets_the_regulariser_hint(digits):
+    from fxmeta.training.loop import train
+    from fxmeta.training.prepare import PrepareConfig
+
+    base = train(_r20(), digits, _finetune(epochs=2)).model
+    wreck = _finetune(epochs=1, lr=5.0)  # a finetune step that wrecks it: the prepared network is kept
+    for sparsity, hinted in ((0.0, True), (0.01, False)):
+        config = TransformConfig(prune=PruneSpec(2.0), prepare=PrepareConfig(epochs=1, lr=0.01, sparsity=sparsity),
+                                 finetune=wreck)
+        result = transform(base, X, config, data=digits)
+        assert result.finetune_best_epoch == 0
+        assert any("--prepare-sparsity" in n for n in result.notes) == hinted
 
 
 def test_the_prepare_settings_reach_the_prepare_stage_as_one_object(digits, monkeypatch):

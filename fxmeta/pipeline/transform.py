@@ -416,7 +416,12 @@ def transform(
                                    objective)
                 module, best_epoch = result.model, result.best_epoch
                 if best_epoch == 0:
-                    notes.append("the finetune kept the pruned network as it was: no epoch beat it on validation")
+                    hint = ""
+                    if config.prepare.epochs > 0 and not config.prepare.sparsity:
+                        # the measured cause: the prepare stage fitted the training set, nothing is left to learn
+                        hint = " (a prepared network that fits its training set gains nothing from a finetune: " \
+                               "--prepare-sparsity, e.g. 0.01, regularises the prepare stage)"
+                    notes.append("the finetune kept the pruned network as it was: no epoch beat it on validation" + hint)
             else:
                 notes.append("finetune epochs = 0: the pruned network is not finetuned")
         module.eval()
