@@ -72,6 +72,8 @@ ERROR_CASES = {
                       "does not fit the data"),
     "classes vs data": (["transform", *R20, "--num-classes", "3", "--data", "digits", "--out", "{d}/o.pt"],
                         "has 3 outputs but the data has 10 classes"),
+    "prepare setting without its stage": (["transform", *R20, "--data", "digits", "--prepare-sparsity", "0.01",
+                                           "--out", "{d}/o.pt"], "--prepare-sparsity applies only with --prepare-epochs"),
     "unknown spec": (["prune", "fxmeta:resnet21", "--out", "{d}/o.pt"], "unknown model 'resnet21'"),
     "unknown spec form": (["prune", "nonsense", "--out", "{d}/o.pt"], "unknown model spec"),
     "missing file": (["prune", "{d}/missing.pt", "--out", "{d}/o.pt"], "no such file"),
