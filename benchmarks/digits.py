@@ -96,6 +96,11 @@ def training_subset(data: Any, count: int) -> Any:
                        description=f"{data.description}; training subset: {count} of {len(labels)}, stratified")
 
 
+def prepare_settings(hp: dict) -> dict:
+    """``fxmeta.prepare``'s keyword arguments from a prepare setting of the grid (``choose``)."""
+    return {"weight": hp["weight"], "mask_every": hp["mask_every"], "sparsity": hp.get("sparsity", 0.0)}
+
+
 FINETUNE_KEEP = "best-or-start"  # the finetune's rule, as fxmeta transform's: the pruned network itself is a candidate
 
 
@@ -219,12 +224,11 @@ class Bench:
                 if method == "metanet":
                     return model, {"seconds": time.perf_counter() - t0, "epoch_seconds": []}
                 config = self.train_config(epochs, hp["lr"], seed)
-                result = prepare(model, self.example, self.data, config, [target], weight=hp["weight"],
-                                 mask_every=hp["mask_every"], importance=importance, sparsity=hp.get("sparsity", 0.0))
+                result = prepare(model, self.example, self.data, config, [target], importance=importance,
+                                 **prepare_settings(hp))
             elif method == "prepared":
                 config = self.train_config(epochs, hp["lr"], seed)
-                result = prepare(model, self.example, self.data, config, [target], weight=hp["weight"],
-                                 mask_every=hp["mask_every"], sparsity=hp.get("sparsity", 0.0))
+                result = prepare(model, self.example, self.data, config, [target], **prepare_settings(hp))
             elif method == "DepGraph+SL":
                 config = self.train_config(epochs, s.sl_lr, seed, weight_decay=0.0, schedule="step",
                                            milestones=(int(0.6 * epochs), int(0.8 * epochs)))

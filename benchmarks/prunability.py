@@ -52,7 +52,7 @@ import torch
 from benchmarks._env import versions
 from benchmarks.common import say
 from benchmarks.digits import FULL as PREPARE
-from benchmarks.digits import Bench, cache_key, choose, mean_std, pct
+from benchmarks.digits import Bench, cache_key, choose, mean_std, pct, prepare_settings
 from benchmarks.zoo import STEP_LRS, Settings, build_zoo_once, gradient_step, meta_train_once, rewrite_for
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -152,8 +152,8 @@ def cell(bench: Bench, arch: str, seed: int, method: str, target: float, hp: dic
             elif method == FIXED_1:  # what the two above share: the prune fixed from the original weights
                 importance = bench.told_importance(arch, seed, target)
             config = bench.train_config(1, hp["lr"], seed)
-            start = prepare(start, bench.example, bench.data, config, [target], weight=hp["weight"],
-                            mask_every=hp["mask_every"], importance=importance).model.cpu()
+            start = prepare(start, bench.example, bench.data, config, [target], importance=importance,
+                            **prepare_settings(hp)).model.cpu()
             kind, prune_hp = "fxmeta-l2", {"importance": importance}
         elif method.startswith("metanet"):
             start, importance = rewrite_for(metanets[method]["metanet"], bench, base, target)

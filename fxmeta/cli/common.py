@@ -279,20 +279,19 @@ def _prepare_config(args: argparse.Namespace):
     from ..training.prepare import PrepareConfig
 
     speedups = speedup_list(getattr(args, "prepare_speedups", None), "--prepare-speedups")
-    if not getattr(args, "prepare_epochs", 0):  # a setting of a stage that does not run would be lost silently
-        adapt = getattr(args, "adapt_epochs", 0) > 0  # the adapt epochs train with the weight, mask schedule, decay
-        settings = (("--prepare-speedups", speedups, (), False),
-                    ("--prepare-weight", getattr(args, "prepare_weight", 1.0), 1.0, adapt),
-                    ("--prepare-mask-every", getattr(args, "prepare_mask_every", 0), 0, adapt),
-                    ("--prepare-lr", getattr(args, "prepare_lr", None), None, False),
-                    ("--prepare-sparsity", getattr(args, "prepare_sparsity", 0.0), 0.0, adapt))
-        given = [flag for flag, value, off, used in settings if value != off and not used]
+    config = PrepareConfig(epochs=getattr(args, "prepare_epochs", 0), speedups=speedups,
+                           weight=getattr(args, "prepare_weight", 1.0), mask_every=getattr(args, "prepare_mask_every", 0),
+                           lr=getattr(args, "prepare_lr", None), sparsity=getattr(args, "prepare_sparsity", 0.0))
+    if not config.epochs:  # a setting of a stage that does not run would be lost silently
+        # the adapt epochs after a conditioned metanetwork train with the weight, mask schedule and decay
+        adapt = ("weight", "mask_every", "sparsity") if getattr(args, "adapt_epochs", 0) > 0 else ()
+        default = PrepareConfig()
+        given = [f"--prepare-{name.replace('_', '-')}" for name in ("speedups", "weight", "mask_every", "lr", "sparsity")
+                 if getattr(config, name) != getattr(default, name) and name not in adapt]
         if given:
             raise SpecError(f"{', '.join(given)} {'applies' if len(given) == 1 else 'apply'} only with "
                             "--prepare-epochs N > 0: without it no prepare stage runs")
-    return PrepareConfig(epochs=getattr(args, "prepare_epochs", 0), speedups=speedups,
-                         weight=getattr(args, "prepare_weight", 1.0), mask_every=getattr(args, "prepare_mask_every", 0),
-                         lr=getattr(args, "prepare_lr", None), sparsity=getattr(args, "prepare_sparsity", 0.0))
+    return config
 
 
 def train_config(args: argparse.Namespace):

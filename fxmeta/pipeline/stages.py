@@ -142,7 +142,7 @@ class Prepare:
 
     def __call__(self, state: State) -> State:
         spec, s = state.spec, self.settings
-        speedups = [float(v) for v in s.speedups] or [float(spec.speedup)]
+        speedups = list(s.speedups) or [float(spec.speedup)]  # PrepareConfig holds them as floats
         importance = state.prune_importance
         state.module = prepare(state.module, state.example_input, self.data, self.config, speedups,
                                weight=s.weight, mask_every=s.mask_every, sparsity=s.sparsity, importance=importance,
