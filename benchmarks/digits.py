@@ -41,7 +41,10 @@ class Settings:
     finetune_epochs: int = 5
     finetune_lrs: tuple[tuple[str, float], ...] = (("resnet20", 0.05), ("resnet56", 0.01))  # quality.py, on val
     bn_batches: int = 20
-    sweep_seed: int = 100
+    sweep_seeds: tuple[int, ...] = (100,)  # the networks the choices are made on (none of the compared seeds)
+    # the score a choice reads on them: validation accuracy right after the prune + recalibration ("prune"),
+    # or after the prune and the finetune ("finetune": what a user who finetunes ends with)
+    sweep_after: str = "prune"
     # a base network whose training failed (validation accuracy below this) is no network to prune:
     # it is replaced by the next spare seed, decided on validation accuracy only
     min_base_val: float = 0.9
@@ -332,14 +335,21 @@ class Bench:
         path.write_text(json.dumps(record))
         return record
 
-    def sweep_score(self, arch: str, method: str, hp: dict) -> float:
-        """Validation accuracy right after a prune + recalibration, mean over the sweep targets."""
-        seed, scores = self.s.sweep_seed, []
-        for target in self.s.sweep_targets:
-            start, _ = self.pre_stage(arch, seed, method, target, hp)
-            got = self.prune(start, method, target, hp, seed)
-            scores.append(0.0 if "error" in got else self.after_prune(got["module"])[1])
-        return statistics.fmean(scores)
+    def sweep_score(self, arch: str, method: str, hp: dict) -> dict[str, float]:
+        """Validation accuracy right after a prune + recalibration (``prune``) and, where ``sweep_after`` is
+        ``finetune``, after the finetune too (``finetune``): means over the sweep networks and targets."""
+        s, pruned, tuned = self.s, [], []
+        for seed in s.sweep_seeds:
+            for target in s.sweep_targets:
+                if s.sweep_after == "finetune":  # the whole cell, as the compared seeds get it (cached)
+                    got = self.cell(arch, seed, method, target, hp)
+                    pruned.append(got.get("recal_val_acc", 0.0))
+                    tuned.append(got.get("finetuned_val_acc", 0.0))
+                    continue
+                start, _ = self.pre_stage(arch, seed, method, target, hp)
+                got = self.prune(start, method, target, hp, seed)
+                pruned.append(0.0 if "error" in got else self.after_prune(got["module"])[1])
+        return {"prune": statistics.fmean(pruned), **({"finetune": statistics.fmean(tuned)} if tuned else {})}
 
 
 # ----------------------------------------------------------------------------- choices
@@ -347,21 +357,22 @@ class Bench:
 
 def choose(bench: Bench, arch: str, log: dict) -> dict[str, dict]:
     s = bench.s
+    key = s.sweep_after
     prepare_scores = {}
     for weight, lr, every, *sparsity in s.prepare_grid:
         hp = {"weight": weight, "lr": lr, "mask_every": every}
         if sparsity and sparsity[0]:  # only where set: the settings without it keep their cache keys
             hp["sparsity"] = sparsity[0]
         prepare_scores[json.dumps(hp)] = bench.sweep_score(arch, "prepared", hp)
-        say(f"{arch} sweep prepared {hp}: val {prepare_scores[json.dumps(hp)]:.4f}")
-    best_prepare = json.loads(max(prepare_scores, key=lambda k: prepare_scores[k]))
+        say(f"{arch} sweep prepared {hp}: val {prepare_scores[json.dumps(hp)]}")
+    best_prepare = json.loads(max(prepare_scores, key=lambda k: prepare_scores[k][key]))
     # plain epochs for l2 / random use the prepare stage's lr: the same optimiser on the plain loss
     plain_lr = best_prepare["lr"]
     sl_scores = {}
     for reg in s.sl_regs:
         sl_scores[reg] = bench.sweep_score(arch, "DepGraph+SL", {"reg": reg})
-        say(f"{arch} sweep DepGraph+SL reg {reg:g}: val {sl_scores[reg]:.4f}")
-    best_reg = max(sl_scores, key=lambda r: (sl_scores[r], -r))
+        say(f"{arch} sweep DepGraph+SL reg {reg:g}: val {sl_scores[reg]}")
+    best_reg = max(sl_scores, key=lambda r: (sl_scores[r][key], -r))
     log[arch] = {"prepare": prepare_scores, "sl_reg": {str(k): v for k, v in sl_scores.items()},
                  "chosen": {"prepared": best_prepare, "DepGraph+SL": {"reg": best_reg}}}
     return {"prepared": best_prepare, "metanet + prepared": best_prepare, "metanet": {},

@@ -28,8 +28,9 @@ Reported per (arch, method, target): test accuracy right after pruning + recalib
 and after the finetune (mean ± std over seeds), the paired difference prepared −
 DepGraph+SL with its standard error, and wall time per stage. Hyper-parameters (the
 prepare weight, lr and mask schedule; the SL strength) are chosen on the validation split
-of a network of its own (``sweep_seed``, not one of the compared seeds), scored by
-validation accuracy right after a prune + recalibration; the finetune lr per family is
+of networks of their own (``sweep_seeds``, none of the compared seeds), scored by
+validation accuracy right after a prune + recalibration, or after the finetune where the
+family's target is the finetuned network (``sweep_after``); the finetune lr per family is
 the one quality.py chose on validation.
 
     python -m benchmarks.prepare            # full run; resumable (cells are cached)
@@ -94,7 +95,7 @@ def write_report(bench: Bench, cells: list[dict], choices: dict, sweep: dict, me
               f"- machine: {meta['machine']}, torch threads = {meta['threads']}",
               f"- versions: {', '.join(f'{k} {v}' for k, v in meta['versions'].items())}",
               f"- base networks: seeds {'; '.join(f'{a} ' + ', '.join(map(str, u)) for a, (u, _) in seeds_of.items())}"
-              f"; sweep network: seed {s.sweep_seed}"
+              f"; sweep networks: seeds {', '.join(map(str, s.sweep_seeds))}"
               + "".join(f"; {a} seed {sd} replaced by a spare seed: its training failed (val acc {100 * v:.1f} % < "
                         f"{100 * s.min_base_val:.0f} %)" for a, (_, rej) in seeds_of.items() for sd, v in rej.items()),
               f"- load average (1/5/15 min) at start: {meta['load_start']}; at end: {meta['load_end']}",
@@ -127,20 +128,28 @@ def write_report(bench: Bench, cells: list[dict], choices: dict, sweep: dict, me
               f"metanetwork was told; `metanet` finetunes {s.pre_epochs + s.finetune_epochs} epochs (the same total). "
               "Targets: " + "; ".join(f"{a} {', '.join(f'{t:g}x' for t in ts)}" for a, ts in s.metanet_targets)]
     lines.append("")
+    after = {"prune": "right after a prune + recalibration", "finetune": "after the prune and the finetune"}
     lines += ["## Hyper-parameters, chosen on validation (never test)", "",
-              f"Scored on the sweep network (seed {s.sweep_seed}): validation accuracy right after a prune + "
-              f"recalibration, mean over {', '.join(f'{t:g}x' for t in s.sweep_targets)}.", "",
-              "| arch | method | setting | val score |", "|---|---|---|---|"]
+              f"Scored on the sweep network{'s' if len(s.sweep_seeds) > 1 else ''} (seed "
+              f"{', '.join(map(str, s.sweep_seeds))}): validation accuracy {after[s.sweep_after]}, mean over "
+              f"{', '.join(f'{t:g}x' for t in s.sweep_targets)}"
+              + (" and the sweep networks" if len(s.sweep_seeds) > 1 else "") + "; the choice reads the "
+              f"{'last' if s.sweep_after == 'finetune' else 'first'} column.", "",
+              "| arch | method | setting | val, right after | val, after finetune |", "|---|---|---|---|---|"]
+
+    def score_cells(score: dict) -> str:
+        return f"{pct(score['prune'])} | {pct(score['finetune']) if 'finetune' in score else '—'}"
+
     for arch, entry in sweep.items():
         for hp, score in entry["prepare"].items():
             mark = " **(chosen)**" if json.loads(hp) == entry["chosen"]["prepared"] else ""
-            lines.append(f"| {arch} | prepared | {hp}{mark} | {pct(score)} |")
+            lines.append(f"| {arch} | prepared | {hp}{mark} | {score_cells(score)} |")
         for reg, score in entry["sl_reg"].items():
             mark = " **(chosen)**" if float(reg) == entry["chosen"]["DepGraph+SL"]["reg"] else ""
-            lines.append(f"| {arch} | DepGraph+SL | reg {reg}{mark} | {pct(score)} |")
+            lines.append(f"| {arch} | DepGraph+SL | reg {reg}{mark} | {score_cells(score)} |")
     for arch in s.archs:
         if arch not in sweep:
-            lines.append(f"| {arch} | all | the {s.sweep_arch} choices | — |")
+            lines.append(f"| {arch} | all | the {s.sweep_arch} choices | — | — |")
     lines.append("")
     lines += ["## Test accuracy (%), mean ± std over seeds", ""]
     for arch in s.archs:
