@@ -55,6 +55,9 @@ class Settings:
     prepare_grid: tuple[tuple[float, ...], ...] = (
         (1.0, 0.01, 0), (0.5, 0.01, 0), (2.0, 0.01, 0), (1.0, 0.05, 0), (1.0, 0.01, 4))
     sl_lr: float = 0.01
+    # every cell also finetuned by distillation from its base network (``fxmeta transform --distill``), with the
+    # settings chosen for the plain finetune: a second recipe for the step after the prune
+    distill_finetune: bool = False
     sl_regs: tuple[float, ...] = (5e-4, 5e-3, 5e-2)
     tp_steps: int = 400
     # the metanetwork rows (the ResNet20 metanetwork, transferred to ResNet56 at two targets: its cells
@@ -331,6 +334,40 @@ class Bench:
             say(f"{arch} s{seed} {method:>11} {target:>4g}x: {record['flops_speedup']:.2f}x, "
                 f"right after {raw:.4f} -> recalibrated {test:.4f} -> finetuned {tuned.test['acc']:.4f} "
                 f"(pre-stage {pre['seconds']:.0f} s)")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(record))
+        return record
+
+    def distilled(self, arch: str, seed: int, method: str, target: float, hp: dict) -> dict:
+        """The cell's pruned network finetuned on the KL divergence to the base network's outputs instead of
+        the labels (``fxmeta transform --distill``, temperature 1; the same epochs, lr and rule of keeping)."""
+        from fxmeta.training.distill import DistillObjective
+        from fxmeta.training.loop import train
+
+        s = self.s
+        parts = [hp, s.image_size, s.base_epochs, s.base_lrs, s.batch_size, s.pre_epochs, s.finetune_epochs,
+                 s.finetune_lrs, s.bn_batches, s.sl_lr, s.tp_steps, FINETUNE_KEEP, "distill", 1.0]
+        parts += [s.train_limit] if s.train_limit else []
+        path = self.cache / "cells" / f"{arch}-s{seed}-{method.replace(' + ', '+')}-{target:g}x-kd-{cache_key(parts)}.json"
+        if path.is_file():
+            return json.loads(path.read_text())
+        start, _ = self.pre_stage(arch, seed, method, target, hp)
+        prune_hp = {**hp, "importance": self.told_importance(arch, seed, target)} if method.startswith("metanet") \
+            else hp
+        got = self.prune(start, method, target, prune_hp, seed)
+        record: dict[str, Any] = {}
+        if "error" not in got:
+            module = got["module"]
+            self.after_prune(module)
+            for p in module.parameters():
+                p.requires_grad_(True)
+            epochs = s.finetune_epochs + (s.pre_epochs if method == "metanet" else 0)
+            t0 = time.perf_counter()
+            tuned = train(module, self.data, self.train_config(epochs, s.lr_of(s.finetune_lrs, arch), seed,
+                                                               keep=FINETUNE_KEEP), DistillObjective(self.base(arch, seed)))
+            record = {"distilled_val_acc": tuned.best_val_acc, "distilled_test_acc": tuned.test["acc"],
+                      "distill_seconds": time.perf_counter() - t0}
+            say(f"{arch} s{seed} {method:>11} {target:>4g}x: distilled finetune -> {tuned.test['acc']:.4f}")
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(record))
         return record

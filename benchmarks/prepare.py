@@ -121,6 +121,11 @@ def write_report(bench: Bench, cells: list[dict], choices: dict, sweep: dict, me
               "to the target removes masked, BatchNorm on batch statistics, mask from fxmeta's l2 selection; "
               "`sparsity` in a setting: the graded weight decay of `--prepare-sparsity`), "
               "last epoch kept, then fxmeta prune (l2)"]
+    if s.distill_finetune:
+        lines.append("- after a distillation finetune: the same pruned networks, finetuned with the same epochs, lr and "
+                     "rule of keeping on the KL divergence to their base network's outputs instead of the labels "
+                     "(`fxmeta transform --distill`, temperature 1; the teacher is the network before any method's own "
+                     "stage, as `fxmeta transform`'s); the settings are those chosen for the plain finetune")
     if s.metanet_targets:
         lines += ["- metanet + prepared / metanet: the committed conditioned metanetwork (fxmeta/assets/metanet_digits.pt, "
               "meta-trained on ResNet20s of other seeds; its gradient input on the first 2 of the shared calibration "
@@ -154,9 +159,11 @@ def write_report(bench: Bench, cells: list[dict], choices: dict, sweep: dict, me
     lines += ["## Test accuracy (%), mean ± std over seeds", ""]
     for arch in s.archs:
         base_acc = [bench.base_info(arch, sd)["test_acc"] for sd in seeds_of[arch][0]]
+        kd = s.distill_finetune
         lines += [f"### {arch} (unpruned: {pct(*mean_std(base_acc))})", "",
-                  "| target | method | n | FLOPs x | right after prune + recal | after finetune | pre-stage s | "
-                  "finetune s |", "|---|---|---|---|---|---|---|---|"]
+                  "| target | method | n | FLOPs x | right after prune + recal | after finetune | "
+                  + ("after a distillation finetune | " if kd else "") + "pre-stage s | finetune s |",
+                  "|---|---|---|---|---|---|" + ("---|" if kd else "") + "---|---|"]
         for target in s.targets:
             for method in METHODS:
                 group = [c for c in cells if (c["arch"], c["method"], c["target"]) == (arch, method, target)]
@@ -169,22 +176,25 @@ def write_report(bench: Bench, cells: list[dict], choices: dict, sweep: dict, me
                 stat = {k: mean_std([c[k] for c in ok]) for k in ("flops_speedup", "recal_test_acc",
                                                                    "finetuned_test_acc", "pre_seconds",
                                                                    "finetune_seconds")}
+                distilled = [c["distilled_test_acc"] for c in ok if "distilled_test_acc" in c]
+                kd_cell = (f"{pct(*mean_std(distilled)) if distilled else '—'} | ") if kd else ""
                 lines.append(f"| {target:g}x | {method} | {len(ok)} | {stat['flops_speedup'][0]:.2f} | "
-                             f"{pct(*stat['recal_test_acc'])} | {pct(*stat['finetuned_test_acc'])} | "
+                             f"{pct(*stat['recal_test_acc'])} | {pct(*stat['finetuned_test_acc'])} | {kd_cell}"
                              f"{stat['pre_seconds'][0]:.0f} | {stat['finetune_seconds'][0]:.0f} |")
         lines.append("")
         for first, second in PAIRS:
-            rows = [(t, paired(cells, arch, t, "recal_test_acc", first, second),
-                     paired(cells, arch, t, "finetuned_test_acc", first, second)) for t in s.targets]
-            rows = [r for r in rows if r[1][2] > 1]
+            keys = ("recal_test_acc", "finetuned_test_acc") + (("distilled_test_acc",) if kd else ())
+            rows = [(t, [paired(cells, arch, t, key, first, second) for key in keys]) for t in s.targets]
+            rows = [r for r in rows if r[1][0][2] > 1]
             if not rows:
                 continue
             lines += [f"{first} − {second}, paired over seeds ({arch}):", "",
-                      "| target | right after prune + recal (pts ± SE) | after finetune (pts ± SE) | n |",
-                      "|---|---|---|---|"]
-            for target, a, b in rows:
-                lines.append(f"| {target:g}x | {100 * a[0]:+.2f} ± {100 * a[1]:.2f} | {100 * b[0]:+.2f} ± "
-                             f"{100 * b[1]:.2f} | {a[2]} |")
+                      "| target | right after prune + recal (pts ± SE) | after finetune (pts ± SE) | "
+                      + ("after a distillation finetune (pts ± SE) | " if kd else "") + "n |",
+                      "|---|---|---|" + ("---|" if kd else "") + "---|"]
+            for target, diffs in rows:
+                lines.append(f"| {target:g}x | " + " | ".join(f"{100 * m:+.2f} ± {100 * se:.2f}" for m, se, _ in diffs)
+                             + f" | {diffs[0][2]} |")
             lines.append("")
     lines += ["## Cost of one epoch", ""]
     for arch in s.archs:
@@ -273,6 +283,8 @@ def main(argv: list[str] | None = None) -> None:
                 for method in METHODS:
                     if s.runs(arch, method, target):
                         cells.append(bench.cell(arch, seed, method, target, chosen_for[method]))
+                        if s.distill_finetune and "error" not in cells[-1]:
+                            cells[-1] = {**cells[-1], **bench.distilled(arch, seed, method, target, chosen_for[method])}
     meta = {"command": "python -m benchmarks.prepare" + (" --quick" if args.quick else "")
             + (f" --family {args.family}" if args.family != "resnet" else "")
             + (f" --archs {args.archs}" if args.archs else "") + (f" --seeds {args.seeds}" if args.seeds else "")
