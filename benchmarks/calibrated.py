@@ -206,13 +206,17 @@ def _train_config(seed: int, epochs: int):
                        seed=seed, device="cpu", progress=False, keep="best")
 
 
-def finetuned(bench: Bench, module: torch.nn.Module, seed: int) -> dict:
-    """``FT`` epochs of plain finetuning (the best validation epoch kept), then val / test accuracy."""
+def finetuned(bench: Bench, module: torch.nn.Module, seed: int, teacher: torch.nn.Module | None = None) -> dict:
+    """``FT`` epochs of plain finetuning (the best validation epoch kept), then val / test accuracy; with a
+    ``teacher``, the finetune is on the KL divergence to its outputs instead (``fxmeta transform --distill``)."""
+    from fxmeta.training.distill import DistillObjective
     from fxmeta.training.loop import evaluate, train
 
-    result = train(module, bench.data, _train_config(seed, FT["epochs"]))
-    return {"ft_val": evaluate(result.model, bench.loaders.val)["acc"],
-            "ft_test": evaluate(result.model, bench.loaders.test)["acc"]}
+    objective = DistillObjective(teacher) if teacher is not None else None
+    result = train(module, bench.data, _train_config(seed, FT["epochs"]), objective)
+    prefix = "kd" if teacher is not None else "ft"
+    return {f"{prefix}_val": evaluate(result.model, bench.loaders.val)["acc"],
+            f"{prefix}_test": evaluate(result.model, bench.loaders.test)["acc"]}
 
 
 def ft_cells(bench: Bench, arch: str, seed: int, base: torch.nn.Module, tp_best: dict) -> list[dict]:
@@ -221,6 +225,7 @@ def ft_cells(bench: Bench, arch: str, seed: int, base: torch.nn.Module, tp_best:
     and DepGraph+SL (k sparsity-learning epochs before the prune): the same k epochs after the prune for
     all, k more before it for the last two."""
     import copy
+    from functools import partial
 
     import fxmeta
     from fxmeta.pruning.spec import PruneSpec, recalibrates
@@ -234,25 +239,27 @@ def ft_cells(bench: Bench, arch: str, seed: int, base: torch.nn.Module, tp_best:
         common = {"stage": "ft", "arch": arch, "seed": seed, "size": bench.image_size, "target": target, "ft": FT,
                   "calib": CALIB, "recal": RECAL, "calibrated": CALIBRATED_DEFAULTS}
 
-        def one_shot(spec, pre_epochs=0):
+        def one_shot(spec, teacher=None):
             module = fxmeta.prune(base, bench.example, spec=spec, calibration=calibration).module.eval()
             if recalibrates(spec):
                 recalibrate_bn(module, bench.recal_batches(seed), RECAL["batches"])
             return {"val": evaluate(module, bench.loaders.val)["acc"], "test": evaluate(module, bench.loaders.test)["acc"],
-                    "pre_epochs": pre_epochs, **finetuned(bench, module, seed)}
+                    "pre_epochs": 0, **finetuned(bench, module, seed, teacher)}
 
-        rows = {"fxmeta calibrated default": lambda: one_shot(PruneSpec(target).resolved(with_data=True)),
-                "fxmeta l2 + none (global)": lambda: one_shot(PruneSpec(target).resolved(with_data=False))}
+        rows = {"fxmeta calibrated default": lambda teacher=None: one_shot(PruneSpec(target).resolved(with_data=True),
+                                                                           teacher),
+                "fxmeta l2 + none (global)": lambda teacher=None: one_shot(PruneSpec(target).resolved(with_data=False),
+                                                                           teacher)}
 
-        def prepared():
+        def prepared(teacher=None):
             model = copy.deepcopy(base)
             fxmeta.prepare(model, bench.example, bench.data, _train_config(seed, FT["epochs"]), [target])
             module = fxmeta.prune(model.eval(), bench.example, speedup=target).module.eval()
             recalibrate_bn(module, bench.recal_batches(seed), RECAL["batches"])
             return {"val": evaluate(module, bench.loaders.val)["acc"], "test": evaluate(module, bench.loaders.test)["acc"],
-                    "pre_epochs": FT["epochs"], **finetuned(bench, module, seed)}
+                    "pre_epochs": FT["epochs"], **finetuned(bench, module, seed, teacher)}
 
-        def sparsity_learning():
+        def sparsity_learning(teacher=None):
             model = copy.deepcopy(base)
             objective = SparsityLearning(model, bench.example, SL_REG, TP_STEPS)
             train(model, bench.data, _train_config(seed, FT["epochs"]), objective)
@@ -261,9 +268,9 @@ def ft_cells(bench: Bench, arch: str, seed: int, base: torch.nn.Module, tp_best:
                 return {"error": f"Torch-Pruning did not reach {target:g}x"}
             recalibrate_bn(module, bench.recal_batches(seed), RECAL["batches"])
             return {"val": evaluate(module, bench.loaders.val)["acc"], "test": evaluate(module, bench.loaders.test)["acc"],
-                    "pre_epochs": FT["epochs"], **finetuned(bench, module, seed)}
+                    "pre_epochs": FT["epochs"], **finetuned(bench, module, seed, teacher)}
 
-        def tp_row():
+        def tp_row(teacher=None):
             method = tp_label.split()[-1]
             model = copy.deepcopy(base)
             pruner = tp_pruner(model, bench.example, tp_importance(method, model, calibration, HESSIAN_SAMPLES),
@@ -274,16 +281,21 @@ def ft_cells(bench: Bench, arch: str, seed: int, base: torch.nn.Module, tp_best:
             module.zero_grad(set_to_none=True)
             recalibrate_bn(module, bench.recal_batches(seed), RECAL["batches"])
             return {"val": evaluate(module, bench.loaders.val)["acc"], "test": evaluate(module, bench.loaders.test)["acc"],
-                    "pre_epochs": 0, **finetuned(bench, module, seed)}
+                    "pre_epochs": 0, **finetuned(bench, module, seed, teacher)}
 
         rows.update({"fxmeta prepare (l2)": prepared, "DepGraph+SL (Torch-Pruning)": sparsity_learning,
                      f"{tp_label} (best on val)": tp_row})
         for label, run in rows.items():
-            cells.append(cached_cell(bench.cache, {**common, "row": label, **({"tp": tp_label} if "best" in label else {}),
-                                             **({"reg": SL_REG} if "SL" in label else {})}, run))
-            c = cells[-1]
+            cell_key = {**common, "row": label, **({"tp": tp_label} if "best" in label else {}),
+                        **({"reg": SL_REG} if "SL" in label else {})}
+            c = cached_cell(bench.cache, cell_key, run)
+            if "error" not in c:  # the same prune, finetuned by distillation from the base network (a cell of its own)
+                kd = cached_cell(bench.cache, {**cell_key, "finetune": "distill"}, partial(run, teacher=base))
+                c = {**c, **{k: v for k, v in kd.items() if k.startswith("kd_")}}
+            cells.append(c)
             say(f"ft {arch} s{seed} {target:g}x {label}: " + (c.get("error") or
-                f"pruned test {c['test']:.4f} -> finetuned val {c['ft_val']:.4f} test {c['ft_test']:.4f}"))
+                f"pruned test {c['test']:.4f} -> finetuned val {c['ft_val']:.4f} test {c['ft_test']:.4f}, "
+                f"by distillation val {c['kd_val']:.4f} test {c['kd_test']:.4f}"))
         return cells
 
     return [c for target in FT_TARGETS for c in at(target)]
@@ -343,11 +355,14 @@ def _ft_section(ft: list[dict], archs: list[str], seeds: list[int]) -> list[str]
             row = [label]
             for t in FT_TARGETS:
                 cs = [c for c in ft if c["arch"] == arch and c["row"] == label and c["target"] == t and "ft_test" in c]
-                row += [pct([c["test"] for c in cs]), pct([c["ft_test"] for c in cs])] if cs else ["—", "—"]
+                kd = [c["kd_test"] for c in cs if "kd_test" in c]
+                row += ([pct([c["test"] for c in cs]), pct([c["ft_test"] for c in cs]), pct(kd) if kd else "—"]
+                        if cs else ["—", "—", "—"])
             pre = [c.get("pre_epochs", 0) for c in ft if c["row"] == label]
             row.append(f"{max(pre) if pre else 0} + {FT['epochs']}")
             rows.append(row)
-        head = ["method"] + [h for t in FT_TARGETS for h in (f"{t:g}x right after", f"{t:g}x after finetune")]
+        head = ["method"] + [h for t in FT_TARGETS for h in (f"{t:g}x right after", f"{t:g}x after finetune",
+                                                             f"{t:g}x after a distillation finetune")]
         lines += [f"### {arch}", "", table(head + ["epochs before + after the prune"], rows), ""]
         d, sl = "fxmeta calibrated default", "DepGraph+SL (Torch-Pruning)"
         checks = []
@@ -358,7 +373,7 @@ def _ft_section(ft: list[dict], archs: list[str], seeds: list[int]) -> list[str]
             for label in (d, "fxmeta prepare (l2)"):
                 checks.append(f"{t:g}x {label} vs DepGraph+SL: right after {m(label, 'test') - m(sl, 'test'):+.1f} "
                               f"(target ≥ +20), after the finetune {m(label, 'ft_test') - m(sl, 'ft_test'):+.1f} "
-                              "(target ≥ +0.5)")
+                              f"(target ≥ +0.5); after a distillation finetune {m(label, 'kd_test') - m(sl, 'kd_test'):+.1f}")
         lines += ["- " + c for c in checks] + [""]
     return lines
 
@@ -455,7 +470,9 @@ def write_report(cells: list[dict], bases: dict, ft: list[dict], sweeps: list[di
                   "validation epoch kept); fxmeta prepare and DepGraph+SL also train "
                   f"{FT['epochs']} epoch(s) before the prune (prepare: the prunability objective, weight 1; SL: "
                   f"Torch-Pruning's `GroupNormPruner.regularize`, reg {SL_REG:g}, its default; neither tuned here). "
-                  "Test accuracy, mean ± SE, %.", ""]
+                  "*After a distillation finetune*: the same pruned network, finetuned the same way on the KL "
+                  "divergence to the base network's outputs instead of the labels (`fxmeta transform --distill`, "
+                  "temperature 1). Test accuracy, mean ± SE, %.", ""]
         lines += _ft_section(ft, archs, seeds)
     if meta:
         def ft_values(row: str) -> Any:
