@@ -296,24 +296,45 @@ class Bench:
         recalibrate_bn(module, self.calibration, len(self.calibration))
         return raw, evaluate(module, self.loaders.val)["acc"], evaluate(module, self.loaders.test)["acc"]
 
-    def cell(self, arch: str, seed: int, method: str, target: float, hp: dict) -> dict:
-        from fxmeta.pruning.flops import count_flops, count_params
+    def _cell_path(self, arch: str, seed: int, method: str, target: float, hp: dict, *extra: Any) -> Path:
+        """Where a cell's record is cached: keyed by every setting it depends on (and ``extra``)."""
+        s = self.s
+        parts = [hp, s.image_size, s.base_epochs, s.base_lrs, s.batch_size, s.pre_epochs, s.finetune_epochs,
+                 s.finetune_lrs, s.bn_batches, s.sl_lr, s.tp_steps, FINETUNE_KEEP, *extra]
+        parts += [s.train_limit] if s.train_limit else []
+        if method.startswith("metanet"):
+            parts.append(_file_digest(METANET))
+        tag = "-kd" if extra else ""
+        return self.cache / "cells" / f"{arch}-s{seed}-{method.replace(' + ', '+')}-{target:g}x{tag}-{cache_key(parts)}.json"
+
+    def _pruned(self, arch: str, seed: int, method: str, target: float, hp: dict) -> tuple[torch.nn.Module, dict, dict]:
+        """(the network after the method's own stage, that stage's info, the prune's result)."""
+        start, pre = self.pre_stage(arch, seed, method, target, hp)
+        prune_hp = {**hp, "importance": self.told_importance(arch, seed, target)} if method.startswith("metanet") \
+            else hp
+        return start, pre, self.prune(start, method, target, prune_hp, seed)
+
+    def _finetune(self, module: torch.nn.Module, arch: str, seed: int, method: str, objective: Any = None) -> Any:
+        """The finetune after the prune, in place: ``finetune_epochs`` (the metanetwork row, which had no
+        epochs before the prune, gets ``pre_epochs`` more: the same total budget), best-or-start."""
         from fxmeta.training.loop import train
 
         s = self.s
-        parts = [hp, s.image_size, s.base_epochs, s.base_lrs, s.batch_size, s.pre_epochs, s.finetune_epochs,
-                 s.finetune_lrs, s.bn_batches, s.sl_lr, s.tp_steps, FINETUNE_KEEP] + ([s.train_limit] if s.train_limit else [])
-        if method.startswith("metanet"):
-            parts.append(_file_digest(METANET))
-        path = self.cache / "cells" / f"{arch}-s{seed}-{method.replace(' + ', '+')}-{target:g}x-{cache_key(parts)}.json"
+        for p in module.parameters():
+            p.requires_grad_(True)
+        epochs = s.finetune_epochs + (s.pre_epochs if method == "metanet" else 0)
+        return train(module, self.data, self.train_config(epochs, s.lr_of(s.finetune_lrs, arch), seed,
+                                                          keep=FINETUNE_KEEP), objective)
+
+    def cell(self, arch: str, seed: int, method: str, target: float, hp: dict) -> dict:
+        from fxmeta.pruning.flops import count_flops, count_params
+
+        path = self._cell_path(arch, seed, method, target, hp)
         if path.is_file():
             return json.loads(path.read_text())
-        start, pre = self.pre_stage(arch, seed, method, target, hp)
+        start, pre, got = self._pruned(arch, seed, method, target, hp)
         record: dict[str, Any] = {"arch": arch, "seed": seed, "method": method, "target": target, "hp": hp,
                                   "pre_seconds": pre["seconds"], "pre_epoch_seconds": pre["epoch_seconds"]}
-        prune_hp = {**hp, "importance": self.told_importance(arch, seed, target)} if method.startswith("metanet") \
-            else hp
-        got = self.prune(start, method, target, prune_hp, seed)
         if "error" in got:
             record["error"] = got["error"]
         else:
@@ -323,12 +344,8 @@ class Bench:
             record["params_ratio"] = count_params(module) / count_params(start)
             raw, val, test = self.after_prune(module)
             record.update(pruned_test_acc=raw, recal_val_acc=val, recal_test_acc=test)
-            for p in module.parameters():
-                p.requires_grad_(True)
             t0 = time.perf_counter()
-            epochs = s.finetune_epochs + (s.pre_epochs if method == "metanet" else 0)  # the same total budget
-            tuned = train(module, self.data, self.train_config(epochs, s.lr_of(s.finetune_lrs, arch), seed,
-                                                               keep=FINETUNE_KEEP))
+            tuned = self._finetune(module, arch, seed, method)
             record.update(finetune_seconds=time.perf_counter() - t0, finetuned_val_acc=tuned.best_val_acc,
                           finetuned_test_acc=tuned.test["acc"])
             say(f"{arch} s{seed} {method:>11} {target:>4g}x: {record['flops_speedup']:.2f}x, "
@@ -342,29 +359,17 @@ class Bench:
         """The cell's pruned network finetuned on the KL divergence to the base network's outputs instead of
         the labels (``fxmeta transform --distill``, temperature 1; the same epochs, lr and rule of keeping)."""
         from fxmeta.training.distill import DistillObjective
-        from fxmeta.training.loop import train
 
-        s = self.s
-        parts = [hp, s.image_size, s.base_epochs, s.base_lrs, s.batch_size, s.pre_epochs, s.finetune_epochs,
-                 s.finetune_lrs, s.bn_batches, s.sl_lr, s.tp_steps, FINETUNE_KEEP, "distill", 1.0]
-        parts += [s.train_limit] if s.train_limit else []
-        path = self.cache / "cells" / f"{arch}-s{seed}-{method.replace(' + ', '+')}-{target:g}x-kd-{cache_key(parts)}.json"
+        path = self._cell_path(arch, seed, method, target, hp, "distill", 1.0)
         if path.is_file():
             return json.loads(path.read_text())
-        start, _ = self.pre_stage(arch, seed, method, target, hp)
-        prune_hp = {**hp, "importance": self.told_importance(arch, seed, target)} if method.startswith("metanet") \
-            else hp
-        got = self.prune(start, method, target, prune_hp, seed)
+        _, _, got = self._pruned(arch, seed, method, target, hp)
         record: dict[str, Any] = {}
         if "error" not in got:
             module = got["module"]
             self.after_prune(module)
-            for p in module.parameters():
-                p.requires_grad_(True)
-            epochs = s.finetune_epochs + (s.pre_epochs if method == "metanet" else 0)
             t0 = time.perf_counter()
-            tuned = train(module, self.data, self.train_config(epochs, s.lr_of(s.finetune_lrs, arch), seed,
-                                                               keep=FINETUNE_KEEP), DistillObjective(self.base(arch, seed)))
+            tuned = self._finetune(module, arch, seed, method, DistillObjective(self.base(arch, seed)))
             record = {"distilled_val_acc": tuned.best_val_acc, "distilled_test_acc": tuned.test["acc"],
                       "distill_seconds": time.perf_counter() - t0}
             say(f"{arch} s{seed} {method:>11} {target:>4g}x: distilled finetune -> {tuned.test['acc']:.4f}")

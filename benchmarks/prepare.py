@@ -157,9 +157,9 @@ def write_report(bench: Bench, cells: list[dict], choices: dict, sweep: dict, me
             lines.append(f"| {arch} | all | the {s.sweep_arch} choices | — | — |")
     lines.append("")
     lines += ["## Test accuracy (%), mean ± std over seeds", ""]
+    kd = s.distill_finetune
     for arch in s.archs:
         base_acc = [bench.base_info(arch, sd)["test_acc"] for sd in seeds_of[arch][0]]
-        kd = s.distill_finetune
         lines += [f"### {arch} (unpruned: {pct(*mean_std(base_acc))})", "",
                   "| target | method | n | FLOPs x | right after prune + recal | after finetune | "
                   + ("after a distillation finetune | " if kd else "") + "pre-stage s | finetune s |",
