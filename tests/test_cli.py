@@ -426,3 +426,13 @@ def test_ddp_two_cpu_processes(tmp_path):
     model = fxmeta.load(tmp_path / "ddp.pt")
     assert model(torch.randn(2, 1, 8, 8)).shape == (2, 10)
     assert sorted(os.listdir(tmp_path)) == ["ddp.pt", "log.jsonl"]
+
+
+def test_distill_defaults_to_the_memory_and_validation_check_and_can_be_forced_either_way():
+    from fxmeta.cli.app import build_parser
+    from fxmeta.cli.common import transform_config
+
+    parser = build_parser()
+    for flags, want in (([], None), (["--distill"], True), (["--no-distill"], False)):
+        args = parser.parse_args(["transform", "resnet20", "--out", "x.pt", *flags])
+        assert transform_config(args).distill is want

@@ -83,7 +83,7 @@ def test_metrics_are_plain_data_that_a_weights_only_file_holds(tmp_path):
 def test_transform_with_data_finetunes_and_reports_accuracy(digits, tmp_path):
     log = tmp_path / "log.jsonl"
     config = TransformConfig(prune=PruneSpec(2.0), finetune=_finetune(epochs=2, log_path=str(log)),
-                             checkpoint_dir=str(tmp_path / "ckpt"))
+                             checkpoint_dir=str(tmp_path / "ckpt"), distill=False)  # an untrained model teaches nothing
     result = transform(_r20(), X, config, data=digits)
     for acc in (result.before.accuracy, result.removed_accuracy, result.after.accuracy):
         assert 0.0 <= acc <= 1.0
@@ -376,3 +376,53 @@ def test_the_prepare_settings_reach_the_prepare_stage_as_one_object(digits, monk
     calls = _record_prepare(monkeypatch)
     transform(_r20(), X, TransformConfig(prune=PruneSpec(1.5), prepare=settings, finetune=_finetune()), data=digits)
     assert len(calls) == 1 and calls[0]["sparsity"] == 0.02 and calls[0]["weight"] == 0.5
+
+
+# --------------------------------------------------------------- the finetune's objective
+
+
+def test_the_default_finetune_distils_from_an_original_that_is_better_and_fits(digits, monkeypatch):
+    from dataclasses import replace
+
+    from fxmeta.training import distill
+    from fxmeta.training.loop import train
+
+    base = train(_r20(), digits, _finetune(epochs=3)).model
+    base.zero_grad(set_to_none=True)
+    config = TransformConfig(prune=PruneSpec(8.0, importance="l2", compensate="none"), finetune=_finetune(epochs=1),
+                             bn_batches=0)
+    result = transform(base, X, config, data=digits)
+    assert result.finetune_objective == "distill", result.notes
+    assert any(n.startswith("finetune by distillation") for n in result.notes)
+    assert result.metrics()["finetune_objective"] == "distill"
+    assert not any(p.grad is not None for p in base.parameters())  # the teacher was a frozen copy
+    # a teacher copy that would take more than a quarter of the free memory: the labels
+    monkeypatch.setattr(distill, "free_memory", lambda device: 4 * distill.model_bytes(base) - 1)
+    result = transform(base, X, config, data=digits)
+    assert result.finetune_objective == "labels" and any("would not fit" in n for n in result.notes)
+    # said outright, it holds whatever the memory
+    assert transform(base, X, replace(config, distill=True), data=digits).finetune_objective == "distill"
+    monkeypatch.undo()
+    assert transform(base, X, replace(config, distill=False), data=digits).finetune_objective == "labels"
+
+
+def test_the_default_finetune_does_not_distil_from_an_original_no_better_than_the_pruned_one(digits):
+    from fxmeta.training.loop import train
+
+    base = train(_r20(), digits, _finetune(epochs=3)).model
+    # nothing pruned that matters: the pruned network scores as the original does on validation
+    config = TransformConfig(prune=PruneSpec(1.0), finetune=_finetune(epochs=1))
+    result = transform(base, X, config, data=digits)
+    assert result.finetune_objective == "labels"
+    assert any("no better on validation" in n for n in result.notes), result.notes
+    assert transform(base, X, TransformConfig(prune=PruneSpec(2.0))).finetune_objective is None  # no data
+
+
+def test_teacher_memory_figures():
+    from fxmeta.training.distill import free_memory, model_bytes, teacher_fits
+
+    model = nn.Sequential(nn.Linear(10, 20), nn.BatchNorm1d(20))
+    # weights 200 + 20, BatchNorm weight, bias, running mean, var (20 each) in float32, the batch count in int64
+    assert model_bytes(model) == 4 * (220 + 4 * 20) + 8
+    assert free_memory(torch.device("cpu")) > 0
+    assert teacher_fits(model, torch.device("cpu"))[0]

@@ -204,9 +204,11 @@ def add_train_args(p: argparse.ArgumentParser, epochs: int) -> None:
     g.add_argument("--image-size", type=int, metavar="N", help="resize the data's images to NxN")
     g.add_argument("--block-size", type=int, metavar="T",
                    help="text data: tokens per training sequence (default: 128)")
-    g.add_argument("--distill", action="store_true",
+    g.add_argument("--distill", action=argparse.BooleanOptionalAction, default=None,
                    help="finetune on the KL divergence to the unpruned model's outputs (recovery by distillation) "
-                        "instead of on the labels / next tokens")
+                        "instead of on the labels / next tokens (default: distil when a copy of the unpruned model "
+                        "takes at most a quarter of the training device's free memory and the finetune is not "
+                        "FSDP-sharded; --no-distill: on the labels)")
     g.add_argument("--distill-temperature", type=float, default=1.0, metavar="T",
                    help="softmax temperature of --distill (default: 1)")
     g.add_argument("--epochs", type=int, default=epochs, metavar="N",
@@ -348,7 +350,7 @@ def transform_config(args: argparse.Namespace, *, finetune: Any = None, checkpoi
         finetune=finetune or TrainConfig(epochs=0, device="cpu", progress=False),
         checkpoint_dir=checkpoint_dir, resume=getattr(args, "resume", False),
         latency_threads=args.latency_threads, latency_batch=args.latency_batch,
-        distill=getattr(args, "distill", False), distill_temperature=getattr(args, "distill_temperature", 1.0),
+        distill=getattr(args, "distill", None), distill_temperature=getattr(args, "distill_temperature", 1.0),
     )
 
 

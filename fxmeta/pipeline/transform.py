@@ -29,7 +29,7 @@ from ..pruning.flops import count_flops, count_params
 from ..pruning.spec import DATA_IMPORTANCE, PruneSpec, recalibrates
 from ..tracing import as_tuple, eval_mode
 from ..training.data import DataSplits, Loaders, calibration_set, make_loaders
-from ..training.loop import TrainConfig, distributed_context, evaluate, recalibrate_bn, resolve_device, train
+from ..training.loop import TrainConfig, distributed_context, evaluate, recalibrate_bn, resolve_device, score_of, train
 from ..training.prepare import PrepareConfig
 from .latency import Latency, compare_latency
 from .stages import Adapt, Prepare, State, prune_stages, run_stages
@@ -59,7 +59,12 @@ class TransformConfig:
     Checkpoints go to ``checkpoint_dir/{adapt,prepare,finetune}``; ``resume`` continues
     from them. ``distill``: the finetune trains the pruned network on the KL divergence to the
     original network's outputs at ``distill_temperature`` (``fxmeta.training.distill``) instead of
-    on the labels / next tokens.
+    on the labels / next tokens; None (the default) distils when the original's copy fits the
+    training device (``distill.teacher_fits``), the finetune is not FSDP-sharded and the original
+    scores better than the pruned network on validation (a teacher no better than its student
+    has nothing to teach). On validation, distillation recovered better than, or level with,
+    the plain finetune on every family measured, a prepared network within a point of its
+    teacher included, also at equal wall time (docs/results.md).
     """
 
     prune: PruneSpec = field(default_factory=PruneSpec)
@@ -74,7 +79,7 @@ class TransformConfig:
     resume: bool = False
     latency_threads: int = 1
     latency_batch: int = 1
-    distill: bool = False
+    distill: bool | None = None
     distill_temperature: float = 1.0
 
     def __post_init__(self) -> None:
@@ -135,6 +140,7 @@ class TransformResult:
     finetune_best_epoch: int | None = None
     recalibrated_accuracy: float | None = None  # after removal and BatchNorm recalibration
     removed_perplexity: float | None = None  # a language model's, right after channel removal
+    finetune_objective: str | None = None  # "distill" or "labels"; None: no finetune
 
     @property
     def speedup(self) -> float:
@@ -155,7 +161,7 @@ class TransformResult:
             "removed_perplexity": self.removed_perplexity,
             "flops_speedup": self.speedup,
             "latency_speedup": self.latency_speedup, "params_ratio": self.after.params / max(self.before.params, 1),
-            "finetune_best_epoch": self.finetune_best_epoch,
+            "finetune_best_epoch": self.finetune_best_epoch, "finetune_objective": self.finetune_objective,
             "stages": {name: round(sec, 3) for name, sec in self.stages}, "notes": list(self.notes),
         }
 
@@ -335,6 +341,42 @@ def _stages(config: TransformConfig, spec: PruneSpec, data: DataSplits | None, l
                         calibration=calibration, check=config.check)
 
 
+def _finetune_distills(config: TransformConfig, model: nn.Module, pruned: nn.Module, loaders: Loaders,
+                       device: torch.device, ctx: Any, notes: list[str]) -> bool:
+    """Whether the finetune distils from ``model`` into ``pruned`` (``TransformConfig.distill``;
+    None decides by memory and validation score, the same on every rank)."""
+    if config.distill is not None:
+        return config.distill
+    if config.finetune.sharding == "fsdp" and ctx.distributed:
+        notes.append("finetune on the labels: an FSDP-sharded finetune trains the plain objective")
+        return False
+    from ..training.distill import teacher_fits
+
+    fits, figures = teacher_fits(model, device)
+    if ctx.distributed:  # every rank trains the same objective
+        flag = torch.tensor([int(fits)], device=device if device.type == "cuda" else "cpu")
+        torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MIN)
+        fits = bool(flag.item())
+    if not fits:
+        notes.append(f"finetune on the labels: a teacher copy would not fit ({figures}; --distill forces it)")
+        return False
+    model.to(device)
+    teacher, student = evaluate(model, loaders.val, device), evaluate(pruned, loaders.val, device)
+    model.cpu()
+    if score_of(teacher) <= score_of(student):
+        notes.append(f"finetune on the labels: the unpruned network is no better on validation than the pruned one "
+                     f"({_score(teacher)} vs {_score(student)}; --distill forces distillation)")
+        return False
+    notes.append(f"finetune by distillation from the unpruned network ({_score(teacher)} vs {_score(student)} on "
+                 f"validation; {figures}; --no-distill: on the labels)")
+    return True
+
+
+def _score(metrics: dict[str, float]) -> str:
+    """What ``score_of`` reads in ``evaluate``'s metrics, as a person reads it."""
+    return f"loss {metrics['loss']:.3f}" if "ppl" in metrics else f"{100 * metrics['acc']:.1f} %"
+
+
 def transform(
     model: nn.Module,
     example_input: Any,
@@ -393,7 +435,7 @@ def transform(
         state = run_stages(stages, State(work.eval(), example_input, spec, exported=exported), timer)
         pruned_module, plan = state.module, state.plan
         module, removed_acc, recalibrated_acc, best_epoch = pruned_module, None, None, None
-        removed_ppl = None
+        removed_ppl = objective_name = None
         if loaders is not None:
             module.to(device)
             removed = evaluate(module, loaders.test, device)
@@ -406,8 +448,10 @@ def transform(
                     recalibrate_bn(module, loaders.train, config.bn_batches, device)
                 recalibrated_acc = evaluate(module, loaders.test, device)["acc"]
             if config.finetune.epochs > 0:
-                objective = None
-                if config.distill:  # recover by matching the dense network's outputs
+                objective, objective_name = None, "labels"
+                if _finetune_distills(config, model, module, loaders, device, ctx, notes):
+                    # recover by matching the dense network's outputs
+                    objective_name = "distill"
                     from ..training.distill import DistillObjective
 
                     objective = DistillObjective(model, temperature=config.distill_temperature)
@@ -438,7 +482,7 @@ def transform(
             # tears it down while the other still holds it can abort at exit (gloo).
             torch.distributed.barrier()
     return TransformResult(module, plan, before, after, removed_acc, timer.items(), notes, best_epoch,
-                           recalibrated_acc, removed_ppl)
+                           recalibrated_acc, removed_ppl, objective_name)
 
 
 def _to(x: Any, device: torch.device) -> Any:
