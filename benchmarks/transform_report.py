@@ -50,7 +50,7 @@ def summary(rows: list[tuple[str, int, dict]]) -> list[str]:
     """Mean ± std over the seeds' empty-cache runs, per column (the warm runs repeat them)."""
     cold = [r for name, _, r in rows if name == "empty cache"]
     head = ["column", "acc before any finetune % (after BatchNorm recalibration where it runs)",
-            "acc after finetune %", "FLOPs x", "n"]
+            "acc after finetune %", "finetuned on (runs)", "FLOPs x", "n"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for column in cold[0]["metrics"]["methods"]:
         ms = [r["metrics"]["methods"][column] for r in cold]
@@ -61,7 +61,9 @@ def summary(rows: list[tuple[str, int, dict]]) -> list[str]:
             values = [100 * v for v in values if v is not None]
             sd = statistics.stdev(values) if len(values) > 1 else 0.0
             cells.append(f"{statistics.mean(values):.1f} ± {sd:.1f}" if values else "-")
-        cells += [f"{statistics.mean(m['flops_speedup'] for m in ms):.2f}", str(len(ms))]
+        objectives = [m.get("finetune_objective") or "-" for m in ms]  # distill / labels: fxmeta transform's rule
+        cells += [", ".join(f"{o} ({objectives.count(o)})" for o in sorted(set(objectives))),
+                  f"{statistics.mean(m['flops_speedup'] for m in ms):.2f}", str(len(ms))]
         lines.append("| " + " | ".join(cells) + " |")
     return lines
 

@@ -150,6 +150,8 @@ def render_comparison(title: str, columns: dict[str, dict[str, Any]], budget: di
     for label, original, cell in rows:
         table.add_row(label, original, *[cell(m) for m in columns.values()])
     table.add_row("epochs on the network", "", *[budget[name] for name in columns])
+    objective = {"distill": "distillation", "labels": "labels"}  # the finetune's (see fxmeta transform --distill)
+    table.add_row("finetuned on", "", *[objective.get(m.get("finetune_objective"), "-") for m in columns.values()])
     table.add_row("seconds", "", *[f"{sum(m['stages'].values()):.1f}" for m in columns.values()])
     return table
 
