@@ -219,6 +219,18 @@ def finetuned(bench: Bench, module: torch.nn.Module, seed: int, teacher: torch.n
             f"{prefix}_test": evaluate(result.model, bench.loaders.test)["acc"]}
 
 
+def best_or_start(c: dict) -> dict:
+    """A finetuned cell under ``fxmeta transform``'s rule of keeping, "best-or-start": the pruned network
+    itself ("val" / "test") is kept when the finetuned one does not beat it on validation. The cells were
+    trained under "best" (of the ``FT`` epochs); the training is the same under either rule, so applying
+    it to the recorded validation accuracies gives exactly what training under it would."""
+    out = dict(c)
+    for prefix in ("ft", "kd"):
+        if f"{prefix}_val" in c and "val" in c and not c[f"{prefix}_val"] > c["val"]:
+            out[f"{prefix}_val"], out[f"{prefix}_test"], out[f"{prefix}_kept_start"] = c["val"], c["test"], True
+    return out
+
+
 def ft_cells(bench: Bench, arch: str, seed: int, base: torch.nn.Module, tp_best: dict) -> list[dict]:
     """After the prune, ``FT`` epochs of finetuning for every method: fxmeta's data default and l2 (one-shot),
     Torch-Pruning's best importance (chosen on validation), fxmeta prepare (k epochs before the prune)
@@ -291,7 +303,7 @@ def ft_cells(bench: Bench, arch: str, seed: int, base: torch.nn.Module, tp_best:
             c = cached_cell(bench.cache, cell_key, run)
             if "error" not in c:  # the same prune, finetuned by distillation from the base network (a cell of its own)
                 kd = cached_cell(bench.cache, {**cell_key, "finetune": "distill"}, partial(run, teacher=base))
-                c = {**c, **{k: v for k, v in kd.items() if k.startswith("kd_")}}
+                c = best_or_start({**c, **{k: v for k, v in kd.items() if k.startswith("kd_")}})
             cells.append(c)
             say(f"ft {arch} s{seed} {target:g}x {label}: " + (c.get("error") or
                 f"pruned test {c['test']:.4f} -> finetuned val {c['ft_val']:.4f} test {c['ft_test']:.4f}, "
@@ -467,7 +479,10 @@ def write_report(cells: list[dict], bases: dict, ft: list[dict], sweeps: list[di
     if ft:
         lines += [f"## {FT['epochs']} epoch(s) of training on the network", "",
                   f"Every method: after the prune, {FT['epochs']} epoch(s) of finetuning ({FT}; SGD, cosine, the best "
-                  "validation epoch kept); fxmeta prepare and DepGraph+SL also train "
+                  "validation epoch kept, or the pruned network itself where no epoch beats it: `fxmeta transform`'s "
+                  f"rule; it kept {sum(c.get('ft_kept_start', False) for c in ft)} of {len(ft)} pruned networks as "
+                  f"they were, {sum(c.get('kd_kept_start', False) for c in ft)} under distillation); fxmeta prepare "
+                  "and DepGraph+SL also train "
                   f"{FT['epochs']} epoch(s) before the prune (prepare: the prunability objective, weight 1; SL: "
                   f"Torch-Pruning's `GroupNormPruner.regularize`, reg {SL_REG:g}, its default; neither tuned here). "
                   "*After a distillation finetune*: the same pruned network, finetuned the same way on the KL "
@@ -542,7 +557,7 @@ def main(argv: list[str] | None = None) -> None:
             for seed in args.seeds:
                 ft += ft_cells(bench, arch, seed, base_network(arch, seed, args.image_size, bench.data)[0],
                                chosen["tp_best"])
-    meta = [c for arch in args.archs for seed in args.seeds if args.stage in ("ft", "all", "report")
+    meta = [best_or_start(c) for arch in args.archs for seed in args.seeds if args.stage in ("ft", "all", "report")
             for c in metanet_cells(bench, arch, seed, base_network(arch, seed, args.image_size, bench.data)[0], TARGETS,
                                    FT_TARGETS if arch in args.ft_archs else (), {"calib": CALIB, "recal": RECAL, "ft": FT},
                                    finetuned)]
