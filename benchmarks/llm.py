@@ -323,13 +323,14 @@ def recovery_section(cells: list[dict], dense_test: float, steps: int, scratch: 
         name, _, extra = method.partition("+")
         row = [label(name) + {"distill": " + distillation", "lora": " + LoRA"}.get(extra, "")
                + (" (fxmeta transform's default)" if method == "fxmeta:activation:lstsq+distill" else "")]
-        lrs = []
+        lrs, bits = [], []
         for fraction in RECOVERY_TARGETS:
             mine = [c for c in cells if c["method"] == method and c["fraction"] == fraction]
             m, se = mean_se([math.exp(c["test"] - dense_test) for c in mine])
             row.append(f"{m:.3f} ± {se:.3f}")
             lrs.append(f"{mine[0]['recovery']['lr']:g}")
-        rows.append(row + [" / ".join(lrs)])
+            bits.append(f"{mean_se([c['test'] for c in mine])[0] / math.log(2):.3f}")
+        rows.append(row + [" / ".join(bits), " / ".join(lrs)])
     return [
         f"## After recovery ({steps} steps of {RECOVERY['batch']}x{BLOCK} tokens = "
         f"{100 * RECOVERY['fraction_of_pretraining']:.0f} % of the pretraining tokens, the same for every row)", "",
@@ -340,12 +341,14 @@ def recovery_section(cells: list[dict], dense_test: float, steps: int, scratch: 
         "better importance on validation one-shot), channels removed; LLM-Pruner's row recovers as LLM-Pruner does, "
         "by LoRA (rank 8, alpha 16, dropout 0.05 on every projection, the pruned weights frozen), on the same tokens. "
         "Mean ± SE over 3 seeds (calibration draw and data order). Test perplexity ratio:", "",
-        table(["method"] + [f"{int(100 * f)} % removed" for f in RECOVERY_TARGETS] + ["lr (20 % / 50 %)"], rows), "",
+        table(["method"] + [f"{int(100 * f)} % removed" for f in RECOVERY_TARGETS]
+              + [f"test bits per byte (dense {dense_test / math.log(2):.3f})", "lr (20 % / 50 %)"], rows), "",
         *([f"From-scratch control: `LlamaForCausalLM` {json.dumps({k: SCRATCH[k] for k in WIDTH_KEYS})}, "
            f"{scratch['params']:,} non-embedding parameters ({100 * (1 - scratch['params'] / dense_params):.1f} % fewer than "
            f"the dense model), trained by the dense recipe on {scratch['tokens'] / 1e6:.2f}M tokens (the pruned models' "
            f"pretraining plus recovery) in {scratch['minutes']:.0f} min: test perplexity ratio "
-           f"{math.exp(scratch['test_draw'] - dense_test):.3f} (compare with the 50 % column).", ""] if scratch else []),
+           f"{math.exp(scratch['test_draw'] - dense_test):.3f}, {scratch['test_draw'] / math.log(2):.3f} bits per byte "
+           "(compare with the 50 % column).", ""] if scratch else []),
         *recovery_targets(cells, dense_test, scratch), ""]
 
 
@@ -517,7 +520,9 @@ def write_oneshot_report(cells: list[dict], record: dict, targets: dict, tp: dic
         header(f"python -m benchmarks.llm --stage {args.stage} --threads {args.threads}", args.threads,
                "calibration draws 0, 1, 2"), "",
         f"Dense model: `benchmarks/results/llm_base.md` ({record['params']:,} non-embedding parameters); dense "
-        f"perplexity {math.exp(dense_val):.3f} (val draw) / {math.exp(dense_test):.3f} (test draw). Each cell: the "
+        f"perplexity {math.exp(dense_val):.3f} (val draw) / {math.exp(dense_test):.3f} (test draw), "
+        f"{dense_val / math.log(2):.3f} / {dense_test / math.log(2):.3f} bits per byte (a token is a byte here, so a "
+        "ratio r adds log2 r bits per byte). Each cell: the "
         f"pruned / dense perplexity ratio on a fixed draw of {EVAL_BLOCKS['val']} validation and "
         f"{EVAL_BLOCKS['test']} test blocks of {BLOCK} bytes, mean ± SE over 3 calibration draws "
         f"({CALIB['batches']} x {CALIB['batch']} training blocks). fxmeta prunes to a FLOPs target found by bisection "
