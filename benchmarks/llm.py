@@ -34,7 +34,7 @@ import torch
 from .common import cache_dir, header, mean_se, say, table
 from .llm_baselines import non_embedding_params, reimplemented, tp_attempt, tp_mlp
 from .llm_budget import budget, scratch, scratch_at
-from .llm_recovery import add_lora, lr_at, prepare_on_tokens, recover
+from .llm_recovery import add_lora, lr_at, prepare_on_tokens, recover, recovery_section
 from .llm_speed import speed_section
 from .llm_twin import twin
 
@@ -313,83 +313,6 @@ def scratch_control(data: dict, record: dict, threads: int) -> dict:
     return scratch(sys.modules[__name__], data, tokens, TRAIN["lr"], threads)  # the dense recipe at that length
 
 
-WIDTH_KEYS = ("hidden_size", "intermediate_size", "num_attention_heads", "num_key_value_heads")
-
-
-def recovery_section(cells: list[dict], dense_test: float, steps: int, scratch: dict | None = None,
-                     dense_params: int = 0) -> list[str]:
-    rows = []
-    for method in RECOVERY_METHODS:
-        name, _, extra = method.partition("+")
-        row = [label(name) + {"distill": " + distillation", "lora": " + LoRA"}.get(extra, "")
-               + (" (fxmeta transform's default)" if method == "fxmeta:activation:lstsq+distill" else "")]
-        lrs, bits = [], []
-        for fraction in RECOVERY_TARGETS:
-            mine = [c for c in cells if c["method"] == method and c["fraction"] == fraction]
-            m, se = mean_se([math.exp(c["test"] - dense_test) for c in mine])
-            row.append(f"{m:.3f} ± {se:.3f}")
-            lrs.append(f"{mine[0]['recovery']['lr']:g}")
-            bits.append(f"{mean_se([c['test'] for c in mine])[0] / math.log(2):.3f}")
-        rows.append(row + [" / ".join(bits), " / ".join(lrs)])
-    return [
-        f"## After recovery ({steps} steps of {RECOVERY['batch']}x{BLOCK} tokens = "
-        f"{100 * RECOVERY['fraction_of_pretraining']:.0f} % of the pretraining tokens, the same for every row)", "",
-        f"AdamW, {RECOVERY['warmup']} warm-up steps, cosine; the peak learning rate of every row and target chosen "
-        f"from {', '.join(f'{lr:g}' for lr in RECOVERY_LRS)} by the validation loss after recovery (calibration draw "
-        "and data order 0; last column). Next-token loss, or the KL to the dense model's outputs (distillation); the "
-        "re-implemented baselines keep their removed columns at zero; Torch-Pruning's row is its Taylor prune (its "
-        "better importance on validation one-shot), channels removed; LLM-Pruner's row recovers as LLM-Pruner does, "
-        "by LoRA (rank 8, alpha 16, dropout 0.05 on every projection, the pruned weights frozen), on the same tokens. "
-        "Mean ± SE over 3 seeds (calibration draw and data order). Test perplexity ratio:", "",
-        table(["method"] + [f"{int(100 * f)} % removed" for f in RECOVERY_TARGETS]
-              + [f"test bits per byte (dense {dense_test / math.log(2):.3f})", "lr (20 % / 50 %)"], rows), "",
-        *([f"From-scratch control: `LlamaForCausalLM` {json.dumps({k: SCRATCH[k] for k in WIDTH_KEYS})}, "
-           f"{scratch['params']:,} non-embedding parameters ({100 * (1 - scratch['params'] / dense_params):.1f} % fewer than "
-           f"the dense model), trained by the dense recipe on {scratch['tokens'] / 1e6:.2f}M tokens (the pruned models' "
-           f"pretraining plus recovery) in {scratch['minutes']:.0f} min: test perplexity ratio "
-           f"{math.exp(scratch['test_draw'] - dense_test):.3f}, {scratch['test_draw'] / math.log(2):.3f} bits per byte "
-           "(compare with the 50 % column).", ""] if scratch else []),
-        *recovery_targets(cells, dense_test, scratch), ""]
-
-
-def recovery_targets(cells: list[dict], dense_test: float, scratch: dict | None) -> list[str]:
-    """The after-recovery targets, on the test draw (fxmeta: its default, the prune with data recovered by
-    distillation from the dense model, as ``fxmeta transform`` finetunes; the next-token finetune beside); the
-    best baseline is the one with the lowest validation loss."""
-    def ratio(method: str, fraction: float) -> float:
-        return _ratio(cells, method, fraction, "test", dense_test)
-
-    def val_loss(method: str, fraction: float) -> float:
-        values = [c["val"] for c in cells if c["method"] == method and c["fraction"] == fraction]
-        return sum(values) / len(values)
-
-    out = []
-    for fraction in RECOVERY_TARGETS:
-        ours = ratio("fxmeta:activation:lstsq+distill", fraction)
-        baselines = ("flap-uniform", "wanda-sp", "fxmeta:l2:none", "llm-pruner+lora", "tp-taylor")
-        pick = min(baselines, key=lambda m: val_loss(m, fraction))
-        best = ratio(pick, fraction)
-        out.append(f"- {int(100 * fraction)} %: fxmeta {ours:.3f} (on the next tokens instead: "
-                   f"{ratio('fxmeta:activation:lstsq', fraction):.3f}) vs the best baseline on validation "
-                   f"({label(pick.partition('+')[0])}{' + LoRA' if pick.endswith('+lora') else ''}) {best:.3f}, the best on test "
-                   f"{min(ratio(m, fraction) for m in baselines):.3f}: {'met' if ours <= best else 'missed'} "
-                   "(means of 3 seeds).")
-    if scratch:
-        control = math.exp(scratch["test_draw"] - dense_test)
-        mine = min(("fxmeta:activation:lstsq+distill", "fxmeta:activation:lstsq:global-mean+distill"),
-                   key=lambda m: val_loss(m, 0.5))  # fxmeta's best recovery on validation
-        ours = ratio(mine, 0.5)
-        equal = math.exp(scratch["equal"]["test_draw"] - dense_test)
-        default = ratio("fxmeta:activation:lstsq+distill", 0.5)
-        out.append(f"- 50 %, against the same size trained from scratch on the recovery's tokens alone: fxmeta "
-                   f"{default:.3f} vs {equal:.3f}: " + ("met." if default <= equal else "missed."))
-        out.append(f"- 50 %, against the control trained on the pretraining plus recovery tokens: {label(mine.partition('+')[0])} "
-                   f"+ distillation (fxmeta's best on validation) {ours:.3f} "
-                   f"vs {control:.3f}: " + ("met." if ours <= control else "missed at this budget; with the recovery "
-                                            "budget grown to the pretraining's, see `llm_budget.md`."))
-    return ["Targets after recovery:", "", *out, ""]
-
-
 def calibrate_targets(dense_folder: Path, data: dict, count: Callable = non_embedding_params) -> dict[float, float]:
     """The FLOPs speed-up at which fxmeta's l2 prune removes each fraction of the non-embedding
     parameters (``count``; bisection on the parameter count alone: no data, no scores)."""
@@ -536,7 +459,7 @@ def write_oneshot_report(cells: list[dict], record: dict, targets: dict, tp: dic
         "parameters (the plan names those layers under `compensation.skipped`); the FLAP re-implementation "
         "adds a bias to `o_proj` / `down_proj`. fxmeta's l2 rows read no data (± 0).", "",
         table(head, rows), "", *targets_section(cells, dense_val, dense_test, tp), "",
-        *(recovery_section(recovered, dense_test, recovered[0]["steps"], scratch, record["params"])
+        *(recovery_section(sys.modules[__name__], recovered, dense_test, recovered[0]["steps"], scratch, record["params"])
           if recovered else []), *speed])
     (RESULTS / "llm.md").write_text(text)
     say(f"wrote {RESULTS / 'llm.md'}")
