@@ -43,7 +43,8 @@ class Settings:
     bn_batches: int = 20
     sweep_seeds: tuple[int, ...] = (100,)  # the networks the choices are made on (none of the compared seeds)
     # the score a choice reads on them: validation accuracy right after the prune + recalibration ("prune"),
-    # or after the prune and the finetune ("finetune": what a user who finetunes ends with)
+    # after the prune and the finetune ("finetune": what a user who finetunes ends with), or after the prune and
+    # the distillation finetune ("distill": fxmeta transform's default finetune; needs ``distill_finetune``)
     sweep_after: str = "prune"
     # a base network whose training failed (validation accuracy below this) is no network to prune:
     # it is replaced by the next spare seed, decided on validation accuracy only
@@ -56,7 +57,7 @@ class Settings:
         (1.0, 0.01, 0), (0.5, 0.01, 0), (2.0, 0.01, 0), (1.0, 0.05, 0), (1.0, 0.01, 4))
     sl_lr: float = 0.01
     # every cell also finetuned by distillation from its base network (``fxmeta transform --distill``), with the
-    # settings chosen for the plain finetune: a second recipe for the step after the prune
+    # same settings as the plain finetune: a second recipe for the step after the prune
     distill_finetune: bool = False
     sl_regs: tuple[float, ...] = (5e-4, 5e-3, 5e-2)
     tp_steps: int = 400
@@ -379,19 +380,23 @@ class Bench:
 
     def sweep_score(self, arch: str, method: str, hp: dict) -> dict[str, float]:
         """Validation accuracy right after a prune + recalibration (``prune``) and, where ``sweep_after`` is
-        ``finetune``, after the finetune too (``finetune``): means over the sweep networks and targets."""
-        s, pruned, tuned = self.s, [], []
+        ``finetune`` or ``distill``, after the finetune too (``finetune``) and after the distillation finetune
+        (``distill``, where ``distill_finetune``): means over the sweep networks and targets."""
+        s, pruned, tuned, distilled = self.s, [], [], []
         for seed in s.sweep_seeds:
             for target in s.sweep_targets:
-                if s.sweep_after == "finetune":  # the whole cell, as the compared seeds get it (cached)
+                if s.sweep_after in ("finetune", "distill"):  # the whole cell, as the compared seeds get it (cached)
                     got = self.cell(arch, seed, method, target, hp)
                     pruned.append(got.get("recal_val_acc", 0.0))
                     tuned.append(got.get("finetuned_val_acc", 0.0))
+                    if s.distill_finetune:
+                        distilled.append(self.distilled(arch, seed, method, target, hp).get("distilled_val_acc", 0.0))
                     continue
                 start, _ = self.pre_stage(arch, seed, method, target, hp)
                 got = self.prune(start, method, target, hp, seed)
                 pruned.append(0.0 if "error" in got else self.after_prune(got["module"])[1])
-        return {"prune": statistics.fmean(pruned), **({"finetune": statistics.fmean(tuned)} if tuned else {})}
+        return {"prune": statistics.fmean(pruned), **({"finetune": statistics.fmean(tuned)} if tuned else {}),
+                **({"distill": statistics.fmean(distilled)} if distilled else {})}
 
 
 # ----------------------------------------------------------------------------- choices

@@ -29,8 +29,9 @@ and after the finetune (mean ± std over seeds), the paired difference prepared 
 DepGraph+SL with its standard error, and wall time per stage. Hyper-parameters (the
 prepare weight, lr and mask schedule; the SL strength) are chosen on the validation split
 of networks of their own (``sweep_seeds``, none of the compared seeds), scored by
-validation accuracy right after a prune + recalibration, or after the finetune where the
-family's target is the finetuned network (``sweep_after``); the finetune lr per family is
+validation accuracy right after a prune + recalibration, or after the finetune (plain or, as
+``fxmeta transform``'s default, by distillation) where the family's target is the finetuned
+network (``sweep_after``); the finetune lr per family is
 the one quality.py chose on validation.
 
     python -m benchmarks.prepare            # full run; resumable (cells are cached)
@@ -125,7 +126,7 @@ def write_report(bench: Bench, cells: list[dict], choices: dict, sweep: dict, me
         lines.append("- after a distillation finetune: the same pruned networks, finetuned with the same epochs, lr and "
                      "rule of keeping on the KL divergence to their base network's outputs instead of the labels "
                      "(`fxmeta transform --distill`, temperature 1; the teacher is the network before any method's own "
-                     "stage, as `fxmeta transform`'s); the settings are those chosen for the plain finetune")
+                     "stage, as `fxmeta transform`'s); the same settings as the plain finetune's")
     if s.metanet_targets:
         lines += ["- metanet + prepared / metanet: the committed conditioned metanetwork (fxmeta/assets/metanet_digits.pt, "
               "meta-trained on ResNet20s of other seeds; its gradient input on the first 2 of the shared calibration "
@@ -133,17 +134,22 @@ def write_report(bench: Bench, cells: list[dict], choices: dict, sweep: dict, me
               f"metanetwork was told; `metanet` finetunes {s.pre_epochs + s.finetune_epochs} epochs (the same total). "
               "Targets: " + "; ".join(f"{a} {', '.join(f'{t:g}x' for t in ts)}" for a, ts in s.metanet_targets)]
     lines.append("")
-    after = {"prune": "right after a prune + recalibration", "finetune": "after the prune and the finetune"}
+    after = {"prune": "right after a prune + recalibration", "finetune": "after the prune and the finetune",
+             "distill": "after the prune and a distillation finetune (`fxmeta transform`'s default finetune)"}
+    column = {"prune": "first", "finetune": "second", "distill": "third"}[s.sweep_after]
+    kd_head = " val, after a distillation finetune |" if s.distill_finetune and s.sweep_after != "prune" else ""
     lines += ["## Hyper-parameters, chosen on validation (never test)", "",
               f"Scored on the sweep network{'s' if len(s.sweep_seeds) > 1 else ''} (seed "
               f"{', '.join(map(str, s.sweep_seeds))}): validation accuracy {after[s.sweep_after]}, mean over "
               f"{', '.join(f'{t:g}x' for t in s.sweep_targets)}"
-              + (" and the sweep networks" if len(s.sweep_seeds) > 1 else "") + "; the choice reads the "
-              f"{'last' if s.sweep_after == 'finetune' else 'first'} column.", "",
-              "| arch | method | setting | val, right after | val, after finetune |", "|---|---|---|---|---|"]
+              + (" and the sweep networks" if len(s.sweep_seeds) > 1 else "") + f"; the choice reads the {column} "
+              "score column.", "",
+              "| arch | method | setting | val, right after | val, after finetune |" + kd_head,
+              "|---|---|---|---|---|" + ("---|" if kd_head else "")]
 
     def score_cells(score: dict) -> str:
-        return f"{pct(score['prune'])} | {pct(score['finetune']) if 'finetune' in score else '—'}"
+        return f"{pct(score['prune'])} | {pct(score['finetune']) if 'finetune' in score else '—'}" + (
+            f" | {pct(score['distill']) if 'distill' in score else '—'}" if kd_head else "")
 
     for arch, entry in sweep.items():
         for hp, score in entry["prepare"].items():
@@ -154,7 +160,7 @@ def write_report(bench: Bench, cells: list[dict], choices: dict, sweep: dict, me
             lines.append(f"| {arch} | DepGraph+SL | reg {reg}{mark} | {score_cells(score)} |")
     for arch in s.archs:
         if arch not in sweep:
-            lines.append(f"| {arch} | all | the {s.sweep_arch} choices | — | — |")
+            lines.append(f"| {arch} | all | the {s.sweep_arch} choices | — | — |" + (" — |" if kd_head else ""))
     lines.append("")
     lines += ["## Test accuracy (%), mean ± std over seeds", ""]
     kd = s.distill_finetune

@@ -56,9 +56,10 @@ FULL = Settings(archs=("seqconv",), seeds=(0, 1, 2), targets=(4.0, 8.0), image_s
                 prepare_grid=GRID,
                 base_epochs=20, base_lrs=(("seqconv", 0.05),), pre_epochs=15, finetune_epochs=15,
                 finetune_lrs=(("seqconv", 0.01),), metanet_targets=(), sweep_arch="seqconv", sweep_targets=(4.0, 8.0),
-                # this family's target is the network after the finetune: the choices read that, on two
-                # networks of their own (500 validation images each cannot tell settings a few images apart)
-                sweep_seeds=(100, 101), sweep_after="finetune", distill_finetune=True)
+                # this family's target is the network after the finetune: the choices read that, after
+                # fxmeta transform's default finetune (distillation), on two networks of their own (500
+                # validation images each cannot tell settings a few images apart)
+                sweep_seeds=(100, 101), sweep_after="distill", distill_finetune=True)
 QUICK = replace(FULL, seeds=(0,), targets=(4.0,), base_epochs=5, pre_epochs=3, finetune_epochs=3,
                 prepare_grid=((1.0, 0.01, 0),), sl_regs=(5e-4,), sweep_targets=(4.0,), min_base_val=0.5, sweep_seeds=(100,))
 # Fashion-MNIST rows as sequences (``--family seqconv-fashion``, 5 seeds): a harder task with about three times

@@ -407,7 +407,8 @@ def test_interrupted_transform_resumes_to_the_weights_of_an_uninterrupted_run(tm
     b = torch.load(tmp_path / "resumed.pt", weights_only=True)["state_dict"]
     assert _same_state(a, b)
     epochs = [json.loads(line).get("epoch") for line in (tmp_path / "log.jsonl").read_text().splitlines()]
-    assert epochs == [1, 2, 3, None]  # epoch 1 from the first run, 2 and 3 appended on resume, then the summary
+    # epochs 0 (the pruned network as it came) and 1 from the first run, 2 and 3 appended on resume, then the summary
+    assert epochs == [0, 1, 2, 3, None]
 
 
 @pytest.mark.slow  # two torchrun processes: half a minute on 2 cores
