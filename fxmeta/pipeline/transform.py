@@ -63,8 +63,9 @@ class TransformConfig:
     training device (``distill.teacher_fits``), the finetune is not FSDP-sharded and the original
     scores better than the pruned network on validation (a teacher no better than its student
     has nothing to teach). On validation, distillation recovered better than, or level with,
-    the plain finetune on every family measured, a prepared network within a point of its
-    teacher included, also at equal wall time (docs/results.md).
+    the plain finetune on five of the six families measured, a prepared network within a point
+    of its teacher included, also at equal wall time; on digits ResNet56s it was mixed
+    (docs/results.md).
     """
 
     prune: PruneSpec = field(default_factory=PruneSpec)
