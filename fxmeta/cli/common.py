@@ -207,8 +207,9 @@ def add_train_args(p: argparse.ArgumentParser, epochs: int) -> None:
     g.add_argument("--distill", action=argparse.BooleanOptionalAction, default=None,
                    help="finetune on the KL divergence to the unpruned model's outputs (recovery by distillation) "
                         "instead of on the labels / next tokens (default: distil when a copy of the unpruned model "
-                        "takes at most a quarter of the training device's free memory and the finetune is not "
-                        "FSDP-sharded; --no-distill: on the labels)")
+                        "takes at most a quarter of the training device's free memory, the finetune is not "
+                        "FSDP-sharded and the unpruned model scores better than the pruned one on validation; "
+                        "--no-distill: on the labels)")
     g.add_argument("--distill-temperature", type=float, default=1.0, metavar="T",
                    help="softmax temperature of --distill (default: 1)")
     g.add_argument("--epochs", type=int, default=epochs, metavar="N",
